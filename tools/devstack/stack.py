@@ -1,0 +1,189 @@
+"""The whole LLM OS on one machine: infrastructure first, then the six services.
+
+Services start together (each waits for its dependencies itself), the stack is ready
+when every health check says SERVING, and it stops in reverse start order. A service
+that crashes is restarted, unless it keeps crashing, which stops the stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmos.health import SERVING, check_health
+from llmos.keyfiles import write_private
+from llmos.services import SERVICE_MODULES
+from tools.devstack.infra import (
+    LOCALHOST,
+    NatsServer,
+    RedisServer,
+    free_port,
+    spawn,
+    start_nats,
+    start_redis,
+    terminate,
+)
+
+log = logging.getLogger("llmos.devstack")
+
+STACK_FILE = "stack.json"
+CRASH_LIMIT = 3  # crashes of one service within CRASH_WINDOW_S stop the stack
+CRASH_WINDOW_S = 60.0
+
+
+class StackError(RuntimeError):
+    """The stack could not start or a service keeps crashing."""
+
+
+@dataclass
+class ServiceProcess:
+    """One service child process and what it needs to be restarted."""
+
+    name: str
+    address: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    crashes: deque[float] = field(default_factory=deque)
+
+    def start(self) -> None:
+        """(Re)start the process."""
+        module = SERVICE_MODULES[self.name]
+        self.proc = spawn([sys.executable, "-m", module], self.log_path, self.env)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of its log, to explain a failure."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class StackOptions:
+    """Where the stack keeps data and listens."""
+
+    data_dir: Path
+    host: str = LOCALHOST
+    gateway_port: int = 50051
+    ready_timeout_s: float = 120.0
+    shutdown_grace_s: float = 5.0
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class DevStack:
+    """Starts, supervises and stops NATS, Redis and the six services."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.data_dir = options.data_dir.resolve()
+        self.log_dir = self.data_dir / "logs"
+        self.nats: NatsServer | None = None
+        self.redis: RedisServer | None = None
+        self.services: list[ServiceProcess] = []
+
+    async def start(self) -> dict[str, str]:
+        """Start everything and wait until every service is SERVING; return the ready fields."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.nats = start_nats(self.data_dir, self.options.host)
+        self.redis = start_redis(self.data_dir, self.options.host)
+        for name in SERVICE_MODULES:
+            port = (self.options.gateway_port if name == "gateway" else 0) or free_port(
+                self.options.host
+            )
+            address = f"{self.options.host}:{port}"
+            env = {
+                **os.environ,
+                "LLMOS_DATA_DIR": str(self.data_dir),
+                "LLMOS_NATS_URL": self.nats.url,
+                "LLMOS_REDIS_URL": self.redis.url,
+                "LLMOS_LISTEN_ADDR": address,
+                "LLMOS_SHUTDOWN_GRACE_S": str(self.options.shutdown_grace_s),
+                **self.options.env,
+            }
+            service = ServiceProcess(name, address, env, self.log_dir / f"{name}.log")
+            service.start()
+            self.services.append(service)
+        await self._wait_serving()
+        fields = self.ready_fields()
+        write_private(self.data_dir / STACK_FILE, json.dumps(fields, indent=2) + "\n")
+        return fields
+
+    def ready_fields(self) -> dict[str, str]:
+        """The `key=value` pairs of the ready line (no secrets)."""
+        assert self.nats and self.redis
+        fields = {s.name: s.address for s in reversed(self.services)}
+        fields.update(
+            nats=self.nats.public_url,
+            redis=self.redis.public_url,
+            data_dir=str(self.data_dir),
+            logs=str(self.log_dir),
+        )
+        return fields
+
+    async def _wait_serving(self) -> None:
+        deadline = time.monotonic() + self.options.ready_timeout_s
+        pending = {s.name: s for s in self.services}
+        while pending:
+            for name, service in list(pending.items()):
+                assert service.proc is not None
+                if service.proc.poll() is not None:
+                    raise StackError(
+                        f"{name} exited with code {service.proc.returncode} while starting; "
+                        f"last log lines:\n{service.log_tail()}"
+                    )
+                state, _ = await check_health(service.address, timeout_s=1.0)
+                if state == SERVING:
+                    del pending[name]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"not SERVING after {self.options.ready_timeout_s:g}s: {', '.join(pending)}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart crashed services until `stop` is set; give up on a crash loop."""
+        while not stop.is_set():
+            for service in self.services:
+                assert service.proc is not None
+                code = service.proc.poll()
+                if code is None:
+                    continue
+                now = time.monotonic()
+                service.crashes.append(now)
+                while service.crashes and now - service.crashes[0] > CRASH_WINDOW_S:
+                    service.crashes.popleft()
+                if len(service.crashes) >= CRASH_LIMIT:
+                    raise StackError(
+                        f"{service.name} crashed {len(service.crashes)} times in "
+                        f"{CRASH_WINDOW_S:g}s; last log lines:\n{service.log_tail()}"
+                    )
+                log.warning("%s exited with code %s; restarting", service.name, code)
+                service.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+    def stop(self) -> None:
+        """Stop services in reverse start order, then Redis, then NATS."""
+        grace = self.options.shutdown_grace_s + 5.0
+        for service in reversed(self.services):
+            if service.proc is not None:
+                code = terminate(service.proc, grace)
+                if code not in (0, -15):
+                    log.warning("%s exited with code %s on stop", service.name, code)
+        if self.redis is not None:
+            self.redis.stop()
+        if self.nats is not None:
+            self.nats.stop()
+        (self.data_dir / STACK_FILE).unlink(missing_ok=True)
