@@ -23,6 +23,15 @@ class ServiceRegistry:
         self._redis = client
         self._ttl_ms = int(ttl_s * 1000)
 
+    async def register(self, instance: common_pb2.ServiceInstance) -> None:
+        """First heartbeat of a new process; it supersedes any crashed instance that held the
+        same address (a restarted process reuses its port, and the old entry would otherwise
+        borrow the new process's health until its TTL ran out)."""
+        for other in await self.live_instances():
+            if other.address == instance.address and other.instance_id != instance.instance_id:
+                await self.deregister(other.instance_id)
+        await self.heartbeat(instance)
+
     async def heartbeat(self, instance: common_pb2.ServiceInstance) -> None:
         """Announce (or re-announce) that `instance` is alive for another TTL."""
         expiry = int(time.time() * 1000) + self._ttl_ms

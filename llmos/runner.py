@@ -145,7 +145,7 @@ async def _serve(definition: ServiceDefinition, settings: ServiceSettings) -> in
         try:
             for name in ("", *names):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-            await ctx.registry.heartbeat(instance)
+            await ctx.registry.register(instance)
             heartbeat = asyncio.create_task(_heartbeat(ctx, settings.heartbeat_s))
             await _announce(ctx, Phase.PHASE_STARTED)
             log.info(

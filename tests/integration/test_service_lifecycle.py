@@ -1,0 +1,115 @@
+"""Each of the six services, as its own process against real NATS and Redis: announces
+itself, answers health and reflection, registers, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+import redis.asyncio as aioredis
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from nats.aio.msg import Msg
+
+from llmos.health import SERVING, UNREACHABLE, check_health
+from llmos.registry import ServiceRegistry
+from llmos.services import SERVICE_MODULES
+from llmos.v1 import events_pb2
+from tests.conftest import ROOT
+from tools.devstack.infra import NatsServer, RedisServer
+
+Phase = events_pb2.ServiceLifecycle.Phase
+
+
+async def _next_event(queue: asyncio.Queue[events_pb2.Event], phase: int) -> events_pb2.Event:
+    while True:
+        event = await asyncio.wait_for(queue.get(), timeout=30)
+        if event.service_lifecycle.phase == phase:
+            return event
+
+
+@pytest.mark.parametrize("service", list(SERVICE_MODULES))
+async def test_service_lifecycle(
+    service: str,
+    service_env: dict[str, str],
+    nats_server: NatsServer,
+    redis_server: RedisServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    redis_client = aioredis.Redis.from_url(redis_server.url)
+    events: asyncio.Queue[events_pb2.Event] = asyncio.Queue()
+
+    async def on_event(msg: Msg) -> None:
+        await events.put(events_pb2.Event.FromString(msg.data))
+
+    await nc.subscribe(f"llmos.events.service.{service}.>", cb=on_event)
+    proc = subprocess.Popen(  # noqa: ASYNC220 - starting a child does not block the loop
+        [sys.executable, "-m", SERVICE_MODULES[service]],
+        cwd=ROOT,
+        env=service_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = await _next_event(events, Phase.PHASE_STARTED)
+        instance = started.service_lifecycle.instance
+        assert instance.service == service
+        assert instance.pid == proc.pid
+        address = instance.address
+
+        assert await check_health(address) == (SERVING, "")
+        reflected = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(address))
+        assert "grpc.health.v1.Health" in reflected.get_services()
+        registered = await ServiceRegistry(redis_client, ttl_s=5).live_instances()
+        assert instance.instance_id in {i.instance_id for i in registered}
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        stopped = await _next_event(events, Phase.PHASE_STOPPED)
+        assert stopped.service_lifecycle.instance.instance_id == instance.instance_id
+        assert stopped.service_lifecycle.reason == "SIGTERM"
+        assert (await check_health(address, timeout_s=1))[0] == UNREACHABLE
+        registered = await ServiceRegistry(redis_client, ttl_s=5).live_instances()
+        assert instance.instance_id not in {i.instance_id for i in registered}
+        assert proc.stderr is not None
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await nc.close()
+        await redis_client.aclose()
+
+
+def test_gateway_reflects_the_public_api(service_env: dict[str, str], tmp_path: Path) -> None:
+    """Generic clients (grpcurl, Postman) can discover llmos.v1.Gateway."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway"],
+        cwd=ROOT,
+        env=service_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        address = ""
+        for line in proc.stderr:
+            if '"serving"' in line:
+                address = line.split('"address": "')[1].split('"')[0]
+                break
+        reflected = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(address))
+        assert "llmos.v1.Gateway" in reflected.get_services()
+        method_names = {
+            m.name for m in reflected.FindFileContainingSymbol("llmos.v1.Gateway").service[0].method
+        }
+        assert {"GetSystemStatus", "SubscribeEvents"} <= method_names
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
