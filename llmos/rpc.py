@@ -8,6 +8,7 @@ answered INTERNAL naming only the request id: a stack trace never reaches a clie
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import re
@@ -70,41 +71,39 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, rid:
     )
 
 
+@contextlib.asynccontextmanager
+async def _call_scope(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Request id for the call's duration; any exception leaves as a gRPC status."""
+    rid = request_id_from(context.invocation_metadata())
+    token = request_id_var.set(rid)
+    try:
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        await _abort_for(exc, context, rid)
+    finally:
+        request_id_var.reset(token)
+
+
 def _wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        rid = request_id_from(context.invocation_metadata())
-        token = request_id_var.set(rid)
-        try:
-            context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+        async with _call_scope(context):
             return await behavior(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort_for(exc, context, rid)
-        finally:
-            request_id_var.reset(token)
 
     return handle
 
 
 def _wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        rid = request_id_from(context.invocation_metadata())
-        token = request_id_var.set(rid)
-        try:
-            context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+        async with _call_scope(context):
             result = behavior(request, context)
             if inspect.isasyncgen(result):
                 async for item in result:
                     yield item
             else:  # a handler that writes through context.write()
                 await result
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort_for(exc, context, rid)
-        finally:
-            request_id_var.reset(token)
 
     return handle
 

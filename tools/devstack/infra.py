@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from llmos.config import Secret
 from llmos.keyfiles import ensure_secret, write_private
@@ -99,29 +100,45 @@ def _bin_dir() -> Path:
 
 
 @dataclass
-class NatsServer:
-    """A running nats-server with JetStream and token auth."""
+class ManagedServer:
+    """A server process started here, reachable at host:port with a generated secret."""
 
     host: str
     port: int
-    monitor_port: int
-    token: Secret[str]
+    secret: Secret[str]
     proc: subprocess.Popen[bytes]
     log_path: Path
 
+    scheme: ClassVar[str] = ""
+    path: ClassVar[str] = ""
+
+    def _credentials(self) -> str:
+        raise NotImplementedError
+
     @property
     def url(self) -> str:
-        """The URL clients connect with (includes the token: treat as secret)."""
-        return f"nats://{self.token.reveal()}@{self.host}:{self.port}"
+        """The URL clients connect with (carries the secret: treat it as one)."""
+        return f"{self.scheme}://{self._credentials()}@{self.host}:{self.port}{self.path}"
 
     @property
     def public_url(self) -> str:
         """The URL without credentials, safe to print."""
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
 
     def stop(self, grace_s: float = 10.0) -> int:
-        """Stop the server; JetStream data stays under its store directory."""
+        """SIGTERM (both servers persist their data on it), SIGKILL after `grace_s`."""
         return terminate(self.proc, grace_s)
+
+
+@dataclass
+class NatsServer(ManagedServer):
+    """A running nats-server with JetStream and token auth."""
+
+    monitor_port: int = 0
+    scheme: ClassVar[str] = "nats"
+
+    def _credentials(self) -> str:
+        return self.secret.reveal()
 
 
 def start_nats(data_dir: Path, host: str = LOCALHOST, port: int = 0) -> NatsServer:
@@ -145,7 +162,7 @@ def start_nats(data_dir: Path, host: str = LOCALHOST, port: int = 0) -> NatsServ
         [str(binary), "-c", str(config), "-a", host, "-p", str(port), "-m", str(monitor_port)],
         log_path,
     )
-    server = NatsServer(host, port, monitor_port, Secret(token), proc, log_path)
+    server = NatsServer(host, port, Secret(token), proc, log_path, monitor_port)
 
     def ready() -> bool:
         url = f"http://{host}:{monitor_port}/healthz?js-enabled-only=true"
@@ -164,29 +181,14 @@ def start_nats(data_dir: Path, host: str = LOCALHOST, port: int = 0) -> NatsServ
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ManagedServer):
     """A running redis-server with a password and append-only persistence."""
 
-    host: str
-    port: int
-    password: Secret[str]
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    extra: dict[str, str] = field(default_factory=dict)
+    scheme: ClassVar[str] = "redis"
+    path: ClassVar[str] = "/0"
 
-    @property
-    def url(self) -> str:
-        """The URL clients connect with (includes the password: treat as secret)."""
-        return f"redis://:{self.password.reveal()}@{self.host}:{self.port}/0"
-
-    @property
-    def public_url(self) -> str:
-        """The URL without credentials, safe to print."""
-        return f"redis://{self.host}:{self.port}/0"
-
-    def stop(self, grace_s: float = 10.0) -> int:
-        """Stop the server (it writes its append-only file on SIGTERM)."""
-        return terminate(self.proc, grace_s)
+    def _credentials(self) -> str:
+        return f":{self.secret.reveal()}"
 
 
 def _redis_answers(host: str, port: int, password: str) -> bool:
