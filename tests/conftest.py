@@ -70,3 +70,11 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model imported from its GGUF file, once per test session."""
+    from llmos.model.default import ensure_default_model
+
+    return ensure_default_model(tmp_path_factory.mktemp("models"))

@@ -1,0 +1,66 @@
+"""The KV cache: one tensor holding past keys and values of every running sequence.
+
+Layout [layer, key|value, slot, kv_head, position, head_dim]. Running sequences occupy
+slots 0..B-1 with no holes, so a decode step attends over a plain view of the first B
+slots; when a sequence leaves, the last one moves into its slot (one copy). Capacity in
+positions grows by doubling up to the context limit, so short chats stay small.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmos.model.llama import LlamaConfig
+
+INITIAL_POSITIONS = 256
+
+
+class KVCache:
+    """Keys and values for up to `slots` sequences of up to `max_positions` tokens."""
+
+    def __init__(self, config: LlamaConfig, slots: int, max_positions: int) -> None:
+        self.config = config
+        self.slots = slots
+        self.max_positions = max_positions
+        self.data = self._allocate(min(INITIAL_POSITIONS, max_positions))
+
+    def _allocate(self, positions: int) -> torch.Tensor:
+        c = self.config
+        return torch.zeros(
+            c.num_hidden_layers, 2, self.slots, c.num_key_value_heads, positions, c.head_dim
+        )
+
+    @property
+    def capacity(self) -> int:
+        """Positions each slot can hold right now."""
+        return int(self.data.shape[4])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the cache holds."""
+        return self.data.numel() * self.data.element_size()
+
+    def ensure(self, positions: int) -> None:
+        """Grow (doubling, up to the limit) so every slot can hold `positions` tokens."""
+        if positions <= self.capacity:
+            return
+        if positions > self.max_positions:
+            raise ValueError(f"{positions} positions exceed the cache limit {self.max_positions}")
+        grown = self.capacity
+        while grown < positions:
+            grown *= 2
+        bigger = self._allocate(min(grown, self.max_positions))
+        bigger[:, :, :, :, : self.capacity] = self.data
+        self.data = bigger
+
+    def keys(self, layer: int) -> torch.Tensor:
+        """[slot, kv_head, position, head_dim] keys of one layer."""
+        return self.data[layer, 0]
+
+    def values(self, layer: int) -> torch.Tensor:
+        """[slot, kv_head, position, head_dim] values of one layer."""
+        return self.data[layer, 1]
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy the first `length` positions of slot `source` into slot `target`."""
+        self.data[:, :, target, :, :length] = self.data[:, :, source, :, :length]

@@ -1,0 +1,386 @@
+"""Continuous (iteration-level) batching.
+
+One thread runs the model. Each iteration it (1) drops cancelled sequences, (2) admits
+waiting requests into free slots and prefills their prompts together, (3) runs one
+decode step for every running sequence, and (4) lets finished sequences leave. New work
+therefore joins between decode steps and nobody waits for the longest request of a batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from llmos.errors import InvalidArgument, ResourceExhausted, Unavailable
+from llmos.model.llama import LlamaForCausalLM
+from llmos.model.text import IncrementalDetokenizer, TextCodec
+from services.inference_worker.engine.cache import KVCache
+from services.inference_worker.engine.forward import ColumnForward
+from services.inference_worker.engine.params import SamplingParams
+from services.inference_worker.engine.sampling import choose_next
+
+log = logging.getLogger("llmos.engine")
+
+
+@dataclass(frozen=True)
+class GenerationMetrics:
+    """Per-request timings (seconds) and token counts."""
+
+    queue_s: float
+    time_to_first_token_s: float
+    inter_token_s: tuple[float, ...]
+    total_s: float
+    tokens_in: int
+    tokens_out: int
+
+    @property
+    def mean_inter_token_s(self) -> float:
+        """Average gap between consecutive output tokens (0 with fewer than two)."""
+        gaps = self.inter_token_s
+        return sum(gaps) / len(gaps) if gaps else 0.0
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One step of a stream: a token and its text, or the end with reason and metrics."""
+
+    token_id: int | None
+    text: str
+    finish_reason: str | None = None  # "stop", "length", "cancelled", "error"
+    metrics: GenerationMetrics | None = None
+    error: str = ""
+
+
+Sink = Callable[[TokenEvent], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request while the engine holds it."""
+
+    request_id: int
+    prompt: list[int]
+    params: SamplingParams
+    sink: Sink
+    detokenizer: IncrementalDetokenizer
+    generator: torch.Generator | None
+    submitted_at: float = field(default_factory=time.monotonic)
+    admitted_at: float = 0.0
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+    gaps: list[float] = field(default_factory=list)
+    output: list[int] = field(default_factory=list)
+    emitted_chars: int = 0
+    cache_len: int = 0
+    last_token: int = 0
+    cancelled: bool = False
+
+
+class RequestHandle:
+    """What a caller keeps: the id and a way to cancel."""
+
+    def __init__(self, engine: Engine, sequence: Sequence) -> None:
+        self._engine = engine
+        self._sequence = sequence
+        self.request_id = sequence.request_id
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next step."""
+        self._sequence.cancelled = True
+        self._engine.wake()
+
+
+class Engine:
+    """Serves generation requests for one model with continuous batching."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        codec: TextCodec,
+        *,
+        max_batch: int = 32,
+        max_context: int = 2048,
+        max_queue: int = 1024,
+        prefill_token_budget: int = 2048,
+    ) -> None:
+        self.model = model.eval()
+        self.forward = ColumnForward(self.model)
+        self.codec = codec
+        self.max_batch = max_batch
+        self.max_context = min(max_context, model.config.max_position_embeddings)
+        self.max_queue = max_queue
+        self.prefill_token_budget = prefill_token_budget
+        self.cache = KVCache(model.config, max_batch, self.max_context)
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []
+        self._wakeup = threading.Condition()
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+
+    # -- public API (any thread) -------------------------------------------------------
+
+    def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> RequestHandle:
+        """Queue a request; events arrive on `sink` from the engine thread."""
+        if not prompt:
+            raise InvalidArgument("prompt", "must not be empty")
+        if len(prompt) >= self.max_context:
+            raise InvalidArgument(
+                "prompt",
+                f"is {len(prompt)} tokens; the context window is {self.max_context} tokens",
+            )
+        vocab = self.model.config.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise InvalidArgument("prompt", f"token ids must be in [0, {vocab})")
+        params.validate(self.max_context - len(prompt))
+        if self._stopping:
+            raise Unavailable("the engine is shutting down")
+        generator = None
+        if not params.greedy:
+            generator = torch.Generator()
+            generator.manual_seed(params.seed if params.seed is not None else int(time.time_ns()))
+        sequence = Sequence(
+            request_id=next(self._ids),
+            prompt=list(prompt),
+            params=params,
+            sink=sink,
+            detokenizer=IncrementalDetokenizer(self.codec),
+            generator=generator,
+        )
+        with self._wakeup:
+            if len(self._waiting) >= self.max_queue:
+                raise ResourceExhausted(
+                    f"the engine queue is full ({self.max_queue} requests)", retry_after_s=1.0
+                )
+            self._waiting.append(sequence)
+            self._wakeup.notify()
+        return RequestHandle(self, sequence)
+
+    def wake(self) -> None:
+        """Make the loop look at its queues now."""
+        with self._wakeup:
+            self._wakeup.notify()
+
+    def start(self) -> None:
+        """Run the loop in a daemon thread."""
+        self._thread = threading.Thread(target=self._loop, name="llmos-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Cancel everything and end the loop."""
+        self._stopping = True
+        with self._wakeup:
+            for sequence in [*self._waiting, *self._running]:
+                sequence.cancelled = True
+            self._wakeup.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) request counts."""
+        return len(self._running), len(self._waiting)
+
+    # -- the loop (engine thread only) ---------------------------------------------------
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._wakeup:
+                while not self._stopping and not self._running and not self._waiting:
+                    self._wakeup.wait()
+                if self._stopping and not self._running and not self._waiting:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # a bug must not kill every future request
+                log.exception("engine step failed")
+                for sequence in list(self._running):
+                    self._finish(sequence, "error", str(exc))
+                self._running.clear()
+
+    def step(self) -> None:
+        """One iteration: drop cancelled, admit + prefill, one decode step, retire."""
+        self._drop_cancelled()
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+        if self._running:
+            self._decode()
+        self.steps += 1
+
+    def _drop_cancelled(self) -> None:
+        with self._wakeup:
+            waiting = [s for s in self._waiting if s.cancelled]
+            for sequence in waiting:
+                self._waiting.remove(sequence)
+        for sequence in waiting:
+            self._finish(sequence, "cancelled")
+        self._retire([i for i, s in enumerate(self._running) if s.cancelled], "cancelled")
+
+    def _admit(self) -> list[Sequence]:
+        admitted: list[Sequence] = []
+        budget = self.prefill_token_budget
+        with self._wakeup:
+            while self._waiting and len(self._running) + len(admitted) < self.max_batch:
+                cost = len(self._waiting[0].prompt)
+                if admitted and cost > budget:
+                    break  # long prompts wait for the next iteration, decoding goes on
+                budget -= cost
+                admitted.append(self._waiting.popleft())
+        now = time.monotonic()
+        for sequence in admitted:
+            sequence.admitted_at = now
+        return admitted
+
+    def _prefill(self, batch: list[Sequence]) -> None:
+        """Run new prompts together; their KV goes to the next free slots."""
+        base, count = len(self._running), len(batch)
+        lengths = torch.tensor([len(s.prompt) for s in batch])
+        width = int(lengths.max())
+        ids = torch.zeros(count, width, dtype=torch.long)
+        for row, sequence in enumerate(batch):
+            ids[row, : len(sequence.prompt)] = torch.tensor(sequence.prompt)
+        positions = torch.arange(width).expand(count, width)
+        self.cache.ensure(width)
+        mask: Tensor | None = None
+        if count > 1:
+            valid = torch.arange(width)[None, :] < lengths[:, None]
+            causal = torch.ones(width, width, dtype=torch.bool).tril()
+            mask = (causal[None] & valid[:, None, :])[:, None]
+        cache = self.cache
+
+        def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            cache.keys(layer)[base : base + count, :, :width] = k
+            cache.values(layer)[base : base + count, :, :width] = v
+            if mask is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+        hidden = self.forward.hidden(ids, positions, attend)
+        logits = self.forward.logits(hidden[:, torch.arange(count) * width + lengths - 1])
+        for sequence in batch:
+            sequence.cache_len = len(sequence.prompt)
+        self._running.extend(batch)
+        self._accept(batch, logits, offset=base)
+
+    def _decode(self) -> None:
+        """Feed every running sequence its last token; sample the next."""
+        running = self._running
+        count = len(running)
+        positions = torch.tensor([s.cache_len for s in running])
+        tokens = torch.tensor([[s.last_token] for s in running])
+        span = int(positions.max()) + 1
+        self.cache.ensure(span)
+        mask = (torch.arange(span)[None, :] <= positions[:, None])[:, None, None, :]
+        rows = torch.arange(count)
+        cache = self.cache
+
+        def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            keys, values = cache.keys(layer), cache.values(layer)
+            keys[rows, :, positions] = k[:, :, 0]
+            values[rows, :, positions] = v[:, :, 0]
+            return F.scaled_dot_product_attention(
+                q, keys[:count, :, :span], values[:count, :, :span], attn_mask=mask, enable_gqa=True
+            )
+
+        logits = self.forward.logits(self.forward.hidden(tokens, positions[:, None], attend))
+        for sequence in running:
+            sequence.cache_len += 1
+        self._accept(list(running), logits, offset=0)
+
+    def _accept(self, batch: list[Sequence], logits: Tensor, offset: int) -> None:
+        """Sample, stream text, and retire sequences that are done."""
+        chosen = choose_next(logits, [s.params for s in batch], [s.generator for s in batch])
+        now = time.monotonic()
+        done: list[tuple[int, str]] = []
+        for index, (sequence, token) in enumerate(zip(batch, chosen, strict=True)):
+            if sequence.first_token_at == 0.0:
+                sequence.first_token_at = now
+            else:
+                sequence.gaps.append(now - sequence.last_token_at)
+            sequence.last_token_at = now
+            reason = self._advance(sequence, token)
+            if reason is not None:
+                done.append((offset + index, reason))
+        for reason in ("stop", "length"):
+            self._retire([i for i, r in done if r == reason], reason)
+
+    def _advance(self, sequence: Sequence, token: int) -> str | None:
+        """Take one token; return a finish reason if the sequence is complete."""
+        if token in self.codec.stop_token_ids:
+            return "stop"
+        sequence.output.append(token)
+        sequence.last_token = token
+        sequence.detokenizer.push(token)
+        text = sequence.detokenizer.text
+        for stop in sequence.params.stop:
+            found = text.find(stop, max(0, sequence.emitted_chars - len(stop) + 1))
+            if found >= 0:
+                self._emit(sequence, token, text[sequence.emitted_chars : found])
+                sequence.emitted_chars = len(text)  # nothing after a stop sequence is sent
+                return "stop"
+        # hold back a tail that could still become a stop sequence
+        safe = len(text) - _partial_stop_suffix(text, sequence.params.stop)
+        self._emit(sequence, token, text[sequence.emitted_chars : safe])
+        sequence.emitted_chars = max(sequence.emitted_chars, safe)
+        if len(sequence.output) >= sequence.params.max_tokens:
+            return "length"
+        if sequence.cache_len + 1 >= self.max_context:
+            return "length"
+        return None
+
+    def _emit(self, sequence: Sequence, token: int, text: str) -> None:
+        sequence.sink(TokenEvent(token_id=token, text=text))
+
+    def _retire(self, indices: list[int], reason: str) -> None:
+        """Remove running sequences, keeping slots 0..B-1 dense."""
+        for index in sorted(indices, reverse=True):
+            sequence = self._running[index]
+            last = len(self._running) - 1
+            if index != last:
+                mover = self._running[last]
+                self.cache.move(last, index, mover.cache_len)
+                self._running[index] = mover
+            self._running.pop()
+            self._finish(sequence, reason)
+
+    def _finish(self, sequence: Sequence, reason: str, error: str = "") -> None:
+        text = sequence.detokenizer.text
+        tail = (
+            text[sequence.emitted_chars :] if reason != "stop" or not sequence.params.stop else ""
+        )
+        if reason == "stop" and not any(s in text for s in sequence.params.stop):
+            tail = text[sequence.emitted_chars :]
+        now = time.monotonic()
+        admitted = sequence.admitted_at or now
+        metrics = GenerationMetrics(
+            queue_s=admitted - sequence.submitted_at,
+            time_to_first_token_s=(sequence.first_token_at or now) - sequence.submitted_at,
+            inter_token_s=tuple(sequence.gaps),
+            total_s=now - sequence.submitted_at,
+            tokens_in=len(sequence.prompt),
+            tokens_out=len(sequence.output),
+        )
+        sequence.sink(TokenEvent(None, tail, finish_reason=reason, metrics=metrics, error=error))
+
+
+def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that is a proper prefix of a stop sequence."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest

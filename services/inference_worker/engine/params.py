@@ -1,0 +1,53 @@
+"""What a caller may ask of generation, validated before it reaches the engine."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from llmos.errors import InvalidArgument
+
+MAX_STOP_SEQUENCES = 8
+MAX_STOP_LENGTH = 256
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token and when to stop. temperature 0 means greedy."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def greedy(self) -> bool:
+        """Whether sampling reduces to argmax."""
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def validate(self, max_new_tokens: int) -> None:
+        """Raise InvalidArgument naming the first field that cannot be honoured."""
+        if self.max_tokens <= 0:
+            raise InvalidArgument("max_tokens", "must be greater than 0")
+        if self.max_tokens > max_new_tokens:
+            raise InvalidArgument(
+                "max_tokens", f"is {self.max_tokens}; at most {max_new_tokens} fit the context"
+            )
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InvalidArgument("temperature", "must be a finite number >= 0")
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise InvalidArgument("top_k", f"must be between 0 (off) and {MAX_TOP_K}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise InvalidArgument("top_p", "must be in (0, 1]")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InvalidArgument("seed", "must be between 0 and 2^63-1")
+        if len(self.stop) > MAX_STOP_SEQUENCES:
+            raise InvalidArgument("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        for index, sequence in enumerate(self.stop):
+            if not sequence or len(sequence) > MAX_STOP_LENGTH:
+                raise InvalidArgument(
+                    f"stop[{index}]", f"must be 1 to {MAX_STOP_LENGTH} characters"
+                )

@@ -1,0 +1,255 @@
+"""The engine against the reference (Hugging Face transformers) and its serving behaviour:
+continuous batching, sampling, stop conditions, cancellation, metrics, bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from llmos.errors import InvalidArgument
+from llmos.model.folder import load_model
+from llmos.model.text import TextCodec
+from services.inference_worker.engine.engine import Engine, GenerationMetrics, TokenEvent
+from services.inference_worker.engine.params import SamplingParams
+from tests.reference import load_reference
+
+NEW_TOKENS = 24
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers.",
+    "Explain gravity to a child in two sentences.",
+    "Translate 'good morning' into Spanish.",
+    "def fibonacci(n):",
+    "Give me a recipe for pancakes. Start with the ingredients, then the steps, and keep it short.",
+    "2 + 2 =",
+]
+
+
+@dataclass
+class Stream:
+    """Collects one request's events; `done` is set on the final one."""
+
+    tokens: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    reason: str | None = None
+    metrics: GenerationMetrics | None = None
+    arrivals: list[float] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self, event: TokenEvent) -> None:
+        if event.token_id is not None:
+            self.tokens.append(event.token_id)
+            self.arrivals.append(time.monotonic())
+        self.texts.append(event.text)
+        if event.finish_reason is not None:
+            self.reason, self.metrics = event.finish_reason, event.metrics
+            self.done.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+    def wait(self, timeout: float = 120) -> Stream:
+        assert self.done.wait(timeout), "generation did not finish"
+        return self
+
+
+@pytest.fixture(scope="module")
+def codec(model_folder: Path) -> TextCodec:
+    return TextCodec(model_folder)
+
+
+@pytest.fixture(scope="module")
+def engine(model_folder: Path, codec: TextCodec) -> Iterator[Engine]:
+    serving = Engine(load_model(model_folder), codec, max_batch=8, max_context=512)
+    serving.start()
+    try:
+        yield serving
+    finally:
+        serving.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(model_folder: Path) -> Any:
+    return load_reference(model_folder)
+
+
+def chat_ids(codec: TextCodec, prompt: str) -> list[int]:
+    return codec.encode(codec.render_chat([{"role": "user", "content": prompt}]))
+
+
+def greedy(max_tokens: int = NEW_TOKENS, **kwargs: object) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, **kwargs)  # type: ignore[arg-type]
+
+
+def reference_tokens(reference: Any, prompt: list[int], codec: TextCodec) -> list[int]:
+    with torch.no_grad():
+        out = reference.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=sorted(codec.stop_token_ids),
+            pad_token_id=sorted(codec.stop_token_ids)[0],
+        )
+    tokens = out[0, len(prompt) :].tolist()
+    return [t for t in tokens if t not in codec.stop_token_ids]
+
+
+def assert_same_or_near_tie(
+    reference: Any, prompt: list[int], expected: list[int], got: list[int]
+) -> None:
+    """Tokens must be equal; the only excuse is a genuine near-tie at the first difference."""
+    for step, (want, have) in enumerate(zip(expected, got, strict=False)):
+        if want != have:
+            with torch.no_grad():
+                logits = reference(torch.tensor([prompt + expected[:step]])).logits[0, -1]
+            top = torch.topk(logits, 2)
+            gap = float(top.values[0] - top.values[1])
+            assert set(top.indices.tolist()) == {want, have}, f"step {step}: not a top-2 swap"
+            assert gap < 1e-3, f"step {step}: tokens differ but the top-2 gap is {gap:.2e}"
+            return
+    assert len(expected) == len(got), f"lengths differ: {len(expected)} vs {len(got)}"
+
+
+def test_greedy_tokens_equal_transformers_one_at_a_time(
+    engine: Engine, codec: TextCodec, reference: Any
+) -> None:
+    for prompt in PROMPTS:
+        ids = chat_ids(codec, prompt)
+        stream = Stream()
+        engine.submit(ids, greedy(), stream)
+        stream.wait()
+        assert_same_or_near_tie(
+            reference, ids, reference_tokens(reference, ids, codec), stream.tokens
+        )
+
+
+def test_batched_generation_equals_unbatched(
+    engine: Engine, codec: TextCodec, reference: Any
+) -> None:
+    alone = {}
+    for prompt in PROMPTS:
+        stream = Stream()
+        engine.submit(chat_ids(codec, prompt), greedy(), stream)
+        alone[prompt] = stream.wait().tokens
+    together = {prompt: Stream() for prompt in PROMPTS}
+    for prompt, stream in together.items():
+        engine.submit(chat_ids(codec, prompt), greedy(), stream)
+    for prompt, stream in together.items():
+        stream.wait()
+        assert_same_or_near_tie(reference, chat_ids(codec, prompt), alone[prompt], stream.tokens)
+
+
+def test_a_new_request_joins_while_a_long_one_is_running(engine: Engine, codec: TextCodec) -> None:
+    long = Stream()
+    engine.submit(chat_ids(codec, "Tell me a long story about a dragon."), greedy(120), long)
+    while len(long.tokens) < 5:
+        time.sleep(0.01)
+    short = Stream()
+    engine.submit(chat_ids(codec, "2 + 2 ="), greedy(3), short)
+    short.wait()
+    assert not long.done.is_set(), "the short request waited for the long one"
+    assert short.reason == "length" and len(short.tokens) == 3
+    long.wait()
+    assert long.reason == "length" and len(long.tokens) == 120
+
+
+def test_cancel_frees_the_slot_at_the_next_step(engine: Engine, codec: TextCodec) -> None:
+    stream = Stream()
+    handle = engine.submit(chat_ids(codec, "Count from one to a thousand."), greedy(400), stream)
+    while len(stream.tokens) < 3:
+        time.sleep(0.01)
+    handle.cancel()
+    stream.wait(10)
+    assert stream.reason == "cancelled"
+    assert len(stream.tokens) < 400
+    deadline = time.monotonic() + 5
+    while engine.load != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.load == (0, 0)
+
+
+def test_stop_sequence_ends_the_text_before_it(engine: Engine, codec: TextCodec) -> None:
+    free = Stream()
+    engine.submit(chat_ids(codec, "What is the capital of France?"), greedy(), free)
+    assert "Paris" in free.wait().text
+    stopped = Stream()
+    engine.submit(
+        chat_ids(codec, "What is the capital of France?"), greedy(stop=("Paris",)), stopped
+    )
+    stopped.wait()
+    assert stopped.reason == "stop"
+    assert stopped.text == free.text[: free.text.index("Paris")]
+
+
+def test_end_of_turn_token_stops_and_is_not_shown(engine: Engine, codec: TextCodec) -> None:
+    stream = Stream()
+    engine.submit(chat_ids(codec, "What is the capital of France?"), greedy(100), stream)
+    stream.wait()
+    assert stream.reason == "stop"
+    assert stream.text.strip() == "The capital of France is Paris."
+
+
+def test_sampling_with_a_seed_is_reproducible_and_differs_from_greedy(
+    engine: Engine, codec: TextCodec
+) -> None:
+    ids = chat_ids(codec, "Invent a name for a new color.")
+    runs = []
+    for seed in (7, 7, 8):
+        stream = Stream()
+        engine.submit(
+            ids,
+            SamplingParams(max_tokens=20, temperature=1.2, top_p=0.95, top_k=50, seed=seed),
+            stream,
+        )
+        runs.append(stream.wait().tokens)
+    plain = Stream()
+    engine.submit(ids, greedy(20), plain)
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2] or runs[0] != plain.wait().tokens
+
+
+def test_metrics_describe_the_request(engine: Engine, codec: TextCodec) -> None:
+    ids = chat_ids(codec, "Name a fruit.")
+    stream = Stream()
+    engine.submit(ids, greedy(8, stop=()), stream)
+    metrics = stream.wait().metrics
+    assert metrics is not None
+    assert metrics.tokens_in == len(ids)
+    assert metrics.tokens_out == len(stream.tokens)
+    assert 0 <= metrics.queue_s <= metrics.time_to_first_token_s <= metrics.total_s
+    assert len(metrics.inter_token_s) == max(len(stream.tokens) - 1, 0) + (stream.reason == "stop")
+    assert all(gap > 0 for gap in metrics.inter_token_s)
+
+
+@pytest.mark.parametrize(
+    ("prompt_len", "params", "field_name"),
+    [
+        (0, SamplingParams(), "prompt"),
+        (600, SamplingParams(), "prompt"),
+        (5, SamplingParams(max_tokens=0), "max_tokens"),
+        (5, SamplingParams(max_tokens=10**9), "max_tokens"),
+        (5, SamplingParams(temperature=-0.1), "temperature"),
+        (5, SamplingParams(temperature=float("nan")), "temperature"),
+        (5, SamplingParams(top_p=0.0), "top_p"),
+        (5, SamplingParams(top_p=1.5), "top_p"),
+        (5, SamplingParams(top_k=-1), "top_k"),
+        (5, SamplingParams(stop=("",)), "stop[0]"),
+    ],
+)
+def test_bad_requests_are_refused_naming_the_field(
+    engine: Engine, prompt_len: int, params: SamplingParams, field_name: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        engine.submit([1] * prompt_len, params, Stream())
+    assert caught.value.field == field_name
+    assert engine.load[1] == 0  # nothing was queued
