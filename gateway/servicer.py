@@ -8,13 +8,23 @@ from contextlib import AsyncExitStack
 
 import grpc
 
+from gateway.inference import InferenceRouter, ModelCatalog
 from gateway.status import service_status, system_status
+from gateway.validation import (
+    check_classification,
+    check_embed_inputs,
+    check_messages,
+    check_prompt,
+    checked_params,
+)
 from llmos import subjects
 from llmos.errors import InvalidArgument
 from llmos.health import check_health
+from llmos.log import request_id_var
+from llmos.model.names import DEFAULT_MODEL
 from llmos.runner import ServiceContext
 from llmos.services import REQUIRED_SERVICES
-from llmos.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
+from llmos.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc, inference_pb2
 
 HEALTH_TIMEOUT_S = 2.0
 EVENT_BUFFER = 1024
@@ -25,6 +35,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        self._models = ModelCatalog(ctx.registry)
+        self._router = InferenceRouter(ctx)
 
     async def GetSystemStatus(
         self, request: gateway_pb2.GetSystemStatusRequest, context: grpc.aio.ServicerContext
@@ -68,6 +80,94 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         finally:
             for subscription in subscriptions:
                 await subscription.unsubscribe()
+
+    # -- inference ------------------------------------------------------------------------
+
+    async def _stream(
+        self, work: inference_pb2.GenerateWork
+    ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+        async for chunk in self._router.generate(work):
+            yield gateway_pb2.GenerateResponse(
+                text=chunk.text,
+                token_ids=chunk.token_ids,
+                done=chunk.done,
+                finish_reason=chunk.finish_reason,
+                usage=chunk.usage if chunk.done else None,
+                timings=chunk.timings if chunk.done else None,
+                model=work.model,
+            )
+
+    async def Generate(
+        self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+        check_prompt(request.prompt)
+        params = checked_params(request.params)
+        work = inference_pb2.GenerateWork(
+            request_id=request_id_var.get(),
+            model=await self._models.resolve(request.model),
+            prompt=request.prompt,
+            params=request.params,
+        )
+        work.params.max_tokens = params.max_tokens
+        async for response in self._stream(work):
+            yield response
+
+    async def Chat(
+        self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+        check_messages(list(request.messages))
+        params = checked_params(request.params)
+        work = inference_pb2.GenerateWork(
+            request_id=request_id_var.get(),
+            model=await self._models.resolve(request.model),
+            chat=inference_pb2.ChatTranscript(messages=request.messages),
+            params=request.params,
+        )
+        work.params.max_tokens = params.max_tokens
+        async for response in self._stream(work):
+            yield response
+
+    async def Embed(
+        self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.EmbedResponse:
+        check_embed_inputs(list(request.inputs))
+        model = await self._models.resolve(request.model)
+        result = await self._router.embed(
+            inference_pb2.EmbedWork(
+                request_id=request_id_var.get(), model=model, inputs=request.inputs
+            )
+        )
+        return gateway_pb2.EmbedResponse(
+            embeddings=result.embeddings,
+            usage=inference_pb2.Usage(prompt_tokens=result.prompt_tokens),
+            model=model,
+        )
+
+    async def Classify(
+        self, request: gateway_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ClassifyResponse:
+        check_classification(request.text, list(request.labels))
+        model = await self._models.resolve(request.model)
+        result = await self._router.classify(
+            inference_pb2.ClassifyWork(
+                request_id=request_id_var.get(),
+                model=model,
+                text=request.text,
+                labels=request.labels,
+            )
+        )
+        return gateway_pb2.ClassifyResponse(scores=result.scores, model=model)
+
+    async def ListModels(
+        self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListModelsResponse:
+        served = await self._models.served()
+        return gateway_pb2.ListModelsResponse(
+            models=[
+                gateway_pb2.ModelInfo(name=name, workers=count, default=name == DEFAULT_MODEL)
+                for name, count in sorted(served.items())
+            ]
+        )
 
 
 async def attach(

@@ -180,6 +180,13 @@ def load_service_settings(
 ) -> ServiceSettings:
     """Read the common settings of `service`; raise ConfigError naming each bad variable."""
     env = EnvReader(environ)
+    settings = read_service_settings(service, env)
+    env.raise_if_invalid()
+    return settings
+
+
+def read_service_settings(service: str, env: EnvReader) -> ServiceSettings:
+    """The common settings, collecting errors in `env` (the caller raises them)."""
     listen = env.address("LISTEN_ADDR", HostPort("127.0.0.1", DEFAULT_PORTS[service]))
     settings = ServiceSettings(
         service=service,
@@ -194,7 +201,6 @@ def load_service_settings(
         heartbeat_s=env.number("HEARTBEAT_S", 2.0, minimum=0.1, maximum=60.0),
         connect_timeout_s=env.number("CONNECT_TIMEOUT_S", 30.0, minimum=0.5, maximum=3600.0),
     )
-    env.raise_if_invalid()
     return settings
 
 

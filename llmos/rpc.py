@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from llmos import errors
 from llmos.log import request_id_var
+from llmos.protocheck import invalid_utf8_field
 
 REQUEST_ID_KEY = "x-request-id"
 RETRY_AFTER_KEY = "retry-after"
@@ -87,18 +89,40 @@ async def _call_scope(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         request_id_var.reset(token)
 
 
-def _wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+Deserializer = Callable[[bytes], Any] | None
+
+
+def _parse(raw: Any, deserializer: Deserializer) -> Any:
+    """Deserialize here rather than in gRPC, so a bad request gets INVALID_ARGUMENT naming
+    the field (gRPC itself would answer INTERNAL) ."""
+    if deserializer is None:
+        return raw
+    try:
+        return deserializer(raw)
+    except DecodeError:
+        message_class = getattr(deserializer, "__self__", None)
+        field = invalid_utf8_field(message_class.DESCRIPTOR, raw) if message_class else None
+        if field:
+            raise errors.InvalidArgument(field, "is not valid UTF-8") from None
+        raise errors.InvalidArgument("request", "is not a valid protobuf message") from None
+
+
+def _wrap_unary_response(
+    behavior: Callable[..., Awaitable[Any]], deserializer: Deserializer = None
+) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _call_scope(context):
-            return await behavior(request, context)
+            return await behavior(_parse(request, deserializer), context)
 
     return handle
 
 
-def _wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream_response(
+    behavior: Callable[..., Any], deserializer: Deserializer = None
+) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _call_scope(context):
-            result = behavior(request, context)
+            result = behavior(_parse(request, deserializer), context)
             if inspect.isasyncgen(result):
                 async for item in result:
                     yield item
@@ -123,9 +147,12 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
+        # unary requests arrive as bytes and are parsed by the wrapper (see _parse)
+        raw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+        deserializer = handler.request_deserializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary), **codec
+                _wrap_unary_response(handler.unary_unary, deserializer), **raw
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
@@ -133,7 +160,7 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream), **codec
+                _wrap_stream_response(handler.unary_stream, deserializer), **raw
             )
         return grpc.stream_stream_rpc_method_handler(
             _wrap_stream_response(handler.stream_stream), **codec

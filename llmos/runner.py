@@ -5,6 +5,10 @@ reflection and the call interceptor -> register + heartbeat -> `started` event.
 Stop (SIGTERM/SIGINT): health NOT_SERVING -> deregister -> `server.stop(grace)` ->
 `stopped` event -> drain NATS -> close Redis. Resources live in one AsyncExitStack, so
 each is released exactly once and in reverse order, whatever fails.
+
+A service may give the main thread to a `Foreground` loop (the inference worker's torch
+compute loop, which runs faster there); its asyncio side then runs on a second thread
+and signals are forwarded to it.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import os
 import signal
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grpc
 import redis.asyncio as aioredis
@@ -30,7 +36,7 @@ from nats.js import JetStreamContext
 
 import llmos
 from llmos import subjects
-from llmos.config import ConfigError, ServiceSettings, load_service_settings
+from llmos.config import ConfigError, EnvReader, ServiceSettings, read_service_settings
 from llmos.errors import Unavailable
 from llmos.events import Phase, now, phase_word, service_lifecycle
 from llmos.hotstate import connect_redis
@@ -58,11 +64,24 @@ class ServiceContext:
     redis: aioredis.Redis
     events: EventPublisher
     registry: ServiceRegistry
+    options: Any = None  # what the service's own `configure` read
 
 
 #: Adds a service's servicers to the server; returns their full names (for health and
 #: reflection). Background work it starts goes on the exit stack so it ends before NATS drains.
 Attach = Callable[[ServiceContext, grpc.aio.Server, AsyncExitStack], Awaitable[Sequence[str]]]
+
+
+class Foreground(Protocol):
+    """Work that must own the process's main thread."""
+
+    def run(self) -> None:
+        """Block until stop() is called."""
+        ...
+
+    def stop(self) -> None:
+        """Make run() return (callable from any thread)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -71,21 +90,87 @@ class ServiceDefinition:
 
     name: str
     attach: Attach
+    foreground: Foreground | None = None
+    #: reads the service's own variables (errors collected in the reader, reported with
+    #: the common ones before anything connects)
+    configure: Callable[[EnvReader], Any] | None = None
+
+
+class StopSignal:
+    """A stop request that may arrive (from a signal) before or after the loop exists."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self.reason = ""
+
+    def bind(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        """Deliver requests to `event` from now on (and one that came early)."""
+        with self._lock:
+            self._loop, self._event = loop, event
+            if self.reason:
+                loop.call_soon_threadsafe(event.set)
+
+    def request(self, reason: str) -> None:
+        """Ask the service to stop (thread- and signal-safe)."""
+        with self._lock:
+            self.reason = self.reason or reason
+            if self._loop is not None and self._event is not None:
+                self._loop.call_soon_threadsafe(self._event.set)
 
 
 def main(definition: ServiceDefinition, environ: Mapping[str, str] | None = None) -> int:
     """Run a service until SIGTERM/SIGINT; return the process exit code."""
+    env = EnvReader(environ)
+    settings = read_service_settings(definition.name, env)
+    options = definition.configure(env) if definition.configure else None
     try:
-        settings = load_service_settings(definition.name, environ)
+        env.raise_if_invalid()
     except ConfigError as exc:
         print(f"llmos {definition.name}: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(definition.name, settings.log_level, settings.log_format)
+    stop = StopSignal()
+    launch = _Launch(definition, settings, options, stop)
+    if definition.foreground is None:
+        return _run_service(launch, on_main_thread=True)
+    return _run_beside_foreground(launch, definition.foreground)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    definition: ServiceDefinition
+    settings: ServiceSettings
+    options: Any
+    stop: StopSignal
+
+
+def _run_service(launch: _Launch, on_main_thread: bool) -> int:
     try:
-        return asyncio.run(_serve(definition, settings))
+        return asyncio.run(_serve(launch, on_main_thread))
     except Unavailable as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE
+
+
+def _run_beside_foreground(launch: _Launch, foreground: Foreground) -> int:
+    """Main thread: the foreground loop; second thread: the asyncio service."""
+    code = [EXIT_FAILURE]
+
+    def service() -> None:
+        try:
+            code[0] = _run_service(launch, on_main_thread=False)
+        finally:
+            foreground.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, _frame: launch.stop.request(signal.Signals(number).name))
+    thread = threading.Thread(target=service, name=f"{launch.definition.name}-service")
+    thread.start()
+    foreground.run()
+    thread.join()
+    return code[0]
 
 
 def _new_instance(settings: ServiceSettings) -> common_pb2.ServiceInstance:
@@ -99,17 +184,14 @@ def _new_instance(settings: ServiceSettings) -> common_pb2.ServiceInstance:
     )
 
 
-async def _serve(definition: ServiceDefinition, settings: ServiceSettings) -> int:
+async def _serve(launch: _Launch, on_main_thread: bool) -> int:
+    definition, settings, signal_ = launch.definition, launch.settings, launch.stop
     stop = asyncio.Event()
-    stop_reason = ["shutdown"]
-
-    def on_signal(sig: signal.Signals) -> None:
-        stop_reason[0] = sig.name
-        stop.set()
-
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+    signal_.bind(loop, stop)
+    if on_main_thread:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, signal_.request, sig.name)
 
     instance = _new_instance(settings)
     async with AsyncExitStack() as stack:
@@ -131,6 +213,7 @@ async def _serve(definition: ServiceDefinition, settings: ServiceSettings) -> in
             redis=redis_client,
             events=EventPublisher(js),
             registry=ServiceRegistry(redis_client, ttl_s=settings.heartbeat_s * 3),
+            options=launch.options,
         )
         names = list(await definition.attach(ctx, server, stack))
         reflection.enable_server_reflection(
@@ -152,14 +235,14 @@ async def _serve(definition: ServiceDefinition, settings: ServiceSettings) -> in
                 "serving", extra={"address": instance.address, "instance": instance.instance_id}
             )
             await stop.wait()
-            log.info("stopping", extra={"reason": stop_reason[0]})
+            log.info("stopping", extra={"reason": signal_.reason})
             heartbeat.cancel()
         finally:
             await health_servicer.enter_graceful_shutdown()
             with contextlib.suppress(Exception):
                 await ctx.registry.deregister(instance.instance_id)
             await server.stop(settings.shutdown_grace_s)
-            await _announce(ctx, Phase.PHASE_STOPPED, stop_reason[0])
+            await _announce(ctx, Phase.PHASE_STOPPED, signal_.reason or "shutdown")
     log.info("stopped")
     return EXIT_OK
 

@@ -46,3 +46,25 @@ def _token(value: str) -> str:
     if not value or any(c in value for c in ".*> \t\r\n"):
         raise ValueError(f"{value!r} cannot be used as a NATS subject token")
     return value
+
+
+# -- work handed to inference workers (core NATS request/reply, queue group) -------------
+
+WORK_PREFIX = "llmos.work"
+INFERENCE_QUEUE = "inference-workers"
+CANCEL_WORK = f"{WORK_PREFIX}.cancel"
+
+
+def generate_work(model: str) -> str:
+    """Where generation requests for `model` go; any worker serving it may take one."""
+    return f"{WORK_PREFIX}.generate.{_token(model)}"
+
+
+def embed_work(model: str) -> str:
+    """Where embedding requests for `model` go."""
+    return f"{WORK_PREFIX}.embed.{_token(model)}"
+
+
+def classify_work(model: str) -> str:
+    """Where classification requests for `model` go."""
+    return f"{WORK_PREFIX}.classify.{_token(model)}"

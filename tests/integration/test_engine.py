@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from llmos.errors import InvalidArgument
+from llmos.generation import SamplingParams
 from llmos.model.folder import load_model
 from llmos.model.text import TextCodec
+from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.engine.engine import Engine, GenerationMetrics, TokenEvent
-from services.inference_worker.engine.params import SamplingParams
 from tests.reference import load_reference
 
 NEW_TOKENS = 24
@@ -69,12 +70,16 @@ def codec(model_folder: Path) -> TextCodec:
 
 @pytest.fixture(scope="module")
 def engine(model_folder: Path, codec: TextCodec) -> Iterator[Engine]:
-    serving = Engine(load_model(model_folder), codec, max_batch=8, max_context=512)
-    serving.start()
+    compute = ComputeLoop()
+    compute.start()
+    model = compute.call(lambda: load_model(model_folder)).result()
+    serving = Engine(model, codec, max_batch=8, max_context=512, wake=compute.wake)
+    compute.attach(serving)
     try:
         yield serving
     finally:
-        serving.stop()
+        serving.shutdown()
+        compute.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
+from llmos.ports import free_port
 from llmos.services import SERVICE_MODULES
 from tests.conftest import run_python
-from tools.devstack.infra import free_port
 
 
 @pytest.mark.parametrize("service", list(SERVICE_MODULES))

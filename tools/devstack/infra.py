@@ -7,7 +7,6 @@ Used by the dev launcher and by the test fixtures alike.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -21,26 +20,11 @@ from typing import ClassVar
 
 from llmos.config import Secret
 from llmos.keyfiles import ensure_secret, write_private
-
-LOCALHOST = "127.0.0.1"
+from llmos.ports import LOCALHOST, free_port
 
 
 class InfraError(RuntimeError):
     """A server did not start or stop as it should."""
-
-
-def free_port(host: str = LOCALHOST) -> int:
-    """A TCP port nothing listens on right now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
-    """Whether something accepts TCP connections on host:port."""
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout_s):
-        return True
-    return False
 
 
 def _set_parent_death_signal() -> None:

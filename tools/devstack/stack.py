@@ -21,12 +21,11 @@ from pathlib import Path
 
 from llmos.health import SERVING, check_health
 from llmos.keyfiles import write_private
+from llmos.ports import LOCALHOST, free_port
 from llmos.services import SERVICE_MODULES
 from tools.devstack.infra import (
-    LOCALHOST,
     NatsServer,
     RedisServer,
-    free_port,
     spawn,
     start_nats,
     start_redis,
@@ -176,7 +175,7 @@ class DevStack:
 
     def stop(self) -> None:
         """Stop services in reverse start order, then Redis, then NATS."""
-        grace = self.options.shutdown_grace_s + 5.0
+        grace = self.options.shutdown_grace_s + 20.0  # the worker also stops Triton
         for service in reversed(self.services):
             if service.proc is not None:
                 code = terminate(service.proc, grace)

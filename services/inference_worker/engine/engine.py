@@ -1,9 +1,10 @@
 """Continuous (iteration-level) batching.
 
-One thread runs the model. Each iteration it (1) drops cancelled sequences, (2) admits
-waiting requests into free slots and prefills their prompts together, (3) runs one
-decode step for every running sequence, and (4) lets finished sequences leave. New work
-therefore joins between decode steps and nobody waits for the longest request of a batch.
+The compute thread (compute.py) calls `step()` while there is work. Each iteration
+(1) drops cancelled sequences, (2) admits waiting requests into free slots and prefills
+their prompts together, (3) runs one decode step for every running sequence, and (4)
+lets finished sequences leave. New work therefore joins between decode steps and nobody
+waits for the longest request of a batch.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llmos.errors import InvalidArgument, ResourceExhausted, Unavailable
+from llmos.generation import SamplingParams
 from llmos.model.llama import LlamaForCausalLM
 from llmos.model.text import IncrementalDetokenizer, TextCodec
 from services.inference_worker.engine.cache import KVCache
 from services.inference_worker.engine.forward import ColumnForward
-from services.inference_worker.engine.params import SamplingParams
 from services.inference_worker.engine.sampling import choose_next
 
 log = logging.getLogger("llmos.engine")
@@ -111,6 +112,7 @@ class Engine:
         max_context: int = 2048,
         max_queue: int = 1024,
         prefill_token_budget: int = 2048,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.model = model.eval()
         self.forward = ColumnForward(self.model)
@@ -122,9 +124,9 @@ class Engine:
         self.cache = KVCache(model.config, max_batch, self.max_context)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
-        self._wakeup = threading.Condition()
+        self._lock = threading.Lock()
+        self._wake = wake
         self._ids = itertools.count(1)
-        self._thread: threading.Thread | None = None
         self._stopping = False
         self.steps = 0
 
@@ -142,7 +144,7 @@ class Engine:
         vocab = self.model.config.vocab_size
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise InvalidArgument("prompt", f"token ids must be in [0, {vocab})")
-        params.validate(self.max_context - len(prompt))
+        params.validate(self.max_context - len(prompt), "fit the context window after this prompt")
         if self._stopping:
             raise Unavailable("the engine is shutting down")
         generator = None
@@ -157,70 +159,59 @@ class Engine:
             detokenizer=IncrementalDetokenizer(self.codec),
             generator=generator,
         )
-        with self._wakeup:
+        with self._lock:
             if len(self._waiting) >= self.max_queue:
                 raise ResourceExhausted(
                     f"the engine queue is full ({self.max_queue} requests)", retry_after_s=1.0
                 )
             self._waiting.append(sequence)
-            self._wakeup.notify()
+        self._wake()
         return RequestHandle(self, sequence)
 
     def wake(self) -> None:
-        """Make the loop look at its queues now."""
-        with self._wakeup:
-            self._wakeup.notify()
+        """Ask the compute thread to look at this engine now."""
+        self._wake()
 
-    def start(self) -> None:
-        """Run the loop in a daemon thread."""
-        self._thread = threading.Thread(target=self._loop, name="llmos-engine", daemon=True)
-        self._thread.start()
+    def has_work(self) -> bool:
+        """Whether a step would do anything."""
+        return bool(self._running or self._waiting)
 
-    def stop(self) -> None:
-        """Cancel everything and end the loop."""
+    def shutdown(self) -> None:
+        """Refuse new requests and cancel everything queued or running."""
         self._stopping = True
-        with self._wakeup:
+        with self._lock:
             for sequence in [*self._waiting, *self._running]:
                 sequence.cancelled = True
-            self._wakeup.notify()
-        if self._thread is not None:
-            self._thread.join()
+        self._wake()
 
     @property
     def load(self) -> tuple[int, int]:
         """(running, waiting) request counts."""
         return len(self._running), len(self._waiting)
 
-    # -- the loop (engine thread only) ---------------------------------------------------
-
-    def _loop(self) -> None:
-        torch.set_grad_enabled(False)
-        while True:
-            with self._wakeup:
-                while not self._stopping and not self._running and not self._waiting:
-                    self._wakeup.wait()
-                if self._stopping and not self._running and not self._waiting:
-                    return
-            try:
-                self.step()
-            except Exception as exc:  # a bug must not kill every future request
-                log.exception("engine step failed")
-                for sequence in list(self._running):
-                    self._finish(sequence, "error", str(exc))
-                self._running.clear()
+    # -- iterations (compute thread only) ---------------------------------------------
 
     def step(self) -> None:
-        """One iteration: drop cancelled, admit + prefill, one decode step, retire."""
-        self._drop_cancelled()
-        admitted = self._admit()
-        if admitted:
-            self._prefill(admitted)
-        if self._running:
-            self._decode()
+        """One iteration: drop cancelled, admit + prefill, one decode step, retire.
+
+        If the model fails, every running request ends with an error; the engine goes on.
+        """
+        try:
+            self._drop_cancelled()
+            admitted = self._admit()
+            if admitted:
+                self._prefill(admitted)
+            if self._running:
+                self._decode()
+        except Exception as exc:
+            log.exception("engine step failed")
+            for sequence in self._running:
+                self._finish(sequence, "error", str(exc))
+            self._running.clear()
         self.steps += 1
 
     def _drop_cancelled(self) -> None:
-        with self._wakeup:
+        with self._lock:
             waiting = [s for s in self._waiting if s.cancelled]
             for sequence in waiting:
                 self._waiting.remove(sequence)
@@ -231,7 +222,7 @@ class Engine:
     def _admit(self) -> list[Sequence]:
         admitted: list[Sequence] = []
         budget = self.prefill_token_budget
-        with self._wakeup:
+        with self._lock:
             while self._waiting and len(self._running) + len(admitted) < self.max_batch:
                 cost = len(self._waiting[0].prompt)
                 if admitted and cost > budget:
@@ -318,7 +309,7 @@ class Engine:
 
     def _advance(self, sequence: Sequence, token: int) -> str | None:
         """Take one token; return a finish reason if the sequence is complete."""
-        if token in self.codec.stop_token_ids:
+        if token in self.codec.stop_token_ids and not sequence.params.ignore_eos:
             return "stop"
         sequence.output.append(token)
         sequence.last_token = token

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from services.inference_worker.engine.params import SamplingParams
+from llmos.generation import SamplingParams
 
 
 def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:

@@ -1,4 +1,4 @@
-"""What a caller may ask of generation, validated before it reaches the engine."""
+"""What a caller may ask of generation: one definition for the gateway, worker and engine."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from llmos.errors import InvalidArgument
+from llmos.v1 import inference_pb2
 
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_LENGTH = 256
@@ -22,19 +23,20 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:
         """Whether sampling reduces to argmax."""
         return self.temperature == 0.0 or self.top_k == 1
 
-    def validate(self, max_new_tokens: int) -> None:
+    def validate(self, max_new_tokens: int, limit: str = "fit the context window") -> None:
         """Raise InvalidArgument naming the first field that cannot be honoured."""
         if self.max_tokens <= 0:
             raise InvalidArgument("max_tokens", "must be greater than 0")
         if self.max_tokens > max_new_tokens:
             raise InvalidArgument(
-                "max_tokens", f"is {self.max_tokens}; at most {max_new_tokens} fit the context"
+                "max_tokens", f"is {self.max_tokens}; at most {max_new_tokens} {limit}"
             )
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise InvalidArgument("temperature", "must be a finite number >= 0")
@@ -51,3 +53,32 @@ class SamplingParams:
                 raise InvalidArgument(
                     f"stop[{index}]", f"must be 1 to {MAX_STOP_LENGTH} characters"
                 )
+
+
+DEFAULT_MAX_TOKENS = 128
+
+
+def sampling_params_from_proto(params: inference_pb2.GenerationParams) -> SamplingParams:
+    """The API's GenerationParams with defaults filled in (0 means 'not set')."""
+    return SamplingParams(
+        max_tokens=params.max_tokens or DEFAULT_MAX_TOKENS,
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p or 1.0,
+        seed=params.seed if params.HasField("seed") else None,
+        stop=tuple(params.stop),
+        ignore_eos=params.ignore_eos,
+    )
+
+
+def sampling_params_to_dict(params: SamplingParams) -> dict[str, object]:
+    """JSON-ready form (how the worker hands parameters to its Triton model)."""
+    return {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_k": params.top_k,
+        "top_p": params.top_p,
+        "seed": params.seed,
+        "stop": list(params.stop),
+        "ignore_eos": params.ignore_eos,
+    }

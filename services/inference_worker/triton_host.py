@@ -1,0 +1,87 @@
+"""Where the Triton Inference Server comes from: embedded (PyTriton) or external.
+
+Embedded: PyTriton starts the real `tritonserver` binary it ships, in its own workspace,
+listening on loopback only, and the engine runs in this process behind it. External
+(`LLMOS_TRITON_URL`): an NGC Triton container serves the same models from a model
+repository. Either way requests go through `tritonclient` only (see client.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+
+from pytriton.triton import Triton, TritonConfig
+
+from llmos.ports import free_port
+from services.inference_worker.triton_models import ServedModel, bindings
+
+log = logging.getLogger("llmos.triton")
+
+
+def python_library_path() -> str:
+    """LD_LIBRARY_PATH that lets Triton's Python backend stub load this interpreter's libpython."""
+    libdir = str(sysconfig.get_config_var("LIBDIR") or "")
+    current = os.environ.get("LD_LIBRARY_PATH", "")
+    parts = [p for p in current.split(os.pathsep) if p]
+    return os.pathsep.join([libdir, *[p for p in parts if p != libdir]]) if libdir else current
+
+
+class EmbeddedTriton:
+    """A tritonserver child process, started and stopped with the worker."""
+
+    def __init__(self, workspace: Path, log_file: Path, host: str = "127.0.0.1") -> None:
+        self.workspace = workspace  # keep it short: it holds AF_UNIX sockets (<108 bytes)
+        self.log_file = log_file
+        self.host = host
+        self.url = ""
+        self._triton: Triton | None = None
+        self.served: dict[str, ServedModel] = {}
+
+    def start(self) -> str:
+        """Start the server; return its gRPC address."""
+        os.environ["LD_LIBRARY_PATH"] = python_library_path()
+        shutil.rmtree(self.workspace, ignore_errors=True)
+        self.workspace.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        grpc_port = free_port(self.host)
+        config = TritonConfig(
+            grpc_address=self.host,
+            grpc_port=grpc_port,
+            http_address=self.host,
+            http_port=free_port(self.host),
+            metrics_address=self.host,
+            metrics_port=free_port(self.host),
+            log_verbose=0,
+            log_file=self.log_file,
+            exit_timeout_secs=5,
+        )
+        self._triton = Triton(config=config, workspace=self.workspace)
+        self._triton.run()
+        self.url = f"{self.host}:{grpc_port}"
+        log.info("embedded Triton serving", extra={"url": self.url})
+        return self.url
+
+    def serve(self, served: ServedModel) -> None:
+        """Bind a model's Triton models (loads them into the running server)."""
+        assert self._triton is not None, "start() first"
+        for spec in bindings(served):
+            self._triton.bind(**spec, strict=False)
+        self.served[served.name] = served
+
+    def release(self, name: str) -> None:
+        """Stop the engine of a model whose Triton models were unloaded."""
+        served = self.served.pop(name, None)
+        if served is not None:
+            served.stop()
+
+    def stop(self) -> None:
+        """Stop every engine, then Triton (which cleans its workspace)."""
+        for name in list(self.served):
+            self.release(name)
+        if self._triton is not None:
+            self._triton.stop()
+            self._triton = None

@@ -1,0 +1,263 @@
+"""The inference worker's transport layer: NATS work in, Triton calls out, chunks back.
+
+Each served model has three queue-group subscriptions (generate, embed, classify), so
+any worker that has the model may take a request. A generation is acknowledged at once
+(chunk 0) and then streamed on the requester's reply subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from llmos import subjects
+from llmos.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LLMOSError,
+    NotFound,
+    ResourceExhausted,
+)
+from llmos.generation import sampling_params_from_proto, sampling_params_to_dict
+from llmos.model.folder import REQUIRED_FILES
+from llmos.model.names import MODEL_NAME
+from llmos.runner import ServiceContext
+from llmos.v1 import inference_pb2
+from llmos.work import work_error
+from services.inference_worker.client import GenerateInput, TritonLLMClient
+from services.inference_worker.engine.compute import ComputeLoop
+from services.inference_worker.options import WorkerOptions
+from services.inference_worker.triton_host import EmbeddedTriton
+from services.inference_worker.triton_models import ServedModel
+
+log = logging.getLogger("llmos.worker")
+
+
+class InferenceWorker:
+    """Serves the models it has loaded to whoever sends work over NATS."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        options: WorkerOptions,
+        client: TritonLLMClient,
+        host: EmbeddedTriton | None,
+        compute: ComputeLoop,
+    ) -> None:
+        self.ctx = ctx
+        self.options = options
+        self.client = client
+        self.host = host
+        self.compute = compute
+        self.models_dir = options.models_dir or ctx.settings.data_dir / "models"
+        self._subscriptions: dict[str, list[Subscription]] = {}
+        self._inflight: dict[str, tuple[str, asyncio.Task[None]]] = {}
+        self._cancel_subscription: Subscription | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def models(self) -> list[str]:
+        """Models served right now."""
+        return list(self._subscriptions)
+
+    @property
+    def free_slots(self) -> int:
+        """How many more generations this worker accepts now."""
+        return max(self.options.max_inflight - len(self._inflight), 0)
+
+    async def start(self) -> None:
+        """Listen for cancellations (any worker may hold the request)."""
+        self._cancel_subscription = await self.ctx.nats.subscribe(
+            subjects.CANCEL_WORK, cb=self._on_cancel
+        )
+
+    async def load(self, model: str) -> None:
+        """Start serving `model` from the models directory."""
+        if not MODEL_NAME.match(model):
+            raise InvalidArgument("model", "must be lowercase letters, digits, - and _")
+        async with self._lock:
+            if model in self._subscriptions:
+                return
+            folder = self.models_dir / model
+            if not all((folder / name).is_file() for name in REQUIRED_FILES):
+                raise NotFound(f"model {model!r} is not in {self.models_dir}")
+            if self.host is not None:
+                served = await asyncio.to_thread(
+                    ServedModel,
+                    model,
+                    folder,
+                    self.compute,
+                    max_batch=self.options.max_batch,
+                    max_context=self.options.max_context,
+                )
+                await asyncio.to_thread(self.host.serve, served)
+            else:
+                await self.client.load(model)
+            if not await self.client.model_ready(model):
+                raise FailedPrecondition(f"Triton did not make {model!r} ready")
+            nc = self.ctx.nats
+            handlers: list[tuple[str, Callable[[Msg], Awaitable[None]]]] = [
+                (subjects.generate_work(model), self._on_generate),
+                (subjects.embed_work(model), self._on_embed),
+                (subjects.classify_work(model), self._on_classify),
+            ]
+            self._subscriptions[model] = [
+                await nc.subscribe(subject, queue=subjects.INFERENCE_QUEUE, cb=handler)
+                for subject, handler in handlers
+            ]
+            await self._advertise()
+            log.info("serving model", extra={"model": model})
+
+    async def unload(self, model: str) -> None:
+        """Stop serving `model`; its running generations end as cancelled."""
+        async with self._lock:
+            subscriptions = self._subscriptions.pop(model, None)
+            if subscriptions is None:
+                raise NotFound(f"model {model!r} is not loaded on this worker")
+            for subscription in subscriptions:
+                await subscription.unsubscribe()
+            await self._advertise()
+            for request_id, (served_model, _) in list(self._inflight.items()):
+                if served_model == model:
+                    with contextlib.suppress(LLMOSError):
+                        await self.client.cancel(model, request_id)
+            await self.client.unload(model)
+            if self.host is not None:
+                await asyncio.to_thread(self.host.release, model)
+
+    async def close(self) -> None:
+        """Take no new work, cancel what runs, and wait for it to end."""
+        for subscriptions in self._subscriptions.values():
+            for subscription in subscriptions:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+        if self._cancel_subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._cancel_subscription.unsubscribe()
+        for request_id, (model, _) in list(self._inflight.items()):
+            with contextlib.suppress(LLMOSError):
+                await self.client.cancel(model, request_id)
+        tasks = [task for _, task in self._inflight.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.ctx.settings.shutdown_grace_s)
+
+    async def _advertise(self) -> None:
+        """Tell the registry (and so the gateway) which models this worker serves."""
+        del self.ctx.instance.models[:]
+        self.ctx.instance.models.extend(sorted(self._subscriptions))
+        await self.ctx.registry.heartbeat(self.ctx.instance)
+
+    # -- generation ---------------------------------------------------------------------
+
+    async def _on_generate(self, msg: Msg) -> None:
+        work = inference_pb2.GenerateWork.FromString(msg.data)
+        ack = inference_pb2.GenerateChunk(
+            request_id=work.request_id, seq=0, worker=self.ctx.instance.instance_id
+        )
+        if self.free_slots == 0:
+            ack.done = True
+            ack.error.CopyFrom(work_error(ResourceExhausted(f"worker {ack.worker} is at capacity")))
+            await msg.respond(ack.SerializeToString())
+            return
+        task = asyncio.create_task(self._generate(work))
+        self._inflight[work.request_id] = (work.model, task)
+        task.add_done_callback(lambda _: self._inflight.pop(work.request_id, None))
+        await msg.respond(ack.SerializeToString())
+
+    async def _generate(self, work: inference_pb2.GenerateWork) -> None:
+        seq = 1
+
+        async def send(chunk: inference_pb2.GenerateChunk) -> None:
+            nonlocal seq
+            chunk.request_id, chunk.seq, chunk.worker = (
+                work.request_id,
+                seq,
+                self.ctx.instance.instance_id,
+            )
+            seq += 1
+            await self.ctx.nats.publish(work.reply_to, chunk.SerializeToString())
+
+        request = GenerateInput(
+            prompt=work.prompt,
+            messages=[{"role": m.role, "content": m.content} for m in work.chat.messages],
+            params=sampling_params_to_dict(sampling_params_from_proto(work.params)),
+        )
+        try:
+            async for chunk in self.client.generate(work.model, work.request_id, request):
+                await send(
+                    inference_pb2.GenerateChunk(
+                        text=chunk.text,
+                        token_ids=chunk.token_ids,
+                        done=bool(chunk.finish_reason),
+                        finish_reason=chunk.finish_reason,
+                        usage=inference_pb2.Usage(
+                            prompt_tokens=chunk.usage[0], completion_tokens=chunk.usage[1]
+                        ),
+                        timings=inference_pb2.Timings(
+                            queue_s=chunk.timings[0],
+                            time_to_first_token_s=chunk.timings[1],
+                            mean_inter_token_s=chunk.timings[2],
+                            total_s=chunk.timings[3],
+                        ),
+                    )
+                )
+        except LLMOSError as exc:
+            await send(inference_pb2.GenerateChunk(done=True, error=work_error(exc)))
+        except Exception as exc:  # never leave a requester waiting
+            log.exception("generation failed")
+            await send(
+                inference_pb2.GenerateChunk(
+                    done=True, error=inference_pb2.WorkError(code="INTERNAL", message=str(exc))
+                )
+            )
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        request_id = msg.data.decode(errors="replace")
+        entry = self._inflight.get(request_id)
+        if entry is not None:
+            with contextlib.suppress(LLMOSError):
+                await self.client.cancel(entry[0], request_id)
+
+    # -- embeddings and classification -----------------------------------------------------
+
+    async def _on_embed(self, msg: Msg) -> None:
+        work = inference_pb2.EmbedWork.FromString(msg.data)
+        result = inference_pb2.EmbedResult()
+        try:
+            answers = await asyncio.gather(*(self.client.embed(work.model, t) for t in work.inputs))
+            for values, tokens in answers:
+                result.embeddings.add(values=values)
+                result.prompt_tokens += tokens
+        except LLMOSError as exc:
+            result = inference_pb2.EmbedResult(error=work_error(exc))
+        await msg.respond(result.SerializeToString())
+
+    async def _on_classify(self, msg: Msg) -> None:
+        work = inference_pb2.ClassifyWork.FromString(msg.data)
+        labels = list(work.labels)
+        try:
+            scores = await asyncio.gather(
+                *(self.client.score_label(work.model, work.text, labels, label) for label in labels)
+            )
+        except LLMOSError as exc:
+            await msg.respond(
+                inference_pb2.ClassifyResult(error=work_error(exc)).SerializeToString()
+            )
+            return
+        top = max(scores)
+        weights = [math.exp(s - top) for s in scores]
+        total = sum(weights)
+        ranked = sorted(zip(labels, scores, weights, strict=True), key=lambda r: -r[1])
+        result = inference_pb2.ClassifyResult(
+            scores=[
+                inference_pb2.LabelScore(label=label, log_likelihood=score, probability=w / total)
+                for label, score, w in ranked
+            ]
+        )
+        await msg.respond(result.SerializeToString())
