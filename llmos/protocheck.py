@@ -9,14 +9,21 @@ from __future__ import annotations
 
 from google.protobuf import empty_pb2, unknown_fields  # type: ignore[attr-defined]
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError
 
 LENGTH_DELIMITED = 2
 
 
 def invalid_utf8_field(descriptor: Descriptor, data: bytes, prefix: str = "") -> str | None:
-    """Path of the first string field (e.g. `messages[1].content`) that is not UTF-8."""
+    """Path of the first string field (e.g. `messages[1].content`) that is not UTF-8.
+
+    None when every string is valid or the bytes are not a well-formed message at all.
+    """
     holder = empty_pb2.Empty()
-    holder.ParseFromString(data)
+    try:
+        holder.ParseFromString(data)
+    except DecodeError:
+        return None
     seen: dict[int, int] = {}
     for item in unknown_fields.UnknownFieldSet(holder):
         field = descriptor.fields_by_number.get(item.field_number)

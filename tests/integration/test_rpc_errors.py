@@ -114,3 +114,20 @@ async def test_stream_error_after_first_message_keeps_the_status(
             received.append(item)
     assert received == [b"first"]
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_truncated_message_is_invalid_argument_not_internal() -> None:
+    """A malformed payload is the caller's fault: INVALID_ARGUMENT, never INTERNAL."""
+    from llmos.rpc import _parse
+    from llmos.v1 import gateway_pb2
+
+    good = gateway_pb2.GenerateRequest(prompt="PLACEHOLDER").SerializeToString()
+    with pytest.raises(errors.InvalidArgument) as caught:
+        _parse(good[:-3], gateway_pb2.GenerateRequest.FromString)
+    assert caught.value.field == "request"
+    with pytest.raises(errors.InvalidArgument) as caught:
+        _parse(
+            good.replace(b"PLACEHOLDER", b"caf\xe9 \xff\xfe!!!!"),
+            gateway_pb2.GenerateRequest.FromString,
+        )
+    assert caught.value.field == "prompt"

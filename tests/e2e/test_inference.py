@@ -1,0 +1,241 @@
+"""Inference as a client sees it: gateway -> NATS -> inference worker -> Triton -> engine."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from llmos.model.names import DEFAULT_MODEL
+from llmos.v1 import (
+    gateway_pb2,
+    gateway_pb2_grpc,
+    inference_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from tests.e2e.conftest import RunningStack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def channel(stack: RunningStack) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(stack.gateway) as chan:
+        yield chan
+
+
+@pytest.fixture(scope="module")
+def gateway(channel: grpc.Channel) -> gateway_pb2_grpc.GatewayStub:
+    return gateway_pb2_grpc.GatewayStub(channel)
+
+
+def params(**kwargs: object) -> inference_pb2.GenerationParams:
+    return inference_pb2.GenerationParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_generate_streams_deltas_then_usage(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    request = gateway_pb2.GenerateRequest(
+        prompt="The three primary colors are", params=params(max_tokens=16)
+    )
+    responses = list(gateway.Generate(request, timeout=120))
+    assert len(responses) > 1, "tokens were not streamed"
+    assert [r.done for r in responses] == [False] * (len(responses) - 1) + [True]
+    final = responses[-1]
+    tokens = sum(len(r.token_ids) for r in responses)
+    assert final.finish_reason in ("stop", "length")
+    assert final.usage.completion_tokens == tokens <= 16
+    assert final.usage.prompt_tokens > 0
+    assert 0 < final.timings.time_to_first_token_s <= final.timings.total_s
+    assert final.model == DEFAULT_MODEL
+    assert "".join(r.text for r in responses).strip()
+
+
+def test_chat_answers_with_the_chat_template(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    request = gateway_pb2.ChatRequest(
+        messages=[inference_pb2.ChatMessage(role="user", content="What is the capital of France?")],
+        params=params(max_tokens=30),
+    )
+    responses = list(gateway.Chat(request, timeout=120))
+    assert "Paris" in "".join(r.text for r in responses)
+    assert responses[-1].finish_reason == "stop"
+
+
+def test_concurrent_requests_each_get_exactly_their_tokens(
+    gateway: gateway_pb2_grpc.GatewayStub,
+) -> None:
+    def one(index: int) -> tuple[str, int]:
+        request = gateway_pb2.GenerateRequest(
+            prompt=f"Write a sentence about the number {index}.",
+            params=params(max_tokens=12 + index, ignore_eos=True),
+        )
+        responses = list(gateway.Generate(request, timeout=180))
+        return responses[-1].finish_reason, sum(len(r.token_ids) for r in responses)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert results == [("length", 12 + i) for i in range(8)]
+
+
+def test_embeddings_are_unit_vectors_that_reflect_meaning(
+    gateway: gateway_pb2_grpc.GatewayStub,
+) -> None:
+    texts = ["The cat sat on the mat.", "A cat is sitting on a mat.", "Stock prices fell sharply."]
+    reply = gateway.Embed(gateway_pb2.EmbedRequest(inputs=texts), timeout=60)
+    vectors = [list(e.values) for e in reply.embeddings]
+    assert len(vectors) == 3 and all(len(v) == 576 for v in vectors)
+    for vector in vectors:
+        assert math.isclose(sum(x * x for x in vector), 1.0, rel_tol=1e-4)
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
+    assert reply.usage.prompt_tokens > 0
+
+
+def test_classify_ranks_every_label_with_probabilities(
+    gateway: gateway_pb2_grpc.GatewayStub,
+) -> None:
+    labels = ["sports", "cooking", "politics"]
+    reply = gateway.Classify(
+        gateway_pb2.ClassifyRequest(text="Stir the onions until golden.", labels=labels),
+        timeout=60,
+    )
+    assert sorted(s.label for s in reply.scores) == sorted(labels)
+    likelihoods = [s.log_likelihood for s in reply.scores]
+    assert likelihoods == sorted(likelihoods, reverse=True)
+    assert all(s.log_likelihood < 0 for s in reply.scores)
+    assert math.isclose(sum(s.probability for s in reply.scores), 1.0, rel_tol=1e-6)
+
+
+def test_list_models_shows_the_default_model(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    reply = gateway.ListModels(gateway_pb2.ListModelsRequest(), timeout=10)
+    (model,) = [m for m in reply.models if m.name == DEFAULT_MODEL]
+    assert model.default and model.workers == 1
+
+
+BAD_REQUESTS = [
+    (gateway_pb2.GenerateRequest(prompt=""), "INVALID_ARGUMENT", "prompt"),
+    (gateway_pb2.GenerateRequest(prompt="   "), "INVALID_ARGUMENT", "prompt"),
+    (
+        gateway_pb2.GenerateRequest(prompt="word " * 3000),
+        "INVALID_ARGUMENT",
+        "prompt: is 3001 tokens",
+    ),
+    (
+        gateway_pb2.GenerateRequest(prompt="hi", params=params(max_tokens=-1)),
+        "INVALID_ARGUMENT",
+        "params.max_tokens",
+    ),
+    (
+        gateway_pb2.GenerateRequest(prompt="hi", params=params(max_tokens=10**6)),
+        "INVALID_ARGUMENT",
+        "params.max_tokens",
+    ),
+    (
+        gateway_pb2.GenerateRequest(prompt="hi", params=params(temperature=-0.5)),
+        "INVALID_ARGUMENT",
+        "params.temperature",
+    ),
+    (
+        gateway_pb2.GenerateRequest(prompt="hi", params=params(top_p=1.5)),
+        "INVALID_ARGUMENT",
+        "params.top_p",
+    ),
+    (
+        gateway_pb2.GenerateRequest(prompt="hi", params=params(top_p=-0.1)),
+        "INVALID_ARGUMENT",
+        "params.top_p",
+    ),
+    (gateway_pb2.GenerateRequest(prompt="hi", model="no-such-model"), "NOT_FOUND", "no-such-model"),
+]
+
+
+@pytest.mark.parametrize(("request_", "code", "mentions"), BAD_REQUESTS)
+def test_bad_generate_requests_are_refused_naming_the_field(
+    gateway: gateway_pb2_grpc.GatewayStub,
+    request_: gateway_pb2.GenerateRequest,
+    code: str,
+    mentions: str,
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        list(gateway.Generate(request_, timeout=60))
+    assert caught.value.code().name == code
+    assert mentions in (caught.value.details() or "")
+
+
+def test_non_utf8_prompt_is_invalid_argument_naming_the_field(channel: grpc.Channel) -> None:
+    payload = gateway_pb2.GenerateRequest(prompt="PLACEHOLDER").SerializeToString()
+    generate = channel.unary_stream("/llmos.v1.Gateway/Generate")
+    with pytest.raises(grpc.RpcError) as caught:
+        list(generate(payload.replace(b"PLACEHOLDER", b"caf\xe9 \xff\xfe!!!!"), timeout=30))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "prompt: is not valid UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("call", "request_", "field"),
+    [
+        ("Chat", gateway_pb2.ChatRequest(), "messages"),
+        (
+            "Chat",
+            gateway_pb2.ChatRequest(
+                messages=[inference_pb2.ChatMessage(role="robot", content="x")]
+            ),
+            "messages[0].role",
+        ),
+        ("Embed", gateway_pb2.EmbedRequest(), "inputs"),
+        ("Embed", gateway_pb2.EmbedRequest(inputs=["ok", ""]), "inputs[1]"),
+        ("Classify", gateway_pb2.ClassifyRequest(text="x", labels=["only"]), "labels"),
+        ("Classify", gateway_pb2.ClassifyRequest(text="", labels=["a", "b"]), "text"),
+    ],
+)
+def test_other_bad_requests_name_the_field(
+    gateway: gateway_pb2_grpc.GatewayStub, call: str, request_: object, field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        result = getattr(gateway, call)(request_, timeout=30)
+        if call == "Chat":
+            list(result)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith(f"{field}:")
+
+
+def test_a_client_that_goes_away_frees_the_worker(
+    stack: RunningStack, gateway: gateway_pb2_grpc.GatewayStub
+) -> None:
+    with grpc.insecure_channel(stack.fields["inference-worker"]) as worker_channel:
+        worker = worker_pb2_grpc.InferenceWorkerStub(worker_channel)
+        idle = worker.DescribeWorker(worker_pb2.DescribeWorkerRequest(), timeout=10).free_slots
+        call = gateway.Generate(
+            gateway_pb2.GenerateRequest(
+                prompt="Count slowly.", params=params(max_tokens=2000, ignore_eos=True)
+            ),
+            timeout=300,
+        )
+        for received, _ in enumerate(call):
+            if received == 3:
+                break
+        busy = worker.DescribeWorker(worker_pb2.DescribeWorkerRequest(), timeout=10).free_slots
+        assert busy == idle - 1
+        call.cancel()
+        deadline = time.monotonic() + 15  # 2000 tokens would take minutes
+        free = busy
+        while free != idle and time.monotonic() < deadline:
+            time.sleep(0.2)
+            free = worker.DescribeWorker(worker_pb2.DescribeWorkerRequest(), timeout=10).free_slots
+        assert free == idle
+
+
+def test_the_worker_still_serves_after_all_that(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    request = gateway_pb2.GenerateRequest(
+        prompt="Hello", params=params(max_tokens=4, ignore_eos=True)
+    )
+    responses = list(gateway.Generate(request, timeout=60))
+    assert responses[-1].finish_reason == "length"
+    assert responses[-1].usage.completion_tokens == 4
