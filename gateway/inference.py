@@ -12,7 +12,9 @@ import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
+from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -29,6 +31,8 @@ ACCEPT_TIMEOUT_S = 5.0
 #: the longest a stream may go quiet before the worker is presumed lost
 STALL_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 120.0
+
+R = TypeVar("R", inference_pb2.EmbedResult, inference_pb2.ClassifyResult)
 
 
 class ModelCatalog:
@@ -108,25 +112,20 @@ class InferenceRouter:
                 with contextlib.suppress(Exception):
                     await self._nats.publish(subjects.CANCEL_WORK, work.request_id.encode())
 
+    async def _call(self, subject: str, work: Message, result: type[R], what: str) -> R:
+        """One request/reply exchange whose answer may carry a WorkError."""
+        reply = await self._request(subject, work.SerializeToString(), what, CALL_TIMEOUT_S)
+        answer = result.FromString(reply.data)
+        if answer.HasField("error"):
+            raise domain_error(answer.error)
+        return answer
+
     async def embed(self, work: inference_pb2.EmbedWork) -> inference_pb2.EmbedResult:
         """Embeddings of every input."""
-        reply = await self._request(
-            subjects.embed_work(work.model), work.SerializeToString(), "embedding", CALL_TIMEOUT_S
-        )
-        result = inference_pb2.EmbedResult.FromString(reply.data)
-        if result.HasField("error"):
-            raise domain_error(result.error)
-        return result
+        subject = subjects.embed_work(work.model)
+        return await self._call(subject, work, inference_pb2.EmbedResult, "embedding")
 
     async def classify(self, work: inference_pb2.ClassifyWork) -> inference_pb2.ClassifyResult:
         """The labels ranked by log-likelihood."""
-        reply = await self._request(
-            subjects.classify_work(work.model),
-            work.SerializeToString(),
-            "classification",
-            CALL_TIMEOUT_S,
-        )
-        result = inference_pb2.ClassifyResult.FromString(reply.data)
-        if result.HasField("error"):
-            raise domain_error(result.error)
-        return result
+        subject = subjects.classify_work(work.model)
+        return await self._call(subject, work, inference_pb2.ClassifyResult, "classification")

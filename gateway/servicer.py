@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from typing import Any
 
 import grpc
 
@@ -83,9 +84,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
 
     # -- inference ------------------------------------------------------------------------
 
-    async def _stream(
-        self, work: inference_pb2.GenerateWork
+    async def _generate(
+        self, model: str, params: inference_pb2.GenerationParams, **source: Any
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+        """Stream a generation from `source` (prompt= or chat=) after checking params."""
+        checked_params(params)
+        work = inference_pb2.GenerateWork(
+            request_id=request_id_var.get(),
+            model=await self._models.resolve(model),
+            params=params,
+            **source,
+        )
         async for chunk in self._router.generate(work):
             yield gateway_pb2.GenerateResponse(
                 text=chunk.text,
@@ -101,30 +110,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         check_prompt(request.prompt)
-        params = checked_params(request.params)
-        work = inference_pb2.GenerateWork(
-            request_id=request_id_var.get(),
-            model=await self._models.resolve(request.model),
-            prompt=request.prompt,
-            params=request.params,
-        )
-        work.params.max_tokens = params.max_tokens
-        async for response in self._stream(work):
+        async for response in self._generate(request.model, request.params, prompt=request.prompt):
             yield response
 
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         check_messages(list(request.messages))
-        params = checked_params(request.params)
-        work = inference_pb2.GenerateWork(
-            request_id=request_id_var.get(),
-            model=await self._models.resolve(request.model),
-            chat=inference_pb2.ChatTranscript(messages=request.messages),
-            params=request.params,
-        )
-        work.params.max_tokens = params.max_tokens
-        async for response in self._stream(work):
+        chat = inference_pb2.ChatTranscript(messages=request.messages)
+        async for response in self._generate(request.model, request.params, chat=chat):
             yield response
 
     async def Embed(

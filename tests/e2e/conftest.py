@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import queue
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,20 +13,24 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tools.devstack.process import StackProcess
 
 LLMOS = str(Path(sys.executable).parent / "llmos")
 
 
 @dataclass
 class RunningStack:
-    proc: subprocess.Popen[str]
+    launcher: StackProcess
     fields: dict[str, str]
     data_dir: Path
-    output: list[str]
 
     @property
     def gateway(self) -> str:
         return self.fields["gateway"]
+
+    @property
+    def output(self) -> list[str]:
+        return self.launcher.output
 
     def status(self) -> dict[str, Any]:
         result = subprocess.run(
@@ -43,48 +43,12 @@ class RunningStack:
         return dict(json.loads(result.stdout))
 
 
-def parse_ready_line(line: str) -> dict[str, str]:
-    """`LLM OS ready k=v k=v` -> {k: v}: the contract scripts rely on."""
-    assert line.startswith("LLM OS ready ")
-    return dict(pair.split("=", 1) for pair in line.removeprefix("LLM OS ready ").split())
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Iterator[RunningStack]:
     data_dir = tmp_path_factory.mktemp("stack") / "var"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tools.devstack",
-            "--data-dir",
-            str(data_dir),
-            "--gateway-port",
-            "0",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
+    # the model was imported once for the session; the worker reads it from there
+    launcher = StackProcess(data_dir, env={"LLMOS_MODELS_DIR": str(model_folder.parent)}, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
-            if line.startswith("LLM OS ready"):
-                break
-        yield RunningStack(proc, parse_ready_line(line.strip()), data_dir, output)
+        yield RunningStack(launcher, launcher.start(), data_dir)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+        launcher.stop()

@@ -109,8 +109,7 @@ def test_sigterm_stops_everything_and_leaves_nothing_listening(stack: RunningSta
     serving = [s for s in stack.status()["services"] if s["state"] == "STATE_SERVING"]
     pids = [int(s["instance"]["pid"]) for s in serving]
     assert sorted(s["instance"]["service"] for s in serving) == sorted(REQUIRED_SERVICES)
-    stack.proc.send_signal(signal.SIGTERM)
-    assert stack.proc.wait(60) == 0
+    assert stack.launcher.stop() == 0
     assert any("LLM OS stopped" in line for line in stack.output)
     for key, address in stack.fields.items():
         if key in ("data_dir", "logs"):

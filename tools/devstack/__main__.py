@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llmos.log import configure_logging
 from tools.devstack.infra import InfraError
+from tools.devstack.process import format_ready_line
 from tools.devstack.stack import DevStack, StackError, StackOptions
 
 
@@ -58,8 +59,7 @@ async def run(args: argparse.Namespace) -> int:
             return 130
         stopped_early.cancel()
         fields = starting.result()
-        line = " ".join(f"{key}={value}" for key, value in fields.items())
-        print(f"LLM OS ready {line}", flush=True)
+        print(format_ready_line(fields), flush=True)
         logging.getLogger("llmos.devstack").info(
             "ready after %.1fs; logs in %s", time.monotonic() - began, fields["logs"]
         )

@@ -235,35 +235,37 @@ class Engine:
         return admitted
 
     def _prefill(self, batch: list[Sequence]) -> None:
-        """Run new prompts together; their KV goes to the next free slots."""
-        base, count = len(self._running), len(batch)
-        lengths = torch.tensor([len(s.prompt) for s in batch])
-        width = int(lengths.max())
-        ids = torch.zeros(count, width, dtype=torch.long)
-        for row, sequence in enumerate(batch):
-            ids[row, : len(sequence.prompt)] = torch.tensor(sequence.prompt)
-        positions = torch.arange(width).expand(count, width)
-        self.cache.ensure(width)
-        mask: Tensor | None = None
-        if count > 1:
-            valid = torch.arange(width)[None, :] < lengths[:, None]
-            causal = torch.ones(width, width, dtype=torch.bool).tril()
-            mask = (causal[None] & valid[:, None, :])[:, None]
+        """Run new prompts; their keys and values go to the next free slots.
+
+        Each prompt runs on its own: padding a batch of varied lengths to the longest
+        wasted up to half the matmul work and forced masked attention onto the slow math
+        path, while one causal prompt uses the fused kernel. Their last hidden states
+        share one lm_head matmul.
+        """
+        base = len(self._running)
+        last_columns = []
+        for offset, sequence in enumerate(batch):
+            length = len(sequence.prompt)
+            self.cache.ensure(length)
+            slot = base + offset
+            last_columns.append(self._prefill_one(sequence.prompt, slot)[:, length - 1 : length])
+            sequence.cache_len = length
+        logits = self.forward.logits(torch.cat(last_columns, dim=1))
+        self._running.extend(batch)
+        self._accept(batch, logits, offset=base)
+
+    def _prefill_one(self, prompt: list[int], slot: int) -> Tensor:
+        """Hidden states [H, T] of one prompt, storing its keys and values in `slot`."""
+        length = len(prompt)
         cache = self.cache
 
         def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            cache.keys(layer)[base : base + count, :, :width] = k
-            cache.values(layer)[base : base + count, :, :width] = v
-            if mask is None:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            cache.keys(layer)[slot, :, :length] = k[0]
+            cache.values(layer)[slot, :, :length] = v[0]
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
-        hidden = self.forward.hidden(ids, positions, attend)
-        logits = self.forward.logits(hidden[:, torch.arange(count) * width + lengths - 1])
-        for sequence in batch:
-            sequence.cache_len = len(sequence.prompt)
-        self._running.extend(batch)
-        self._accept(batch, logits, offset=base)
+        tokens = torch.tensor([prompt])
+        return self.forward.hidden(tokens, torch.arange(length)[None, :], attend)
 
     def _decode(self) -> None:
         """Feed every running sequence its last token; sample the next."""
