@@ -75,7 +75,7 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
             )
             url = await asyncio.to_thread(host.start)
             stack.push_async_callback(asyncio.to_thread, host.stop)
-        client = TritonLLMClient(url)
+        client = TritonLLMClient(url, host.access_token if host else options.triton_token.reveal())
         stack.push_async_callback(client.close)
         worker = InferenceWorker(ctx, options, client, host, compute)
         stack.push_async_callback(worker.close)

@@ -20,6 +20,8 @@ from llmos.errors import InvalidArgument, LLMOSError, Unavailable
 from services.inference_worker.triton_models import CANCEL, CLASSIFY, EMBED, GENERATE, triton_name
 from services.inference_worker.wire import triton_error
 
+ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
+
 
 @dataclass
 class Chunk:
@@ -60,9 +62,11 @@ def _domain_error(exc: InferenceServerException) -> LLMOSError:
 class TritonLLMClient:
     """Generation, cancellation, embeddings and classification against a Triton server."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, access_token: str = "") -> None:
         self.url = url
         self._client = triton_aio.InferenceServerClient(url)
+        # model control (load/unload) may be restricted to holders of a token
+        self._control_headers = {ACCESS_TOKEN_HEADER: access_token} if access_token else None
 
     async def close(self) -> None:
         """Close the gRPC channel."""
@@ -165,12 +169,19 @@ class TritonLLMClient:
     async def load(self, model: str) -> None:
         """Ask an external Triton (explicit model control) to load a model's Triton models."""
         for kind in (GENERATE, CANCEL, EMBED, CLASSIFY):
-            await self._client.load_model(triton_name(model, kind))
+            try:
+                await self._client.load_model(
+                    triton_name(model, kind), headers=self._control_headers
+                )
+            except InferenceServerException as exc:
+                raise Unavailable(f"loading {model}: {exc.message()}") from None
 
     async def unload(self, model: str) -> None:
         """Unload a model's Triton models."""
         for kind in (GENERATE, CANCEL, EMBED, CLASSIFY):
             try:
-                await self._client.unload_model(triton_name(model, kind))
+                await self._client.unload_model(
+                    triton_name(model, kind), headers=self._control_headers
+                )
             except InferenceServerException as exc:
                 raise Unavailable(f"unloading {model}: {exc.message()}") from None

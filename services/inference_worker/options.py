@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.config import EnvReader
+from llmos.config import EnvReader, Secret
 from llmos.model.names import DEFAULT_MODEL, MODEL_NAME
 
 
@@ -14,6 +14,7 @@ class WorkerOptions:
     """Which models to serve, how, and where Triton is."""
 
     triton_url: str  # empty: embed Triton through PyTriton
+    triton_token: Secret[str]  # an external Triton's model-control access token, if any
     models: tuple[str, ...]
     models_dir: Path | None  # None: <data dir>/models
     max_batch: int
@@ -33,6 +34,7 @@ def read_worker_options(env: EnvReader) -> WorkerOptions:
     max_batch = env.integer("MAX_BATCH", 32, minimum=1, maximum=256)
     return WorkerOptions(
         triton_url=env.text("TRITON_URL", ""),
+        triton_token=Secret(env.text("TRITON_ACCESS_TOKEN", "")),
         models=models,
         models_dir=Path(models_dir).resolve() if models_dir else None,
         max_batch=max_batch,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import sysconfig
 from pathlib import Path
 
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 from llmos.ports import free_port
 from services.inference_worker.triton_models import ServedModel, bindings
@@ -40,6 +41,11 @@ class EmbeddedTriton:
         self.url = ""
         self._triton: Triton | None = None
         self.served: dict[str, ServedModel] = {}
+        # Triton's model-control protocol answers only to this token (PyTriton restricts it)
+        self.access_token = secrets.token_urlsafe(32)
+        # PyTriton 0.7 cannot serve a model again in the same process after unloading it
+        # (a second binding's tensor store fails authentication), so that is refused
+        self._released: set[str] = set()
 
     def start(self) -> str:
         """Start the server; return its gRPC address."""
@@ -59,7 +65,11 @@ class EmbeddedTriton:
             log_file=self.log_file,
             exit_timeout_secs=5,
         )
-        self._triton = Triton(config=config, workspace=self.workspace)
+        self._triton = Triton(
+            config=config,
+            workspace=self.workspace,
+            security_config=TritonSecurityConfig(access_token=self.access_token),
+        )
         self._triton.run()
         self.url = f"{self.host}:{grpc_port}"
         log.info("embedded Triton serving", extra={"url": self.url})
@@ -77,6 +87,11 @@ class EmbeddedTriton:
         served = self.served.pop(name, None)
         if served is not None:
             served.stop()
+            self._released.add(name)
+
+    def can_serve(self, name: str) -> bool:
+        """False for a model this process served and released (see `_released`)."""
+        return name not in self._released
 
     def stop(self) -> None:
         """Stop every engine, then Triton (which cleans its workspace)."""

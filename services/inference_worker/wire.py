@@ -6,11 +6,15 @@ Triton carries only an error string from a model to its client, so the string is
 
 from __future__ import annotations
 
+import logging
+
 from llmos import errors
 from llmos.v1 import inference_pb2
 from llmos.work import code_of, domain_error
 
 PREFIX = "LLMOS|"
+
+log = logging.getLogger("llmos.worker")
 
 
 def encode_error(error: errors.LLMOSError) -> str:
@@ -23,8 +27,11 @@ def encode_error(error: errors.LLMOSError) -> str:
 def decode_error(message: str) -> inference_pb2.WorkError:
     """The WorkError for a Triton error message (coded or not)."""
     start = message.find(PREFIX)
-    if start < 0:
-        return inference_pb2.WorkError(code="UNAVAILABLE", message=f"inference server: {message}")
+    if start < 0:  # not ours: details (often a traceback) go to the log, not the caller
+        log.error("inference server error", extra={"detail": message})
+        return inference_pb2.WorkError(
+            code="UNAVAILABLE", message="the inference server failed to run the request"
+        )
     code, _, rest = message[start + len(PREFIX) :].partition("|")
     field, _, reason = rest.partition("|")
     reason = reason.strip().splitlines()[0] if reason.strip() else ""

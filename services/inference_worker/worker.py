@@ -86,7 +86,12 @@ class InferenceWorker:
                 return
             folder = self.models_dir / model
             if not all((folder / name).is_file() for name in REQUIRED_FILES):
-                raise NotFound(f"model {model!r} is not in {self.models_dir}")
+                raise NotFound(f"model {model!r} is not in the worker's models directory")
+            if self.host is not None and not self.host.can_serve(model):
+                raise FailedPrecondition(
+                    f"model {model!r} was unloaded from this worker's embedded Triton; "
+                    "restart the worker to serve it again"
+                )
             if self.host is not None:
                 served = await asyncio.to_thread(
                     ServedModel,

@@ -239,3 +239,31 @@ def test_the_worker_still_serves_after_all_that(gateway: gateway_pb2_grpc.Gatewa
     responses = list(gateway.Generate(request, timeout=60))
     assert responses[-1].finish_reason == "length"
     assert responses[-1].usage.completion_tokens == 4
+
+
+def test_models_load_and_unload_on_command_without_a_restart(
+    stack: RunningStack, gateway: gateway_pb2_grpc.GatewayStub
+) -> None:
+    """Runs last in this module: it takes the default model away."""
+    with grpc.insecure_channel(stack.fields["inference-worker"]) as worker_channel:
+        worker = worker_pb2_grpc.InferenceWorkerStub(worker_channel)
+        for bad, code in [("../etc", "INVALID_ARGUMENT"), ("not-imported", "NOT_FOUND")]:
+            with pytest.raises(grpc.RpcError) as caught:
+                worker.LoadModel(worker_pb2.LoadModelRequest(model=bad), timeout=30)
+            assert caught.value.code().name == code
+        described = worker.UnloadModel(
+            worker_pb2.UnloadModelRequest(model=DEFAULT_MODEL), timeout=60
+        )
+        assert list(described.loaded_models) == []
+        deadline = time.monotonic() + 10
+        while gateway.ListModels(gateway_pb2.ListModelsRequest(), timeout=10).models:
+            assert time.monotonic() < deadline, "the gateway still lists the unloaded model"
+            time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(gateway.Generate(gateway_pb2.GenerateRequest(prompt="Hi"), timeout=30))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as caught:
+            worker.LoadModel(worker_pb2.LoadModelRequest(model=DEFAULT_MODEL), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "restart the worker" in (caught.value.details() or "")
+    assert stack.status()["ready"] is True  # the worker itself keeps serving its API
