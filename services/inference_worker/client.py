@@ -17,21 +17,11 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from llmos.errors import InvalidArgument, LLMOSError, Unavailable
+from llmos.v1 import inference_pb2
 from services.inference_worker.triton_models import CANCEL, CLASSIFY, EMBED, GENERATE, triton_name
 from services.inference_worker.wire import triton_error
 
 ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
-
-
-@dataclass
-class Chunk:
-    """One streamed response: new text and token ids; the last has a finish reason."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str = ""
-    usage: tuple[int, int] = (0, 0)
-    timings: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass
@@ -84,7 +74,9 @@ class TritonLLMClient:
         except InferenceServerException:
             return False
 
-    async def generate(self, model: str, key: str, request: GenerateInput) -> AsyncIterator[Chunk]:
+    async def generate(
+        self, model: str, key: str, request: GenerateInput
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
         """Stream a generation; closing the iterator early abandons it (cancel() stops it)."""
         inputs = [
             _bytes_input("request_key", key),
@@ -103,22 +95,9 @@ class TritonLLMClient:
             async for result, error in stream:
                 if error is not None:
                     raise _domain_error(error)
-                finish = result.as_numpy("finish_reason")[0].decode()
-                usage = result.as_numpy("usage")
-                timings = result.as_numpy("timings")
-                yield Chunk(
-                    text=result.as_numpy("text")[0].decode("utf-8"),
-                    token_ids=[int(t) for t in result.as_numpy("token_ids")],
-                    finish_reason=finish,
-                    usage=(int(usage[0]), int(usage[1])),
-                    timings=(
-                        float(timings[0]),
-                        float(timings[1]),
-                        float(timings[2]),
-                        float(timings[3]),
-                    ),
-                )
-                if finish:
+                chunk = inference_pb2.GenerateChunk.FromString(result.as_numpy("chunk")[0])
+                yield chunk
+                if chunk.done:
                     return
         except InferenceServerException as exc:
             raise _domain_error(exc) from None

@@ -195,23 +195,7 @@ class InferenceWorker:
         )
         try:
             async for chunk in self.client.generate(work.model, work.request_id, request):
-                await send(
-                    inference_pb2.GenerateChunk(
-                        text=chunk.text,
-                        token_ids=chunk.token_ids,
-                        done=bool(chunk.finish_reason),
-                        finish_reason=chunk.finish_reason,
-                        usage=inference_pb2.Usage(
-                            prompt_tokens=chunk.usage[0], completion_tokens=chunk.usage[1]
-                        ),
-                        timings=inference_pb2.Timings(
-                            queue_s=chunk.timings[0],
-                            time_to_first_token_s=chunk.timings[1],
-                            mean_inter_token_s=chunk.timings[2],
-                            total_s=chunk.timings[3],
-                        ),
-                    )
-                )
+                await send(chunk)
         except LLMOSError as exc:
             await send(inference_pb2.GenerateChunk(done=True, error=work_error(exc)))
         except Exception as exc:  # never leave a requester waiting
