@@ -7,7 +7,7 @@ here knows whether Triton is embedded.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,14 @@ from tritonclient.utils import InferenceServerException
 
 from llmos.errors import InvalidArgument, LLMOSError, Unavailable
 from llmos.v1 import inference_pb2
-from services.inference_worker.triton_models import CANCEL, CLASSIFY, EMBED, GENERATE, triton_name
+from services.inference_worker.triton_models import (
+    CANCEL,
+    CLASSIFY,
+    EMBED,
+    GENERATE,
+    KINDS,
+    triton_name,
+)
 from services.inference_worker.wire import triton_error
 
 ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
@@ -145,22 +152,18 @@ class TritonLLMClient:
             raise _domain_error(exc) from None
         return float(result.as_numpy("log_likelihood")[0][0])
 
+    async def _control(self, action: str, call: Callable[..., Awaitable[Any]], model: str) -> None:
+        """Apply a model-control call to each of a model's Triton models."""
+        for kind in KINDS:
+            try:
+                await call(triton_name(model, kind), headers=self._control_headers)
+            except InferenceServerException as exc:
+                raise Unavailable(f"{action} {model}: {exc.message()}") from None
+
     async def load(self, model: str) -> None:
         """Ask an external Triton (explicit model control) to load a model's Triton models."""
-        for kind in (GENERATE, CANCEL, EMBED, CLASSIFY):
-            try:
-                await self._client.load_model(
-                    triton_name(model, kind), headers=self._control_headers
-                )
-            except InferenceServerException as exc:
-                raise Unavailable(f"loading {model}: {exc.message()}") from None
+        await self._control("loading", self._client.load_model, model)
 
     async def unload(self, model: str) -> None:
         """Unload a model's Triton models."""
-        for kind in (GENERATE, CANCEL, EMBED, CLASSIFY):
-            try:
-                await self._client.unload_model(
-                    triton_name(model, kind), headers=self._control_headers
-                )
-            except InferenceServerException as exc:
-                raise Unavailable(f"unloading {model}: {exc.message()}") from None
+        await self._control("unloading", self._client.unload_model, model)
