@@ -246,14 +246,3 @@ class LlamaForCausalLM(nn.Module):
         if positions is None:
             positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
         return self.lm_head(self.hidden_states(input_ids, positions, attend))  # type: ignore[no-any-return]
-
-
-def init_weights(model: LlamaForCausalLM, seed: int = 0) -> None:
-    """Initialise a from-scratch model the way Llama does (normal, std 0.02)."""
-    generator = torch.Generator().manual_seed(seed)
-    for name, parameter in model.named_parameters():
-        with torch.no_grad():
-            if name.endswith("norm.weight"):
-                parameter.fill_(1.0)
-            else:
-                parameter.normal_(0.0, 0.02, generator=generator)
