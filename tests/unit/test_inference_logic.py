@@ -1,0 +1,118 @@
+"""Pure inference logic: request checks, the error codec across Triton and NATS, sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from gateway.validation import (
+    check_classification,
+    check_embed_inputs,
+    check_messages,
+    check_prompt,
+    checked_params,
+)
+from llmos import errors
+from llmos.generation import SamplingParams, sampling_params_from_proto
+from llmos.v1 import inference_pb2
+from llmos.work import domain_error, work_error
+from services.inference_worker.engine.engine import _partial_stop_suffix
+from services.inference_worker.engine.sampling import choose_next, filter_logits
+from services.inference_worker.wire import decode_error, encode_error
+
+
+def test_unset_params_get_defaults() -> None:
+    params = sampling_params_from_proto(inference_pb2.GenerationParams())
+    assert params == SamplingParams(max_tokens=128, temperature=0.0, top_p=1.0)
+    assert params.greedy
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        (inference_pb2.GenerationParams(max_tokens=-3), "params.max_tokens"),
+        (inference_pb2.GenerationParams(max_tokens=5000), "params.max_tokens"),
+        (inference_pb2.GenerationParams(temperature=-1), "params.temperature"),
+        (inference_pb2.GenerationParams(top_p=2), "params.top_p"),
+        (inference_pb2.GenerationParams(top_k=5000), "params.top_k"),
+        (inference_pb2.GenerationParams(stop=["x"] * 9), "params.stop"),
+    ],
+)
+def test_bad_params_name_the_public_field(
+    params: inference_pb2.GenerationParams, field: str
+) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        checked_params(params)
+    assert caught.value.field == field
+
+
+def test_request_checks_name_the_field() -> None:
+    checks: list[tuple[Callable[[], None], str]] = [
+        (lambda: check_prompt("  "), "prompt"),
+        (lambda: check_messages([]), "messages"),
+        (
+            lambda: check_messages([inference_pb2.ChatMessage(role="user", content="")]),
+            "messages",
+        ),
+        (lambda: check_embed_inputs(["a", " "]), "inputs[1]"),
+        (lambda: check_classification("text", ["a", "a"]), "labels"),
+        (lambda: check_classification("text", ["a", ""]), "labels[1]"),
+    ]
+    for check, field in checks:
+        with pytest.raises(errors.InvalidArgument) as caught:
+            check()
+        assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.InvalidArgument("prompt", "is 3001 tokens; the context window is 2048 tokens"),
+        errors.NotFound("model 'x' is not served"),
+        errors.ResourceExhausted("the engine queue is full"),
+        errors.Unavailable("the engine is shutting down"),
+    ],
+)
+def test_errors_survive_triton_and_nats_unchanged(error: errors.LLMOSError) -> None:
+    through_triton = domain_error(decode_error("model raised: " + encode_error(error)))
+    through_nats = domain_error(work_error(error))
+    for received in (through_triton, through_nats):
+        assert type(received) is type(error)
+        assert str(received) == str(error)
+
+
+def test_a_foreign_triton_error_becomes_one_sentence() -> None:
+    error = decode_error('Traceback (most recent call last):\n  File "x.py"\nKeyError: 1')
+    assert error.code == "UNAVAILABLE"
+    assert "Traceback" not in error.message and "x.py" not in error.message
+
+
+def test_top_k_and_top_p_keep_only_the_likely_tokens() -> None:
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0])
+    kept_k = filter_logits(logits, SamplingParams(temperature=1.0, top_k=2)).isfinite()
+    assert kept_k.tolist() == [True, True, False, False, False]
+    probs = torch.softmax(logits, dim=0)
+    p = float(probs[0] + probs[1]) - 1e-6  # the two best tokens just reach p
+    kept_p = filter_logits(logits, SamplingParams(temperature=1.0, top_p=p)).isfinite()
+    assert kept_p.tolist() == [True, True, False, False, False]
+
+
+def test_greedy_rows_take_the_argmax_and_seeded_rows_repeat() -> None:
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    params = [SamplingParams(), SamplingParams(temperature=1.0), SamplingParams(temperature=1.0)]
+
+    def draw() -> list[int]:
+        generators = [None, torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)]
+        return choose_next(logits, params, generators)
+
+    first, second = draw(), draw()
+    assert first[0] == int(logits[0].argmax())
+    assert first == second
+
+
+def test_text_that_could_start_a_stop_sequence_is_held_back() -> None:
+    assert _partial_stop_suffix("Hello wor", ("world",)) == 3
+    assert _partial_stop_suffix("Hello", ("world",)) == 0
+    assert _partial_stop_suffix("ab\n", ("\n\n", "xyz")) == 1
