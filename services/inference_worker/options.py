@@ -21,6 +21,10 @@ class WorkerOptions:
     max_context: int
     max_inflight: int
 
+    def models_root(self, data_dir: Path) -> Path:
+        """Where model folders live: LLMOS_MODELS_DIR, else <data dir>/models."""
+        return self.models_dir or data_dir / "models"
+
 
 def read_worker_options(env: EnvReader) -> WorkerOptions:
     """Read and check the worker's variables (errors are collected in `env`)."""

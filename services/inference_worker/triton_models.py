@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,6 @@ from llmos.v1 import inference_pb2
 from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.engine.engine import Engine, RequestHandle, TokenEvent
 from services.inference_worker.wire import encode_error
-
-log = logging.getLogger("llmos.triton_models")
 
 Array = NDArray[Any]
 
@@ -83,8 +80,7 @@ class ServedModel:
     def stop(self) -> None:
         """Cancel everything in flight, let the engine retire it, stop stepping it."""
         self.engine.shutdown()
-        self.compute.call(lambda: None).result()  # one pass of the loop retires them
-        while self.engine.has_work():
+        while self.engine.has_work():  # each pass of the compute loop retires what it can
             self.compute.call(lambda: None).result()
         self.compute.detach(self.engine)
 

@@ -55,7 +55,7 @@ class InferenceWorker:
         self.client = client
         self.host = host
         self.compute = compute
-        self.models_dir = options.models_dir or ctx.settings.data_dir / "models"
+        self.models_dir = options.models_root(ctx.settings.data_dir)
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._inflight: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._cancel_subscription: Subscription | None = None
