@@ -9,7 +9,11 @@ from typing import Any
 
 import grpc
 
+from gateway.admin import AdminServicer
+from gateway.auth.principal import call_record, caller
+from gateway.cache import ResponseCache
 from gateway.inference import InferenceRouter, ModelCatalog
+from gateway.runtime import GatewayRuntime
 from gateway.status import service_status, system_status
 from gateway.validation import (
     check_classification,
@@ -19,13 +23,22 @@ from gateway.validation import (
     checked_params,
 )
 from llmos import subjects
-from llmos.errors import InvalidArgument
+from llmos.errors import InvalidArgument, Unavailable
 from llmos.health import check_health
 from llmos.log import request_id_var
 from llmos.model.names import DEFAULT_MODEL
 from llmos.runner import ServiceContext
 from llmos.services import REQUIRED_SERVICES
-from llmos.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc, inference_pb2
+from llmos.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    events_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    inference_pb2,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
 
 HEALTH_TIMEOUT_S = 2.0
 EVENT_BUFFER = 1024
@@ -34,10 +47,12 @@ EVENT_BUFFER = 1024
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     """Implements llmos.v1.Gateway over the shared service context."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, cache: ResponseCache) -> None:
         self._ctx = ctx
+        self._cache = cache
         self._models = ModelCatalog(ctx.registry)
         self._router = InferenceRouter(ctx)
+        self._scheduler: tuple[str, grpc.aio.Channel] | None = None
 
     async def GetSystemStatus(
         self, request: gateway_pb2.GetSystemStatusRequest, context: grpc.aio.ServicerContext
@@ -63,13 +78,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
                 wanted.append(subjects.events_of_kind(kind))
             except ValueError as exc:
                 raise InvalidArgument(f"kinds[{index}]", str(exc)) from None
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=EVENT_BUFFER)
+        principal = caller()
+        queue: asyncio.Queue[events_pb2.Event] = asyncio.Queue(maxsize=EVENT_BUFFER)
 
         async def on_message(msg: object) -> None:
-            data: bytes = msg.data  # type: ignore[attr-defined]
+            event = events_pb2.Event.FromString(msg.data)  # type: ignore[attr-defined]
+            if event.tenant != principal.tenant and not principal.is_system_admin:
+                return  # another tenant's event, or a system event: not for this caller
             if queue.full():  # a slow subscriber loses oldest events, never stalls NATS
                 queue.get_nowait()
-            queue.put_nowait(data)
+            queue.put_nowait(event)
 
         subscriptions = [
             await self._ctx.nats.subscribe(subject, cb=on_message)
@@ -77,40 +95,69 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         ]
         try:
             while True:
-                yield events_pb2.Event.FromString(await queue.get())
+                yield await queue.get()
         finally:
             for subscription in subscriptions:
                 await subscription.unsubscribe()
 
     # -- inference ------------------------------------------------------------------------
 
+    async def _model(self, requested: str) -> str:
+        """The model to use (resolved and checked), recorded as the call's resource."""
+        model = await self._models.resolve(requested)
+        call_record().resource = f"model/{model}"
+        return model
+
     async def _generate(
-        self, model: str, params: inference_pb2.GenerationParams, **source: Any
+        self, kind: str, request: Any, params: inference_pb2.GenerationParams, **source: Any
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
-        """Stream a generation from `source` (prompt= or chat=) after checking params."""
-        checked_params(params)
+        """Stream a generation from `source` (prompt= or chat=) after checking params.
+        Greedy generations are deterministic, so they are cached (per tenant)."""
+        sampling = checked_params(params)
+        model = await self._model(request.model)
+        key = ResponseCache.key(caller().tenant, kind, model, request) if sampling.greedy else ""
+        if key and (hit := await self._cache.get(key, gateway_pb2.GenerateResponse)):
+            call_record().cached = True
+            hit.cached = True
+            yield hit
+            return
         work = inference_pb2.GenerateWork(
-            request_id=request_id_var.get(),
-            model=await self._models.resolve(model),
-            params=params,
-            **source,
+            request_id=request_id_var.get(), model=model, params=params, **source
         )
+        whole = gateway_pb2.GenerateResponse(model=model)
         async for chunk in self._router.generate(work):
-            yield gateway_pb2.GenerateResponse(
+            response = gateway_pb2.GenerateResponse(
                 text=chunk.text,
                 token_ids=chunk.token_ids,
                 done=chunk.done,
                 finish_reason=chunk.finish_reason,
                 usage=chunk.usage if chunk.done else None,
                 timings=chunk.timings if chunk.done else None,
-                model=work.model,
+                model=model,
             )
+            whole.text += chunk.text
+            whole.token_ids.extend(chunk.token_ids)
+            if chunk.done:
+                call_record().tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
+                whole.MergeFrom(
+                    gateway_pb2.GenerateResponse(
+                        done=True,
+                        finish_reason=chunk.finish_reason,
+                        usage=chunk.usage,
+                        timings=chunk.timings,
+                    )
+                )
+            yield response
+        if key and whole.done and whole.finish_reason != "cancelled":
+            await self._cache.put(key, whole)
 
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         check_prompt(request.prompt)
-        async for response in self._generate(request.model, request.params, prompt=request.prompt):
+        async for response in self._generate(
+            "generate", request, request.params, prompt=request.prompt
+        ):
             yield response
 
     async def Chat(
@@ -118,30 +165,41 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         check_messages(list(request.messages))
         chat = inference_pb2.ChatTranscript(messages=request.messages)
-        async for response in self._generate(request.model, request.params, chat=chat):
+        async for response in self._generate("chat", request, request.params, chat=chat):
             yield response
 
     async def Embed(
         self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.EmbedResponse:
         check_embed_inputs(list(request.inputs))
-        model = await self._models.resolve(request.model)
+        model = await self._model(request.model)
+        key = ResponseCache.key(caller().tenant, "embed", model, request)
+        if hit := await self._cache.get(key, gateway_pb2.EmbedResponse):
+            call_record().cached = hit.cached = True
+            return hit
         result = await self._router.embed(
             inference_pb2.EmbedWork(
                 request_id=request_id_var.get(), model=model, inputs=request.inputs
             )
         )
-        return gateway_pb2.EmbedResponse(
+        call_record().tokens = result.prompt_tokens
+        answer = gateway_pb2.EmbedResponse(
             embeddings=result.embeddings,
             usage=inference_pb2.Usage(prompt_tokens=result.prompt_tokens),
             model=model,
         )
+        await self._cache.put(key, answer)
+        return answer
 
     async def Classify(
         self, request: gateway_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ClassifyResponse:
         check_classification(request.text, list(request.labels))
-        model = await self._models.resolve(request.model)
+        model = await self._model(request.model)
+        key = ResponseCache.key(caller().tenant, "classify", model, request)
+        if hit := await self._cache.get(key, gateway_pb2.ClassifyResponse):
+            call_record().cached = hit.cached = True
+            return hit
         result = await self._router.classify(
             inference_pb2.ClassifyWork(
                 request_id=request_id_var.get(),
@@ -150,7 +208,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
                 labels=request.labels,
             )
         )
-        return gateway_pb2.ClassifyResponse(scores=result.scores, model=model)
+        answer = gateway_pb2.ClassifyResponse(scores=result.scores, model=model)
+        await self._cache.put(key, answer)
+        return answer
 
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -163,10 +223,43 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             ]
         )
 
+    async def GetClusterStatus(
+        self, request: scheduler_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ClusterStatus:
+        stub = scheduler_pb2_grpc.SchedulerStub(await self._scheduler_channel())
+        try:
+            status: scheduler_pb2.ClusterStatus = await stub.GetClusterStatus(
+                request, timeout=context.time_remaining() or 10.0
+            )
+            return status
+        except grpc.aio.AioRpcError as exc:
+            self._scheduler = None
+            raise Unavailable(f"the scheduler did not answer: {exc.code().name}") from None
+
+    async def _scheduler_channel(self) -> grpc.aio.Channel:
+        """A channel to a live scheduler instance (re-resolved after a failure)."""
+        instances = [
+            i for i in await self._ctx.registry.live_instances() if i.service == "scheduler"
+        ]
+        if not instances:
+            raise Unavailable("no scheduler is running")
+        addresses = {i.address for i in instances}
+        if self._scheduler is None or self._scheduler[0] not in addresses:
+            address = sorted(addresses)[0]
+            self._scheduler = (address, grpc.aio.insecure_channel(address))
+        return self._scheduler[1]
+
 
 async def attach(
     ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack
 ) -> Sequence[str]:
-    """Register the public API on the gateway's server."""
-    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx), server)
-    return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
+    """Register the public API and the admin API on the gateway's server."""
+    runtime: GatewayRuntime = ctx.runtime
+    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx, runtime.cache), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(runtime.store, runtime.keyring), server
+    )
+    return [
+        gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    ]

@@ -8,13 +8,15 @@ answered INTERNAL naming only the request id: a stack trace never reaches a clie
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -73,14 +75,41 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, rid:
     )
 
 
+class CallGuard(Protocol):
+    """Policy run around every call of a server (the gateway's: authentication,
+    authorization, rate limits, audit). `guard(method, context)` is entered before the
+    request is parsed; errors it raises are answered like any domain error, and it sees
+    every call's outcome as the exception (or none) leaving it."""
+
+    def guard(
+        self, method: str, context: grpc.aio.ServicerContext
+    ) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+
+def outcome_of(exc: BaseException | None) -> tuple[grpc.StatusCode, str]:
+    """The status a call ends with when `exc` leaves its handler, and the sentence."""
+    if exc is None:
+        return grpc.StatusCode.OK, ""
+    if isinstance(exc, errors.LLMOSError):
+        return status_of(exc), str(exc)
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED, "the caller went away"
+    if isinstance(exc, grpc.aio.AbortError):
+        return grpc.StatusCode.UNKNOWN, "aborted"
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
 @contextlib.asynccontextmanager
-async def _call_scope(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+async def _call_scope(
+    context: grpc.aio.ServicerContext, method: str, guard: CallGuard | None
+) -> AsyncIterator[None]:
     """Request id for the call's duration; any exception leaves as a gRPC status."""
     rid = request_id_from(context.invocation_metadata())
     token = request_id_var.set(rid)
     try:
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-        yield
+        async with guard.guard(method, context) if guard else contextlib.nullcontext():
+            yield
     except grpc.aio.AbortError:
         raise
     except Exception as exc:
@@ -92,11 +121,15 @@ async def _call_scope(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
 Deserializer = Callable[[bytes], Any] | None
 
 
-def _parse(raw: Any, deserializer: Deserializer) -> Any:
+def _parse(raw: Any, deserializer: Deserializer, max_bytes: int | None = None) -> Any:
     """Deserialize here rather than in gRPC, so a bad request gets INVALID_ARGUMENT naming
     the field (gRPC itself would answer INTERNAL) ."""
     if deserializer is None:
         return raw
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise errors.ResourceExhausted(
+            f"request is {len(raw)} bytes; this server accepts at most {max_bytes}"
+        )
     try:
         return deserializer(raw)
     except DecodeError:
@@ -107,22 +140,29 @@ def _parse(raw: Any, deserializer: Deserializer) -> Any:
         raise errors.InvalidArgument("request", "is not a valid protobuf message") from None
 
 
+@dataclass(frozen=True)
+class _Scope:
+    method: str
+    guard: CallGuard | None
+    max_request_bytes: int | None
+
+
 def _wrap_unary_response(
-    behavior: Callable[..., Awaitable[Any]], deserializer: Deserializer = None
+    behavior: Callable[..., Awaitable[Any]], scope: _Scope, deserializer: Deserializer = None
 ) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _call_scope(context):
-            return await behavior(_parse(request, deserializer), context)
+        async with _call_scope(context, scope.method, scope.guard):
+            return await behavior(_parse(request, deserializer, scope.max_request_bytes), context)
 
     return handle
 
 
 def _wrap_stream_response(
-    behavior: Callable[..., Any], deserializer: Deserializer = None
+    behavior: Callable[..., Any], scope: _Scope, deserializer: Deserializer = None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async with _call_scope(context):
-            result = behavior(_parse(request, deserializer), context)
+        async with _call_scope(context, scope.method, scope.guard):
+            result = behavior(_parse(request, deserializer, scope.max_request_bytes), context)
             if inspect.isasyncgen(result):
                 async for item in result:
                     yield item
@@ -133,7 +173,14 @@ def _wrap_stream_response(
 
 
 class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Request ids and error mapping for every RPC of a server."""
+    """Request ids and error mapping for every RPC of a server, plus an optional guard
+    (see CallGuard) and a limit on the size of a request message."""
+
+    def __init__(
+        self, guard: CallGuard | None = None, max_request_bytes: int | None = None
+    ) -> None:
+        self._guard = guard
+        self._max_request_bytes = max_request_bytes
 
     async def intercept_service(
         self,
@@ -150,20 +197,21 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # unary requests arrive as bytes and are parsed by the wrapper (see _parse)
         raw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
         deserializer = handler.request_deserializer
+        scope = _Scope(handler_call_details.method, self._guard, self._max_request_bytes)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, deserializer), **raw
+                _wrap_unary_response(handler.unary_unary, scope, deserializer), **raw
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary), **codec
+                _wrap_unary_response(handler.stream_unary, scope), **codec
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, deserializer), **raw
+                _wrap_stream_response(handler.unary_stream, scope, deserializer), **raw
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream_response(handler.stream_stream), **codec
+            _wrap_stream_response(handler.stream_stream, scope), **codec
         )
 
 

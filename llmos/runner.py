@@ -43,7 +43,7 @@ from llmos.hotstate import connect_redis
 from llmos.log import configure_logging
 from llmos.messaging import EventPublisher, connect_nats, ensure_streams
 from llmos.registry import ServiceRegistry
-from llmos.rpc import CallContextInterceptor, server_options
+from llmos.rpc import CallContextInterceptor, CallGuard, server_options
 from llmos.v1 import common_pb2
 
 log = logging.getLogger("llmos.runner")
@@ -65,6 +65,22 @@ class ServiceContext:
     events: EventPublisher
     registry: ServiceRegistry
     options: Any = None  # what the service's own `configure` read
+    runtime: Any = None  # what the service's own `prepare` built
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a service's `prepare` hands the runner before the gRPC server is built."""
+
+    runtime: Any
+    guard: CallGuard | None = None
+    #: requests larger than this are refused (RESOURCE_EXHAUSTED) after the guard ran
+    max_request_bytes: int | None = None
+    #: PEM certificate chain and private key: serve gRPC over TLS
+    tls: tuple[bytes, bytes] | None = None
+
+
+Prepare = Callable[[ServiceContext, AsyncExitStack], Awaitable[Prepared]]
 
 
 #: Adds a service's servicers to the server; returns their full names (for health and
@@ -94,6 +110,9 @@ class ServiceDefinition:
     #: reads the service's own variables (errors collected in the reader, reported with
     #: the common ones before anything connects)
     configure: Callable[[EnvReader], Any] | None = None
+    #: builds the service's runtime (and optional call guard, size limit, TLS) once
+    #: Redis and NATS are connected
+    prepare: Prepare | None = None
 
 
 class StopSignal:
@@ -202,9 +221,6 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         js = nc.jetstream()
         await ensure_streams(js)
 
-        server = grpc.aio.server(interceptors=[CallContextInterceptor()], options=server_options())
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         ctx = ServiceContext(
             settings=settings,
             instance=instance,
@@ -215,12 +231,26 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
             registry=ServiceRegistry(redis_client, ttl_s=settings.heartbeat_s * 3),
             options=launch.options,
         )
+        prepared = await definition.prepare(ctx, stack) if definition.prepare else Prepared(None)
+        ctx.runtime = prepared.runtime
+        interceptor = CallContextInterceptor(prepared.guard, prepared.max_request_bytes)
+        core_limit = 2 * prepared.max_request_bytes if prepared.max_request_bytes else None
+        server = grpc.aio.server(
+            interceptors=[interceptor],
+            options=server_options(core_limit) if core_limit else server_options(),
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = list(await definition.attach(ctx, server, stack))
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         try:
-            port = server.add_insecure_port(str(settings.listen))
+            if prepared.tls:
+                credentials = grpc.ssl_server_credentials([(prepared.tls[1], prepared.tls[0])])
+                port = server.add_secure_port(str(settings.listen), credentials)
+            else:
+                port = server.add_insecure_port(str(settings.listen))
         except RuntimeError as exc:
             raise Unavailable(f"cannot listen on {settings.listen}: {exc}") from exc
         instance.address = f"{settings.advertise_host}:{port}"

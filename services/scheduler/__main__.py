@@ -2,7 +2,8 @@
 
 import sys
 
-from llmos.runner import ServiceDefinition, main, no_api
+from llmos.runner import ServiceDefinition, main
+from services.scheduler.app import attach
 
 if __name__ == "__main__":
-    sys.exit(main(ServiceDefinition("scheduler", no_api)))
+    sys.exit(main(ServiceDefinition("scheduler", attach)))

@@ -1,0 +1,101 @@
+"""The authorization server's HTTP face (aiohttp): token, revocation, introspection,
+JWKS and metadata. authlib is synchronous, so each OAuth call runs on a worker thread
+and the event loop that serves gRPC never waits on password hashing."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.auth.server import HttpCall, LLMOSAuthorizationServer
+from llmos.auditing import AuditPublisher, new_record
+
+#: Form bodies of OAuth calls are small; anything larger is refused unread.
+MAX_BODY_BYTES = 16 * 1024
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+Endpoint = Callable[[HttpCall], tuple[int, dict[str, Any], dict[str, str]]]
+
+
+class OAuthHttp:
+    """Routes of the built-in issuer."""
+
+    def __init__(self, server: LLMOSAuthorizationServer, audit: AuditPublisher) -> None:
+        self._server = server
+        self._audit = audit
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        metadata = self._metadata
+        app.router.add_get("/.well-known/openid-configuration", metadata)
+        app.router.add_get("/.well-known/oauth-authorization-server", metadata)
+        app.router.add_get("/jwks", self._jwks)
+        app.router.add_post("/token", self._oauth("oauth.token", self._server.token))
+        app.router.add_post("/revoke", self._oauth("oauth.revoke", self._server.revoke))
+        app.router.add_post("/introspect", self._oauth("oauth.introspect", self._server.introspect))
+        return app
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(self._server.metadata())
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        jwks = await asyncio.to_thread(self._server.keyring.jwks)
+        return web.json_response(jwks, headers={"Cache-Control": "max-age=60"})
+
+    def _oauth(
+        self, action: str, endpoint: Endpoint
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            started = time.monotonic()
+            form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+            call = HttpCall(
+                method=request.method,
+                url=f"{self._server.policy.issuer}{request.path}",
+                headers=dict(request.headers),
+                form=form,
+            )
+            status, body, headers = await asyncio.to_thread(endpoint, call)
+            self._record(action, request, form, status, body, time.monotonic() - started)
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            return web.json_response(body, status=status, headers={**headers, **NO_STORE})
+
+        return handle
+
+    def _record(
+        self,
+        action: str,
+        request: web.Request,
+        form: dict[str, str],
+        status: int,
+        body: dict[str, Any],
+        elapsed_s: float,
+    ) -> None:
+        """Audit every OAuth call, granted or refused (never the secrets in it)."""
+        record = new_record("gateway", action)
+        record.principal = form.get("username", "") or form.get("client_id", "")
+        record.client_id = form.get("client_id", "")
+        record.outcome = "OK" if status == 200 else str(body.get("error", status))
+        record.detail = str(body.get("error_description", ""))[:500] if status != 200 else ""
+        record.resource = f"grant/{form.get('grant_type', '')}" if action == "oauth.token" else ""
+        record.latency_ms = elapsed_s * 1000
+        record.client_address = request.remote or ""
+        self._audit.record(record)
+
+
+async def start_http(
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None
+) -> tuple[web.AppRunner, int]:
+    """Serve `app`; returns the runner (for cleanup) and the bound port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = int(sockets[0].getsockname()[1]) if sockets else port
+    return runner, bound

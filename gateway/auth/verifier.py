@@ -1,0 +1,211 @@
+"""The resource server's half of OAuth: is this bearer token good, and whose is it?
+
+Works against any issuer that publishes RFC 8414 / OpenID metadata and a JWKS, so a
+real IdP (Keycloak, Auth0, Okta) can replace the built-in server by configuration.
+Keys are cached and refetched when a token names an unknown `kid` (at most once per
+`refetch_interval_s`, so forged kids cannot make the gateway hammer the issuer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import ssl
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from joserfc import jwt
+from joserfc.errors import BadSignatureError, JoseError
+from joserfc.jwk import KeySet
+
+from gateway.auth.identities import revoked_key
+from gateway.auth.principal import Principal
+from llmos.errors import PermissionDenied, Unauthenticated, Unavailable
+
+#: Algorithms a verifier may ever be configured with: asymmetric only, so the key a
+#: verifier holds can never mint tokens (and "none" is never an algorithm).
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
+CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class VerifierSettings:
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...]
+    leeway_s: float
+    tenant_claim: str
+    jwks_url: str = ""  # empty: discovered from the issuer's metadata
+    jwks_ttl_s: float = 300.0
+    refetch_interval_s: float = 1.0
+
+
+class TokenVerifier:
+    """Validates bearer tokens: signature, algorithm, time, issuer, audience, revocation."""
+
+    def __init__(
+        self, settings: VerifierSettings, redis: aioredis.Redis, ssl_context: ssl.SSLContext | None
+    ) -> None:
+        self._s = settings
+        self._redis = redis
+        self._ssl = ssl_context
+        self._keys: KeySet | None = None
+        self._kids: set[str] = set()
+        self._fetched_at = 0.0
+        self._fetch_lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def verify(self, token: str) -> Principal:
+        """The principal behind `token`; Unauthenticated with the reason otherwise."""
+        principal = self._verified.get(token)
+        if principal is None:
+            principal = await self._verify_signed(token)
+            self._remember(token, principal)
+        if time.time() > principal.expires_at + self._s.leeway_s:
+            raise Unauthenticated(f"token expired at {_iso(principal.expires_at)}")
+        if principal.token_id and await self._redis.exists(revoked_key(principal.token_id)):
+            raise Unauthenticated("token has been revoked")
+        return principal
+
+    async def _verify_signed(self, token: str) -> Principal:
+        header = _header(token)
+        alg = header.get("alg")
+        if alg not in self._s.algorithms:
+            raise Unauthenticated(
+                f"token algorithm {alg!r} is not accepted; allowed: {', '.join(self._s.algorithms)}"
+            )
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("token header has no 'kid' naming its signing key")
+        keys = await self._keys_with(kid)
+        try:
+            claims = jwt.decode(token, keys, algorithms=[alg]).claims
+        except BadSignatureError:
+            raise Unauthenticated("token signature is invalid") from None
+        except (JoseError, ValueError) as exc:
+            raise Unauthenticated(f"malformed token: {exc}") from None
+        return self._principal(claims)
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        now = time.time()
+        leeway = self._s.leeway_s
+        if claims.get("iss") != self._s.issuer:
+            raise Unauthenticated(
+                f"token issuer {claims.get('iss')!r} is not trusted (expected {self._s.issuer!r})"
+            )
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self._s.audience not in audiences:
+            raise Unauthenticated(
+                f"token audience {audience!r} does not include {self._s.audience!r}"
+            )
+        exp = _number(claims, "exp", required=True)
+        if now > exp + leeway:
+            raise Unauthenticated(f"token expired at {_iso(exp)}")
+        nbf = _number(claims, "nbf", required=False)
+        if nbf and now + leeway < nbf:
+            raise Unauthenticated(f"token is not valid before {_iso(nbf)}")
+        tenant = claims.get(self._s.tenant_claim)
+        if not isinstance(tenant, str) or not tenant:
+            raise PermissionDenied(
+                f"token has no {self._s.tenant_claim!r} claim; every principal must belong to "
+                "a tenant"
+            )
+        scope = claims.get("scope", claims.get("scp", ""))
+        scopes = scope.split() if isinstance(scope, str) else [str(s) for s in scope or ()]
+        subject = str(claims.get("sub", ""))
+        return Principal(
+            subject=subject,
+            tenant=tenant,
+            client_id=str(claims.get("client_id", claims.get("azp", subject))),
+            scopes=frozenset(scopes),
+            token_id=str(claims.get("jti", "")),
+            expires_at=exp,
+            is_user="amr" in claims,
+        )
+
+    def _remember(self, token: str, principal: Principal) -> None:
+        self._verified[token] = principal
+        if len(self._verified) > CACHE_SIZE:
+            self._verified.popitem(last=False)
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def _keys_with(self, kid: str) -> KeySet:
+        """The key set, refetched if it is stale or lacks `kid`. Refetches happen at most
+        once per `refetch_interval_s`: a request naming an unknown kid waits for the next
+        allowed fetch (shared by every waiter), so forged kids cost one fetch per interval."""
+        stale = time.monotonic() - self._fetched_at > self._s.jwks_ttl_s
+        if self._keys is None or stale or kid not in self._kids:
+            asked_at = time.monotonic()
+            async with self._fetch_lock:
+                if self._fetched_at < asked_at and (
+                    self._keys is None or stale or kid not in self._kids
+                ):
+                    wait = self._fetched_at + self._s.refetch_interval_s - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    await self._fetch()
+        if self._keys is None or kid not in self._kids:
+            raise Unauthenticated(f"token is signed by an unknown key (kid {kid[:64]!r})")
+        return self._keys
+
+    async def _fetch(self) -> None:
+        url = self._s.jwks_url or (await self._get_json(_metadata_url(self._s.issuer)))["jwks_uri"]
+        document = await self._get_json(str(url))
+        keys = [k for k in document.get("keys", []) if k.get("use", "sig") == "sig"]
+        self._keys = KeySet.import_key_set({"keys": keys})
+        self._kids = {str(k.get("kid")) for k in keys}
+        self._fetched_at = time.monotonic()
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            async with self._session.get(url, ssl=self._ssl or True) as response:
+                response.raise_for_status()
+                return dict(await response.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise Unavailable(f"cannot read the token issuer's keys from {url}: {exc}") from None
+
+
+def _metadata_url(issuer: str) -> str:
+    return issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+def _header(token: str) -> dict[str, Any]:
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise Unauthenticated("malformed token: a JWT has three dot-separated parts")
+    try:
+        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise Unauthenticated("malformed token: its header is not base64url-encoded JSON") from None
+    if not isinstance(header, dict):
+        raise Unauthenticated("malformed token: its header is not a JSON object")
+    return header
+
+
+def _number(claims: dict[str, Any], name: str, *, required: bool) -> float:
+    value = claims.get(name)
+    if value is None and not required:
+        return 0.0
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise Unauthenticated(f"token claim {name!r} is missing or not a number")
+    return float(value)
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="seconds")

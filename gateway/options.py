@@ -1,0 +1,93 @@
+"""The gateway's own configuration: OAuth, limits, cache, request size, TLS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.auth.verifier import ASYMMETRIC_ALGORITHMS
+from llmos.config import EnvReader, HostPort
+
+DEFAULT_HTTP_PORT = 50050
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """What the gateway reads beyond the common settings (all `LLMOS_*`)."""
+
+    http_listen: HostPort  # AUTH_HTTP_ADDR: the OAuth endpoints
+    issuer: str  # AUTH_ISSUER: empty -> this gateway's own URL
+    builtin_issuer: bool  # AUTH_BUILTIN: host the authorization server here
+    jwks_url: str  # AUTH_JWKS_URL: empty -> from the issuer's metadata
+    audience: str
+    algorithms: tuple[str, ...]
+    leeway_s: float
+    tenant_claim: str
+    access_ttl_s: int
+    refresh_ttl_s: int
+    max_login_failures: int
+    failure_window_s: int
+    lockout_s: int
+    default_rpm: int  # limits of a new tenant, and of principals with no record
+    default_tpm: int
+    cache_ttl_s: int
+    max_request_bytes: int
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_ca: Path | None  # trusted to verify a TLS issuer (JWKS); empty: system CAs
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def issuer_url(self, advertise_host: str, http_port: int) -> str:
+        """The `iss` of tokens: configured, or this gateway's own HTTP address."""
+        if self.issuer:
+            return self.issuer.rstrip("/")
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{advertise_host}:{http_port}"
+
+
+def read_gateway_options(env: EnvReader) -> GatewayOptions:
+    """Read and check the gateway's variables (errors are collected in `env`)."""
+    issuer = env.url("AUTH_ISSUER", "", ("https", "http"))
+    builtin = env.choice("AUTH_BUILTIN", "off" if issuer else "on", ("on", "off")) == "on"
+    algorithms = tuple(
+        a.strip() for a in env.text("AUTH_ALGORITHMS", "RS256,ES256,EdDSA").split(",") if a.strip()
+    )
+    refused = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
+    if refused or not algorithms:
+        env.errors.append(
+            f"LLMOS_AUTH_ALGORITHMS: {', '.join(refused) or 'empty'} not allowed; choose from "
+            f"{', '.join(ASYMMETRIC_ALGORITHMS)} (asymmetric only)"
+        )
+    cert, key = env.text("TLS_CERT", ""), env.text("TLS_KEY", "")
+    if bool(cert) != bool(key):
+        env.errors.append("LLMOS_TLS_CERT and LLMOS_TLS_KEY must be given together")
+    ca = env.text("TLS_CA", "")
+    return GatewayOptions(
+        http_listen=env.address("AUTH_HTTP_ADDR", HostPort("127.0.0.1", DEFAULT_HTTP_PORT)),
+        issuer=issuer,
+        builtin_issuer=builtin,
+        jwks_url=env.url("AUTH_JWKS_URL", "", ("https", "http")),
+        audience=env.text("AUTH_AUDIENCE", "llmos"),
+        algorithms=algorithms,
+        leeway_s=env.number("AUTH_LEEWAY_S", 30.0, minimum=0.0, maximum=300.0),
+        tenant_claim=env.text("AUTH_TENANT_CLAIM", "tenant"),
+        access_ttl_s=env.integer("AUTH_ACCESS_TTL_S", 900, minimum=30, maximum=86_400),
+        refresh_ttl_s=env.integer(
+            "AUTH_REFRESH_TTL_S", 30 * 86_400, minimum=60, maximum=365 * 86_400
+        ),
+        max_login_failures=env.integer("LOGIN_MAX_FAILURES", 5, minimum=1, maximum=1000),
+        failure_window_s=env.integer("LOGIN_FAILURE_WINDOW_S", 900, minimum=1, maximum=86_400),
+        lockout_s=env.integer("LOGIN_LOCKOUT_S", 300, minimum=1, maximum=86_400),
+        default_rpm=env.integer("DEFAULT_TENANT_RPM", 600, minimum=0, maximum=10**9),
+        default_tpm=env.integer("DEFAULT_TENANT_TPM", 200_000, minimum=0, maximum=10**12),
+        cache_ttl_s=env.integer("CACHE_TTL_S", 600, minimum=0, maximum=7 * 86_400),
+        max_request_bytes=env.integer(
+            "MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
+        ),
+        tls_cert=Path(cert).resolve() if cert else None,
+        tls_key=Path(key).resolve() if key else None,
+        tls_ca=Path(ca).resolve() if ca else None,
+    )

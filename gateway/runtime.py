@@ -1,0 +1,162 @@
+"""Everything the gateway builds before it serves: identities, the built-in issuer and its
+HTTP endpoints, the token verifier, rate limits, audit, the response cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import ssl
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from gateway.auth.http import OAuthHttp, start_http
+from gateway.auth.identities import IdentityStore, Limits
+from gateway.auth.keys import Keyring
+from gateway.auth.scopes import SCOPES, SYSTEM_TENANT
+from gateway.auth.server import CLI_CLIENT_ID, LLMOSAuthorizationServer, ServerPolicy
+from gateway.auth.verifier import TokenVerifier, VerifierSettings
+from gateway.cache import ResponseCache
+from gateway.guard import GatewayGuard
+from gateway.limits import RateLimiter
+from gateway.options import GatewayOptions
+from llmos.auditing import AuditPublisher
+from llmos.keyfiles import write_private
+from llmos.runner import ServiceContext
+
+log = logging.getLogger("llmos.gateway")
+
+#: Retired signing keys stay published this much longer than the longest access token.
+KEY_RETENTION_MARGIN_S = 300
+
+
+@dataclass
+class GatewayRuntime:
+    options: GatewayOptions
+    store: IdentityStore
+    keyring: Keyring | None
+    guard: GatewayGuard
+    cache: ResponseCache
+    issuer: str
+    credentials_path: Path | None
+
+
+def credentials_path(data_dir: Path) -> Path:
+    """Where the bootstrap admin's client credentials are written on first start."""
+    return data_dir / "gateway" / "admin-credentials.json"
+
+
+def server_tls(options: GatewayOptions) -> ssl.SSLContext | None:
+    """TLS for the HTTP endpoints, from the configured certificate."""
+    if options.tls_cert is None or options.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(options.tls_cert, options.tls_key)
+    return context
+
+
+def client_tls(options: GatewayOptions) -> ssl.SSLContext | None:
+    """How to verify an https issuer: the configured CA, else the system's."""
+    if options.tls_ca is None:
+        return None
+    return ssl.create_default_context(cafile=str(options.tls_ca))
+
+
+async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
+    """Build the gateway's runtime; cleanup goes on `stack`."""
+    options: GatewayOptions = ctx.options
+    settings = ctx.settings
+    default_limits = Limits(options.default_rpm, options.default_tpm)
+    sync_redis = redis.Redis.from_url(settings.redis_url.reveal())
+    stack.callback(sync_redis.close)
+    store = IdentityStore(sync_redis, settings.data_dir, default_limits)
+
+    audit = AuditPublisher(ctx.js, "gateway")
+    audit.start()
+    stack.push_async_callback(audit.close)
+
+    keyring: Keyring | None = None
+    issuer = options.issuer_url(settings.advertise_host, options.http_listen.port)
+    credentials: Path | None = None
+    if options.builtin_issuer:
+        keyring = Keyring(
+            settings.data_dir / "gateway" / "keys",
+            retention_s=options.access_ttl_s + options.leeway_s + KEY_RETENTION_MARGIN_S,
+        )
+        policy = ServerPolicy(
+            issuer="",  # known once the HTTP port is bound
+            audience=options.audience,
+            access_ttl_s=options.access_ttl_s,
+            refresh_ttl_s=options.refresh_ttl_s,
+            max_login_failures=options.max_login_failures,
+            failure_window_s=options.failure_window_s,
+            lockout_s=options.lockout_s,
+        )
+        server = LLMOSAuthorizationServer(store, keyring, policy)
+        runner, port = await start_http(
+            OAuthHttp(server, audit).app(),
+            options.http_listen.host,
+            options.http_listen.port,
+            server_tls(options),
+        )
+        stack.push_async_callback(runner.cleanup)
+        issuer = options.issuer_url(settings.advertise_host, port)
+        server.policy = dataclasses.replace(policy, issuer=issuer)
+        credentials = bootstrap(store, settings.data_dir, issuer)
+        log.info("OAuth issuer ready", extra={"issuer": issuer, "credentials": str(credentials)})
+
+    verifier = TokenVerifier(
+        VerifierSettings(
+            issuer=issuer,
+            audience=options.audience,
+            algorithms=options.algorithms,
+            leeway_s=options.leeway_s,
+            tenant_claim=options.tenant_claim,
+            jwks_url=options.jwks_url,
+        ),
+        ctx.redis,
+        client_tls(options),
+    )
+    stack.push_async_callback(verifier.close)
+    guard = GatewayGuard(
+        verifier, RateLimiter(ctx.redis), audit, ctx.redis, default_limits, f"{issuer}/token"
+    )
+    return GatewayRuntime(
+        options=options,
+        store=store,
+        keyring=keyring,
+        guard=guard,
+        cache=ResponseCache(ctx.redis, options.cache_ttl_s),
+        issuer=issuer,
+        credentials_path=credentials,
+    )
+
+
+def bootstrap(store: IdentityStore, data_dir: Path, issuer: str) -> Path:
+    """On the very first start (per identity store): the `system` tenant, an admin client
+    whose credentials are written once to a 0600 file, and the CLI's public client."""
+    path = credentials_path(data_dir)
+    if not store.claim_bootstrap():
+        return path
+    store.ensure_tenant(SYSTEM_TENANT, Limits())
+    admin, secret = store.create_client(SYSTEM_TENANT, "bootstrap admin", list(SCOPES))
+    store.create_client(
+        SYSTEM_TENANT,
+        "llmos command line (people sign in with password + TOTP)",
+        list(SCOPES),
+        grant_types=("password", "refresh_token"),
+        public=True,
+        client_id=CLI_CLIENT_ID,
+    )
+    document = {
+        "client_id": admin.client_id,
+        "client_secret": secret,
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/token",
+    }
+    write_private(path, json.dumps(document, indent=2) + "\n")
+    return path

@@ -1,0 +1,110 @@
+"""Publishing audit records without slowing the action they describe, and without losing
+them when NATS blinks.
+
+Records go into a bounded in-memory buffer; one background task publishes them to
+JetStream (`llmos.audit.<source>`), each with its id as `Nats-Msg-Id`, so a retried
+publish is stored once. While NATS is unreachable the task retries with backoff and the
+buffer holds what arrives; if the buffer fills, the oldest records are dropped and the
+loss is logged with a count — never silently. At shutdown the buffer is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import uuid
+
+from nats.js import JetStreamContext
+
+from llmos import subjects
+from llmos.v1 import audit_pb2
+
+log = logging.getLogger("llmos.audit")
+
+BUFFER = 100_000
+FLUSH_TIMEOUT_S = 5.0
+
+
+def new_record(source: str, action: str) -> audit_pb2.AuditRecord:
+    """An audit record with a unique id and the current time."""
+    record = audit_pb2.AuditRecord(id=uuid.uuid4().hex, source=source, action=action)
+    record.time.GetCurrentTime()
+    return record
+
+
+class AuditPublisher:
+    """Buffered, retrying, deduplicated publishing of audit records."""
+
+    def __init__(self, js: JetStreamContext, source: str, buffer: int = BUFFER) -> None:
+        self._js = js
+        self._subject = subjects.audit(source)
+        self._pending: collections.deque[audit_pb2.AuditRecord] = collections.deque()
+        self._buffer = buffer
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.published = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-publisher")
+
+    def record(self, record: audit_pb2.AuditRecord) -> None:
+        """Queue `record` for publishing (never blocks the caller)."""
+        if len(self._pending) >= self._buffer:
+            self._pending.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error(
+                    "audit buffer full: dropping the oldest records",
+                    extra={"dropped": self.dropped, "buffer": self._buffer},
+                )
+        self._pending.append(record)
+        self._wakeup.set()
+
+    async def close(self) -> None:
+        """Publish what is buffered (bounded by FLUSH_TIMEOUT_S), then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained(), FLUSH_TIMEOUT_S)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._pending:
+            log.error(
+                "audit records not published at shutdown", extra={"count": len(self._pending)}
+            )
+
+    async def _drained(self) -> None:
+        while self._pending:
+            self._wakeup.set()
+            await asyncio.sleep(0.01)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                record = self._pending[0]
+                try:
+                    await self._js.publish(
+                        self._subject,
+                        record.SerializeToString(),
+                        timeout=2.0,
+                        headers={"Nats-Msg-Id": record.id},
+                    )
+                except Exception as exc:
+                    log.warning(
+                        "audit publish failed; retrying",
+                        extra={"error": str(exc), "buffered": len(self._pending)},
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                if self._pending and self._pending[0] is record:
+                    self._pending.popleft()
+                self.published += 1
