@@ -4,7 +4,6 @@ HTTP endpoints, the token verifier, rate limits, audit, the response cache."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import ssl
 from contextlib import AsyncExitStack
@@ -13,18 +12,17 @@ from pathlib import Path
 
 import redis
 
+from gateway.auth.bootstrap import bootstrap
 from gateway.auth.http import OAuthHttp, start_http
 from gateway.auth.identities import IdentityStore, Limits
 from gateway.auth.keys import Keyring
-from gateway.auth.scopes import SCOPES, SYSTEM_TENANT
-from gateway.auth.server import CLI_CLIENT_ID, LLMOSAuthorizationServer, ServerPolicy
+from gateway.auth.server import LLMOSAuthorizationServer, ServerPolicy
 from gateway.auth.verifier import TokenVerifier, VerifierSettings
 from gateway.cache import ResponseCache
 from gateway.guard import GatewayGuard
 from gateway.limits import RateLimiter
 from gateway.options import GatewayOptions
 from llmos.auditing import AuditPublisher
-from llmos.keyfiles import write_private
 from llmos.runner import ServiceContext
 
 log = logging.getLogger("llmos.gateway")
@@ -42,11 +40,6 @@ class GatewayRuntime:
     cache: ResponseCache
     issuer: str
     credentials_path: Path | None
-
-
-def credentials_path(data_dir: Path) -> Path:
-    """Where the bootstrap admin's client credentials are written on first start."""
-    return data_dir / "gateway" / "admin-credentials.json"
 
 
 def server_tls(options: GatewayOptions) -> ssl.SSLContext | None:
@@ -134,29 +127,3 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
         issuer=issuer,
         credentials_path=credentials,
     )
-
-
-def bootstrap(store: IdentityStore, data_dir: Path, issuer: str) -> Path:
-    """On the very first start (per identity store): the `system` tenant, an admin client
-    whose credentials are written once to a 0600 file, and the CLI's public client."""
-    path = credentials_path(data_dir)
-    if not store.claim_bootstrap():
-        return path
-    store.ensure_tenant(SYSTEM_TENANT, Limits())
-    admin, secret = store.create_client(SYSTEM_TENANT, "bootstrap admin", list(SCOPES))
-    store.create_client(
-        SYSTEM_TENANT,
-        "llmos command line (people sign in with password + TOTP)",
-        list(SCOPES),
-        grant_types=("password", "refresh_token"),
-        public=True,
-        client_id=CLI_CLIENT_ID,
-    )
-    document = {
-        "client_id": admin.client_id,
-        "client_secret": secret,
-        "issuer": issuer,
-        "token_endpoint": f"{issuer}/token",
-    }
-    write_private(path, json.dumps(document, indent=2) + "\n")
-    return path

@@ -47,9 +47,11 @@ EVENT_BUFFER = 1024
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     """Implements llmos.v1.Gateway over the shared service context."""
 
-    def __init__(self, ctx: ServiceContext, cache: ResponseCache) -> None:
+    def __init__(self, ctx: ServiceContext, runtime: GatewayRuntime) -> None:
         self._ctx = ctx
-        self._cache = cache
+        self._cache = runtime.cache
+        ca = runtime.options.tls_ca
+        self._tls_ca = ca.read_bytes() if ca else None
         self._models = ModelCatalog(ctx.registry)
         self._router = InferenceRouter(ctx)
         self._scheduler: tuple[str, grpc.aio.Channel] | None = None
@@ -59,7 +61,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     ) -> gateway_pb2.SystemStatus:
         instances = await self._ctx.registry.live_instances()
         answers = await asyncio.gather(
-            *(check_health(i.address, timeout_s=HEALTH_TIMEOUT_S) for i in instances)
+            *(
+                check_health(
+                    i.address, timeout_s=HEALTH_TIMEOUT_S, tls_ca=self._tls_ca if i.tls else None
+                )
+                for i in instances
+            )
         )
         return system_status(
             (
@@ -255,7 +262,7 @@ async def attach(
 ) -> Sequence[str]:
     """Register the public API and the admin API on the gateway's server."""
     runtime: GatewayRuntime = ctx.runtime
-    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx, runtime.cache), server)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx, runtime), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(runtime.store, runtime.keyring), server
     )

@@ -10,9 +10,17 @@ NOT_SERVING = "NOT_SERVING"
 UNREACHABLE = "UNREACHABLE"
 
 
-async def check_health(address: str, service: str = "", timeout_s: float = 2.0) -> tuple[str, str]:
-    """Ask `address` for its health; return (state, sentence) and never raise for I/O."""
-    async with grpc.aio.insecure_channel(address) as channel:
+async def check_health(
+    address: str, service: str = "", timeout_s: float = 2.0, tls_ca: bytes | None = None
+) -> tuple[str, str]:
+    """Ask `address` for its health (over TLS trusting `tls_ca` when given); return
+    (state, sentence) and never raise for I/O."""
+    channel = (
+        grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(tls_ca))
+        if tls_ca is not None
+        else grpc.aio.insecure_channel(address)
+    )
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(

@@ -249,6 +249,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
             if prepared.tls:
                 credentials = grpc.ssl_server_credentials([(prepared.tls[1], prepared.tls[0])])
                 port = server.add_secure_port(str(settings.listen), credentials)
+                instance.tls = True
             else:
                 port = server.add_insecure_port(str(settings.listen))
         except RuntimeError as exc:

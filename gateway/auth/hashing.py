@@ -34,7 +34,6 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(candidate, _unb64(digest))
 
 
-
 def new_client_secret() -> str:
     """A fresh client secret (shown once)."""
     return secrets.token_urlsafe(32)

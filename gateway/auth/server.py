@@ -46,8 +46,6 @@ from gateway.auth.keys import ALGORITHM, Keyring
 from gateway.auth.scopes import ADMIN, SCOPES
 
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
-#: The CLI's public client: carries people's logins, cannot use client_credentials.
-CLI_CLIENT_ID = "llmos-cli"
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,38 @@
 """`llmos` — talk to a running LLM OS through its gateway.
 
 The gateway address comes from --gateway, else $LLMOS_GATEWAY, else the stack file the
-dev launcher writes (<data dir>/stack.json), else 127.0.0.1:50051.
+dev launcher writes (<data dir>/stack.json), else 127.0.0.1:50051. How the command
+authenticates is described in `tools.cli.session`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import getpass
 import json
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2
+from gateway.auth.bootstrap import CLI_CLIENT_ID
+from llmos.oauthclient import Issuer, OAuthError
+from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, inference_pb2
+from tools.cli.session import (
+    NotSignedIn,
+    Session,
+    access_token,
+    ca_file,
+    session_from_token,
+    session_path,
+    stack_info,
+)
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 EXIT_OK, EXIT_NOT_READY, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -35,8 +51,47 @@ def gateway_address(explicit: str | None) -> str:
         return DEFAULT_GATEWAY
 
 
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to the gateway that sends the bearer token with every call (TLS when a CA
+    is known, as call credentials require)."""
+    address = gateway_address(args.gateway)
+    ca = ca_file(args.ca_file)
+    token = access_token(args.token, args.credentials, ca)
+    if ca is None:
+        return grpc.intercept_channel(grpc.insecure_channel(address), _Bearer(token))
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(ca.read_bytes()), grpc.access_token_call_credentials(token)
+    )
+    return grpc.secure_channel(address, credentials)
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer` to each call on a plaintext (local) channel."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._metadata]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
 def _stub(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayStub:
-    return gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(gateway_address(args.gateway)))
+    return gateway_pb2_grpc.GatewayStub(_channel(args))
+
+
+def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminStub:
+    return admin_pb2_grpc.AdminStub(_channel(args))
+
+
+def _print_json(message: Message) -> None:
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -174,12 +229,175 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _issuer(args: argparse.Namespace) -> Issuer:
+    url = args.issuer or os.environ.get("LLMOS_ISSUER") or stack_info().get("issuer")
+    if not url:
+        raise NotSignedIn("which issuer? pass --issuer URL or set LLMOS_ISSUER")
+    return Issuer(str(url), ca_file(args.ca_file))
+
+
+def _claims(token: str) -> dict[str, Any]:
+    """A JWT's claims, unverified: for showing the user who they are, never for trust."""
+    try:
+        payload = token.split(".")[1]
+        return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+    except (IndexError, ValueError):
+        return {}
+
+
+def _secret_lines(prompts: list[str]) -> list[str]:
+    """Read secrets from the terminal (hidden), or one per line from a pipe."""
+    if sys.stdin.isatty():
+        return [getpass.getpass(f"{p}: ") if "password" in p else input(f"{p}: ") for p in prompts]
+    return [sys.stdin.readline().rstrip("\n") for _ in prompts]
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    """Sign a person in with password + TOTP; keep the tokens in the session file (0600)."""
+    issuer = _issuer(args)
+    username = args.username or input("user name: ")
+    password, code = _secret_lines(["password", "one-time code"])
+    try:
+        token = issuer.password_login(CLI_CLIENT_ID, username, password, code.strip())
+    except OAuthError as exc:
+        print(f"llmos: sign-in refused: {exc.description or exc.error}", file=sys.stderr)
+        return EXIT_REFUSED
+    session = session_from_token(issuer, username, token)
+    session.save(session_path())
+    claims = _claims(session.access_token)
+    print(
+        f"signed in as {username} (tenant {claims.get('tenant', '?')}; "
+        f"scopes: {token.get('scope', '')})"
+    )
+    return EXIT_OK
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    """Revoke the session's tokens and forget them."""
+    path = session_path()
+    session = Session.load(path)
+    if session is None:
+        print("not signed in")
+        return EXIT_OK
+    issuer = Issuer(session.issuer, ca_file(args.ca_file))
+    for token in (session.refresh_token, session.access_token):
+        if token:
+            try:
+                issuer.revoke(token, client_id=session.client_id)
+            except (OAuthError, OSError) as exc:
+                print(f"llmos: could not revoke a token: {exc}", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    print(f"signed out {session.username}")
+    return EXIT_OK
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    """Who the current token says you are."""
+    claims = _claims(access_token(args.token, args.credentials, ca_file(args.ca_file)))
+    shown = {k: claims.get(k) for k in ("sub", "tenant", "scope", "client_id", "iss", "exp")}
+    print(json.dumps(shown, indent=2))
+    return EXIT_OK
+
+
+def _quota(args: argparse.Namespace) -> admin_pb2.Quota | None:
+    if args.rpm is None and args.tpm is None:
+        return None
+    return admin_pb2.Quota(requests_per_minute=args.rpm or 0, tokens_per_minute=args.tpm or 0)
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    """Identity and quota administration (needs the `admin` scope)."""
+    admin, t = _admin(args), args.timeout
+    action = args.admin_action
+    reply: Message
+    if action == "tenant-create":
+        reply = admin.CreateTenant(
+            admin_pb2.CreateTenantRequest(name=args.name, quota=_quota(args)), timeout=t
+        )
+    elif action == "tenant-list":
+        reply = admin.ListTenants(admin_pb2.ListTenantsRequest(), timeout=t)
+    elif action == "client-create":
+        request = admin_pb2.CreateClientRequest(
+            tenant=args.tenant, name=args.name, scopes=args.scope or []
+        )
+        reply = admin.CreateClient(request, timeout=t)
+    elif action == "client-list":
+        reply = admin.ListClients(admin_pb2.ListClientsRequest(tenant=args.tenant), timeout=t)
+    elif action == "client-delete":
+        reply = admin.DeleteClient(admin_pb2.DeleteClientRequest(client_id=args.id), timeout=t)
+    elif action == "user-create":
+        (password,) = _secret_lines(["password for the new user"])
+        user = admin_pb2.CreateUserRequest(
+            tenant=args.tenant, username=args.username, password=password, scopes=args.scope or []
+        )
+        reply = admin.CreateUser(user, timeout=t)
+    elif action == "user-list":
+        reply = admin.ListUsers(admin_pb2.ListUsersRequest(tenant=args.tenant), timeout=t)
+    elif action == "user-delete":
+        reply = admin.DeleteUser(admin_pb2.DeleteUserRequest(username=args.username), timeout=t)
+    elif action == "quota":
+        quota = _quota(args) or admin_pb2.Quota()
+        target = {"client_id": args.client} if args.client else {"tenant": args.tenant}
+        reply = admin.SetQuota(admin_pb2.SetQuotaRequest(quota=quota, **target), timeout=t)
+    else:  # rotate-key
+        reply = admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest(), timeout=t)
+    _print_json(reply)
+    return EXIT_OK
+
+
+def _add_admin_commands(commands: Any) -> None:
+    admin = commands.add_parser("admin", help="manage tenants, clients, users, quotas, keys")
+    actions = admin.add_subparsers(dest="admin_action", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+        parser.set_defaults(run=cmd_admin)
+        return parser
+
+    def limits(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--rpm", type=int, help="requests per minute (0: unlimited)")
+        parser.add_argument("--tpm", type=int, help="model tokens per minute (0: unlimited)")
+
+    tenant_create = action("tenant-create", "create a tenant")
+    tenant_create.add_argument("name")
+    limits(tenant_create)
+    action("tenant-list", "list tenants")
+    client_create = action("client-create", "create a program's client id and secret")
+    client_create.add_argument("--name", required=True)
+    client_create.add_argument("--tenant", default="", help="default: your tenant")
+    client_create.add_argument("--scope", action="append", help="scope to grant (repeatable)")
+    action("client-list", "list clients").add_argument("--tenant", default="")
+    action("client-delete", "delete a client").add_argument("id")
+    user_create = action("user-create", "create a person (password from the terminal)")
+    user_create.add_argument("username")
+    user_create.add_argument("--tenant", default="", help="default: your tenant")
+    user_create.add_argument("--scope", action="append", help="scope to grant (repeatable)")
+    action("user-list", "list users").add_argument("--tenant", default="")
+    action("user-delete", "delete a user").add_argument("username")
+    quota = action("quota", "set a tenant's or a client's limits")
+    target = quota.add_mutually_exclusive_group(required=True)
+    target.add_argument("--tenant")
+    target.add_argument("--client")
+    limits(quota)
+    action("rotate-key", "new token-signing key (old tokens stay valid until they expire)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `llmos` command line."""
     parser = argparse.ArgumentParser(prog="llmos", description="Client of LLM OS.")
     parser.add_argument("--gateway", help=f"HOST:PORT of the gateway (default {DEFAULT_GATEWAY})")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
+    parser.add_argument("--token", help="an access token to use as is")
+    parser.add_argument("--credentials", help="JSON file with client_id and client_secret")
+    parser.add_argument("--ca-file", help="CA certificate that signed the gateway's (TLS)")
+    parser.add_argument("--issuer", help="OAuth issuer URL (for login)")
     commands = parser.add_subparsers(dest="command", required=True)
+    login = commands.add_parser("login", help="sign in with password + one-time code")
+    login.add_argument("--username")
+    login.set_defaults(run=cmd_login)
+    commands.add_parser("logout", help="revoke and forget the session").set_defaults(run=cmd_logout)
+    commands.add_parser("whoami", help="show the current identity").set_defaults(run=cmd_whoami)
+    _add_admin_commands(commands)
     status = commands.add_parser("status", help="health of every service")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=cmd_status)
@@ -237,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_UNREACHABLE
         print(f"llmos: {code.name}: {detail}", file=sys.stderr)
+        return EXIT_REFUSED
+    except NotSignedIn as exc:
+        print(f"llmos: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OAuthError as exc:
+        print(f"llmos: the issuer refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

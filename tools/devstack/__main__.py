@@ -29,6 +29,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gateway-port", type=int, default=50051, help="public gRPC port (0: any free port)"
     )
+    parser.add_argument(
+        "--auth-port", type=int, default=50050, help="OAuth HTTP port (0: any free port)"
+    )
+    parser.add_argument(
+        "--no-tls",
+        dest="tls",
+        action="store_false",
+        help="plaintext gateway (default: TLS with a generated local CA under <data dir>/tls)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds")
     return parser.parse_args(argv)
 
@@ -44,6 +53,8 @@ async def run(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             host=args.host,
             gateway_port=args.gateway_port,
+            auth_port=args.auth_port,
+            tls=args.tls,
             ready_timeout_s=args.ready_timeout,
         )
     )

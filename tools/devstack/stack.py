@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.auth.bootstrap import credentials_path
 from llmos.health import SERVING, check_health
 from llmos.keyfiles import write_private
 from llmos.ports import LOCALHOST, free_port
@@ -31,6 +32,7 @@ from tools.devstack.infra import (
     start_redis,
     terminate,
 )
+from tools.devstack.tls import TlsFiles, ensure_dev_tls
 
 log = logging.getLogger("llmos.devstack")
 
@@ -53,6 +55,7 @@ class ServiceProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     crashes: deque[float] = field(default_factory=deque)
+    tls_ca: bytes | None = None  # its gRPC port speaks TLS with a certificate from this CA
 
     def start(self) -> None:
         """(Re)start the process."""
@@ -74,6 +77,10 @@ class StackOptions:
     data_dir: Path
     host: str = LOCALHOST
     gateway_port: int = 50051
+    #: the gateway's OAuth endpoints (0: any free port)
+    auth_port: int = 50050
+    #: serve the gateway over TLS with a generated local CA and certificate
+    tls: bool = True
     ready_timeout_s: float = 120.0
     shutdown_grace_s: float = 5.0
     env: dict[str, str] = field(default_factory=dict)
@@ -89,12 +96,15 @@ class DevStack:
         self.nats: NatsServer | None = None
         self.redis: RedisServer | None = None
         self.services: list[ServiceProcess] = []
+        self.tls: TlsFiles | None = None
+        self.issuer = ""
 
     async def start(self) -> dict[str, str]:
         """Start everything and wait until every service is SERVING; return the ready fields."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.nats = start_nats(self.data_dir, self.options.host)
         self.redis = start_redis(self.data_dir, self.options.host)
+        gateway_env = self._gateway_env()
         for name in SERVICE_MODULES:
             port = (self.options.gateway_port if name == "gateway" else 0) or free_port(
                 self.options.host
@@ -107,9 +117,12 @@ class DevStack:
                 "LLMOS_REDIS_URL": self.redis.url,
                 "LLMOS_LISTEN_ADDR": address,
                 "LLMOS_SHUTDOWN_GRACE_S": str(self.options.shutdown_grace_s),
+                **(gateway_env if name == "gateway" else {}),
                 **self.options.env,
             }
             service = ServiceProcess(name, address, env, self.log_dir / f"{name}.log")
+            if name == "gateway" and self.tls is not None:
+                service.tls_ca = self.tls.ca.read_bytes()
             service.start()
             self.services.append(service)
         await self._wait_serving()
@@ -117,10 +130,31 @@ class DevStack:
         write_private(self.data_dir / STACK_FILE, json.dumps(fields, indent=2) + "\n")
         return fields
 
+    def _gateway_env(self) -> dict[str, str]:
+        """The gateway's OAuth port and, by default, TLS from a generated local CA."""
+        host = self.options.host
+        port = self.options.auth_port or free_port(host)
+        env = {"LLMOS_AUTH_HTTP_ADDR": f"{host}:{port}"}
+        if self.options.tls:
+            self.tls = ensure_dev_tls(self.data_dir / "tls", [host])
+            env.update(
+                LLMOS_TLS_CERT=str(self.tls.cert),
+                LLMOS_TLS_KEY=str(self.tls.key),
+                LLMOS_TLS_CA=str(self.tls.ca),
+            )
+        self.issuer = f"{'https' if self.options.tls else 'http'}://{host}:{port}"
+        return env
+
     def ready_fields(self) -> dict[str, str]:
-        """The `key=value` pairs of the ready line (no secrets)."""
+        """The `key=value` pairs of the ready line (no secrets: `credentials` is a path)."""
         assert self.nats and self.redis
         fields = {s.name: s.address for s in reversed(self.services)}
+        fields.update(
+            issuer=self.issuer,
+            credentials=str(credentials_path(self.data_dir)),
+        )
+        if self.tls is not None:
+            fields["tls_ca"] = str(self.tls.ca)
         fields.update(
             nats=self.nats.public_url,
             redis=self.redis.public_url,
@@ -140,7 +174,7 @@ class DevStack:
                         f"{name} exited with code {service.proc.returncode} while starting; "
                         f"last log lines:\n{service.log_tail()}"
                     )
-                state, _ = await check_health(service.address, timeout_s=1.0)
+                state, _ = await check_health(service.address, timeout_s=1.0, tls_ca=service.tls_ca)
                 if state == SERVING:
                     del pending[name]
             if not pending:
