@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
 from gateway.auth.server import HttpCall, LLMOSAuthorizationServer
 from llmos.auditing import AuditPublisher, new_record
@@ -77,8 +78,9 @@ class OAuthHttp:
     ) -> None:
         """Audit every OAuth call, granted or refused (never the secrets in it)."""
         record = new_record("gateway", action)
-        record.principal = form.get("username", "") or form.get("client_id", "")
-        record.client_id = form.get("client_id", "")
+        client_id = form.get("client_id") or extract_basic_authorization(request.headers)[0]
+        record.client_id = client_id or ""
+        record.principal = form.get("username", "") or record.client_id
         record.outcome = "OK" if status == 200 else str(body.get("error", status))
         record.detail = str(body.get("error_description", ""))[:500] if status != 200 else ""
         record.resource = f"grant/{form.get('grant_type', '')}" if action == "oauth.token" else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from llmos.oauthclient import read_client_credentials
 from tests.conftest import ROOT
+from tests.support import secure_channel
 from tools.devstack.process import StackProcess
 
 LLMOS = str(Path(sys.executable).parent / "llmos")
@@ -32,14 +36,44 @@ class RunningStack:
     def output(self) -> list[str]:
         return self.launcher.output
 
-    def status(self) -> dict[str, Any]:
-        result = subprocess.run(
-            [LLMOS, "--gateway", self.gateway, "status", "--json"],
+    @property
+    def ca(self) -> Path:
+        return Path(self.fields["tls_ca"])
+
+    def admin_token(self, scope: str = "") -> str:
+        """A token for the bootstrap admin client (client credentials grant)."""
+        issuer, client_id, secret = read_client_credentials(Path(self.fields["credentials"]))
+        issuer = type(issuer)(issuer.url, self.ca)
+        return str(issuer.client_credentials(client_id, secret, scope)["access_token"])
+
+    def channel(self, token: str | None = None) -> grpc.Channel:
+        """A TLS channel to the gateway carrying `token` (default: the admin's)."""
+        return secure_channel(self.gateway, self.ca, token or self.admin_token())
+
+    def cli_env(self, **extra: str) -> dict[str, str]:
+        """Environment in which `llmos` finds this stack (gateway, CA, dev credentials)
+        and no one's personal session."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+        env.update(
+            LLMOS_DATA_DIR=str(self.data_dir),
+            LLMOS_SESSION=str(self.data_dir / "test-session.json"),
+            **extra,
+        )
+        return env
+
+    def cli(self, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [LLMOS, *args],
+            input=stdin,
             capture_output=True,
             text=True,
-            timeout=30,
+            env=self.cli_env(**env),
+            timeout=120,
             check=False,
         )
+
+    def status(self) -> dict[str, Any]:
+        result = self.cli("status", "--json")
         return dict(json.loads(result.stdout))
 
 

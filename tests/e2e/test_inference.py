@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def channel(stack: RunningStack) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(stack.gateway) as chan:
+    with stack.channel() as chan:
         yield chan
 
 

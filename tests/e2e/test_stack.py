@@ -7,17 +7,15 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
 from llmos.ports import port_open
 from llmos.services import REQUIRED_SERVICES
 from llmos.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.e2e.conftest import LLMOS, RunningStack
+from tests.e2e.conftest import RunningStack
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +30,7 @@ def test_ready_line_names_every_service_and_the_infrastructure(stack: RunningSta
 
 
 def test_llmos_status_shows_all_six_serving(stack: RunningStack) -> None:
-    result = subprocess.run(
-        [LLMOS, "--gateway", stack.gateway, "status"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = stack.cli("--gateway", stack.gateway, "status")
     assert result.returncode == 0, result.stderr
     rows = {
         line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:] if line.strip()
@@ -49,16 +41,7 @@ def test_llmos_status_shows_all_six_serving(stack: RunningStack) -> None:
 
 
 def test_cli_finds_the_gateway_from_the_data_dir(stack: RunningStack) -> None:
-    env = {**os.environ, "LLMOS_DATA_DIR": str(stack.data_dir)}
-    env.pop("LLMOS_GATEWAY", None)
-    result = subprocess.run(
-        [LLMOS, "status", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-        check=False,
-    )
+    result = stack.cli("status", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ready"] is True
 
@@ -82,7 +65,7 @@ def test_a_killed_service_is_restarted_and_announced(stack: RunningStack) -> Non
     (scheduler,) = [
         s["instance"] for s in status["services"] if s["instance"]["service"] == "scheduler"
     ]
-    with grpc.insecure_channel(stack.gateway) as channel:
+    with stack.channel() as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         events = stub.SubscribeEvents(
             gateway_pb2.SubscribeEventsRequest(kinds=["service"]), timeout=60
@@ -112,7 +95,7 @@ def test_sigterm_stops_everything_and_leaves_nothing_listening(stack: RunningSta
     assert stack.launcher.stop() == 0
     assert any("LLM OS stopped" in line for line in stack.output)
     for key, address in stack.fields.items():
-        if key in ("data_dir", "logs"):
+        if key in ("data_dir", "logs", "credentials", "tls_ca"):
             continue
         host, port = address.split("://")[-1].split("/")[0].rsplit(":", 1)
         assert not port_open(host, int(port)), f"{key} still listening on {address}"

@@ -1,0 +1,311 @@
+"""Every way in that should not work: each refused with the right status code and a
+sentence saying why, each audited, none crashing or stalling the gateway for others.
+A real gateway process, real NATS and Redis; tokens forged with real keys where the
+attack needs them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pyotp
+import pytest
+from joserfc.jwk import RSAKey
+
+from llmos.oauthclient import OAuthError
+from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from tests.integration.conftest import AuditTap, forge, hs256_with_public_key, unsigned
+from tests.support import GatewayProcess, bearer
+from tools.devstack.infra import NatsServer
+
+
+Forger = Callable[[GatewayProcess], str]
+HOUR = 3600
+
+
+def _revoked(gw: GatewayProcess) -> str:
+    token = gw.admin_token()
+    client_id, secret = gw.admin_credentials()
+    gw.issuer.revoke(token, basic=(client_id, secret))
+    return token
+
+
+ATTACKS: list[tuple[str, Forger, grpc.StatusCode, str]] = [
+    ("no token", lambda gw: "", grpc.StatusCode.UNAUTHENTICATED, "no bearer token"),
+    ("malformed", lambda gw: "not-a-jwt", grpc.StatusCode.UNAUTHENTICATED, "malformed token"),
+    (
+        "garbage header",
+        lambda gw: "%%%.e30.sig",
+        grpc.StatusCode.UNAUTHENTICATED,
+        "malformed token",
+    ),
+    (
+        "expired",
+        lambda gw: forge(gw, exp=int(time.time()) - HOUR, iat=int(time.time()) - 2 * HOUR),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "token expired at",
+    ),
+    (
+        "not yet valid",
+        lambda gw: forge(gw, nbf=int(time.time()) + HOUR),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "not valid before",
+    ),
+    (
+        "wrong signature",
+        lambda gw: forge(gw, key=RSAKey.generate_key(2048)),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "signature is invalid",
+    ),
+    ("alg none", unsigned, grpc.StatusCode.UNAUTHENTICATED, "algorithm 'none' is not accepted"),
+    (
+        "HS256 keyed with the public key",
+        hs256_with_public_key,
+        grpc.StatusCode.UNAUTHENTICATED,
+        "algorithm 'HS256' is not accepted",
+    ),
+    (
+        "unknown kid",
+        lambda gw: forge(gw, key=RSAKey.generate_key(2048), kid="made-up-key"),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "unknown key",
+    ),
+    (
+        "wrong issuer",
+        lambda gw: forge(gw, iss="https://evil.example"),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "issuer 'https://evil.example' is not trusted",
+    ),
+    (
+        "wrong audience",
+        lambda gw: forge(gw, aud="some-other-api"),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "audience 'some-other-api' does not include 'llmos'",
+    ),
+    ("revoked", _revoked, grpc.StatusCode.UNAUTHENTICATED, "token has been revoked"),
+    (
+        "missing scope",
+        lambda gw: gw.admin_token(scope="inference"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "needs scope 'models:read'",
+    ),
+    (
+        "no tenant",
+        lambda gw: forge(gw, tenant=None),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "no 'tenant' claim",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("attack", "forger", "code", "sentence"), ATTACKS, ids=[a[0] for a in ATTACKS]
+)
+async def test_bad_tokens_are_refused_explained_and_audited(
+    gw: GatewayProcess,
+    nats_server: NatsServer,
+    attack: str,
+    forger: Forger,
+    code: grpc.StatusCode,
+    sentence: str,
+) -> None:
+    token = forger(gw)
+    request_id = f"attack-{uuid.uuid4().hex[:12]}"
+    metadata = [("x-request-id", request_id), *(bearer(token) if token else ())]
+    async with AuditTap(nats_server.url) as audit:
+        with grpc.insecure_channel(gw.address) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ListModels(gateway_pb2.ListModelsRequest(), metadata=metadata, timeout=10)
+        assert caught.value.code() == code
+        assert sentence in (caught.value.details() or "")
+        record = await audit.wait_for(request_id=request_id)
+    assert record.outcome == code.name
+    assert record.action == "/llmos.v1.Gateway/ListModels"
+    assert sentence in record.detail
+    assert record.client_address.startswith("ipv4:127.0.0.1")
+    assert token == "" or token not in record.SerializeToString().decode(errors="replace")
+
+
+def test_another_tenants_resources_are_out_of_reach(gw: GatewayProcess) -> None:
+    """A tenant admin cannot list, change or delete another tenant's clients."""
+    with grpc.insecure_channel(gw.address) as channel:
+        root = admin_pb2_grpc.AdminStub(channel)
+        system = bearer(gw.admin_token())
+        for name in ("tenant-a", "tenant-b"):
+            root.CreateTenant(admin_pb2.CreateTenantRequest(name=name), metadata=system)
+        a_admin = root.CreateClient(
+            admin_pb2.CreateClientRequest(
+                tenant="tenant-a", name="a admin", scopes=["admin", "models:read"]
+            ),
+            metadata=system,
+        )
+        b_client = root.CreateClient(
+            admin_pb2.CreateClientRequest(tenant="tenant-b", name="b app", scopes=["inference"]),
+            metadata=system,
+        ).client
+        token = gw.issuer.client_credentials(a_admin.client.client_id, a_admin.client_secret)
+        as_a = bearer(str(token["access_token"]))
+        refusals = [
+            lambda: root.DeleteClient(
+                admin_pb2.DeleteClientRequest(client_id=b_client.client_id), metadata=as_a
+            ),
+            lambda: root.ListClients(
+                admin_pb2.ListClientsRequest(tenant="tenant-b"), metadata=as_a
+            ),
+            lambda: root.SetQuota(
+                admin_pb2.SetQuotaRequest(
+                    client_id=b_client.client_id, quota=admin_pb2.Quota(requests_per_minute=1)
+                ),
+                metadata=as_a,
+            ),
+            lambda: root.CreateClient(
+                admin_pb2.CreateClientRequest(tenant="tenant-b", name="x", scopes=["inference"]),
+                metadata=as_a,
+            ),
+        ]
+        for refuse in refusals:
+            with pytest.raises(grpc.RpcError) as caught:
+                refuse()
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "tenant 'tenant-b'" in (caught.value.details() or "")
+        # escalation: tenant-a's admin cannot grant a scope it does not hold
+        with pytest.raises(grpc.RpcError) as caught:
+            root.CreateClient(
+                admin_pb2.CreateClientRequest(name="x", scopes=["training"]), metadata=as_a
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "cannot grant scope 'training'" in (caught.value.details() or "")
+        # ...and only system admins create tenants
+        with pytest.raises(grpc.RpcError) as caught:
+            root.CreateTenant(admin_pb2.CreateTenantRequest(name="tenant-c"), metadata=as_a)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # b's client is still there
+        listed = root.ListClients(admin_pb2.ListClientsRequest(tenant="tenant-b"), metadata=system)
+        assert b_client.client_id in {c.client_id for c in listed.clients}
+
+
+def test_wrong_client_secret_is_refused(gw: GatewayProcess) -> None:
+    client_id, _ = gw.admin_credentials()
+    with pytest.raises(OAuthError) as caught:
+        gw.issuer.client_credentials(client_id, "not-the-secret")
+    assert caught.value.status == 401
+    assert caught.value.error == "invalid_client"
+
+
+def _new_user(gw: GatewayProcess, username: str) -> tuple[str, pyotp.TOTP]:
+    password = f"pw-{uuid.uuid4().hex}"
+    with grpc.insecure_channel(gw.address) as channel:
+        created = admin_pb2_grpc.AdminStub(channel).CreateUser(
+            admin_pb2.CreateUserRequest(
+                username=username, password=password, scopes=["models:read"]
+            ),
+            metadata=bearer(gw.admin_token()),
+        )
+    return password, pyotp.TOTP(created.totp_secret)
+
+
+def test_wrong_and_replayed_totp_codes_are_refused(gw: GatewayProcess) -> None:
+    password, totp = _new_user(gw, "totp-user")
+    wrong = f"{(int(totp.now()) + 1) % 1_000_000:06d}"
+    with pytest.raises(OAuthError) as caught:
+        gw.issuer.password_login("llmos-cli", "totp-user", password, wrong)
+    assert caught.value.error == "invalid_grant"
+    assert "one-time code is wrong" in caught.value.description
+
+    code = totp.now()
+    token = gw.issuer.password_login("llmos-cli", "totp-user", password, code)
+    assert token["refresh_token"]
+    with pytest.raises(OAuthError) as caught:
+        gw.issuer.password_login("llmos-cli", "totp-user", password, code)
+    assert "already used" in caught.value.description
+
+    with pytest.raises(OAuthError) as caught:
+        gw.issuer.password_login("llmos-cli", "totp-user", password, "")
+    assert caught.value.error == "invalid_request"
+    assert "totp" in caught.value.description
+
+
+async def test_brute_force_locks_the_account_and_not_the_others(
+    gw: GatewayProcess, nats_server: NatsServer
+) -> None:
+    password, totp = _new_user(gw, "target")
+    other_password, other_totp = _new_user(gw, "bystander")
+    async with AuditTap(nats_server.url) as audit:
+        for attempt in range(3):  # LLMOS_LOGIN_MAX_FAILURES=3 for this gateway
+            with pytest.raises(OAuthError) as caught:
+                gw.issuer.password_login("llmos-cli", "target", f"guess-{attempt}", totp.now())
+            assert caught.value.description == "Wrong user name or password."
+        with pytest.raises(OAuthError) as caught:  # now even the right answer is refused
+            gw.issuer.password_login("llmos-cli", "target", password, totp.now())
+        assert caught.value.status == 429
+        assert "Too many failed sign-ins" in caught.value.description
+        record = await audit.wait_for(
+            action="oauth.token", principal="target", outcome="invalid_grant"
+        )
+        assert "Wrong user name or password" in record.detail
+        assert password not in record.SerializeToString().decode(errors="replace")
+    # another person signs in normally meanwhile
+    token = gw.issuer.password_login("llmos-cli", "bystander", other_password, other_totp.now())
+    assert token["access_token"]
+
+
+def test_unknown_user_costs_the_same_as_a_known_one_and_is_refused(gw: GatewayProcess) -> None:
+    with pytest.raises(OAuthError) as caught:
+        gw.issuer.password_login("llmos-cli", "nobody-here", "whatever-password", "123456")
+    assert caught.value.description == "Wrong user name or password."
+
+
+async def test_oversized_requests_are_refused_and_audited(
+    gw: GatewayProcess, nats_server: NatsServer
+) -> None:
+    request_id = f"big-{uuid.uuid4().hex[:12]}"
+    prompt = "x" * (5 * 1024 * 1024)  # the gateway accepts 4 MiB by default
+    async with AuditTap(nats_server.url) as audit:
+        with grpc.insecure_channel(
+            gw.address, options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            call = stub.Generate(
+                gateway_pb2.GenerateRequest(prompt=prompt),
+                metadata=[("x-request-id", request_id), *bearer(gw.admin_token())],
+                timeout=30,
+            )
+            with pytest.raises(grpc.RpcError) as caught:
+                list(call)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "this server accepts at most 4194304" in (caught.value.details() or "")
+        record = await audit.wait_for(request_id=request_id)
+    assert record.outcome == "RESOURCE_EXHAUSTED"
+
+
+def test_a_flood_of_bad_tokens_does_not_stop_good_callers(gw: GatewayProcess) -> None:
+    good = bearer(gw.admin_token())
+    bad_tokens = [forge(gw, key=RSAKey.generate_key(2048), kid=f"k{i}") for i in range(20)]
+    with grpc.insecure_channel(gw.address) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+
+        def bad(index: int) -> grpc.StatusCode:
+            try:
+                stub.ListModels(
+                    gateway_pb2.ListModelsRequest(),
+                    metadata=bearer(bad_tokens[index % len(bad_tokens)]),
+                    timeout=30,
+                )
+            except grpc.RpcError as exc:
+                return exc.code()  # type: ignore[no-any-return]
+            return grpc.StatusCode.OK
+
+        def ok(_: int) -> bool:
+            stub.ListModels(gateway_pb2.ListModelsRequest(), metadata=good, timeout=30)
+            return True
+
+        with ThreadPoolExecutor(16) as pool:
+            refused = pool.map(bad, range(200))
+            served = pool.map(ok, range(50))
+            assert set(refused) == {grpc.StatusCode.UNAUTHENTICATED}
+            assert all(served)
+    assert gw.proc.poll() is None
