@@ -54,11 +54,9 @@ class RunningStack:
         """Environment in which `llmos` finds this stack (gateway, CA, dev credentials)
         and no one's personal session."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-        env.update(
-            LLMOS_DATA_DIR=str(self.data_dir),
-            LLMOS_SESSION=str(self.data_dir / "test-session.json"),
-            **extra,
-        )
+        env["LLMOS_DATA_DIR"] = str(self.data_dir)
+        env["LLMOS_SESSION"] = str(self.data_dir / "test-session.json")
+        env.update(extra)
         return env
 
     def cli(self, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ import json
 import stat
 import time
 import uuid
+from collections.abc import Callable
 
 import grpc
 import nats
@@ -255,7 +256,7 @@ def test_bad_admin_input_names_the_field(gw: GatewayProcess) -> None:
     with grpc.insecure_channel(gw.address) as channel:
         admin = _admin(gw, channel)
         system = bearer(gw.admin_token())
-        cases = [
+        cases: list[tuple[Callable[[], object], str]] = [
             (
                 lambda: admin.CreateTenant(
                     admin_pb2.CreateTenantRequest(name="Bad Name!"), metadata=system

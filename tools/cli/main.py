@@ -156,7 +156,9 @@ def _print_stream(responses: Iterable[gateway_pb2.GenerateResponse], quiet: bool
         print(response.text, end="", flush=True)
         last = response
     print()
-    if last is not None and not quiet:
+    if last is not None and not quiet and last.cached:
+        print(f"[{last.model}: {last.finish_reason}, answered from the cache]", file=sys.stderr)
+    elif last is not None and not quiet:
         print(
             f"[{last.model}: {last.finish_reason}, {last.usage.prompt_tokens} prompt + "
             f"{last.usage.completion_tokens} completion tokens, first token after "
@@ -464,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `llmos ... | head`: the reader has what it wanted
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,0 +1,218 @@
+"""The gateway in the whole stack, as `make run` starts it (TLS on): programs and people
+authenticate, inference is authorized, cached per tenant, metered and audited."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import nats
+import pyotp
+import pytest
+
+from llmos.oauthclient import Issuer
+from llmos.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    audit_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    inference_pb2,
+    scheduler_pb2,
+)
+from tests.e2e.conftest import RunningStack
+
+pytestmark = pytest.mark.e2e
+
+
+def _issuer(stack: RunningStack) -> Issuer:
+    return Issuer(stack.fields["issuer"], stack.ca)
+
+
+def _new_client(stack: RunningStack, tenant: str, scopes: list[str], **quota: int) -> str:
+    """A token of a new client (in `tenant`, created if needed) with those scopes."""
+    with stack.channel() as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        try:
+            admin.CreateTenant(
+                admin_pb2.CreateTenantRequest(name=tenant, quota=admin_pb2.Quota(**quota)),
+                timeout=10,
+            )
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.ALREADY_EXISTS
+        created = admin.CreateClient(
+            admin_pb2.CreateClientRequest(tenant=tenant, name="e2e", scopes=scopes), timeout=10
+        )
+    token = _issuer(stack).client_credentials(created.client.client_id, created.client_secret)
+    return str(token["access_token"])
+
+
+def _generate(
+    stack: RunningStack, token: str, prompt: str, **params: object
+) -> list[gateway_pb2.GenerateResponse]:
+    with stack.channel(token) as channel:
+        return list(
+            gateway_pb2_grpc.GatewayStub(channel).Generate(
+                gateway_pb2.GenerateRequest(
+                    prompt=prompt,
+                    params=inference_pb2.GenerationParams(**params),  # type: ignore[arg-type]
+                ),
+                timeout=120,
+            )
+        )
+
+
+def test_ready_line_names_the_issuer_and_the_credentials(stack: RunningStack) -> None:
+    issuer = stack.fields["issuer"]
+    assert issuer.startswith("https://")
+    assert _issuer(stack).metadata()["issuer"] == issuer
+    credentials = json.loads(Path(stack.fields["credentials"]).read_text())
+    assert {"client_id", "client_secret"} <= credentials.keys()
+    printed = "".join(stack.output) + "".join(
+        p.read_text(errors="replace") for p in (stack.data_dir / "logs").iterdir()
+    )
+    assert credentials["client_secret"] not in printed
+
+
+def test_a_program_with_client_credentials_calls_generate(stack: RunningStack) -> None:
+    token = _new_client(stack, "programs", ["inference"])
+    responses = _generate(stack, token, "The capital of France is", max_tokens=6)
+    assert responses[-1].done
+    assert responses[-1].usage.completion_tokens == 6
+    assert "".join(r.text for r in responses).strip()
+
+
+def test_a_person_logs_in_with_password_and_totp_through_the_cli(stack: RunningStack) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    created = stack.cli(
+        "admin", "user-create", "dana", "--scope", "inference", "--scope", "models:read",
+        stdin=password + "\n",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    secret = json.loads(created.stdout)["totp_secret"]
+    session = stack.data_dir / "dana-session.json"
+    code = pyotp.TOTP(secret).now()
+    login = stack.cli(
+        "login", "--username", "dana", stdin=f"{password}\n{code}\n", LLMOS_SESSION=str(session)
+    )
+    assert login.returncode == 0, login.stderr
+    assert "signed in as dana (tenant system" in login.stdout
+    assert oct(session.stat().st_mode & 0o777) == "0o600"
+    whoami = stack.cli("whoami", LLMOS_SESSION=str(session))
+    assert json.loads(whoami.stdout)["sub"] == "dana"
+    answer = stack.cli(
+        "generate", "Hello", "--max-tokens", "3", "--quiet", LLMOS_SESSION=str(session)
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip()
+    denied = stack.cli("status", LLMOS_SESSION=str(session))  # dana lacks cluster:read
+    assert denied.returncode == 2
+    assert "needs scope 'cluster:read'" in denied.stderr
+    replay = stack.cli(
+        "login", "--username", "dana", stdin=f"{password}\n{code}\n", LLMOS_SESSION=str(session)
+    )
+    assert replay.returncode == 2
+    assert "already used" in replay.stderr
+    logout = stack.cli("logout", LLMOS_SESSION=str(session))
+    assert logout.returncode == 0 and not session.exists()
+
+
+def test_greedy_answers_are_cached_per_tenant(stack: RunningStack) -> None:
+    mine = _new_client(stack, "cache-a", ["inference"])
+    theirs = _new_client(stack, "cache-b", ["inference"])
+    prompt = f"List three colours ({uuid.uuid4().hex[:6]}):"
+    first = _generate(stack, mine, prompt, max_tokens=8)
+    again = _generate(stack, mine, prompt, max_tokens=8)
+    other = _generate(stack, theirs, prompt, max_tokens=8)
+    sampled = _generate(stack, mine, prompt, max_tokens=8, temperature=0.9, seed=7)
+    sampled_again = _generate(stack, mine, prompt, max_tokens=8, temperature=0.9, seed=7)
+    assert not any(r.cached for r in first)
+    assert len(again) == 1 and again[0].cached and again[0].done
+    assert again[0].text == "".join(r.text for r in first)
+    assert list(again[0].token_ids) == [t for r in first for t in r.token_ids]
+    assert again[0].usage == first[-1].usage
+    assert not any(r.cached for r in other)  # never shared across tenants
+    assert not any(r.cached for r in sampled + sampled_again)  # sampling is not cached
+    with stack.channel(mine) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        request = gateway_pb2.EmbedRequest(inputs=[prompt])
+        assert not stub.Embed(request, timeout=60).cached
+        assert stub.Embed(request, timeout=60).cached
+
+
+def test_token_quota_refuses_once_spent(stack: RunningStack) -> None:
+    token = _new_client(stack, "small-quota", ["inference"], tokens_per_minute=20)
+    _generate(stack, token, "Once upon a time", max_tokens=24)  # admitted: nothing used yet
+    with pytest.raises(grpc.RpcError) as caught:
+        _generate(stack, token, "And then", max_tokens=4)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "20 model tokens per minute" in (caught.value.details() or "")
+    trailers = dict(caught.value.trailing_metadata() or ())  # type: ignore[attr-defined]
+    assert 0 < float(trailers["retry-after"]) <= 60
+
+
+def test_deadlines_are_honoured(stack: RunningStack) -> None:
+    with stack.channel() as channel:
+        call = gateway_pb2_grpc.GatewayStub(channel).Generate(
+            gateway_pb2.GenerateRequest(
+                prompt="Tell a long story.",
+                params=inference_pb2.GenerationParams(
+                    max_tokens=2000, ignore_eos=True, temperature=0.5
+                ),
+            ),
+            timeout=1.5,
+        )
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            list(call)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 30  # not the minutes 2000 tokens would take
+
+
+def test_cluster_status_shows_the_worker_and_its_model(stack: RunningStack) -> None:
+    with stack.channel() as channel:
+        status = gateway_pb2_grpc.GatewayStub(channel).GetClusterStatus(
+            scheduler_pb2.GetClusterStatusRequest(), timeout=10
+        )
+    (worker,) = [w for w in status.workers if w.instance.service == "inference-worker"]
+    assert "smollm2-135m-instruct" in worker.loaded_models
+
+
+async def test_inference_calls_are_audited_with_model_and_tokens(stack: RunningStack) -> None:
+    token = (stack.data_dir / "secrets" / "nats.token").read_text().strip()
+    nc = await nats.connect(stack.fields["nats"], token=token)
+    records: list[audit_pb2.AuditRecord] = []
+
+    async def on_record(msg: nats.aio.msg.Msg) -> None:
+        records.append(audit_pb2.AuditRecord.FromString(msg.data))
+
+    await nc.subscribe("llmos.audit.gateway", cb=on_record)
+    await nc.flush()
+    request_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    with stack.channel() as channel:
+        responses = list(
+            gateway_pb2_grpc.GatewayStub(channel).Generate(
+                gateway_pb2.GenerateRequest(
+                    prompt=f"Audit me {request_id}",
+                    params=inference_pb2.GenerationParams(max_tokens=3),
+                ),
+                metadata=[("x-request-id", request_id)],
+                timeout=60,
+            )
+        )
+    deadline = time.monotonic() + 10
+    while not any(r.request_id == request_id for r in records) and time.monotonic() < deadline:
+        await nc.flush()
+        await asyncio.sleep(0.1)
+    await nc.close()
+    (record,) = [r for r in records if r.request_id == request_id]
+    usage = responses[-1].usage
+    assert record.action == "/llmos.v1.Gateway/Generate"
+    assert record.outcome == "OK"
+    assert record.resource == "model/smollm2-135m-instruct"
+    assert record.tokens == usage.prompt_tokens + usage.completion_tokens
+    assert record.tenant == "system"
