@@ -52,6 +52,7 @@ def service_env(
         "LLMOS_NATS_URL": nats_server.url,
         "LLMOS_REDIS_URL": redis_server.url,
         "LLMOS_LISTEN_ADDR": "127.0.0.1:0",
+        "LLMOS_AUTH_HTTP_ADDR": "127.0.0.1:0",
         "LLMOS_HEARTBEAT_S": "0.5",
         "LLMOS_SHUTDOWN_GRACE_S": "2",
         "LLMOS_MODELS_DIR": str(model_folder.parent),

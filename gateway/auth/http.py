@@ -18,6 +18,8 @@ from llmos.auditing import AuditPublisher, new_record
 
 #: Form bodies of OAuth calls are small; anything larger is refused unread.
 MAX_BODY_BYTES = 16 * 1024
+#: Caller-chosen names are cut to this length in audit records.
+FIELD_MAX = 128
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 Endpoint = Callable[[HttpCall], tuple[int, dict[str, Any], dict[str, str]]]
@@ -79,8 +81,8 @@ class OAuthHttp:
         """Audit every OAuth call, granted or refused (never the secrets in it)."""
         record = new_record("gateway", action)
         client_id = form.get("client_id") or extract_basic_authorization(request.headers)[0]
-        record.client_id = client_id or ""
-        record.principal = form.get("username", "") or record.client_id
+        record.client_id = (client_id or "")[:FIELD_MAX]
+        record.principal = (form.get("username", "") or record.client_id)[:FIELD_MAX]
         record.outcome = "OK" if status == 200 else str(body.get("error", status))
         record.detail = str(body.get("error_description", ""))[:500] if status != 200 else ""
         record.resource = f"grant/{form.get('grant_type', '')}" if action == "oauth.token" else ""

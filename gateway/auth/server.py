@@ -41,7 +41,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from gateway.auth import hashing
-from gateway.auth.identities import Client, IdentityStore, RefreshGrant, User
+from gateway.auth.identities import USERNAME, Client, IdentityStore, RefreshGrant, User
 from gateway.auth.keys import ALGORITHM, Keyring
 from gateway.auth.scopes import ADMIN, SCOPES
 
@@ -275,6 +275,8 @@ class LLMOSAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
     def login(self, username: str, password: str, code: str) -> OAuthUser:
         """Password + TOTP, with lock-out after repeated failures."""
         policy = self.policy
+        if not USERNAME.match(username):
+            raise InvalidGrantError("Wrong user name or password.")
         if not code:
             raise InvalidRequestError(
                 "Missing 'totp': sign-in needs the current code from your authenticator app."

@@ -14,9 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from llmos.oauthclient import read_client_credentials
 from tests.conftest import ROOT
-from tests.support import secure_channel
+from tools.devstack.access import admin_token, gateway_channel
 from tools.devstack.process import StackProcess
 
 LLMOS = str(Path(sys.executable).parent / "llmos")
@@ -42,13 +41,11 @@ class RunningStack:
 
     def admin_token(self, scope: str = "") -> str:
         """A token for the bootstrap admin client (client credentials grant)."""
-        issuer, client_id, secret = read_client_credentials(Path(self.fields["credentials"]))
-        issuer = type(issuer)(issuer.url, self.ca)
-        return str(issuer.client_credentials(client_id, secret, scope)["access_token"])
+        return admin_token(self.fields, scope)
 
     def channel(self, token: str | None = None) -> grpc.Channel:
         """A TLS channel to the gateway carrying `token` (default: the admin's)."""
-        return secure_channel(self.gateway, self.ca, token or self.admin_token())
+        return gateway_channel(self.fields, token or self.admin_token())
 
     def cli_env(self, **extra: str) -> dict[str, str]:
         """Environment in which `llmos` finds this stack (gateway, CA, dev credentials)

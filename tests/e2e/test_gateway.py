@@ -13,6 +13,7 @@ import grpc
 import nats
 import pyotp
 import pytest
+from nats.aio.msg import Msg
 
 from llmos.oauthclient import Issuer
 from llmos.v1 import (
@@ -151,7 +152,7 @@ def test_token_quota_refuses_once_spent(stack: RunningStack) -> None:
         _generate(stack, token, "And then", max_tokens=4)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "20 model tokens per minute" in (caught.value.details() or "")
-    trailers = dict(caught.value.trailing_metadata() or ())  # type: ignore[attr-defined]
+    trailers = dict(caught.value.trailing_metadata() or ())
     assert 0 < float(trailers["retry-after"]) <= 60
 
 
@@ -187,7 +188,7 @@ async def test_inference_calls_are_audited_with_model_and_tokens(stack: RunningS
     nc = await nats.connect(stack.fields["nats"], token=token)
     records: list[audit_pb2.AuditRecord] = []
 
-    async def on_record(msg: nats.aio.msg.Msg) -> None:
+    async def on_record(msg: Msg) -> None:
         records.append(audit_pb2.AuditRecord.FromString(msg.data))
 
     await nc.subscribe("llmos.audit.gateway", cb=on_record)

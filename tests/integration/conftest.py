@@ -21,7 +21,7 @@ from joserfc.jwk import RSAKey
 
 from llmos.v1 import audit_pb2
 from tests.conftest import ROOT
-from tests.support import GatewayProcess, environment_without_llmos, start_gateway
+from tools.devstack.gateway_process import GatewayProcess, environment_without_llmos, start_gateway
 from tools.devstack.infra import NatsServer, RedisServer, start_redis
 
 

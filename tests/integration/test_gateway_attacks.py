@@ -18,7 +18,7 @@ from joserfc.jwk import RSAKey
 from llmos.oauthclient import OAuthError
 from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import AuditTap, forge, hs256_with_public_key, unsigned
-from tests.support import GatewayProcess, bearer
+from tools.devstack.gateway_process import GatewayProcess, bearer
 from tools.devstack.infra import NatsServer
 
 Forger = Callable[[GatewayProcess], str]
@@ -187,12 +187,19 @@ def test_another_tenants_resources_are_out_of_reach(gw: GatewayProcess) -> None:
         assert b_client.client_id in {c.client_id for c in listed.clients}
 
 
-def test_wrong_client_secret_is_refused(gw: GatewayProcess) -> None:
+async def test_wrong_client_secret_is_refused_and_audited(
+    gw: GatewayProcess, nats_server: NatsServer
+) -> None:
     client_id, _ = gw.admin_credentials()
-    with pytest.raises(OAuthError) as caught:
-        gw.issuer.client_credentials(client_id, "not-the-secret")
+    async with AuditTap(nats_server.url) as audit:
+        with pytest.raises(OAuthError) as caught:
+            gw.issuer.client_credentials(client_id, "not-the-secret")
+        record = await audit.wait_for(
+            action="oauth.token", client_id=client_id, outcome="invalid_client"
+        )
     assert caught.value.status == 401
     assert caught.value.error == "invalid_client"
+    assert "not-the-secret" not in record.SerializeToString().decode(errors="replace")
 
 
 def _new_user(gw: GatewayProcess, username: str) -> tuple[str, pyotp.TOTP]:
@@ -207,13 +214,18 @@ def _new_user(gw: GatewayProcess, username: str) -> tuple[str, pyotp.TOTP]:
     return password, pyotp.TOTP(created.totp_secret)
 
 
-def test_wrong_and_replayed_totp_codes_are_refused(gw: GatewayProcess) -> None:
+async def test_wrong_and_replayed_totp_codes_are_refused(
+    gw: GatewayProcess, nats_server: NatsServer
+) -> None:
     password, totp = _new_user(gw, "totp-user")
     wrong = f"{(int(totp.now()) + 1) % 1_000_000:06d}"
-    with pytest.raises(OAuthError) as caught:
-        gw.issuer.password_login("llmos-cli", "totp-user", password, wrong)
+    async with AuditTap(nats_server.url) as audit:
+        with pytest.raises(OAuthError) as caught:
+            gw.issuer.password_login("llmos-cli", "totp-user", password, wrong)
+        record = await audit.wait_for(action="oauth.token", principal="totp-user")
     assert caught.value.error == "invalid_grant"
     assert "one-time code is wrong" in caught.value.description
+    assert record.outcome == "invalid_grant" and "one-time code" in record.detail
 
     code = totp.now()
     token = gw.issuer.password_login("llmos-cli", "totp-user", password, code)

@@ -16,12 +16,15 @@ import nats
 import pyotp
 import pytest
 import redis
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from llmos.oauthclient import OAuthError
 from llmos.v1 import admin_pb2, admin_pb2_grpc, events_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import run_python
 from tests.integration.conftest import AuditTap, gateway_env, key_files
-from tests.support import GatewayProcess, bearer, start_gateway
+from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
 from tools.devstack.infra import NatsServer, RedisServer
 
 
@@ -57,6 +60,17 @@ def test_bootstrap_credentials_are_private_and_written_once(gw: GatewayProcess) 
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE((gw.data_dir / "gateway" / "totp.key").stat().st_mode) == 0o600
     assert document["client_secret"] not in gw.log_path.read_text()  # type: ignore[union-attr]
+
+
+def test_generic_clients_discover_the_api_by_reflection_without_a_token(
+    gw: GatewayProcess,
+) -> None:
+    with grpc.insecure_channel(gw.address) as channel:
+        reflected = ProtoReflectionDescriptorDatabase(channel)
+        assert {"llmos.v1.Gateway", "llmos.v1.Admin"} <= set(reflected.get_services())
+        service = reflected.FindFileContainingSymbol("llmos.v1.Gateway").service
+        methods = {m.name for s in service if s.name == "Gateway" for m in s.method}
+    assert {"Generate", "SubscribeEvents", "GetClusterStatus"} <= methods
 
 
 def test_a_program_gets_a_token_with_client_credentials(gw: GatewayProcess) -> None:

@@ -24,7 +24,8 @@ from llmos.errors import ResourceExhausted
 from llmos.oauthclient import Issuer
 from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import gateway_env
-from tests.support import GatewayProcess, bearer, secure_channel, start_gateway
+from tools.devstack.access import tls_channel
+from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
 from tools.devstack.infra import NatsServer, RedisServer
 from tools.devstack.tls import ensure_dev_tls
 
@@ -80,7 +81,7 @@ def test_two_replicas_together_allow_exactly_the_limit(
                 gateway_pb2.ListModelsRequest(), metadata=bearer(token), timeout=30
             )
         except grpc.RpcError as exc:
-            return index % 2, exc.code(), dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+            return index % 2, exc.code(), dict(exc.trailing_metadata() or ())
         return index % 2, grpc.StatusCode.OK, {}
 
     try:
@@ -228,7 +229,7 @@ def test_tls_serves_grpc_and_oauth_and_refuses_plaintext(
         with pytest.raises(OSError):  # an https issuer is not trusted without its CA
             Issuer(gateway.issuer.url).metadata()
         token = gateway.admin_token()
-        with secure_channel(gateway.address, files.ca, token) as channel:
+        with tls_channel(gateway.address, files.ca, token) as channel:
             status = gateway_pb2_grpc.GatewayStub(channel).GetSystemStatus(
                 gateway_pb2.GetSystemStatusRequest(), timeout=10
             )

@@ -235,18 +235,22 @@ def run_engine_line(out: int) -> dict[str, Any]:
 
 def run_e2e_line(out: int, engine_c32: float) -> dict[str, Any]:
     """Start the stack, drive 64 requests at concurrency 32 through the gateway."""
-    import grpc
-
     from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2
+    from tools.devstack.access import admin_token, gateway_channel
 
     models = Path(os.environ.get("LLMOS_DATA_DIR", "var")).resolve() / "models"
     launcher = StackProcess(
         Path(tempfile.mkdtemp(prefix="llmos-bench-")),
-        env={"LLMOS_MODELS_DIR": str(models), "LLMOS_LOG_LEVEL": "warning"},
+        # no response cache: every request must reach the engine
+        env={
+            "LLMOS_MODELS_DIR": str(models),
+            "LLMOS_LOG_LEVEL": "warning",
+            "LLMOS_CACHE_TTL_S": "0",
+        },
     )
     try:
-        gateway = launcher.start()["gateway"]
-        with grpc.insecure_channel(gateway) as channel:
+        fields = launcher.start()
+        with gateway_channel(fields, admin_token(fields)) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             codec = TextCodec(models / "smollm2-135m-instruct")
             bodies = [codec.decode(p) for p in make_prompts(codec, 64)]

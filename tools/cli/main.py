@@ -33,6 +33,7 @@ from tools.cli.session import (
     session_path,
     stack_info,
 )
+from tools.devstack.access import tls_channel
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 EXIT_OK, EXIT_NOT_READY, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -59,10 +60,7 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     token = access_token(args.token, args.credentials, ca)
     if ca is None:
         return grpc.intercept_channel(grpc.insecure_channel(address), _Bearer(token))
-    credentials = grpc.composite_channel_credentials(
-        grpc.ssl_channel_credentials(ca.read_bytes()), grpc.access_token_call_credentials(token)
-    )
-    return grpc.secure_channel(address, credentials)
+    return tls_channel(address, ca, token)
 
 
 class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]

@@ -1,4 +1,5 @@
-"""Helpers for tests that talk to a real gateway: tokens, channels, gateway processes."""
+"""One gateway as its own process (`python -m gateway`) on free ports, for tests and
+benchmarks that need a real gateway without the whole stack."""
 
 from __future__ import annotations
 
@@ -16,20 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmos.oauthclient import Issuer
 from llmos.ports import free_port
-from tests.conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:
     """Call metadata carrying `token`."""
     return (("authorization", f"Bearer {token}"),)
-
-
-def secure_channel(address: str, ca: Path, token: str) -> grpc.Channel:
-    """A TLS channel to the gateway that sends `token` with every call."""
-    credentials = grpc.composite_channel_credentials(
-        grpc.ssl_channel_credentials(ca.read_bytes()), grpc.access_token_call_credentials(token)
-    )
-    return grpc.secure_channel(address, credentials)
 
 
 @dataclass

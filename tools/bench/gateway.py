@@ -1,0 +1,131 @@
+"""`make bench-gateway`: what the gateway adds to a call, measured side by side.
+
+Starts NATS, Redis, the scheduler and a gateway (its own processes, on free ports), then
+alternates the same RPC — GetClusterStatus — called directly on the scheduler and
+through the gateway with a bearer token (verification, scope check, rate-limit admission
+in Redis, audit record, forwarding). Prints one JSON line: median and p99 of each path,
+the added latency and the ratios. Single client, sequential calls, after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from llmos.ports import free_port
+from llmos.v1 import gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from tools.devstack.gateway_process import (
+    GatewayProcess,
+    bearer,
+    environment_without_llmos,
+    start_gateway,
+)
+from tools.devstack.infra import start_nats, start_redis, terminate
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(samples_ms: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(samples_ms), 3),
+        "p99_ms": round(_percentile(samples_ms, 0.99), 3),
+    }
+
+
+def measure(calls: int, warmup: int) -> dict[str, Any]:
+    """Run the comparison; everything started here is stopped here."""
+    workdir = Path(tempfile.mkdtemp(prefix="llmos-bench-gw-"))
+    nats_server, redis_server = start_nats(workdir), start_redis(workdir)
+    env = {
+        **environment_without_llmos(),
+        "LLMOS_NATS_URL": nats_server.url,
+        "LLMOS_REDIS_URL": redis_server.url,
+        "LLMOS_DATA_DIR": str(workdir / "data"),
+        "LLMOS_LOG_LEVEL": "warning",
+    }
+    scheduler_address = f"127.0.0.1:{free_port()}"
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "services.scheduler"],
+        env={**env, "LLMOS_LISTEN_ADDR": scheduler_address},
+        stderr=subprocess.DEVNULL,
+    )
+    gateway: GatewayProcess | None = None
+    try:
+        gateway = start_gateway(env, workdir / "data")
+        token = gateway.admin_token()
+        request = scheduler_pb2.GetClusterStatusRequest()
+        with (
+            grpc.insecure_channel(scheduler_address) as direct_channel,
+            grpc.insecure_channel(gateway.address) as gateway_channel,
+        ):
+            direct = scheduler_pb2_grpc.SchedulerStub(direct_channel).GetClusterStatus
+            via_gateway = gateway_pb2_grpc.GatewayStub(gateway_channel).GetClusterStatus
+            metadata = bearer(token)
+            _wait_for(lambda: direct(request, timeout=2))
+            timings: dict[str, list[float]] = {"direct": [], "gateway": []}
+            for index in range(warmup + calls):
+                for name in ("direct", "gateway") if index % 2 else ("gateway", "direct"):
+                    started = time.perf_counter()
+                    if name == "direct":
+                        direct(request, timeout=10)
+                    else:
+                        via_gateway(request, metadata=metadata, timeout=10)
+                    if index >= warmup:
+                        timings[name].append((time.perf_counter() - started) * 1000)
+        d, g = _summary(timings["direct"]), _summary(timings["gateway"])
+        return {
+            "bench": "gateway",
+            "rpc": "GetClusterStatus",
+            "calls_per_path": calls,
+            "direct_scheduler": d,
+            "through_gateway": g,
+            "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
+            "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
+            "gateway_vs_direct_p50": round(g["p50_ms"] / d["p50_ms"], 2),
+            "gateway_vs_direct_p99": round(g["p99_ms"] / d["p99_ms"], 2),
+            "gateway_path": "bearer JWT check + scope + Redis rate-limit (Lua) + audit + forward",
+        }
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        terminate(scheduler, 10)
+        redis_server.stop()
+        nats_server.stop()
+
+
+def _wait_for(call: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            call()
+            return
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=int(os.environ.get("CALLS", "2000")))
+    parser.add_argument("--warmup", type=int, default=200)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.calls, args.warmup)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
