@@ -240,20 +240,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             )
             return status
         except grpc.aio.AioRpcError as exc:
-            self._scheduler = None
+            if self._scheduler is not None:
+                await self._scheduler[1].close()
+                self._scheduler = None
             raise Unavailable(f"the scheduler did not answer: {exc.code().name}") from None
 
     async def _scheduler_channel(self) -> grpc.aio.Channel:
-        """A channel to a live scheduler instance (re-resolved after a failure)."""
+        """A channel to a live scheduler instance, kept while calls succeed and looked up
+        again in the registry after a failure."""
+        if self._scheduler is not None:
+            return self._scheduler[1]
         instances = [
             i for i in await self._ctx.registry.live_instances() if i.service == "scheduler"
         ]
         if not instances:
             raise Unavailable("no scheduler is running")
-        addresses = {i.address for i in instances}
-        if self._scheduler is None or self._scheduler[0] not in addresses:
-            address = sorted(addresses)[0]
-            self._scheduler = (address, grpc.aio.insecure_channel(address))
+        address = sorted(i.address for i in instances)[0]
+        self._scheduler = (address, grpc.aio.insecure_channel(address))
         return self._scheduler[1]
 
 
