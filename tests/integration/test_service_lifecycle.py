@@ -85,4 +85,3 @@ async def test_service_lifecycle(
             proc.wait()
         await nc.close()
         await redis_client.aclose()
-
