@@ -175,6 +175,25 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         await self._run(self._store.delete_user, user.username)
         return admin_pb2.DeleteUserResponse()
 
+    async def SetScopes(
+        self, request: admin_pb2.SetScopesRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SetScopesResponse:
+        scopes = self._grantable(request.scopes, "scopes")
+        target = request.WhichOneof("target")
+        if target == "client_id":
+            client = await self._run(self._store.client, request.client_id)
+            caller().require_tenant(client.tenant, f"client {client.client_id!r}")
+            call_record().resource = f"client/{client.client_id}"
+            await self._run(self._store.set_client_scopes, client.client_id, scopes)
+        elif target == "username":
+            user = await self._run(self._store.user, request.username)
+            caller().require_tenant(user.tenant, f"user {user.username!r}")
+            call_record().resource = f"user/{user.username}"
+            await self._run(self._store.set_user_scopes, user.username, scopes)
+        else:
+            raise InvalidArgument("target", "name a client_id or a username")
+        return admin_pb2.SetScopesResponse(scopes=scopes)
+
     async def RotateSigningKey(
         self, request: admin_pb2.RotateSigningKeyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RotateSigningKeyResponse:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import grpc
 import redis.asyncio as aioredis
 
-from gateway.auth.identities import PREFIX, Limits
+from gateway.auth.identities import PREFIX, Limits, deleted_key
 from gateway.auth.principal import CallRecord, Principal, current_call
 from gateway.auth.scopes import required_scope
 from gateway.auth.verifier import TokenVerifier
@@ -88,7 +88,8 @@ class GatewayGuard:
         )
 
     async def _limits_of(self, principal: Principal) -> LimitSet:
-        """The principal's client and tenant limits (cached briefly; one Redis round trip)."""
+        """The principal's client and tenant limits, and whether its client or user was
+        deleted since the token was issued (cached briefly; one Redis round trip)."""
         cache_key = (principal.client_id, principal.tenant)
         cached = self._limits.get(cache_key)
         if cached and time.monotonic() - cached[0] < LIMITS_CACHE_S:
@@ -96,7 +97,12 @@ class GatewayGuard:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.get(f"{PREFIX}client:{principal.client_id}")
             pipe.hget(f"{PREFIX}tenant:{principal.tenant}", "limits")
-            client_raw, tenant_raw = await pipe.execute()
+            pipe.exists(deleted_key("client", principal.client_id))
+            pipe.exists(deleted_key("user", principal.subject) if principal.is_user else "-")
+            client_raw, tenant_raw, client_gone, user_gone = await pipe.execute()
+        if client_gone or user_gone:
+            whose = "user" if user_gone else "client"
+            raise Unauthenticated(f"the {whose} this token was issued to has been deleted")
         client = json.loads(client_raw)["limits"] if client_raw else {}
         tenant = json.loads(tenant_raw) if tenant_raw else {}
         limits = LimitSet(

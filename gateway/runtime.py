@@ -66,7 +66,9 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
     default_limits = Limits(options.default_rpm, options.default_tpm)
     sync_redis = redis.Redis.from_url(settings.redis_url.reveal())
     stack.callback(sync_redis.close)
-    store = IdentityStore(sync_redis, settings.data_dir, default_limits)
+    store = IdentityStore(
+        sync_redis, settings.data_dir, default_limits, options.access_ttl_s + options.leeway_s
+    )
 
     audit = AuditPublisher(ctx.js, "gateway")
     audit.start()

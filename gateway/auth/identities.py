@@ -114,13 +114,21 @@ def check_username(name: str, field_name: str = "username") -> None:
 class IdentityStore:
     """CRUD of identities plus the login-protection state (lock-out, TOTP replay)."""
 
-    def __init__(self, client: redis.Redis, data_dir: Path, default_limits: Limits) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        data_dir: Path,
+        default_limits: Limits,
+        token_lifetime_s: float = 3600.0,
+    ) -> None:
         # redis-py's sync stubs type every reply as "value or awaitable"; this client is sync
         self._r: Any = client
         self._default_limits = default_limits
         key_text = ensure_secret(data_dir / "gateway" / "totp.key")
         self._aead = AESGCM(hashlib.sha256(key_text.encode()).digest())
         self._accept_step = self._r.register_script(_ACCEPT_TOTP_STEP)
+        #: a deleted identity's tokens are refused for as long as any of them can live
+        self._tombstone_s = int(token_lifetime_s) + 60
 
     # -- tenants -----------------------------------------------------------------------
 
@@ -208,8 +216,14 @@ class IdentityStore:
 
     def delete_client(self, client_id: str) -> None:
         client = self.client(client_id)
+        self._r.set(deleted_key("client", client_id), "1", ex=self._tombstone_s)
         self._r.delete(PREFIX + f"client:{client_id}")
         self._r.srem(PREFIX + f"clients:{client.tenant}", client_id)
+
+    def set_client_scopes(self, client_id: str, scopes: list[str]) -> None:
+        client = self.client(client_id)
+        client.scopes = scopes
+        self._r.set(PREFIX + f"client:{client_id}", _dump(client))
 
     # -- users -------------------------------------------------------------------------
 
@@ -252,8 +266,14 @@ class IdentityStore:
 
     def delete_user(self, username: str) -> None:
         user = self.user(username)
+        self._r.set(deleted_key("user", username), "1", ex=self._tombstone_s)
         self._r.delete(PREFIX + f"user:{username}", PREFIX + f"totp-step:{username}")
         self._r.srem(PREFIX + f"users:{user.tenant}", username)
+
+    def set_user_scopes(self, username: str, scopes: list[str]) -> None:
+        user = self.user(username)
+        user.scopes = scopes
+        self._r.set(PREFIX + f"user:{username}", _dump(user))
 
     def accept_totp(self, user: User, code: str, now: float | None = None) -> bool:
         """True once per valid code: a code already used (or an older one) is refused."""
@@ -323,6 +343,11 @@ class IdentityStore:
     def _open(self, sealed: str) -> str:
         raw = bytes.fromhex(sealed)
         return self._aead.decrypt(raw[:12], raw[12:], b"totp").decode()
+
+
+def deleted_key(kind: str, name: str) -> str:
+    """Redis key marking a deleted client or user whose tokens may still be in circulation."""
+    return PREFIX + f"deleted:{kind}:{name}"
 
 
 def revoked_key(jti: str) -> str:

@@ -53,6 +53,7 @@ RPC_SCOPES: dict[str, str] = {
             "CreateUser",
             "ListUsers",
             "DeleteUser",
+            "SetScopes",
             "RotateSigningKey",
         )
     },

@@ -150,6 +150,50 @@ def test_a_person_signs_in_with_password_and_totp_and_refreshes(gw: GatewayProce
         gw.issuer.refresh("llmos-cli", refreshed["refresh_token"])
 
 
+def test_changed_scopes_and_deleted_identities_take_effect(gw: GatewayProcess) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    with grpc.insecure_channel(gw.address) as channel:
+        admin = _admin(gw, channel)
+        gateway = gateway_pb2_grpc.GatewayStub(channel)
+        system = bearer(gw.admin_token())
+        app = admin.CreateClient(
+            admin_pb2.CreateClientRequest(name="changing", scopes=["inference"]), metadata=system
+        )
+        user = admin.CreateUser(
+            admin_pb2.CreateUserRequest(
+                username="leaver", password=password, scopes=["models:read"]
+            ),
+            metadata=system,
+        )
+        admin.SetScopes(
+            admin_pb2.SetScopesRequest(client_id=app.client.client_id, scopes=["models:read"]),
+            metadata=system,
+        )
+        issued = gw.issuer.client_credentials(app.client.client_id, app.client_secret)
+        assert issued["scope"] == "models:read"
+        app_token = bearer(str(issued["access_token"]))
+        gateway.ListModels(gateway_pb2.ListModelsRequest(), metadata=app_token)
+        login = gw.issuer.password_login(
+            "llmos-cli", "leaver", password, pyotp.TOTP(user.totp_secret).now()
+        )
+        admin.DeleteClient(
+            admin_pb2.DeleteClientRequest(client_id=app.client.client_id), metadata=system
+        )
+        admin.DeleteUser(admin_pb2.DeleteUserRequest(username="leaver"), metadata=system)
+        time.sleep(2.5)  # identity lookups are cached for 2 s
+        for token, whose in [(app_token, "client"), (bearer(login["access_token"]), "user")]:
+            with pytest.raises(grpc.RpcError) as caught:
+                gateway.ListModels(gateway_pb2.ListModelsRequest(), metadata=token)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert f"the {whose} this token was issued to has been deleted" in (
+                caught.value.details() or ""
+            )
+    with pytest.raises(OAuthError):
+        gw.issuer.refresh("llmos-cli", login["refresh_token"])
+    with pytest.raises(OAuthError):
+        gw.issuer.client_credentials(app.client.client_id, app.client_secret)
+
+
 def test_introspection_reports_activity_to_whom_it_may_concern(gw: GatewayProcess) -> None:
     admin_id, admin_secret = gw.admin_credentials()
     token = gw.admin_token()

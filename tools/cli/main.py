@@ -339,6 +339,11 @@ def cmd_admin(args: argparse.Namespace) -> int:
         quota = _quota(args) or admin_pb2.Quota()
         target = {"client_id": args.client} if args.client else {"tenant": args.tenant}
         reply = admin.SetQuota(admin_pb2.SetQuotaRequest(quota=quota, **target), timeout=t)
+    elif action == "scopes":
+        target = {"client_id": args.client} if args.client else {"username": args.user}
+        reply = admin.SetScopes(
+            admin_pb2.SetScopesRequest(scopes=args.scope or [], **target), timeout=t
+        )
     else:  # rotate-key
         reply = admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest(), timeout=t)
     _print_json(reply)
@@ -379,6 +384,11 @@ def _add_admin_commands(commands: Any) -> None:
     target.add_argument("--tenant")
     target.add_argument("--client")
     limits(quota)
+    scopes = action("scopes", "replace a client's or a user's scopes")
+    whom = scopes.add_mutually_exclusive_group(required=True)
+    whom.add_argument("--client")
+    whom.add_argument("--user")
+    scopes.add_argument("--scope", action="append", help="scope to grant (repeatable)")
     action("rotate-key", "new token-signing key (old tokens stay valid until they expire)")
 
 
