@@ -63,6 +63,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         """The tenant a request targets: the one named, else the caller's; checked."""
         principal = caller()
         tenant = requested or principal.tenant
+        call_record().resource = f"tenant/{tenant}"
         principal.require_tenant(tenant, f"tenant {tenant!r}")
         return tenant
 
@@ -103,14 +104,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         limits = _limits(request.quota, "quota")
         target = request.WhichOneof("target")
         if target == "tenant":
+            call_record().resource = f"tenant/{request.tenant}"
             if not caller().is_system_admin:
                 raise PermissionDenied("only admins of tenant 'system' may set tenant quotas")
-            call_record().resource = f"tenant/{request.tenant}"
             await self._run(self._store.set_tenant_limits, request.tenant, limits)
         elif target == "client_id":
+            call_record().resource = f"client/{request.client_id}"
             client = await self._run(self._store.client, request.client_id)
             caller().require_tenant(client.tenant, f"client {client.client_id!r}")
-            call_record().resource = f"client/{client.client_id}"
             await self._run(self._store.set_client_limits, client.client_id, limits)
         else:
             raise InvalidArgument("target", "name a tenant or a client_id")
@@ -139,11 +140,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     async def DeleteClient(
         self, request: admin_pb2.DeleteClientRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.DeleteClientResponse:
+        call_record().resource = f"client/{request.client_id}"
         client = await self._run(self._store.client, request.client_id)
         caller().require_tenant(client.tenant, f"client {client.client_id!r}")
         if client.client_id == caller().client_id:
             raise FailedPrecondition("a client cannot delete itself")
-        call_record().resource = f"client/{client.client_id}"
         await self._run(self._store.delete_client, client.client_id)
         return admin_pb2.DeleteClientResponse()
 
@@ -169,9 +170,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     async def DeleteUser(
         self, request: admin_pb2.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.DeleteUserResponse:
+        call_record().resource = f"user/{request.username}"
         user = await self._run(self._store.user, request.username)
         caller().require_tenant(user.tenant, f"user {user.username!r}")
-        call_record().resource = f"user/{user.username}"
         await self._run(self._store.delete_user, user.username)
         return admin_pb2.DeleteUserResponse()
 
@@ -181,14 +182,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         scopes = self._grantable(request.scopes, "scopes")
         target = request.WhichOneof("target")
         if target == "client_id":
+            call_record().resource = f"client/{request.client_id}"
             client = await self._run(self._store.client, request.client_id)
             caller().require_tenant(client.tenant, f"client {client.client_id!r}")
-            call_record().resource = f"client/{client.client_id}"
             await self._run(self._store.set_client_scopes, client.client_id, scopes)
         elif target == "username":
+            call_record().resource = f"user/{request.username}"
             user = await self._run(self._store.user, request.username)
             caller().require_tenant(user.tenant, f"user {user.username!r}")
-            call_record().resource = f"user/{user.username}"
             await self._run(self._store.set_user_scopes, user.username, scopes)
         else:
             raise InvalidArgument("target", "name a client_id or a username")

@@ -26,6 +26,7 @@ from llmos.rpc import outcome_of
 
 #: How long a principal's configured limits are reused before re-reading them.
 LIMITS_CACHE_S = 2.0
+LIMITS_CACHE_SIZE = 10_000
 
 
 class GatewayGuard:
@@ -111,6 +112,8 @@ class GatewayGuard:
             tenant_rpm=int(tenant.get("requests_per_minute", self._default.requests_per_minute)),
             tenant_tpm=int(tenant.get("tokens_per_minute", self._default.tokens_per_minute)),
         )
+        if len(self._limits) >= LIMITS_CACHE_SIZE:
+            self._limits.clear()
         self._limits[cache_key] = (time.monotonic(), limits)
         return limits
 

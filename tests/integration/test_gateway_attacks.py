@@ -129,8 +129,22 @@ async def test_bad_tokens_are_refused_explained_and_audited(
     assert token == "" or token not in record.SerializeToString().decode(errors="replace")
 
 
-def test_another_tenants_resources_are_out_of_reach(gw: GatewayProcess) -> None:
+async def test_another_tenants_resources_are_out_of_reach(
+    gw: GatewayProcess, nats_server: NatsServer
+) -> None:
     """A tenant admin cannot list, change or delete another tenant's clients."""
+    async with AuditTap(nats_server.url) as audit:
+        b_client_id = _try_other_tenant(gw)
+        record = await audit.wait_for(
+            action="/llmos.v1.Admin/DeleteClient", resource=f"client/{b_client_id}"
+        )
+    assert record.outcome == "PERMISSION_DENIED"
+    assert record.tenant == "tenant-a"
+    assert "belongs to tenant 'tenant-b'" in record.detail
+
+
+def _try_other_tenant(gw: GatewayProcess) -> str:
+    """Tenant a's admin tries tenant b's objects; returns b's client id."""
     with grpc.insecure_channel(gw.address) as channel:
         root = admin_pb2_grpc.AdminStub(channel)
         system = bearer(gw.admin_token())
@@ -185,6 +199,7 @@ def test_another_tenants_resources_are_out_of_reach(gw: GatewayProcess) -> None:
         # b's client is still there
         listed = root.ListClients(admin_pb2.ListClientsRequest(tenant="tenant-b"), metadata=system)
         assert b_client.client_id in {c.client_id for c in listed.clients}
+    return str(b_client.client_id)
 
 
 async def test_wrong_client_secret_is_refused_and_audited(
