@@ -27,6 +27,7 @@ from llmos.errors import InvalidArgument, Unavailable
 from llmos.health import check_health
 from llmos.log import request_id_var
 from llmos.model.names import DEFAULT_MODEL
+from llmos.rpc import relayed_error
 from llmos.runner import ServiceContext
 from llmos.services import REQUIRED_SERVICES
 from llmos.v1 import (
@@ -233,17 +234,74 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     async def GetClusterStatus(
         self, request: scheduler_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ClusterStatus:
+        status: scheduler_pb2.ClusterStatus = await self._ask_scheduler(
+            "GetClusterStatus", request, context
+        )
+        return status
+
+    # -- jobs: the scheduler's, scoped to the caller's tenant ----------------------------------
+
+    async def SubmitJob(
+        self, request: scheduler_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Job:
+        principal = caller()
+        request.tenant, request.owner = principal.tenant, principal.subject
+        job: scheduler_pb2.Job = await self._ask_scheduler("SubmitJob", request, context)
+        call_record().resource = f"job/{job.job_id}"
+        return job
+
+    async def GetJob(
+        self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Job:
+        request.tenant = caller().tenant
+        call_record().resource = f"job/{request.job_id}"
+        job: scheduler_pb2.Job = await self._ask_scheduler("GetJob", request, context)
+        return job
+
+    async def ListJobs(
+        self, request: scheduler_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListJobsResponse:
+        request.tenant = caller().tenant
+        jobs: scheduler_pb2.ListJobsResponse = await self._ask_scheduler(
+            "ListJobs", request, context
+        )
+        return jobs
+
+    async def CancelJob(
+        self, request: scheduler_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Job:
+        request.tenant = caller().tenant
+        call_record().resource = f"job/{request.job_id}"
+        job: scheduler_pb2.Job = await self._ask_scheduler("CancelJob", request, context)
+        return job
+
+    async def WatchJob(
+        self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.Job]:
+        request.tenant = caller().tenant
+        call_record().resource = f"job/{request.job_id}"
         stub = scheduler_pb2_grpc.SchedulerStub(await self._scheduler_channel())
         try:
-            status: scheduler_pb2.ClusterStatus = await stub.GetClusterStatus(
-                request, timeout=context.time_remaining() or 10.0
-            )
-            return status
+            async for job in stub.WatchJob(request, timeout=context.time_remaining()):
+                yield job
         except grpc.aio.AioRpcError as exc:
-            if self._scheduler is not None:
-                await self._scheduler[1].close()
-                self._scheduler = None
-            raise Unavailable(f"the scheduler did not answer: {exc.code().name}") from None
+            raise await self._scheduler_failed(exc) from None
+
+    async def _ask_scheduler(self, method: str, request: Any, context: Any) -> Any:
+        """One unary call to the scheduler; its refusals are relayed as they are."""
+        stub = scheduler_pb2_grpc.SchedulerStub(await self._scheduler_channel())
+        try:
+            return await getattr(stub, method)(request, timeout=context.time_remaining() or 30.0)
+        except grpc.aio.AioRpcError as exc:
+            raise await self._scheduler_failed(exc) from None
+
+    async def _scheduler_failed(self, exc: grpc.aio.AioRpcError) -> Exception:
+        """The error to answer with; an unreachable scheduler is looked up again next time."""
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and self._scheduler is not None:
+            await self._scheduler[1].close()
+            self._scheduler = None
+            return Unavailable("the scheduler is not reachable right now; retry")
+        return relayed_error(exc)
 
     async def _scheduler_channel(self) -> grpc.aio.Channel:
         """A channel to a live scheduler instance, kept while calls succeed and looked up

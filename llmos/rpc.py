@@ -54,6 +54,21 @@ def status_of(error: errors.LLMOSError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+def relayed_error(error: grpc.aio.AioRpcError) -> errors.LLMOSError:
+    """A downstream service's refusal as the domain error it stands for, so a proxy (the
+    gateway) answers its caller with the same status and sentence."""
+    code = error.code()
+    for cls, mapped in STATUS_OF.items():
+        if mapped == code and cls is not errors.InvalidArgument:
+            return cls(error.details() or code.name)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field, _, reason = (error.details() or "request: invalid").partition(": ")
+        return errors.InvalidArgument(field, reason)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.Unavailable("the call ran out of time downstream; retry")
+    return errors.Unavailable(f"a downstream service failed ({code.name}); retry later")
+
+
 def request_id_from(metadata: Any) -> str:
     """The caller's request id if it is well-formed, else a fresh one."""
     for key, value in metadata or ():

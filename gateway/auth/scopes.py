@@ -42,6 +42,10 @@ RPC_SCOPES: dict[str, str] = {
     _GATEWAY + "Classify": INFERENCE,
     _GATEWAY + "ListModels": MODELS_READ,
     **{
+        _GATEWAY + name: TRAINING
+        for name in ("SubmitJob", "GetJob", "ListJobs", "CancelJob", "WatchJob")
+    },
+    **{
         _ADMIN + name: ADMIN
         for name in (
             "CreateTenant",

@@ -1,36 +1,100 @@
-"""The scheduler's API. For now: the live cluster view from the service registry (which
-workers exist and which models they have loaded). Queues, capacity accounting and
-placement arrive with the scheduler issue; until then queue depths are zero because
-nothing is queued here: inference goes straight to workers over NATS."""
+"""The scheduler's API: the live cluster view and jobs.
+
+The cluster view comes from the service registry (which workers exist, what they offer,
+which models they have loaded). Jobs are checked at submit against the trainers'
+capacity and kept in Redis with their lifecycle (`services.scheduler.jobs`). Placing
+queued jobs on trainers (gang reservation, preemption) arrives with the trainer; until
+then a job waits in QUEUED, where it can be watched and cancelled.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 
 import grpc
+from nats.aio.msg import Msg
 
+from llmos import subjects
 from llmos.runner import ServiceContext
-from llmos.v1 import scheduler_pb2, scheduler_pb2_grpc
+from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.scheduler.fairshare import check_class_allowed
+from services.scheduler.jobs import TERMINAL, JobStore, check_spec
+from services.scheduler.options import SchedulerOptions
 
 WORKER_SERVICES = ("inference-worker", "trainer")
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
     def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
         self._registry = ctx.registry
+        self._jobs = JobStore(ctx.redis, ctx.events)
+        options: SchedulerOptions = ctx.options
+        self._tenant_classes = options.tenant_classes
+
+    async def _instances(self, *services: str) -> list[common_pb2.ServiceInstance]:
+        return [i for i in await self._registry.live_instances() if i.service in services]
 
     async def GetClusterStatus(
         self, request: scheduler_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ClusterStatus:
-        instances = await self._registry.live_instances()
         return scheduler_pb2.ClusterStatus(
             workers=[
-                scheduler_pb2.WorkerStatus(instance=i, loaded_models=i.models)
-                for i in instances
-                if i.service in WORKER_SERVICES
+                scheduler_pb2.WorkerStatus(instance=i, capacity=i.capacity, loaded_models=i.models)
+                for i in await self._instances(*WORKER_SERVICES)
             ]
         )
+
+    async def SubmitJob(
+        self, request: scheduler_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Job:
+        priority = check_spec(request.spec, await self._instances("trainer"))
+        check_class_allowed(self._tenant_classes, request.tenant, priority)
+        return await self._jobs.create(request.tenant, request.owner, request.spec)
+
+    async def GetJob(
+        self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Job:
+        return await self._jobs.get(request.tenant, request.job_id)
+
+    async def ListJobs(
+        self, request: scheduler_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListJobsResponse:
+        jobs, token = await self._jobs.list(
+            request.tenant, request.states, request.page_size, request.page_token
+        )
+        return scheduler_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    async def CancelJob(
+        self, request: scheduler_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Job:
+        job = await self._jobs.get(request.tenant, request.job_id)
+        reason = request.reason or f"cancelled by {job.owner or 'its tenant'}"
+        return await self._jobs.move(job, common_pb2.JOB_STATE_CANCELLED, reason)
+
+    async def WatchJob(
+        self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.Job]:
+        job = await self._jobs.get(request.tenant, request.job_id)
+        changed: asyncio.Queue[None] = asyncio.Queue()
+
+        async def on_event(msg: Msg) -> None:
+            changed.put_nowait(None)
+
+        subscription = await self._ctx.nats.subscribe(subjects.job_event(job.job_id), cb=on_event)
+        try:
+            job = await self._jobs.get(request.tenant, request.job_id)  # after subscribing
+            yield job
+            while job.state not in TERMINAL:
+                await changed.get()
+                latest = await self._jobs.get(request.tenant, request.job_id)
+                if latest.state != job.state or latest.updated_at != job.updated_at:
+                    job = latest
+                    yield job
+        finally:
+            await subscription.unsubscribe()
 
 
 async def attach(

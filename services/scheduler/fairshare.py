@@ -48,6 +48,19 @@ class PriorityClass(IntEnum):
             ) from None
 
 
+def check_class_allowed(
+    allowed_classes: dict[str, set[PriorityClass]], tenant: str, priority: PriorityClass
+) -> None:
+    """PERMISSION_DENIED if `tenant` may not use `priority` (no entry: every class)."""
+    allowed = allowed_classes.get(tenant)
+    if allowed is not None and priority not in allowed:
+        names = ", ".join(sorted(p.name.lower() for p in allowed)) or "none"
+        raise PermissionDenied(
+            f"tenant {tenant!r} may not use priority class {priority.name.lower()!r} "
+            f"(allowed: {names})"
+        )
+
+
 @dataclass
 class WorkItem:
     """One request or job waiting for capacity."""
@@ -108,14 +121,7 @@ class FairShareQueue:
         self._weights[tenant] = weight
 
     def check_class(self, tenant: str, priority: PriorityClass) -> None:
-        """PERMISSION_DENIED if `tenant` may not use `priority` (no entry: all classes)."""
-        allowed = self._allowed.get(tenant)
-        if allowed is not None and priority not in allowed:
-            names = ", ".join(sorted(p.name.lower() for p in allowed)) or "none"
-            raise PermissionDenied(
-                f"tenant {tenant!r} may not use priority class {priority.name.lower()!r} "
-                f"(allowed: {names})"
-            )
+        check_class_allowed(self._allowed, tenant, priority)
 
     def push(self, item: WorkItem) -> None:
         """Queue `item`; RESOURCE_EXHAUSTED when the queue is full (never blocks)."""

@@ -1,8 +1,22 @@
 """Start the trainer service: `python -m services.trainer`."""
 
 import sys
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 
-from llmos.runner import ServiceDefinition, main, no_api
+import grpc
+
+from llmos.capacity import local_capacity
+from llmos.runner import ServiceContext, ServiceDefinition, main
+
+
+async def attach(
+    ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack
+) -> Sequence[str]:
+    """Announce this machine's capacity in the registry (training arrives with its issue)."""
+    ctx.instance.capacity.CopyFrom(local_capacity())
+    return ()
+
 
 if __name__ == "__main__":
-    sys.exit(main(ServiceDefinition("trainer", no_api)))
+    sys.exit(main(ServiceDefinition("trainer", attach)))

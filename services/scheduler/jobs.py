@@ -1,0 +1,238 @@
+"""Jobs: their checks at submit, their state in Redis, and their state-change events.
+
+State lives in Redis (one hash per job: the serialized Job and its state), so a
+scheduler killed at any moment restarts knowing every job. Each transition is a
+compare-and-set in a Lua script — only from the states the lifecycle allows — and is
+then published as a `JobStateChanged` event on JetStream for the job's tenant.
+
+Lifecycle: QUEUED -> SCHEDULED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, and
+PREEMPTED back to QUEUED.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+
+import redis.asyncio as aioredis
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from llmos import subjects
+from llmos.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from llmos.events import new_event
+from llmos.messaging import EventPublisher
+from llmos.v1 import common_pb2, scheduler_pb2
+from services.scheduler.fairshare import PriorityClass
+
+log = logging.getLogger("llmos.scheduler.jobs")
+
+S = common_pb2.JobState
+TERMINAL = frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED})
+#: state -> the states it may move to
+TRANSITIONS: dict[int, frozenset[int]] = {
+    S.JOB_STATE_QUEUED: frozenset({S.JOB_STATE_SCHEDULED, S.JOB_STATE_CANCELLED}),
+    S.JOB_STATE_SCHEDULED: frozenset(
+        {S.JOB_STATE_RUNNING, S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED, S.JOB_STATE_FAILED}
+    ),
+    S.JOB_STATE_RUNNING: frozenset(
+        {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED, S.JOB_STATE_PREEMPTED}
+    ),
+    S.JOB_STATE_PREEMPTED: frozenset({S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED}),
+}
+KINDS = ("training",)
+NAME_MAX = 128
+LIMITS = {  # per process: anything above is a typo, not a request
+    "cpu_millicores": 10_000_000,
+    "memory_bytes": 1 << 50,
+    "gpus": 1024,
+    "gpu_memory_bytes": 1 << 50,
+    "processes": 4096,
+}
+PREFIX = "llmos:jobs:"
+PAGE_DEFAULT, PAGE_MAX = 100, 1000
+
+#: KEYS[1] job hash. ARGV: new state, new bytes, then the allowed current states.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return -1 end
+for i = 3, #ARGV do
+  if current == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'data', ARGV[2])
+    return 1
+  end
+end
+return tonumber(current)
+"""
+
+
+def state_name(state: int) -> str:
+    return S.Name(state).removeprefix("JOB_STATE_")
+
+
+def check_spec(
+    spec: scheduler_pb2.JobSpec, trainers: Sequence[common_pb2.ServiceInstance]
+) -> PriorityClass:
+    """Refuse a job that is malformed or could never run on this cluster."""
+    if not 1 <= len(spec.name) <= NAME_MAX:
+        raise InvalidArgument("spec.name", f"must be 1 to {NAME_MAX} characters")
+    if spec.kind not in KINDS:
+        raise InvalidArgument("spec.kind", f"must be one of: {', '.join(KINDS)}")
+    priority = PriorityClass.parse(spec.priority, "spec.priority")
+    need = spec.resources
+    for name, limit in LIMITS.items():
+        value = getattr(need, name)
+        if value < 0:
+            raise InvalidArgument(f"spec.resources.{name}", "must not be negative")
+        if value > limit:
+            raise InvalidArgument(f"spec.resources.{name}", f"{value} is more than {limit}")
+    if not trainers:
+        raise Unavailable("no trainer is running, so no training job can be placed; retry later")
+    _check_fits(need, trainers)
+    return priority
+
+
+def _check_fits(need: common_pb2.Resources, trainers: Sequence[common_pb2.ServiceInstance]) -> None:
+    processes = max(need.processes, 1)
+    for name in ("cpu_millicores", "memory_bytes", "gpus", "gpu_memory_bytes"):
+        per_process = getattr(need, name)
+        largest = max(getattr(t.capacity, name) for t in trainers)
+        total = sum(getattr(t.capacity, name) for t in trainers)
+        if per_process > largest:
+            raise InvalidArgument(
+                f"spec.resources.{name}",
+                f"{per_process} per process, but the largest trainer offers {largest}",
+            )
+        if per_process * processes > total:
+            raise InvalidArgument(
+                f"spec.resources.{name}",
+                f"{processes} processes x {per_process} = {per_process * processes}, "
+                f"more than the whole cluster's {total}",
+            )
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class JobStore:
+    """Jobs in Redis, with lifecycle-checked transitions and their events."""
+
+    def __init__(self, redis: aioredis.Redis, events: EventPublisher) -> None:
+        self._redis = redis
+        self._events = events
+        self._transition = redis.register_script(_TRANSITION)
+
+    async def create(
+        self, tenant: str, owner: str, spec: scheduler_pb2.JobSpec
+    ) -> scheduler_pb2.Job:
+        job = scheduler_pb2.Job(
+            job_id=f"job-{uuid.uuid4().hex[:16]}",
+            tenant=tenant,
+            owner=owner,
+            spec=spec,
+            state=S.JOB_STATE_QUEUED,
+            reason="waiting for resources",
+            created_at=_now(),
+            updated_at=_now(),
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                _key(job.job_id), mapping={"state": job.state, "data": job.SerializeToString()}
+            )
+            pipe.zadd(f"{PREFIX}tenant:{tenant}", {job.job_id: time.time()})
+            pipe.sadd(f"{PREFIX}active", job.job_id)
+            await pipe.execute()
+        await self._announce(job, S.JOB_STATE_UNSPECIFIED)
+        return job
+
+    async def get(self, tenant: str, job_id: str) -> scheduler_pb2.Job:
+        """The job, if it exists and belongs to `tenant`."""
+        raw = await self._redis.hget(_key(job_id), "data") if job_id else None  # type: ignore[misc]
+        if raw is None:
+            raise NotFound(f"job {job_id!r} does not exist")
+        job = scheduler_pb2.Job.FromString(raw)
+        if job.tenant != tenant:
+            raise PermissionDenied(
+                f"job {job_id!r} belongs to another tenant; tenant {tenant!r} may only see "
+                "and change its own jobs"
+            )
+        return job
+
+    async def list(
+        self, tenant: str, states: Iterable[int], page_size: int, page_token: str
+    ) -> tuple[list[scheduler_pb2.Job], str]:
+        """The tenant's jobs, newest first, filtered by state, one page at a time."""
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        size = min(page_size or PAGE_DEFAULT, PAGE_MAX)
+        try:
+            offset = int(page_token or 0)
+        except ValueError:
+            raise InvalidArgument("page_token", "is not a token this server issued") from None
+        wanted = set(states)
+        ids = await self._redis.zrevrange(f"{PREFIX}tenant:{tenant}", offset, offset + size - 1)
+        jobs = []
+        for job_id in ids:
+            raw = await self._redis.hget(_key(job_id.decode()), "data")  # type: ignore[misc]
+            if raw is not None:
+                job = scheduler_pb2.Job.FromString(raw)
+                if not wanted or job.state in wanted:
+                    jobs.append(job)
+        next_token = str(offset + size) if len(ids) == size else ""
+        return jobs, next_token
+
+    async def move(self, job: scheduler_pb2.Job, to: int, reason: str) -> scheduler_pb2.Job:
+        """Move `job` to state `to` if the lifecycle allows it from its current state."""
+        allowed_from = [s for s, targets in TRANSITIONS.items() if to in targets]
+        updated = scheduler_pb2.Job()
+        updated.CopyFrom(job)
+        previous = job.state
+        updated.state = to  # type: ignore[assignment]
+        updated.reason = reason
+        updated.updated_at.CopyFrom(_now())
+        if to == S.JOB_STATE_SCHEDULED:
+            updated.attempt += 1
+        answer = await self._transition(
+            keys=[_key(job.job_id)],
+            args=[to, updated.SerializeToString(), *allowed_from],
+        )
+        if answer == -1:
+            raise NotFound(f"job {job.job_id!r} does not exist")
+        if answer != 1:
+            raise FailedPrecondition(
+                f"job {job.job_id!r} is {state_name(int(answer))}; it cannot become "
+                f"{state_name(to)}"
+            )
+        if to in TERMINAL:
+            await self._redis.srem(f"{PREFIX}active", job.job_id)  # type: ignore[misc]
+        await self._announce(updated, previous)
+        return updated
+
+    async def _announce(self, job: scheduler_pb2.Job, previous: int) -> None:
+        """Publish the change; the state in Redis is the truth if NATS is down."""
+        event = new_event("scheduler", tenant=job.tenant)
+        change = event.job_state_changed
+        change.job_id = job.job_id
+        change.previous = previous  # type: ignore[assignment]
+        change.current = job.state
+        change.reason = job.reason
+        try:
+            await self._events.publish(subjects.job_event(job.job_id), event)
+        except Exception as exc:
+            log.warning(
+                "could not publish a job event", extra={"job": job.job_id, "error": str(exc)}
+            )
+
+
+def _key(job_id: str) -> str:
+    return f"{PREFIX}{job_id}"

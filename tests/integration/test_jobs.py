@@ -1,0 +1,333 @@
+"""Jobs through the gateway, as a tenant sees them: submit, look, list, watch, cancel; the
+checks at submit; tenant isolation; and a scheduler killed with kill -9 forgets nothing.
+Real gateway, scheduler and trainer processes on real NATS and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from llmos.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    scheduler_pb2,
+)
+from tests.conftest import ROOT
+from tests.integration.conftest import gateway_env
+from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
+from tools.devstack.infra import NatsServer, RedisServer
+
+S = common_pb2.JobState
+
+
+@dataclass
+class JobCluster:
+    gateway: GatewayProcess
+    env: dict[str, str]
+    scheduler: subprocess.Popen[bytes]
+    trainer: subprocess.Popen[bytes]
+    tokens: dict[str, str]  # tenant -> token with `training` (and events:read)
+
+    def start_scheduler(self) -> None:
+        self.scheduler = _spawn("services.scheduler", self.env)
+
+    def stub(self) -> tuple[grpc.Channel, gateway_pb2_grpc.GatewayStub]:
+        channel = grpc.insecure_channel(self.gateway.address)
+        return channel, gateway_pb2_grpc.GatewayStub(channel)
+
+
+def _spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env={**env, "LLMOS_LISTEN_ADDR": "127.0.0.1:0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _spec(**overrides: object) -> scheduler_pb2.JobSpec:
+    spec = scheduler_pb2.JobSpec(
+        name="fine-tune",
+        kind="training",
+        priority=common_pb2.PRIORITY_NORMAL,
+        resources=common_pb2.Resources(cpu_millicores=500, memory_bytes=1 << 28, processes=1),
+    )
+    for key, value in overrides.items():
+        if key == "resources":
+            spec.resources.MergeFrom(value)  # type: ignore[arg-type]
+        else:
+            setattr(spec, key, value)
+    return spec
+
+
+def _wait_for_trainer(stub: gateway_pb2_grpc.GatewayStub, admin: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            status = stub.GetClusterStatus(
+                scheduler_pb2.GetClusterStatusRequest(), metadata=bearer(admin), timeout=5
+            )
+            if any(w.instance.service == "trainer" for w in status.workers):
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no trainer registered within 30 s")
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    nats_server: NatsServer, own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JobCluster]:
+    data_dir = tmp_path_factory.mktemp("jobs") / "data"
+    env = {
+        **gateway_env(nats_server, own_redis),
+        "LLMOS_DATA_DIR": str(data_dir),
+        "LLMOS_TENANT_CLASSES": "lab-limited=batch",
+    }
+    scheduler, trainer = _spawn("services.scheduler", env), _spawn("services.trainer", env)
+    gateway = start_gateway(env, data_dir)
+    try:
+        admin = gateway.admin_token()
+        tokens = {}
+        with grpc.insecure_channel(gateway.address) as channel:
+            admin_stub = admin_pb2_grpc.AdminStub(channel)
+            for tenant in ("lab-a", "lab-b", "lab-limited"):
+                admin_stub.CreateTenant(
+                    admin_pb2.CreateTenantRequest(name=tenant), metadata=bearer(admin)
+                )
+                created = admin_stub.CreateClient(
+                    admin_pb2.CreateClientRequest(
+                        tenant=tenant, name="trainer-user", scopes=["training", "events:read"]
+                    ),
+                    metadata=bearer(admin),
+                )
+                token = gateway.issuer.client_credentials(
+                    created.client.client_id, created.client_secret
+                )
+                tokens[tenant] = str(token["access_token"])
+            _wait_for_trainer(gateway_pb2_grpc.GatewayStub(channel), admin)
+        yield JobCluster(gateway, env, scheduler, trainer, tokens)
+    finally:
+        gateway.stop()
+        for proc in (scheduler, trainer):
+            proc.terminate()
+            proc.wait(30)
+
+
+def test_a_job_is_submitted_seen_listed_and_cancelled_by_its_tenant(cluster: JobCluster) -> None:
+    channel, stub = cluster.stub()
+    mine = bearer(cluster.tokens["lab-a"])
+    with channel:
+        job = stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=_spec()), metadata=mine)
+        assert job.state == S.JOB_STATE_QUEUED
+        assert job.tenant == "lab-a" and job.job_id.startswith("job-")
+        assert stub.GetJob(scheduler_pb2.GetJobRequest(job_id=job.job_id), metadata=mine) == job
+        listed = stub.ListJobs(scheduler_pb2.ListJobsRequest(), metadata=mine)
+        assert job.job_id in {j.job_id for j in listed.jobs}
+        cancelled = stub.CancelJob(
+            scheduler_pb2.CancelJobRequest(job_id=job.job_id, reason="changed my mind"),
+            metadata=mine,
+        )
+        assert cancelled.state == S.JOB_STATE_CANCELLED
+        assert cancelled.reason == "changed my mind"
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job.job_id), metadata=mine)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "is CANCELLED; it cannot become CANCELLED" in (caught.value.details() or "")
+        queued = stub.ListJobs(
+            scheduler_pb2.ListJobsRequest(states=[S.JOB_STATE_QUEUED]), metadata=mine
+        )
+        assert job.job_id not in {j.job_id for j in queued.jobs}
+
+
+def test_another_tenants_job_cannot_be_seen_or_cancelled(cluster: JobCluster) -> None:
+    channel, stub = cluster.stub()
+    with channel:
+        job = stub.SubmitJob(
+            scheduler_pb2.SubmitJobRequest(spec=_spec()), metadata=bearer(cluster.tokens["lab-a"])
+        )
+        theirs = bearer(cluster.tokens["lab-b"])
+        calls: tuple[Callable[[], object], ...] = (
+            lambda: stub.GetJob(scheduler_pb2.GetJobRequest(job_id=job.job_id), metadata=theirs),
+            lambda: stub.CancelJob(
+                scheduler_pb2.CancelJobRequest(job_id=job.job_id), metadata=theirs
+            ),
+        )
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "belongs to another tenant" in (caught.value.details() or "")
+        listed = stub.ListJobs(scheduler_pb2.ListJobsRequest(), metadata=theirs)
+        assert job.job_id not in {j.job_id for j in listed.jobs}
+        # a tenant cannot claim another tenant in the request either
+        forged = stub.SubmitJob(
+            scheduler_pb2.SubmitJobRequest(tenant="lab-a", owner="someone", spec=_spec()),
+            metadata=theirs,
+        )
+        assert forged.tenant == "lab-b" and forged.owner != "someone"
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "sentence"),
+    [
+        (_spec(name=""), grpc.StatusCode.INVALID_ARGUMENT, "spec.name: must be 1 to 128"),
+        (_spec(kind="mining"), grpc.StatusCode.INVALID_ARGUMENT, "spec.kind: must be one of"),
+        (
+            _spec(priority=9),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.priority: unknown priority class 9",
+        ),
+        (
+            _spec(resources=common_pb2.Resources(memory_bytes=-1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.resources.memory_bytes: must not be negative",
+        ),
+        (
+            _spec(resources=common_pb2.Resources(gpus=100_000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.resources.gpus: 100000 is more than 1024",
+        ),
+        (
+            _spec(resources=common_pb2.Resources(cpu_millicores=9_000_000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.resources.cpu_millicores: 9000000 per process, but the largest trainer",
+        ),
+        (
+            _spec(resources=common_pb2.Resources(cpu_millicores=1000, processes=4000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "more than the whole cluster's",
+        ),
+    ],
+    ids=["no name", "unknown kind", "unknown class", "negative", "absurd", "too big", "gang"],
+)
+def test_bad_jobs_are_refused_at_submit(
+    cluster: JobCluster, spec: scheduler_pb2.JobSpec, code: grpc.StatusCode, sentence: str
+) -> None:
+    channel, stub = cluster.stub()
+    mine = bearer(cluster.tokens["lab-a"])
+    with channel:
+        before = len(stub.ListJobs(scheduler_pb2.ListJobsRequest(), metadata=mine).jobs)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec), metadata=mine)
+        assert caught.value.code() == code
+        assert sentence in (caught.value.details() or "")
+        assert len(stub.ListJobs(scheduler_pb2.ListJobsRequest(), metadata=mine).jobs) == before
+
+
+def test_a_class_the_tenant_may_not_use_is_refused(cluster: JobCluster) -> None:
+    channel, stub = cluster.stub()
+    limited = bearer(cluster.tokens["lab-limited"])
+    with channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.SubmitJob(
+                scheduler_pb2.SubmitJobRequest(spec=_spec(priority=common_pb2.PRIORITY_CRITICAL)),
+                metadata=limited,
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "may not use priority class 'critical' (allowed: batch)" in (
+            caught.value.details() or ""
+        )
+        job = stub.SubmitJob(
+            scheduler_pb2.SubmitJobRequest(spec=_spec(priority=common_pb2.PRIORITY_BATCH)),
+            metadata=limited,
+        )
+        assert job.state == S.JOB_STATE_QUEUED
+
+
+def test_watchers_and_subscribers_see_every_state_change(cluster: JobCluster) -> None:
+    channel, stub = cluster.stub()
+    mine = bearer(cluster.tokens["lab-a"])
+    with channel:
+        job = stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=_spec()), metadata=mine)
+        seen: list[int] = []
+        events: list[int] = []
+
+        def watch() -> None:
+            for update in stub.WatchJob(
+                scheduler_pb2.GetJobRequest(job_id=job.job_id), metadata=mine, timeout=30
+            ):
+                seen.append(update.state)
+
+        def subscribe() -> None:
+            stream = stub.SubscribeEvents(
+                gateway_pb2.SubscribeEventsRequest(kinds=["job"]), metadata=mine, timeout=30
+            )
+            for event in stream:
+                if event.job_state_changed.job_id == job.job_id:
+                    events.append(event.job_state_changed.current)
+                    break
+            stream.cancel()
+
+        threads = [threading.Thread(target=watch), threading.Thread(target=subscribe)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # both streams are open
+        stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job.job_id), metadata=mine)
+        for thread in threads:
+            thread.join(30)
+    assert seen == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]  # and the watch ended
+    assert events == [S.JOB_STATE_CANCELLED]
+
+
+def test_a_scheduler_killed_mid_load_forgets_no_job(cluster: JobCluster) -> None:
+    channel, stub = cluster.stub()
+    mine = bearer(cluster.tokens["lab-b"])
+    submitted: list[str] = []
+    unexpected: list[grpc.StatusCode] = []
+    stop = threading.Event()
+
+    def submit_forever() -> None:
+        while not stop.is_set():
+            try:
+                job = stub.SubmitJob(
+                    scheduler_pb2.SubmitJobRequest(spec=_spec()), metadata=mine, timeout=5
+                )
+                submitted.append(job.job_id)
+            except grpc.RpcError as exc:  # while the scheduler is down: refused, not lost
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    unexpected.append(exc.code())
+                time.sleep(0.05)
+
+    with channel:
+        load = threading.Thread(target=submit_forever)
+        load.start()
+        while len(submitted) < 20:
+            time.sleep(0.05)
+        os.kill(cluster.scheduler.pid, signal.SIGKILL)
+        cluster.scheduler.wait(10)
+        time.sleep(1.0)
+        cluster.start_scheduler()
+        deadline = time.monotonic() + 30
+        count_at_restart = len(submitted)
+        while len(submitted) < count_at_restart + 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        load.join(30)
+        listed: set[str] = set()
+        token = ""
+        while True:
+            page = stub.ListJobs(
+                scheduler_pb2.ListJobsRequest(page_size=50, page_token=token), metadata=mine
+            )
+            listed |= {j.job_id for j in page.jobs}
+            token = page.next_page_token
+            if not token:
+                break
+    assert len(submitted) >= count_at_restart + 10  # the restarted scheduler took work
+    assert set(submitted) <= listed  # every accepted job is still known
+    assert unexpected == []
