@@ -44,7 +44,8 @@ from llmos.log import configure_logging
 from llmos.messaging import EventPublisher, connect_nats, ensure_streams
 from llmos.registry import ServiceRegistry
 from llmos.rpc import CallContextInterceptor, CallGuard, server_options
-from llmos.v1 import common_pb2
+from llmos.usage import UsageSampler
+from llmos.v1 import common_pb2, scheduler_pb2
 
 log = logging.getLogger("llmos.runner")
 
@@ -66,6 +67,9 @@ class ServiceContext:
     registry: ServiceRegistry
     options: Any = None  # what the service's own `configure` read
     runtime: Any = None  # what the service's own `prepare` built
+    #: for workers and trainers: their slots and models now; the runner adds capacity and
+    #: sampled use and publishes it every heartbeat for the scheduler
+    status: Callable[[], scheduler_pb2.WorkerStatus] | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             await ctx.registry.register(instance)
             heartbeat = asyncio.create_task(_heartbeat(ctx, settings.heartbeat_s))
+            await _report(ctx, UsageSampler(), settings.heartbeat_s)
             await _announce(ctx, Phase.PHASE_STARTED)
             log.info(
                 "serving", extra={"address": instance.address, "instance": instance.instance_id}
@@ -279,13 +284,33 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
 
 
 async def _heartbeat(ctx: ServiceContext, every_s: float) -> None:
-    """Keep the registry entry alive; a Redis hiccup is logged, not fatal."""
+    """Keep the registry entry alive and report worker status; a Redis or NATS hiccup is
+    logged, not fatal."""
+    usage = UsageSampler()
     while True:
         await asyncio.sleep(every_s)
         try:
             await ctx.registry.heartbeat(ctx.instance)
         except Exception as exc:
             log.warning("registry heartbeat failed", extra={"error": str(exc)})
+        await _report(ctx, usage, every_s)
+
+
+async def _report(ctx: ServiceContext, usage: UsageSampler, every_s: float) -> None:
+    """Publish a worker's status (capacity, sampled use, slots, models) on NATS."""
+    if ctx.status is None:
+        return
+    try:
+        status = ctx.status()
+        status.instance.CopyFrom(ctx.instance)
+        status.capacity.CopyFrom(ctx.instance.capacity)
+        status.in_use.CopyFrom(usage.sample())
+        status.heartbeat_at.GetCurrentTime()
+        status.heartbeat_interval_s = every_s
+        subject = subjects.heartbeat(ctx.instance.service, ctx.instance.instance_id)
+        await ctx.nats.publish(subject, status.SerializeToString())
+    except Exception as exc:
+        log.warning("status heartbeat failed", extra={"error": str(exc)})
 
 
 async def _announce(ctx: ServiceContext, phase: Phase, reason: str = "") -> None:

@@ -68,3 +68,14 @@ def embed_work(model: str) -> str:
 def classify_work(model: str) -> str:
     """Where classification requests for `model` go."""
     return f"{WORK_PREFIX}.classify.{_token(model)}"
+
+
+# -- worker heartbeats (core NATS: only the latest one matters) ----------------------------
+
+HEARTBEAT_PREFIX = "llmos.heartbeat"
+ALL_HEARTBEATS = f"{HEARTBEAT_PREFIX}.>"
+
+
+def heartbeat(service: str, instance_id: str) -> str:
+    """Where a worker's status goes every heartbeat."""
+    return f"{HEARTBEAT_PREFIX}.{_token(service)}.{_token(instance_id)}"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import grpc
 
+from llmos.capacity import local_capacity
 from llmos.model.default import ensure_default_model
 from llmos.model.names import DEFAULT_MODEL
 from llmos.runner import ServiceContext, ServiceDefinition
-from llmos.v1 import worker_pb2, worker_pb2_grpc
+from llmos.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.inference_worker.client import TritonLLMClient
 from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.options import WorkerOptions, read_worker_options
@@ -82,6 +83,12 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
         await worker.start()
         for model in options.models:
             await worker.load(model)
+        ctx.instance.capacity.CopyFrom(local_capacity())
+        ctx.status = lambda: scheduler_pb2.WorkerStatus(
+            loaded_models=worker.models,
+            slots=options.max_inflight,
+            free_slots=worker.free_slots,
+        )
         worker_pb2_grpc.add_InferenceWorkerServicer_to_server(
             InferenceWorkerServicer(worker), server
         )

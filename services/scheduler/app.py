@@ -1,7 +1,7 @@
 """The scheduler's API: the live cluster view and jobs.
 
-The cluster view comes from the service registry (which workers exist, what they offer,
-which models they have loaded). Jobs are checked at submit against the trainers'
+The cluster view comes from the workers' heartbeats (what they offer and use, their
+slots, which models they have loaded). Jobs are checked at submit against the trainers'
 capacity and kept in Redis with their lifecycle (`services.scheduler.jobs`). Placing
 queued jobs on trainers (gang reservation, preemption) arrives with the trainer; until
 then a job waits in QUEUED, where it can be watched and cancelled.
@@ -22,35 +22,29 @@ from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.fairshare import check_class_allowed
 from services.scheduler.jobs import TERMINAL, JobStore, check_spec
 from services.scheduler.options import SchedulerOptions
-
-WORKER_SERVICES = ("inference-worker", "trainer")
+from services.scheduler.workers import WorkerTable
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, workers: WorkerTable) -> None:
         self._ctx = ctx
-        self._registry = ctx.registry
+        self._workers = workers
         self._jobs = JobStore(ctx.redis, ctx.events)
         options: SchedulerOptions = ctx.options
         self._tenant_classes = options.tenant_classes
 
-    async def _instances(self, *services: str) -> list[common_pb2.ServiceInstance]:
-        return [i for i in await self._registry.live_instances() if i.service in services]
+    def _instances(self, *services: str) -> list[common_pb2.ServiceInstance]:
+        return [w.instance for w in self._workers.alive() if w.instance.service in services]
 
     async def GetClusterStatus(
         self, request: scheduler_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ClusterStatus:
-        return scheduler_pb2.ClusterStatus(
-            workers=[
-                scheduler_pb2.WorkerStatus(instance=i, capacity=i.capacity, loaded_models=i.models)
-                for i in await self._instances(*WORKER_SERVICES)
-            ]
-        )
+        return scheduler_pb2.ClusterStatus(workers=self._workers.alive())
 
     async def SubmitJob(
         self, request: scheduler_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.Job:
-        priority = check_spec(request.spec, await self._instances("trainer"))
+        priority = check_spec(request.spec, self._instances("trainer"))
         check_class_allowed(self._tenant_classes, request.tenant, priority)
         return await self._jobs.create(request.tenant, request.owner, request.spec)
 
@@ -100,6 +94,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
 async def attach(
     ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack
 ) -> Sequence[str]:
-    """Register the scheduler's API."""
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(ctx), server)
+    """Follow worker heartbeats; register the scheduler's API."""
+    workers = WorkerTable()
+    await workers.follow(ctx.nats)
+    stack.push_async_callback(workers.close)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(ctx, workers), server)
     return [scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name]

@@ -8,6 +8,7 @@ import grpc
 
 from llmos.capacity import local_capacity
 from llmos.runner import ServiceContext, ServiceDefinition, main
+from llmos.v1 import scheduler_pb2
 
 
 async def attach(
@@ -15,6 +16,7 @@ async def attach(
 ) -> Sequence[str]:
     """Announce this machine's capacity in the registry (training arrives with its issue)."""
     ctx.instance.capacity.CopyFrom(local_capacity())
+    ctx.status = lambda: scheduler_pb2.WorkerStatus()  # no job runs here yet: no slots
     return ()
 
 

@@ -181,6 +181,9 @@ def test_cluster_status_shows_the_worker_and_its_model(stack: RunningStack) -> N
         )
     (worker,) = [w for w in status.workers if w.instance.service == "inference-worker"]
     assert "smollm2-135m-instruct" in worker.loaded_models
+    assert worker.slots > 0 and 0 <= worker.free_slots <= worker.slots
+    assert worker.capacity.cpu_millicores >= 1000
+    assert worker.in_use.memory_bytes > 100 * 1024 * 1024  # the model is in memory
 
 
 async def test_inference_calls_are_audited_with_model_and_tokens(stack: RunningStack) -> None:

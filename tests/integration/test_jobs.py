@@ -331,3 +331,34 @@ def test_a_scheduler_killed_mid_load_forgets_no_job(cluster: JobCluster) -> None
     assert len(submitted) >= count_at_restart + 10  # the restarted scheduler took work
     assert set(submitted) <= listed  # every accepted job is still known
     assert unexpected == []
+
+
+def _trainers(stub: gateway_pb2_grpc.GatewayStub, admin: str) -> list[scheduler_pb2.WorkerStatus]:
+    status = stub.GetClusterStatus(
+        scheduler_pb2.GetClusterStatusRequest(), metadata=bearer(admin), timeout=5
+    )
+    return [w for w in status.workers if w.instance.service == "trainer"]
+
+
+def test_cluster_status_is_live_and_a_dead_trainer_drops_out(cluster: JobCluster) -> None:
+    admin = cluster.gateway.admin_token()
+    extra = _spawn("services.trainer", cluster.env)
+    channel, stub = cluster.stub()
+    with channel:
+        deadline = time.monotonic() + 30
+        while len(_trainers(stub, admin)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        trainers = _trainers(stub, admin)
+        assert len(trainers) == 2
+        for trainer in trainers:
+            assert trainer.capacity.cpu_millicores >= 1000
+            assert trainer.capacity.memory_bytes > 0
+            assert 0 < trainer.in_use.memory_bytes < trainer.capacity.memory_bytes
+            assert trainer.heartbeat_at.seconds >= time.time() - 10
+        os.kill(extra.pid, signal.SIGKILL)
+        extra.wait(10)
+        deadline = time.monotonic() + 10  # 3 missed heartbeats of 0.5 s
+        while len(_trainers(stub, admin)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        remaining = _trainers(stub, admin)
+        assert [t.instance.pid for t in remaining] == [cluster.trainer.pid]

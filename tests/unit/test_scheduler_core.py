@@ -152,3 +152,28 @@ def test_placement_prefers_model_affinity_then_the_least_loaded() -> None:
     assert chosen is not None and chosen.worker is cold_idle and chosen.needs_load
     full = WorkerView("full", 2, busy=2, models={"m"})
     assert place([full], "m") is None
+
+
+def test_a_worker_that_misses_three_heartbeats_is_declared_dead() -> None:
+    from llmos.v1 import common_pb2, scheduler_pb2
+    from services.scheduler.workers import WorkerTable
+
+    now = [100.0]
+    table = WorkerTable(clock=lambda: now[0])
+    for name in ("steady", "flaky"):
+        table.observe(
+            scheduler_pb2.WorkerStatus(
+                instance=common_pb2.ServiceInstance(service="trainer", instance_id=name),
+                heartbeat_interval_s=1.0,
+            )
+        )
+    now[0] += 2.0
+    table.observe(
+        scheduler_pb2.WorkerStatus(
+            instance=common_pb2.ServiceInstance(service="trainer", instance_id="steady"),
+            heartbeat_interval_s=1.0,
+        )
+    )
+    assert [w.instance.instance_id for w in table.alive()] == ["flaky", "steady"]
+    now[0] += 1.5  # flaky: 3.5 s (> 3 intervals) without a heartbeat; steady: 1.5 s
+    assert [w.instance.instance_id for w in table.alive()] == ["steady"]
