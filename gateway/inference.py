@@ -1,14 +1,16 @@
-"""Inference routing: which models are served, and handing work to a worker over NATS.
+"""Inference routing: which models are served, and handing work out over NATS.
 
-Any worker serving the model may take a request (NATS queue group); the scheduler issue
-replaces this with placement. A generation is acknowledged by the worker that took it,
-then streamed to a private inbox; if the caller goes away, the worker is told to cancel.
+Generations go to the scheduler, which queues them (priorities, fair share) and places
+each on a worker; the worker streams the answer to a private inbox here. If the caller
+goes away, the scheduler drops it from the queue or the worker cancels it. Embeddings
+and classifications are short: any worker serving the model takes them (queue group).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -31,6 +33,10 @@ ACCEPT_TIMEOUT_S = 5.0
 #: the longest a stream may go quiet before the worker is presumed lost
 STALL_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 120.0
+#: while queued, how often to check that the scheduler holding the work is alive
+HOLDER_CHECK_S = 1.0
+
+log = logging.getLogger("llmos.gateway.inference")
 
 R = TypeVar("R", inference_pb2.EmbedResult, inference_pb2.ClassifyResult)
 
@@ -63,6 +69,7 @@ class InferenceRouter:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._nats = ctx.nats
+        self._registry = ctx.registry
 
     async def _request(self, subject: str, payload: bytes, what: str, timeout_s: float) -> Msg:
         try:
@@ -73,35 +80,38 @@ class InferenceRouter:
             raise Unavailable(f"no worker answered the {what} request in time") from None
 
     async def generate(
-        self, work: inference_pb2.GenerateWork
+        self,
+        work: inference_pb2.GenerateWork,
+        priority: int = 0,
+        cost: int = 1,
+        deadline_s: float | None = None,
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
-        """Stream a generation's chunks; closing the iterator early cancels the work."""
+        """Stream a generation's chunks; closing the iterator early cancels the work.
+
+        The scheduler queues the work and places it on a worker, which streams here. If
+        the scheduler holding it dies before any chunk arrives, the work is handed to
+        the next one (a resubmission of queued work is harmless: ids are unique)."""
         chunks: asyncio.Queue[inference_pb2.GenerateChunk] = asyncio.Queue()
 
         async def on_chunk(msg: Msg) -> None:
             await chunks.put(inference_pb2.GenerateChunk.FromString(msg.data))
 
         work.reply_to = f"_INBOX.{uuid.uuid4().hex}"
+        scheduled = inference_pb2.ScheduledGenerate(work=work, cost=cost)
+        scheduled.priority = priority  # type: ignore[assignment]
         subscription = await self._nats.subscribe(work.reply_to, cb=on_chunk)
         finished = False
         try:
-            reply = await self._request(
-                subjects.generate_work(work.model),
-                work.SerializeToString(),
-                "generation",
-                ACCEPT_TIMEOUT_S,
-            )
-            accepted = inference_pb2.GenerateChunk.FromString(reply.data)
-            if accepted.HasField("error"):
-                finished = True
-                raise domain_error(accepted.error)
+            holder = await self._schedule(scheduled)
+            worker = ""
             while not finished:
-                try:
-                    chunk = await asyncio.wait_for(chunks.get(), timeout=STALL_TIMEOUT_S)
-                except TimeoutError:
-                    raise Unavailable(
-                        f"worker {accepted.worker} stopped responding; retry the request"
-                    ) from None
+                chunk = await self._next_chunk(chunks, scheduled, holder, first=not worker)
+                if isinstance(chunk, str):  # resubmitted to another scheduler
+                    holder = chunk
+                    continue
+                if worker and chunk.worker and chunk.worker != worker:
+                    continue  # a duplicate run after a scheduler failover: ignore it
+                worker = worker or chunk.worker or "?"
                 finished = chunk.done
                 if chunk.HasField("error"):
                     raise domain_error(chunk.error)
@@ -111,6 +121,40 @@ class InferenceRouter:
             if not finished:
                 with contextlib.suppress(Exception):
                     await self._nats.publish(subjects.CANCEL_WORK, work.request_id.encode())
+
+    async def _schedule(self, scheduled: inference_pb2.ScheduledGenerate) -> str:
+        """Queue the work with a scheduler; the instance id of the one that holds it."""
+        reply_msg = await self._request(
+            subjects.SCHEDULE_GENERATE, scheduled.SerializeToString(), "scheduling",
+            ACCEPT_TIMEOUT_S,
+        )  # fmt: skip
+        reply = inference_pb2.ScheduleReply.FromString(reply_msg.data)
+        if reply.HasField("error"):
+            raise domain_error(reply.error)
+        return reply.scheduler
+
+    async def _next_chunk(
+        self,
+        chunks: asyncio.Queue[inference_pb2.GenerateChunk],
+        scheduled: inference_pb2.ScheduledGenerate,
+        holder: str,
+        first: bool,
+    ) -> inference_pb2.GenerateChunk | str:
+        """The next chunk. Before the first one the work may wait in the queue as long as
+        the caller's deadline allows, but the scheduler holding it must stay alive."""
+        if not first:
+            try:
+                return await asyncio.wait_for(chunks.get(), timeout=STALL_TIMEOUT_S)
+            except TimeoutError:
+                raise Unavailable("the worker stopped responding; retry the request") from None
+        while True:
+            try:
+                return await asyncio.wait_for(chunks.get(), timeout=HOLDER_CHECK_S)
+            except TimeoutError:
+                live = {i.instance_id for i in await self._registry.live_instances()}
+                if holder not in live:
+                    log.warning("scheduler %s is gone; handing the work to another", holder)
+                    return await self._schedule(scheduled)
 
     async def _call(self, subject: str, work: Message, result: type[R], what: str) -> R:
         """One request/reply exchange whose answer may carry a WorkError."""

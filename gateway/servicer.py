@@ -27,6 +27,7 @@ from llmos.errors import InvalidArgument, Unavailable
 from llmos.health import check_health
 from llmos.log import request_id_var
 from llmos.model.names import DEFAULT_MODEL
+from llmos.priority import PriorityClass
 from llmos.rpc import relayed_error
 from llmos.runner import ServiceContext
 from llmos.services import REQUIRED_SERVICES
@@ -42,6 +43,8 @@ from llmos.v1 import (
 )
 
 HEALTH_TIMEOUT_S = 2.0
+#: a rough prompt size in tokens for fair-share estimates (settled with the true count)
+CHARS_PER_TOKEN = 4
 EVENT_BUFFER = 1024
 
 
@@ -122,6 +125,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         """Stream a generation from `source` (prompt= or chat=) after checking params.
         Greedy generations are deterministic, so they are cached (per tenant)."""
         sampling = checked_params(params)
+        priority = PriorityClass.parse(request.priority)
         model = await self._model(request.model)
         key = ResponseCache.key(caller().tenant, kind, model, request) if sampling.greedy else ""
         if key and (hit := await self._cache.get(key, gateway_pb2.GenerateResponse)):
@@ -130,10 +134,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             yield hit
             return
         work = inference_pb2.GenerateWork(
-            request_id=request_id_var.get(), model=model, params=params, **source
+            request_id=request_id_var.get(),
+            tenant=caller().tenant,
+            model=model,
+            params=params,
+            **source,
         )
         whole = gateway_pb2.GenerateResponse(model=model)
-        async for chunk in self._router.generate(work):
+        prompt_chars = len(work.prompt) + sum(len(m.content) for m in work.chat.messages)
+        generation = self._router.generate(
+            work,
+            priority=int(priority),
+            cost=prompt_chars // CHARS_PER_TOKEN + sampling.max_tokens,
+        )
+        async for chunk in generation:
             response = gateway_pb2.GenerateResponse(
                 text=chunk.text,
                 token_ids=chunk.token_ids,

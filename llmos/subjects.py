@@ -55,9 +55,15 @@ INFERENCE_QUEUE = "inference-workers"
 CANCEL_WORK = f"{WORK_PREFIX}.cancel"
 
 
-def generate_work(model: str) -> str:
-    """Where generation requests for `model` go; any worker serving it may take one."""
-    return f"{WORK_PREFIX}.generate.{_token(model)}"
+def worker_generate(instance_id: str) -> str:
+    """Where the scheduler sends a generation it placed on one worker."""
+    return f"{WORK_PREFIX}.generate.{_token(instance_id)}"
+
+
+#: gateway -> scheduler: queue a generation (request/reply)
+SCHEDULE_GENERATE = "llmos.sched.generate"
+#: worker -> scheduler: a leased generation started or finished
+WORK_PROGRESS = "llmos.sched.progress"
 
 
 def embed_work(model: str) -> str:

@@ -16,6 +16,7 @@ _CODE_OF: dict[type[errors.LLMOSError], str] = {
     errors.Unavailable: "UNAVAILABLE",
     errors.FailedPrecondition: "FAILED_PRECONDITION",
     errors.Cancelled: "CANCELLED",
+    errors.PermissionDenied: "PERMISSION_DENIED",
 }
 
 

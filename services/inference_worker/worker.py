@@ -59,6 +59,7 @@ class InferenceWorker:
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._inflight: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._cancel_subscription: Subscription | None = None
+        self._generate_subscription: Subscription | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -72,9 +73,13 @@ class InferenceWorker:
         return max(self.options.max_inflight - len(self._inflight), 0)
 
     async def start(self) -> None:
-        """Listen for cancellations (any worker may hold the request)."""
+        """Listen for generations the scheduler places here, and for cancellations (any
+        worker may hold the request)."""
         self._cancel_subscription = await self.ctx.nats.subscribe(
             subjects.CANCEL_WORK, cb=self._on_cancel
+        )
+        self._generate_subscription = await self.ctx.nats.subscribe(
+            subjects.worker_generate(self.ctx.instance.instance_id), cb=self._on_generate
         )
 
     async def load(self, model: str) -> None:
@@ -108,7 +113,6 @@ class InferenceWorker:
                 raise FailedPrecondition(f"Triton did not make {model!r} ready")
             nc = self.ctx.nats
             handlers: list[tuple[str, Callable[[Msg], Awaitable[None]]]] = [
-                (subjects.generate_work(model), self._on_generate),
                 (subjects.embed_work(model), self._on_embed),
                 (subjects.classify_work(model), self._on_classify),
             ]
@@ -142,9 +146,10 @@ class InferenceWorker:
             for subscription in subscriptions:
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()
-        if self._cancel_subscription is not None:
-            with contextlib.suppress(Exception):
-                await self._cancel_subscription.unsubscribe()
+        for own in (self._generate_subscription, self._cancel_subscription):
+            if own is not None:
+                with contextlib.suppress(Exception):
+                    await own.unsubscribe()
         for request_id, (model, _) in list(self._inflight.items()):
             with contextlib.suppress(LLMOSError):
                 await self.client.cancel(model, request_id)
@@ -165,9 +170,14 @@ class InferenceWorker:
         ack = inference_pb2.GenerateChunk(
             request_id=work.request_id, seq=0, worker=self.ctx.instance.instance_id
         )
-        if self.free_slots == 0:
+        refusal: LLMOSError | None = None
+        if work.model not in self._subscriptions:
+            refusal = NotFound(f"model {work.model!r} is not loaded on worker {ack.worker}")
+        elif self.free_slots == 0:
+            refusal = ResourceExhausted(f"worker {ack.worker} is at capacity")
+        if refusal is not None:
             ack.done = True
-            ack.error.CopyFrom(work_error(ResourceExhausted(f"worker {ack.worker} is at capacity")))
+            ack.error.CopyFrom(work_error(refusal))
             await msg.respond(ack.SerializeToString())
             return
         task = asyncio.create_task(self._generate(work))
@@ -177,16 +187,21 @@ class InferenceWorker:
 
     async def _generate(self, work: inference_pb2.GenerateWork) -> None:
         seq = 1
+        tokens = 0
 
         async def send(chunk: inference_pb2.GenerateChunk) -> None:
-            nonlocal seq
+            nonlocal seq, tokens
             chunk.request_id, chunk.seq, chunk.worker = (
                 work.request_id,
                 seq,
                 self.ctx.instance.instance_id,
             )
-            seq += 1
             await self.ctx.nats.publish(work.reply_to, chunk.SerializeToString())
+            if seq == 1:
+                await self._progress(work.request_id, started=True)
+            if chunk.done:
+                tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
+            seq += 1
 
         request = GenerateInput(
             prompt=work.prompt,
@@ -205,6 +220,18 @@ class InferenceWorker:
                     done=True, error=inference_pb2.WorkError(code="INTERNAL", message=str(exc))
                 )
             )
+        finally:
+            await self._progress(work.request_id, finished=True, tokens=tokens)
+
+    async def _progress(self, request_id: str, **fields: object) -> None:
+        """Tell the scheduler a leased generation started streaming or ended."""
+        progress = inference_pb2.WorkProgress(
+            request_id=request_id,
+            worker=self.ctx.instance.instance_id,
+            **fields,  # type: ignore[arg-type]
+        )
+        with contextlib.suppress(Exception):
+            await self.ctx.nats.publish(subjects.WORK_PROGRESS, progress.SerializeToString())
 
     async def _on_cancel(self, msg: Msg) -> None:
         request_id = msg.data.decode(errors="replace")

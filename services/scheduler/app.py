@@ -20,15 +20,19 @@ from llmos import subjects
 from llmos.runner import ServiceContext
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.fairshare import check_class_allowed
+from services.scheduler.inference import InferenceDispatcher
 from services.scheduler.jobs import TERMINAL, JobStore, check_spec
 from services.scheduler.options import SchedulerOptions
 from services.scheduler.workers import WorkerTable
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
-    def __init__(self, ctx: ServiceContext, workers: WorkerTable) -> None:
+    def __init__(
+        self, ctx: ServiceContext, workers: WorkerTable, inference: InferenceDispatcher
+    ) -> None:
         self._ctx = ctx
         self._workers = workers
+        self._inference = inference
         self._jobs = JobStore(ctx.redis, ctx.events)
         options: SchedulerOptions = ctx.options
         self._tenant_classes = options.tenant_classes
@@ -39,7 +43,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
     async def GetClusterStatus(
         self, request: scheduler_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ClusterStatus:
-        return scheduler_pb2.ClusterStatus(workers=self._workers.alive())
+        return scheduler_pb2.ClusterStatus(
+            workers=self._workers.alive(),
+            queued_requests=self._inference.queued(),
+            tokens_served_by_tenant=dict(self._inference.served_tokens()),
+        )
 
     async def SubmitJob(
         self, request: scheduler_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
@@ -98,5 +106,10 @@ async def attach(
     workers = WorkerTable()
     await workers.follow(ctx.nats)
     stack.push_async_callback(workers.close)
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(ctx, workers), server)
+    inference = InferenceDispatcher(ctx, workers, ctx.options)
+    await inference.start()
+    stack.push_async_callback(inference.close)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(
+        SchedulerServicer(ctx, workers, inference), server
+    )
     return [scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name]

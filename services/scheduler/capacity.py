@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from services.scheduler.fairshare import FairShareQueue, PriorityClass, WorkItem
+from llmos.priority import PriorityClass
+from services.scheduler.fairshare import FairShareQueue, WorkItem
 
 
 @dataclass(frozen=True)

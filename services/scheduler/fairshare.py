@@ -18,34 +18,10 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
 from llmos.errors import InvalidArgument, PermissionDenied, ResourceExhausted
-
-
-class PriorityClass(IntEnum):
-    """Highest first; the values match `llmos.v1.Priority`."""
-
-    CRITICAL = 1
-    HIGH = 2
-    NORMAL = 3
-    BATCH = 4
-
-    @classmethod
-    def parse(cls, value: int | str, field_name: str = "priority") -> PriorityClass:
-        """A class from its proto number or name; 0/"" mean NORMAL."""
-        if value in (0, ""):
-            return cls.NORMAL
-        try:
-            if isinstance(value, str):
-                return cls[value.strip().upper().removeprefix("PRIORITY_")]
-            return cls(value)
-        except (KeyError, ValueError):
-            names = ", ".join(c.name.lower() for c in cls)
-            raise InvalidArgument(
-                field_name, f"unknown priority class {value!r}; use one of {names}"
-            ) from None
+from llmos.priority import PriorityClass
 
 
 def check_class_allowed(
@@ -183,6 +159,17 @@ class FairShareQueue:
             if start < best_start or (start == best_start and tenant < best_tenant):
                 best_tenant, best_start = tenant, start
         return best_tenant, best_start
+
+    def requeue_front(self, item: WorkItem) -> None:
+        """Put a dispatched item back at the head of its lane, as if it had not been
+        taken (its worker refused it or died before it started); bypasses the bound."""
+        queue = self._classes[item.priority]
+        lane = queue.lanes.setdefault(item.tenant, _TenantLane())
+        lane.last_finish = min(lane.last_finish, item.start_tag)
+        lane.items.appendleft(item)
+        queue.active.add(item.tenant)
+        self._index[item.item_id] = item
+        self.served[(item.tenant, item.priority)] -= item.cost
 
     def settle(self, tenant: str, priority: PriorityClass, estimated: int, actual: int) -> None:
         """Correct a tenant's clock once a dispatched item's true token count is known."""

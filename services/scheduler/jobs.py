@@ -29,8 +29,8 @@ from llmos.errors import (
 )
 from llmos.events import new_event
 from llmos.messaging import EventPublisher
+from llmos.priority import PriorityClass
 from llmos.v1 import common_pb2, scheduler_pb2
-from services.scheduler.fairshare import PriorityClass
 
 log = logging.getLogger("llmos.scheduler.jobs")
 

@@ -6,13 +6,17 @@ from dataclasses import dataclass, field
 
 from llmos.config import EnvReader
 from llmos.errors import InvalidArgument
-from services.scheduler.fairshare import PriorityClass
+from llmos.priority import PriorityClass
 
 
 @dataclass(frozen=True)
 class SchedulerOptions:
     #: tenant -> the priority classes it may use; tenants not listed may use every class
     tenant_classes: dict[str, set[PriorityClass]] = field(default_factory=dict)
+    #: generations waiting per model before RESOURCE_EXHAUSTED
+    queue_capacity: int = 1000
+    #: worker slots per model kept free for `critical` requests
+    critical_headroom: int = 0
 
 
 def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
@@ -26,4 +30,8 @@ def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
             classes[tenant.strip()] = {PriorityClass.parse(n) for n in names.split("+") if n}
         except InvalidArgument as exc:
             env.errors.append(f"LLMOS_TENANT_CLASSES: {exc.reason}")
-    return SchedulerOptions(tenant_classes=classes)
+    return SchedulerOptions(
+        tenant_classes=classes,
+        queue_capacity=env.integer("QUEUE_CAPACITY", 1000, minimum=1, maximum=1_000_000),
+        critical_headroom=env.integer("CRITICAL_HEADROOM", 0, minimum=0, maximum=100_000),
+    )

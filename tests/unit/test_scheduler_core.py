@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from llmos.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from llmos.priority import PriorityClass
 from services.scheduler.capacity import Reservation, SlotPool, next_admissible
-from services.scheduler.fairshare import FairShareQueue, PriorityClass, WorkItem
+from services.scheduler.fairshare import FairShareQueue, WorkItem
 from services.scheduler.placement import WorkerView, place
 
 P = PriorityClass
@@ -177,3 +178,15 @@ def test_a_worker_that_misses_three_heartbeats_is_declared_dead() -> None:
     assert [w.instance.instance_id for w in table.alive()] == ["flaky", "steady"]
     now[0] += 1.5  # flaky: 3.5 s (> 3 intervals) without a heartbeat; steady: 1.5 s
     assert [w.instance.instance_id for w in table.alive()] == ["steady"]
+
+
+def test_a_requeued_item_goes_first_and_costs_nothing() -> None:
+    queue = FairShareQueue(10)
+    queue.push(item(1, "a"))
+    queue.push(item(2, "a"))
+    queue.push(item(3, "b"))
+    first = queue.pop()
+    assert first is not None and first.item_id == "i1-a"
+    queue.requeue_front(first)
+    assert queue.served[("a", P.NORMAL)] == 0
+    assert queue.pop() is first

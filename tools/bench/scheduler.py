@@ -27,8 +27,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmos.priority import PriorityClass
 from services.scheduler.capacity import Reservation, SlotPool, next_admissible
-from services.scheduler.fairshare import FairShareQueue, PriorityClass, WorkItem
+from services.scheduler.fairshare import FairShareQueue, WorkItem
 from services.scheduler.placement import WorkerView, place
 
 WORKERS = 50

@@ -1,0 +1,280 @@
+"""Placing generations on inference workers: queue, choose, lease, recover.
+
+The gateway hands each generation to the scheduler (NATS request on
+`llmos.sched.generate`); it waits in a bounded per-model `FairShareQueue` (priority
+classes, then token-weighted fair share between tenants) until a worker that has the
+model loaded has a free slot (`SlotPool` with reservations; `place` picks the least
+loaded). The scheduler then sends it to that worker alone, which streams the answer
+straight to the gateway's inbox and reports `started` (first chunk out) and `finished`
+(slot free, true token count) on `llmos.sched.progress`.
+
+Leases: a dispatched generation is held against its worker. If the worker goes silent
+(declared dead by the heartbeat table), a generation that has not streamed anything is
+put back at the head of the queue and runs elsewhere; one that had started streaming
+ends with UNAVAILABLE, saying so, because resending half an answer is not the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from llmos import subjects
+from llmos.errors import LLMOSError, ResourceExhausted, Unavailable
+from llmos.priority import PriorityClass
+from llmos.runner import ServiceContext
+from llmos.v1 import inference_pb2
+from llmos.work import domain_error, work_error
+from services.scheduler.capacity import Reservation, SlotPool, next_admissible
+from services.scheduler.fairshare import FairShareQueue, WorkItem, check_class_allowed
+from services.scheduler.options import SchedulerOptions
+from services.scheduler.placement import WorkerView, place
+from services.scheduler.workers import WorkerTable
+
+log = logging.getLogger("llmos.scheduler.inference")
+
+DISPATCH_TIMEOUT_S = 5.0
+TICK_S = 0.25
+
+
+@dataclass
+class Lease:
+    item: WorkItem
+    model: str
+    worker: str
+    started: bool = False
+    since: float = 0.0
+
+
+class InferenceDispatcher:
+    """The scheduler's half of every generation."""
+
+    def __init__(self, ctx: ServiceContext, workers: WorkerTable, options: SchedulerOptions):
+        self._ctx = ctx
+        self._workers = workers
+        self._options = options
+        self._queues: dict[str, FairShareQueue] = {}
+        self._pools: dict[str, SlotPool] = {}
+        self._leases: dict[str, Lease] = {}
+        self._busy: Counter[str] = Counter()  # worker -> generations leased to it
+        self._subscriptions: list[Subscription] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        nc = self._ctx.nats
+        self._subscriptions = [
+            await nc.subscribe(subjects.SCHEDULE_GENERATE, cb=self._on_submit),
+            await nc.subscribe(subjects.WORK_PROGRESS, cb=self._on_progress),
+            await nc.subscribe(subjects.CANCEL_WORK, cb=self._on_cancel),
+        ]
+        self._ticker = asyncio.create_task(self._tick_forever(), name="inference-dispatch")
+
+    async def close(self) -> None:
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        for task in (self._ticker, *self._sends):
+            if task is not None:
+                task.cancel()
+
+    # -- counters ------------------------------------------------------------------------
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def served_tokens(self) -> Counter[str]:
+        """Tokens dispatched per tenant (all models and classes)."""
+        totals: Counter[str] = Counter()
+        for queue in self._queues.values():
+            for (tenant, _), tokens in queue.served.items():
+                totals[tenant] += tokens
+        return totals
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def _on_submit(self, msg: Msg) -> None:
+        reply = inference_pb2.ScheduleReply(scheduler=self._ctx.instance.instance_id)
+        try:
+            request = inference_pb2.ScheduledGenerate.FromString(msg.data)
+            work = request.work
+            priority = PriorityClass.parse(request.priority)
+            check_class_allowed(self._options.tenant_classes, work.tenant, priority)
+            queue = self._queue(work.model)
+            item = WorkItem(
+                item_id=work.request_id,
+                tenant=work.tenant,
+                priority=priority,
+                cost=max(int(request.cost), 1),
+                enqueued_at=time.monotonic(),
+                payload=work,
+            )
+            if item.item_id not in self._leases and item.item_id not in queue:
+                queue.push(item)  # a resubmission of what is already here is a no-op
+            reply.queued = len(queue)
+        except LLMOSError as exc:
+            reply.error.CopyFrom(work_error(exc))
+        await msg.respond(reply.SerializeToString())
+        self._dispatch()
+
+    async def _on_progress(self, msg: Msg) -> None:
+        progress = inference_pb2.WorkProgress.FromString(msg.data)
+        lease = self._leases.get(progress.request_id)
+        if lease is None or lease.worker != progress.worker:
+            return
+        if progress.started:
+            lease.started = True
+        if progress.finished:
+            self._release(progress.request_id)
+            if progress.tokens:
+                self._queue(lease.model).settle(
+                    lease.item.tenant, lease.item.priority, lease.item.cost, int(progress.tokens)
+                )
+            self._dispatch()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """The caller went away: drop the request if it is still waiting."""
+        request_id = msg.data.decode(errors="replace")
+        for queue in self._queues.values():
+            if queue.remove(request_id) is not None:
+                return
+
+    # -- dispatching -----------------------------------------------------------------------
+
+    def _queue(self, model: str) -> FairShareQueue:
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = self._queues[model] = FairShareQueue(self._options.queue_capacity)
+            self._pools[model] = SlotPool(0, self._reservations())
+        return queue
+
+    def _reservations(self) -> list[Reservation]:
+        if not self._options.critical_headroom:
+            return []
+        return [
+            Reservation(
+                self._options.critical_headroom, priority=PriorityClass.CRITICAL, headroom=True
+            )
+        ]
+
+    def _dispatch(self) -> None:
+        """Start every queued generation that has a worker slot now."""
+        alive = self._workers.alive()
+        for model, queue in self._queues.items():
+            if not len(queue):
+                continue
+            views = [
+                WorkerView(
+                    w.instance.instance_id,
+                    w.slots,
+                    # after a restart the worker's own count is the better one until
+                    # its running generations (leased by the previous run) finish
+                    busy=max(self._busy[w.instance.instance_id], w.slots - w.free_slots),
+                    models=set(w.loaded_models),
+                )
+                for w in alive
+                if model in w.loaded_models
+            ]
+            pool = self._pools[model]
+            pool.total = sum(v.slots for v in views)
+            while True:
+                item = next_admissible(queue, pool)
+                if item is None:
+                    break
+                placement = place(views, model)
+                if placement is None:  # the pool's view ran ahead of the workers'
+                    pool.release(item.tenant, item.priority)
+                    queue.requeue_front(item)
+                    break
+                placement.worker.busy += 1
+                self._lease(item, model, placement.worker.worker_id)
+
+    def _lease(self, item: WorkItem, model: str, worker: str) -> None:
+        self._leases[item.item_id] = Lease(item, model, worker, since=time.monotonic())
+        self._busy[worker] += 1
+        task = asyncio.create_task(self._send(item, worker))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send(self, item: WorkItem, worker: str) -> None:
+        work: inference_pb2.GenerateWork = item.payload
+        try:
+            answer = await self._ctx.nats.request(
+                subjects.worker_generate(worker),
+                work.SerializeToString(),
+                timeout=DISPATCH_TIMEOUT_S,
+            )
+            ack = inference_pb2.GenerateChunk.FromString(answer.data)
+        except (NoRespondersError, NatsTimeout, TimeoutError):
+            log.warning("worker did not take a generation", extra={"worker": worker})
+            self._give_back(item.item_id)
+            return
+        if ack.HasField("error"):
+            error = domain_error(ack.error)
+            if isinstance(error, ResourceExhausted):
+                self._give_back(item.item_id)  # full after all: the next tick retries
+            else:
+                self._release(item.item_id)
+                await self._fail(work, error)
+
+    def _release(self, request_id: str) -> Lease | None:
+        lease = self._leases.pop(request_id, None)
+        if lease is not None:
+            self._busy[lease.worker] -= 1
+            if self._busy[lease.worker] <= 0:
+                del self._busy[lease.worker]
+            self._pools[lease.model].release(lease.item.tenant, lease.item.priority)
+        return lease
+
+    def _give_back(self, request_id: str) -> None:
+        """Requeue a leased generation that has not started, at the head of its lane."""
+        lease = self._release(request_id)
+        if lease is not None:
+            self._queue(lease.model).requeue_front(lease.item)
+
+    async def _fail(self, work: inference_pb2.GenerateWork, error: LLMOSError) -> None:
+        chunk = inference_pb2.GenerateChunk(
+            request_id=work.request_id, done=True, finish_reason="error", error=work_error(error)
+        )
+        with contextlib.suppress(Exception):
+            await self._ctx.nats.publish(work.reply_to, chunk.SerializeToString())
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                await self._recover()
+                self._dispatch()
+            except Exception:
+                log.exception("dispatch tick failed")
+
+    async def _recover(self) -> None:
+        """Hand back the work of workers declared dead."""
+        alive = {w.instance.instance_id for w in self._workers.alive()}
+        for request_id, lease in list(self._leases.items()):
+            if lease.worker in alive:
+                continue
+            if not lease.started:
+                log.warning(
+                    "worker lost before streaming: requeued",
+                    extra={"request": request_id, "worker": lease.worker},
+                )
+                self._give_back(request_id)
+            else:
+                self._release(request_id)
+                await self._fail(
+                    lease.item.payload,
+                    Unavailable(
+                        f"worker {lease.worker} was lost after the answer had started "
+                        "streaming; retry the request"
+                    ),
+                )
