@@ -134,7 +134,7 @@ class InferenceDispatcher:
         if progress.started:
             lease.started = True
         if progress.finished:
-            self._release(progress.request_id)
+            self._release(progress.request_id, progress.worker)
             if progress.tokens:
                 self._queue(lease.model).settle(
                     lease.item.tenant, lease.item.priority, lease.item.cost, int(progress.tokens)
@@ -216,28 +216,31 @@ class InferenceDispatcher:
             ack = inference_pb2.GenerateChunk.FromString(answer.data)
         except (NoRespondersError, NatsTimeout, TimeoutError):
             log.warning("worker did not take a generation", extra={"worker": worker})
-            self._give_back(item.item_id)
+            self._give_back(item.item_id, worker)
             return
         if ack.HasField("error"):
             error = domain_error(ack.error)
             if isinstance(error, ResourceExhausted):
-                self._give_back(item.item_id)  # full after all: the next tick retries
-            else:
-                self._release(item.item_id)
+                self._give_back(item.item_id, worker)  # full after all: the next tick retries
+            elif self._release(item.item_id, worker) is not None:
                 await self._fail(work, error)
 
-    def _release(self, request_id: str) -> Lease | None:
-        lease = self._leases.pop(request_id, None)
-        if lease is not None:
+    def _release(self, request_id: str, worker: str | None = None) -> Lease | None:
+        """End a lease (only if it is `worker`'s, when given: the same request may have
+        been handed back and leased again since)."""
+        lease = self._leases.get(request_id)
+        if lease is not None and (worker is None or lease.worker == worker):
+            del self._leases[request_id]
             self._busy[lease.worker] -= 1
             if self._busy[lease.worker] <= 0:
                 del self._busy[lease.worker]
             self._pools[lease.model].release(lease.item.tenant, lease.item.priority)
-        return lease
+            return lease
+        return None
 
-    def _give_back(self, request_id: str) -> None:
+    def _give_back(self, request_id: str, worker: str | None = None) -> None:
         """Requeue a leased generation that has not started, at the head of its lane."""
-        lease = self._release(request_id)
+        lease = self._release(request_id, worker)
         if lease is not None:
             self._queue(lease.model).requeue_front(lease.item)
 

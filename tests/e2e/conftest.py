@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -72,12 +73,22 @@ class RunningStack:
         return dict(json.loads(result.stdout))
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Iterator[RunningStack]:
+@contextlib.contextmanager
+def running_stack(
+    tmp_path_factory: pytest.TempPathFactory, model_folder: Path, **env: str
+) -> Iterator[RunningStack]:
+    """The launcher with `env` added; the worker reads the session's imported model."""
     data_dir = tmp_path_factory.mktemp("stack") / "var"
-    # the model was imported once for the session; the worker reads it from there
-    launcher = StackProcess(data_dir, env={"LLMOS_MODELS_DIR": str(model_folder.parent)}, cwd=ROOT)
+    launcher = StackProcess(
+        data_dir, env={"LLMOS_MODELS_DIR": str(model_folder.parent), **env}, cwd=ROOT
+    )
     try:
         yield RunningStack(launcher, launcher.start(), data_dir)
     finally:
         launcher.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Iterator[RunningStack]:
+    with running_stack(tmp_path_factory, model_folder) as running:
+        yield running
