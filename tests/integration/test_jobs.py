@@ -100,6 +100,7 @@ def cluster(
     }
     scheduler, trainer = _spawn("services.scheduler", env), _spawn("services.trainer", env)
     gateway = start_gateway(env, data_dir)
+    running: JobCluster | None = None
     try:
         admin = gateway.admin_token()
         tokens = {}
@@ -120,9 +121,12 @@ def cluster(
                 )
                 tokens[tenant] = str(token["access_token"])
             _wait_for_trainer(gateway_pb2_grpc.GatewayStub(channel), admin)
-        yield JobCluster(gateway, env, scheduler, trainer, tokens)
+        running = JobCluster(gateway, env, scheduler, trainer, tokens)
+        yield running
     finally:
         gateway.stop()
+        if running is not None:
+            scheduler = running.scheduler  # a test may have replaced it
         for proc in (scheduler, trainer):
             proc.terminate()
             proc.wait(30)

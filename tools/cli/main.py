@@ -22,8 +22,18 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from gateway.auth.bootstrap import CLI_CLIENT_ID
+from llmos.errors import InvalidArgument
 from llmos.oauthclient import Issuer, OAuthError
-from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, inference_pb2
+from llmos.priority import PriorityClass
+from llmos.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    inference_pb2,
+    scheduler_pb2,
+)
 from tools.cli.session import (
     NotSignedIn,
     Session,
@@ -170,16 +180,41 @@ def _print_stream(responses: Iterable[gateway_pb2.GenerateResponse], quiet: bool
 def cmd_generate(args: argparse.Namespace) -> int:
     """Stream a completion (or, with --chat, an assistant answer) to stdout."""
     stub = _stub(args)
+    priority = PriorityClass.parse(args.priority, "--priority")
     if args.chat:
         messages = [inference_pb2.ChatMessage(role="user", content=args.prompt)]
         if args.system:
             messages.insert(0, inference_pb2.ChatMessage(role="system", content=args.system))
         chat = gateway_pb2.ChatRequest(model=args.model, messages=messages, params=_params(args))
+        chat.priority = int(priority)  # type: ignore[assignment]
         return _print_stream(stub.Chat(chat, timeout=args.timeout), args.quiet)
     request = gateway_pb2.GenerateRequest(
         model=args.model, prompt=args.prompt, params=_params(args)
     )
+    request.priority = int(priority)  # type: ignore[assignment]
     return _print_stream(stub.Generate(request, timeout=args.timeout), args.quiet)
+
+
+def _job_line(job: scheduler_pb2.Job) -> str:
+    state = common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    return f"{job.job_id}  {state:<10} {job.spec.name}  ({job.reason})"
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """List, show, cancel or watch the tenant's jobs."""
+    stub, t = _stub(args), args.timeout
+    if args.jobs_action == "list":
+        for job in stub.ListJobs(scheduler_pb2.ListJobsRequest(), timeout=t).jobs:
+            print(_job_line(job))
+    elif args.jobs_action == "get":
+        _print_json(stub.GetJob(scheduler_pb2.GetJobRequest(job_id=args.id), timeout=t))
+    elif args.jobs_action == "cancel":
+        job = stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=args.id), timeout=t)
+        print(_job_line(job))
+    else:  # watch
+        for job in stub.WatchJob(scheduler_pb2.GetJobRequest(job_id=args.id)):
+            print(_job_line(job), flush=True)
+    return EXIT_OK
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -408,6 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("logout", help="revoke and forget the session").set_defaults(run=cmd_logout)
     commands.add_parser("whoami", help="show the current identity").set_defaults(run=cmd_whoami)
     _add_admin_commands(commands)
+    jobs = commands.add_parser("jobs", help="list, show, cancel or watch jobs")
+    jobs_actions = jobs.add_subparsers(dest="jobs_action", required=True)
+    jobs_actions.add_parser("list", help="the tenant's jobs, newest first").set_defaults(
+        run=cmd_jobs
+    )
+    for action, text in (("get", "one job"), ("cancel", "cancel a job"), ("watch", "follow")):
+        parser_ = jobs_actions.add_parser(action, help=text)
+        parser_.add_argument("id")
+        parser_.set_defaults(run=cmd_jobs)
     status = commands.add_parser("status", help="health of every service")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=cmd_status)
@@ -427,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int)
     generate.add_argument("--stop", action="append", help="stop sequence (repeatable)")
     generate.add_argument("--quiet", action="store_true", help="no usage line on stderr")
+    generate.add_argument(
+        "--priority", default="normal", help="critical, high, normal (default) or batch"
+    )
     generate.set_defaults(run=cmd_generate)
 
     embed = commands.add_parser("embed", help="embeddings of texts")
@@ -465,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_UNREACHABLE
         print(f"llmos: {code.name}: {detail}", file=sys.stderr)
+        return EXIT_REFUSED
+    except InvalidArgument as exc:
+        print(f"llmos: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except NotSignedIn as exc:
         print(f"llmos: {exc}", file=sys.stderr)
