@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -46,6 +47,13 @@ HEALTH_TIMEOUT_S = 2.0
 #: a rough prompt size in tokens for fair-share estimates (settled with the true count)
 CHARS_PER_TOKEN = 4
 EVENT_BUFFER = 1024
+
+
+def work_id() -> str:
+    """A unique id for work handed to the scheduler and workers. It starts with the call's
+    request id (for correlation in logs) but never is it: callers choose request ids, and
+    one caller must not be able to collide with, or cancel, another's work."""
+    return f"{request_id_var.get()}-{uuid.uuid4().hex[:12]}"
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
@@ -134,7 +142,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             yield hit
             return
         work = inference_pb2.GenerateWork(
-            request_id=request_id_var.get(),
+            request_id=work_id(),
             tenant=caller().tenant,
             model=model,
             params=params,
@@ -200,9 +208,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             call_record().cached = hit.cached = True
             return hit
         result = await self._router.embed(
-            inference_pb2.EmbedWork(
-                request_id=request_id_var.get(), model=model, inputs=request.inputs
-            )
+            inference_pb2.EmbedWork(request_id=work_id(), model=model, inputs=request.inputs)
         )
         call_record().tokens = result.prompt_tokens
         answer = gateway_pb2.EmbedResponse(
@@ -224,7 +230,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             return hit
         result = await self._router.classify(
             inference_pb2.ClassifyWork(
-                request_id=request_id_var.get(),
+                request_id=work_id(),
                 model=model,
                 text=request.text,
                 labels=request.labels,

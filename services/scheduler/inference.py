@@ -69,6 +69,7 @@ class InferenceDispatcher:
         self._subscriptions: list[Subscription] = []
         self._ticker: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        self._unserved_since: dict[str, float] = {}
 
     async def start(self) -> None:
         nc = self._ctx.nats
@@ -256,9 +257,29 @@ class InferenceDispatcher:
             await asyncio.sleep(TICK_S)
             try:
                 await self._recover()
+                await self._expire_unserved()
                 self._dispatch()
             except Exception:
                 log.exception("dispatch tick failed")
+
+    async def _expire_unserved(self) -> None:
+        """Fail work queued for a model that no live worker has served for a while, rather
+        than let callers wait for a worker that is not coming."""
+        served = {m for w in self._workers.alive() for m in w.loaded_models}
+        now = time.monotonic()
+        for model, queue in self._queues.items():
+            if model in served or not len(queue):
+                self._unserved_since.pop(model, None)
+                continue
+            since = self._unserved_since.setdefault(model, now)
+            limit = self._options.unserved_timeout_s
+            if now - since < limit:
+                continue
+            error = Unavailable(f"no worker has served model {model!r} for {limit:g}s; retry later")
+            for item in list(queue.queued()):
+                queue.remove(item.item_id)
+                await self._fail(item.payload, error)
+            del self._unserved_since[model]
 
     async def _recover(self) -> None:
         """Hand back the work of workers declared dead."""

@@ -17,6 +17,8 @@ class SchedulerOptions:
     queue_capacity: int = 1000
     #: worker slots per model kept free for `critical` requests
     critical_headroom: int = 0
+    #: queued work for a model no live worker serves fails after this long
+    unserved_timeout_s: float = 30.0
 
 
 def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
@@ -34,4 +36,5 @@ def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
         tenant_classes=classes,
         queue_capacity=env.integer("QUEUE_CAPACITY", 1000, minimum=1, maximum=1_000_000),
         critical_headroom=env.integer("CRITICAL_HEADROOM", 0, minimum=0, maximum=100_000),
+        unserved_timeout_s=env.number("UNSERVED_TIMEOUT_S", 30.0, minimum=0.1, maximum=86_400),
     )

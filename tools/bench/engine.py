@@ -268,7 +268,8 @@ def run_e2e_line(out: int, engine_c32: float) -> dict[str, Any]:
         return {
             "e2e_c32_tokens_per_s": round(rate, 2),
             "e2e_vs_engine_c32": round(rate / engine_c32, 3),
-            "path": "gateway -> NATS -> inference-worker -> Triton (PyTriton) -> engine",
+            "path": "gateway (TLS, bearer JWT) -> scheduler -> inference-worker (NATS) "
+            "-> Triton (PyTriton) -> engine",
         }
     finally:
         launcher.stop()
