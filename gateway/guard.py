@@ -1,32 +1,26 @@
-"""The gateway's policy around every public RPC: authenticate the bearer token, check the
-RPC's scope, admit the call under the rate limits, then (whatever happened) charge the
-model tokens it used and publish its audit record. Plugged into the one call
+"""The gateway's policy around every public RPC: verify the bearer token, check the RPC's
+scope, admit the call (not revoked, identity not deleted, under the rate limits: one
+Redis round trip), then (whatever happened) charge the model tokens it used and publish
+its audit record. Plugged into the one call
 interceptor (`llmos.rpc.CallContextInterceptor`) every LLM OS server has."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
-import redis.asyncio as aioredis
 
-from gateway.auth.identities import PREFIX, Limits, deleted_key
-from gateway.auth.principal import CallRecord, Principal, current_call
+from gateway.auth.principal import CallRecord, current_call
 from gateway.auth.scopes import required_scope
 from gateway.auth.verifier import TokenVerifier
-from gateway.limits import LimitSet, RateLimiter
+from gateway.limits import Admission
 from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import PermissionDenied, Unauthenticated
 from llmos.log import request_id_var
 from llmos.rpc import outcome_of
-
-#: How long a principal's configured limits are reused before re-reading them.
-LIMITS_CACHE_S = 2.0
-LIMITS_CACHE_SIZE = 10_000
 
 
 class GatewayGuard:
@@ -35,19 +29,14 @@ class GatewayGuard:
     def __init__(
         self,
         verifier: TokenVerifier,
-        limiter: RateLimiter,
+        admission: Admission,
         audit: AuditPublisher,
-        redis: aioredis.Redis,
-        default_limits: Limits,
         token_endpoint: str,
     ) -> None:
         self._verifier = verifier
-        self._limiter = limiter
+        self._admission = admission
         self._audit = audit
-        self._redis = redis
-        self._default = default_limits
         self._token_hint = token_endpoint
-        self._limits: dict[tuple[str, str], tuple[float, LimitSet]] = {}
 
     @asynccontextmanager
     async def guard(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -67,7 +56,7 @@ class GatewayGuard:
                 raise PermissionDenied(
                     f"this call needs scope {scope!r}; the token grants: {granted}"
                 )
-            await self._limiter.admit(principal, await self._limits_of(principal))
+            await self._admission.admit(principal)
             yield
         except BaseException as exc:
             failure = exc
@@ -88,35 +77,6 @@ class GatewayGuard:
             f"(tokens come from {self._token_hint})"
         )
 
-    async def _limits_of(self, principal: Principal) -> LimitSet:
-        """The principal's client and tenant limits, and whether its client or user was
-        deleted since the token was issued (cached briefly; one Redis round trip)."""
-        cache_key = (principal.client_id, principal.tenant)
-        cached = self._limits.get(cache_key)
-        if cached and time.monotonic() - cached[0] < LIMITS_CACHE_S:
-            return cached[1]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(f"{PREFIX}client:{principal.client_id}")
-            pipe.hget(f"{PREFIX}tenant:{principal.tenant}", "limits")
-            pipe.exists(deleted_key("client", principal.client_id))
-            pipe.exists(deleted_key("user", principal.subject) if principal.is_user else "-")
-            client_raw, tenant_raw, client_gone, user_gone = await pipe.execute()
-        if client_gone or user_gone:
-            whose = "user" if user_gone else "client"
-            raise Unauthenticated(f"the {whose} this token was issued to has been deleted")
-        client = json.loads(client_raw)["limits"] if client_raw else {}
-        tenant = json.loads(tenant_raw) if tenant_raw else {}
-        limits = LimitSet(
-            client_rpm=int(client.get("requests_per_minute", 0)),
-            client_tpm=int(client.get("tokens_per_minute", 0)),
-            tenant_rpm=int(tenant.get("requests_per_minute", self._default.requests_per_minute)),
-            tenant_tpm=int(tenant.get("tokens_per_minute", self._default.tokens_per_minute)),
-        )
-        if len(self._limits) >= LIMITS_CACHE_SIZE:
-            self._limits.clear()
-        self._limits[cache_key] = (time.monotonic(), limits)
-        return limits
-
     async def _finish(
         self,
         method: str,
@@ -129,7 +89,7 @@ class GatewayGuard:
         if principal is not None and call.tokens:
             # quota accounting must not turn a served call into an error
             with contextlib.suppress(Exception):
-                await self._limiter.charge_tokens(principal, call.tokens)
+                await self._admission.charge_tokens(principal, call.tokens)
         code, detail = outcome_of(failure)
         record = new_record("gateway", method)
         record.request_id = request_id_var.get()

@@ -1,36 +1,58 @@
-"""Requests and model tokens per minute, per client and per tenant, shared by every
-gateway replica: one Lua script in Redis decides atomically, so N replicas together
-allow exactly the configured limit.
+"""Admission of each call in one Redis round trip: the token is not revoked, its client
+or user was not deleted, and every rate limit has room.
 
-The window is a sliding minute made of one-second buckets (a Redis hash per limited
-identity), timed by Redis' own clock so replicas with skewed clocks agree. A request is
-admitted only if every limit has room; then, and only then, all counters move.
-Model tokens are charged when a call finishes (the count is not known before), and a
-call is admitted while the minute's tokens are under the limit.
+Limits are requests and model tokens per minute, per client and per tenant, shared by
+every gateway replica: one Lua script decides atomically, so N replicas together allow
+exactly the configured limit. The window is a sliding minute of one-second buckets (a
+Redis hash per limited identity), timed by Redis' own clock so replicas with skewed
+clocks agree. A call is admitted only if every limit has room; then, and only then, all
+counters move. Model tokens are charged when a call finishes (the count is not known
+before); a call is admitted while the minute's tokens are under the limit. The limits
+themselves are read from the identity records in the same script, so a change applies
+to the next call.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import redis.asyncio as aioredis
 
-from gateway.auth.identities import PREFIX
+from gateway.auth.identities import PREFIX, Limits, deleted_key, revoked_key
 from gateway.auth.principal import Principal
-from llmos.errors import ResourceExhausted
+from llmos.errors import ResourceExhausted, Unauthenticated
 
 WINDOW_S = 60
+#: a key nothing ever writes, for checks that do not apply (no jti, not a user)
+NEVER = f"{PREFIX}never"
 
-#: KEYS: window hashes. ARGV: window, then per key: limit, cost to check, cost to add.
-#: Returns {1} when admitted, else {0, index of the full key (1-based), retry-after s}.
+#: KEYS: revoked-token, deleted-client, deleted-user, client record, tenant record, then
+#: the four windows (client rpm, tenant rpm, client tpm, tenant tpm).
+#: ARGV: window, default tenant rpm, default tenant tpm.
+#: Returns {1} admitted; {2} revoked; {3} client deleted; {4} user deleted;
+#: {0, window index (1-4), retry-after s, limit} refused by a limit.
 _ADMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {4} end
+local limits = {0, tonumber(ARGV[2]), 0, tonumber(ARGV[3])}
+local client = redis.call('GET', KEYS[4])
+if client then
+  local l = cjson.decode(client)['limits'] or {}
+  limits[1] = tonumber(l['requests_per_minute'] or 0)
+  limits[3] = tonumber(l['tokens_per_minute'] or 0)
+end
+local tenant = redis.call('HGET', KEYS[5], 'limits')
+if tenant then
+  local l = cjson.decode(tenant)
+  limits[2] = tonumber(l['requests_per_minute'] or 0)
+  limits[4] = tonumber(l['tokens_per_minute'] or 0)
+end
 local now = tonumber(redis.call('TIME')[1])
 local window = tonumber(ARGV[1])
 local oldest = now - window + 1
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 + (i - 1) * 3])
-  local check = tonumber(ARGV[3 + (i - 1) * 3])
-  if limit > 0 and check > 0 then
+local adds = {1, 1, 0, 0}
+for i = 1, 4 do
+  local key, limit = KEYS[5 + i], limits[i]
+  if limit > 0 then
     local buckets = redis.call('HGETALL', key)
     local used, seconds = 0, {}
     for j = 1, #buckets, 2 do
@@ -42,68 +64,70 @@ for i, key in ipairs(KEYS) do
         table.insert(seconds, {second, tonumber(buckets[j + 1])})
       end
     end
-    if used + check > limit then
+    if used + 1 > limit then
       table.sort(seconds, function(a, b) return a[1] < b[1] end)
-      local need, retry = used + check - limit, window
+      local need, retry = used + 1 - limit, window
       for _, entry in ipairs(seconds) do
         need = need - entry[2]
         if need <= 0 then retry = entry[1] + window - now; break end
       end
-      return {0, i, retry}
+      return {0, i, retry, limit}
     end
   end
 end
-for i, key in ipairs(KEYS) do
-  local add = tonumber(ARGV[4 + (i - 1) * 3])
-  if add > 0 then
-    redis.call('HINCRBY', key, now, add)
-    redis.call('EXPIRE', key, window + 1)
+for i = 1, 4 do
+  if adds[i] > 0 and limits[i] > 0 then
+    redis.call('HINCRBY', KEYS[5 + i], now, adds[i])
+    redis.call('EXPIRE', KEYS[5 + i], window + 1)
   end
 end
 return {1}
 """
 
+#: KEYS: token windows to charge. ARGV: window, tokens.
+_CHARGE = """
+local now = tonumber(redis.call('TIME')[1])
+for _, key in ipairs(KEYS) do
+  redis.call('HINCRBY', key, now, ARGV[2])
+  redis.call('EXPIRE', key, tonumber(ARGV[1]) + 1)
+end
+return 1
+"""
 
-@dataclass(frozen=True)
-class LimitSet:
-    """The four limits that apply to one principal (0: unlimited)."""
 
-    client_rpm: int
-    client_tpm: int
-    tenant_rpm: int
-    tenant_tpm: int
+class Admission:
+    """Whether a verified principal's call may proceed now; token charging afterwards."""
 
-
-class RateLimiter:
-    """Admission and token charging against per-client and per-tenant minute windows."""
-
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._redis = redis
+    def __init__(self, redis: aioredis.Redis, default_tenant_limits: Limits) -> None:
         self._admit = redis.register_script(_ADMIT)
+        self._charge = redis.register_script(_CHARGE)
+        self._defaults = default_tenant_limits
 
-    async def admit(self, principal: Principal, limits: LimitSet) -> None:
-        """Count one request; RESOURCE_EXHAUSTED (with retry-after) if any limit is full."""
-        checks = [
-            (_key("rpm", "client", principal.client_id), limits.client_rpm, 1, 1),
-            (_key("rpm", "tenant", principal.tenant), limits.tenant_rpm, 1, 1),
-            (_key("tpm", "client", principal.client_id), limits.client_tpm, 1, 0),
-            (_key("tpm", "tenant", principal.tenant), limits.tenant_tpm, 1, 0),
+    async def admit(self, principal: Principal) -> None:
+        """UNAUTHENTICATED if the token was revoked or its client/user deleted;
+        RESOURCE_EXHAUSTED (with retry-after) if a limit is full; else count the call."""
+        keys = [
+            revoked_key(principal.token_id) if principal.token_id else NEVER,
+            deleted_key("client", principal.client_id),
+            deleted_key("user", principal.subject) if principal.is_user else NEVER,
+            f"{PREFIX}client:{principal.client_id}",
+            f"{PREFIX}tenant:{principal.tenant}",
+            *_windows(principal),
         ]
-        args: list[int] = [WINDOW_S]
-        for _, limit, check, add in checks:
-            args += [limit, check, add]
-        answer = await self._admit(keys=[c[0] for c in checks], args=args)
-        if int(answer[0]) == 1:
+        args = [WINDOW_S, self._defaults.requests_per_minute, self._defaults.tokens_per_minute]
+        answer = [int(x) for x in await self._admit(keys=keys, args=args)]
+        if answer[0] == 1:
             return
-        index, retry = int(answer[1]) - 1, max(int(answer[2]), 1)
-        what = ("requests", "requests", "model tokens", "model tokens")[index]
+        if answer[0] == 2:
+            raise Unauthenticated("token has been revoked")
+        if answer[0] in (3, 4):
+            whose = "client" if answer[0] == 3 else "user"
+            raise Unauthenticated(f"the {whose} this token was issued to has been deleted")
+        index, retry, limit = answer[1] - 1, max(answer[2], 1), answer[3]
+        what = "requests" if index < 2 else "model tokens"
         whose = (
-            f"client {principal.client_id!r}",
-            f"tenant {principal.tenant!r}",
-            f"client {principal.client_id!r}",
-            f"tenant {principal.tenant!r}",
-        )[index]
-        limit = checks[index][1]
+            f"client {principal.client_id!r}" if index % 2 == 0 else f"tenant {principal.tenant!r}"
+        )
         raise ResourceExhausted(
             f"rate limit reached: {whose} may use {limit} {what} per minute; retry after {retry} s",
             retry_after_s=float(retry),
@@ -111,11 +135,14 @@ class RateLimiter:
 
     async def charge_tokens(self, principal: Principal, tokens: int) -> None:
         """Add the model tokens a finished call consumed to both token windows."""
-        if tokens <= 0:
-            return
-        keys = [_key("tpm", "client", principal.client_id), _key("tpm", "tenant", principal.tenant)]
-        await self._admit(keys=keys, args=[WINDOW_S, 0, 0, tokens, 0, 0, tokens])
+        if tokens > 0:
+            await self._charge(keys=_windows(principal)[2:], args=[WINDOW_S, tokens])
 
 
-def _key(kind: str, level: str, name: str) -> str:
-    return f"{PREFIX}{kind}:{level}:{name}"
+def _windows(principal: Principal) -> list[str]:
+    return [
+        f"{PREFIX}rpm:client:{principal.client_id}",
+        f"{PREFIX}rpm:tenant:{principal.tenant}",
+        f"{PREFIX}tpm:client:{principal.client_id}",
+        f"{PREFIX}tpm:tenant:{principal.tenant}",
+    ]

@@ -20,7 +20,7 @@ from gateway.auth.server import LLMOSAuthorizationServer, ServerPolicy
 from gateway.auth.verifier import TokenVerifier, VerifierSettings
 from gateway.cache import ResponseCache
 from gateway.guard import GatewayGuard
-from gateway.limits import RateLimiter
+from gateway.limits import Admission
 from gateway.options import GatewayOptions
 from llmos.auditing import AuditPublisher
 from llmos.runner import ServiceContext
@@ -113,13 +113,10 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
             tenant_claim=options.tenant_claim,
             jwks_url=options.jwks_url,
         ),
-        ctx.redis,
         client_tls(options),
     )
     stack.push_async_callback(verifier.close)
-    guard = GatewayGuard(
-        verifier, RateLimiter(ctx.redis), audit, ctx.redis, default_limits, f"{issuer}/token"
-    )
+    guard = GatewayGuard(verifier, Admission(ctx.redis, default_limits), audit, f"{issuer}/token")
     return GatewayRuntime(
         options=options,
         store=store,

@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+from gateway.auth.identities import Limits
 from gateway.auth.principal import Principal
-from gateway.limits import LimitSet, RateLimiter
+from gateway.limits import Admission
 from llmos.errors import ResourceExhausted
 from llmos.oauthclient import Issuer
 from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
@@ -257,35 +258,39 @@ def _principal(name: str) -> Principal:
     )
 
 
-async def test_limiter_admits_exactly_the_limit_and_says_when_to_retry(
+async def test_admission_allows_exactly_the_limit_and_says_when_to_retry(
     own_redis: RedisServer,
 ) -> None:
     client = aioredis.Redis.from_url(own_redis.url)
-    limiter = RateLimiter(client)
+    admission = Admission(client, Limits())
     who = _principal(uuid.uuid4().hex[:8])
-    limits = LimitSet(client_rpm=0, client_tpm=0, tenant_rpm=3, tenant_tpm=0)
+    await client.hset(
+        f"llmos:auth:tenant:{who.tenant}",
+        "limits",
+        json.dumps({"requests_per_minute": 3, "tokens_per_minute": 0}),
+    )
     for _ in range(3):
-        await limiter.admit(who, limits)
+        await admission.admit(who)
     with pytest.raises(ResourceExhausted) as caught:
-        await limiter.admit(who, limits)
-    assert "tenant 'tenant-" in str(caught.value)
-    assert "3 requests per minute" in str(caught.value)
+        await admission.admit(who)
+    assert f"tenant '{who.tenant}' may use 3 requests per minute" in str(caught.value)
     assert caught.value.retry_after_s is not None and 55 <= caught.value.retry_after_s <= 60
     await client.aclose()
 
 
 async def test_token_quota_admits_until_spent_then_refuses(own_redis: RedisServer) -> None:
     client = aioredis.Redis.from_url(own_redis.url)
-    limiter = RateLimiter(client)
-    who = _principal(uuid.uuid4().hex[:8])
-    limits = LimitSet(client_rpm=0, client_tpm=100, tenant_rpm=0, tenant_tpm=0)
-    await limiter.admit(who, limits)
-    await limiter.charge_tokens(who, 60)
-    await limiter.admit(who, limits)  # 60 of 100 used: still room
-    await limiter.charge_tokens(who, 60)
+    admission = Admission(client, Limits())
+    who, other = _principal(uuid.uuid4().hex[:8]), _principal(uuid.uuid4().hex[:8])
+    for principal in (who, other):
+        record = {"limits": {"requests_per_minute": 0, "tokens_per_minute": 100}}
+        await client.set(f"llmos:auth:client:{principal.client_id}", json.dumps(record))
+    await admission.admit(who)
+    await admission.charge_tokens(who, 60)
+    await admission.admit(who)  # 60 of 100 used: still room
+    await admission.charge_tokens(who, 60)
     with pytest.raises(ResourceExhausted) as caught:
-        await limiter.admit(who, limits)
-    assert "100 model tokens per minute" in str(caught.value)
-    other = _principal(uuid.uuid4().hex[:8])  # others are unaffected
-    await limiter.admit(other, limits)
+        await admission.admit(who)
+    assert f"client '{who.client_id}' may use 100 model tokens per minute" in str(caught.value)
+    await admission.admit(other)  # others are unaffected
     await client.aclose()

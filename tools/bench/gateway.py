@@ -96,7 +96,8 @@ def measure(calls: int, warmup: int) -> dict[str, Any]:
             "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
             "gateway_vs_direct_p50": round(g["p50_ms"] / d["p50_ms"], 2),
             "gateway_vs_direct_p99": round(g["p99_ms"] / d["p99_ms"], 2),
-            "gateway_path": "bearer JWT check + scope + Redis rate-limit (Lua) + audit + forward",
+            "gateway_path": "JWT check + scope + one Redis admission script (revocation, deleted "
+            "identities, limits) + audit + forward",
         }
     finally:
         if gateway is not None:
