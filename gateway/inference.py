@@ -22,8 +22,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from llmos import subjects
-from llmos.errors import NotFound, Unavailable
-from llmos.model.names import DEFAULT_MODEL
+from llmos.errors import InvalidArgument, NotFound, Unavailable
+from llmos.model.names import DEFAULT_MODEL, MODEL_NAME
 from llmos.registry import ServiceRegistry
 from llmos.runner import ServiceContext
 from llmos.v1 import inference_pb2
@@ -54,10 +54,16 @@ class ModelCatalog:
             counts.update(instance.models)
         return counts
 
-    async def resolve(self, requested: str) -> str:
-        """The model to use: the one named, or the default; NOT_FOUND if nobody serves it."""
-        served = await self.served()
+    async def resolve(self, requested: str, loadable: bool = False) -> str:
+        """The model to use: the one named, or the default. NOT_FOUND if nobody serves it,
+        unless `loadable` (generation: the scheduler can have a worker load it, and says
+        NOT_FOUND itself when no worker has it)."""
         name = requested or DEFAULT_MODEL
+        if not MODEL_NAME.match(name):
+            raise InvalidArgument("model", "must be lowercase letters, digits, - and _")
+        if loadable:
+            return name
+        served = await self.served()
         if name not in served:
             available = ", ".join(sorted(served)) or "none"
             raise NotFound(f"model {name!r} is not served (served models: {available})")

@@ -121,9 +121,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
 
     # -- inference ------------------------------------------------------------------------
 
-    async def _model(self, requested: str) -> str:
+    async def _model(self, requested: str, loadable: bool = False) -> str:
         """The model to use (resolved and checked), recorded as the call's resource."""
-        model = await self._models.resolve(requested)
+        model = await self._models.resolve(requested, loadable)
         call_record().resource = f"model/{model}"
         return model
 
@@ -134,7 +134,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         Greedy generations are deterministic, so they are cached (per tenant)."""
         sampling = checked_params(params)
         priority = PriorityClass.parse(request.priority)
-        model = await self._model(request.model)
+        model = await self._model(request.model, loadable=True)
         key = ResponseCache.key(caller().tenant, kind, model, request) if sampling.greedy else ""
         if key and (hit := await self._cache.get(key, gateway_pb2.GenerateResponse)):
             call_record().cached = True

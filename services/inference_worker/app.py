@@ -86,6 +86,7 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
         ctx.instance.capacity.CopyFrom(local_capacity())
         ctx.status = lambda: scheduler_pb2.WorkerStatus(
             loaded_models=worker.models,
+            available_models=worker.available_models(),
             slots=options.max_inflight,
             free_slots=worker.free_slots,
         )

@@ -67,6 +67,19 @@ class InferenceWorker:
         """Models served right now."""
         return list(self._subscriptions)
 
+    def available_models(self) -> list[str]:
+        """Models in the models directory this worker could load now (an embedded Triton
+        cannot serve again a model it released)."""
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(
+            folder.name
+            for folder in self.models_dir.iterdir()
+            if MODEL_NAME.match(folder.name)
+            and all((folder / name).is_file() for name in REQUIRED_FILES)
+            and (self.host is None or self.host.can_serve(folder.name))
+        )
+
     @property
     def free_slots(self) -> int:
         """How many more generations this worker accepts now."""

@@ -8,6 +8,9 @@ loaded). The scheduler then sends it to that worker alone, which streams the ans
 straight to the gateway's inbox and reports `started` (first chunk out) and `finished`
 (slot free, true token count) on `llmos.sched.progress`.
 
+A model that no worker has loaded but some worker has in its models directory is loaded
+on demand by the least loaded such worker; the work waits in the queue meanwhile.
+
 Leases: a dispatched generation is held against its worker. If the worker goes silent
 (declared dead by the heartbeat table), a generation that has not streamed anything is
 put back at the head of the queue and runs elsewhere; one that had started streaming
@@ -23,16 +26,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import grpc
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from llmos import subjects
-from llmos.errors import LLMOSError, ResourceExhausted, Unavailable
+from llmos.errors import LLMOSError, NotFound, ResourceExhausted, Unavailable
 from llmos.priority import PriorityClass
+from llmos.rpc import relayed_error
 from llmos.runner import ServiceContext
-from llmos.v1 import inference_pb2
+from llmos.v1 import common_pb2, inference_pb2, worker_pb2, worker_pb2_grpc
 from llmos.work import domain_error, work_error
 from services.scheduler.capacity import Reservation, SlotPool, next_admissible
 from services.scheduler.fairshare import FairShareQueue, WorkItem, check_class_allowed
@@ -43,6 +48,7 @@ from services.scheduler.workers import WorkerTable
 log = logging.getLogger("llmos.scheduler.inference")
 
 DISPATCH_TIMEOUT_S = 5.0
+LOAD_TIMEOUT_S = 300.0
 TICK_S = 0.25
 
 
@@ -70,6 +76,7 @@ class InferenceDispatcher:
         self._ticker: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self._unserved_since: dict[str, float] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         nc = self._ctx.nats
@@ -84,7 +91,7 @@ class InferenceDispatcher:
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
-        for task in (self._ticker, *self._sends):
+        for task in (self._ticker, *self._sends, *self._loading.values()):
             if task is not None:
                 task.cancel()
 
@@ -110,6 +117,7 @@ class InferenceDispatcher:
             work = request.work
             priority = PriorityClass.parse(request.priority)
             check_class_allowed(self._options.tenant_classes, work.tenant, priority)
+            self._ensure_served(work.model)
             queue = self._queue(work.model)
             item = WorkItem(
                 item_id=work.request_id,
@@ -148,6 +156,47 @@ class InferenceDispatcher:
         for queue in self._queues.values():
             if queue.remove(request_id) is not None:
                 return
+
+    # -- loading models on demand ------------------------------------------------------------
+
+    def _ensure_served(self, model: str) -> None:
+        """NOT_FOUND unless some live worker has `model` loaded or can load it; in the
+        latter case ask the least loaded such worker to load it (once at a time)."""
+        alive = self._workers.alive()
+        if any(model in w.loaded_models for w in alive) or model in self._loading:
+            return
+        candidates = [w for w in alive if model in w.available_models]
+        if not candidates:
+            raise NotFound(f"model {model!r} is not available on any worker")
+        chosen = min(
+            candidates,
+            key=lambda w: (
+                (self._busy[w.instance.instance_id] + w.slots - w.free_slots) / max(w.slots, 1)
+            ),
+        )
+        task = asyncio.create_task(self._load(model, chosen.instance))
+        self._loading[model] = task
+        task.add_done_callback(lambda _: self._loading.pop(model, None))
+
+    async def _load(self, model: str, worker: common_pb2.ServiceInstance) -> None:
+        log.info(
+            "asking a worker to load a model", extra={"model": model, "worker": worker.instance_id}
+        )
+        try:
+            async with grpc.aio.insecure_channel(worker.address) as channel:
+                await worker_pb2_grpc.InferenceWorkerStub(channel).LoadModel(
+                    worker_pb2.LoadModelRequest(model=model), timeout=LOAD_TIMEOUT_S
+                )
+        except grpc.aio.AioRpcError as exc:
+            error = relayed_error(exc)
+            log.warning("model load failed", extra={"model": model, "error": str(error)})
+            queue = self._queues.get(model)
+            if queue is not None:
+                for item in list(queue.queued()):
+                    queue.remove(item.item_id)
+                    await self._fail(item.payload, error)
+            return
+        # the worker's next heartbeat lists the model; the tick then dispatches
 
     # -- dispatching -----------------------------------------------------------------------
 
@@ -268,7 +317,7 @@ class InferenceDispatcher:
         served = {m for w in self._workers.alive() for m in w.loaded_models}
         now = time.monotonic()
         for model, queue in self._queues.items():
-            if model in served or not len(queue):
+            if model in served or model in self._loading or not len(queue):
                 self._unserved_since.pop(model, None)
                 continue
             since = self._unserved_since.setdefault(model, now)

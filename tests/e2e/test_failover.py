@@ -28,6 +28,7 @@ from tests.e2e.conftest import RunningStack, running_stack
 pytestmark = pytest.mark.e2e
 
 COPY = "smollm2-copy"
+SPARE = "smollm2-spare"
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Itera
 
 @pytest.fixture(scope="module")
 def copy_models(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Path:
+    """Two names for the default model's weights; extra workers load COPY at start and
+    can load SPARE when asked."""
     models = tmp_path_factory.mktemp("copy-models")
-    (models / COPY).symlink_to(model_folder, target_is_directory=True)
+    for name in (COPY, SPARE):
+        (models / name).symlink_to(model_folder, target_is_directory=True)
     return models
 
 
@@ -210,3 +214,22 @@ def test_a_scheduler_killed_with_queued_generations_loses_none(stack: RunningSta
         os.kill(int(scheduler["pid"]), signal.SIGKILL)  # the launcher restarts it
         texts = [future.result(timeout=300) for future in futures]
     assert len(texts) == 6 and all(texts)
+
+
+def test_a_model_no_worker_has_loaded_is_loaded_on_demand(
+    stack: RunningStack, copy_models: Path
+) -> None:
+    worker = _start_worker(stack, copy_models, "loader")
+    try:
+        _instance_of(stack, worker.pid)
+        assert not any(SPARE in w.loaded_models for w in _cluster(stack).workers)
+        assert _generate(stack, SPARE, 4, prompt="Loaded on demand:")
+        (serving,) = [w for w in _cluster(stack).workers if w.instance.pid == worker.pid]
+        assert SPARE in serving.loaded_models
+        with pytest.raises(grpc.RpcError) as caught:
+            _generate(stack, "no-such-model", 4)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "'no-such-model' is not available on any worker" in (caught.value.details() or "")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
