@@ -47,6 +47,7 @@ from services.scheduler.workers import WorkerTable
 
 log = logging.getLogger("llmos.scheduler.inference")
 
+SCHEDULER_QUEUE = "schedulers"
 DISPATCH_TIMEOUT_S = 5.0
 LOAD_TIMEOUT_S = 300.0
 TICK_S = 0.25
@@ -77,11 +78,15 @@ class InferenceDispatcher:
         self._sends: set[asyncio.Task[None]] = set()
         self._unserved_since: dict[str, float] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
+        self._started = time.monotonic()
 
     async def start(self) -> None:
         nc = self._ctx.nats
         self._subscriptions = [
-            await nc.subscribe(subjects.SCHEDULE_GENERATE, cb=self._on_submit),
+            # a queue group: with several schedulers each generation reaches exactly one
+            await nc.subscribe(
+                subjects.SCHEDULE_GENERATE, queue=SCHEDULER_QUEUE, cb=self._on_submit
+            ),
             await nc.subscribe(subjects.WORK_PROGRESS, cb=self._on_progress),
             await nc.subscribe(subjects.CANCEL_WORK, cb=self._on_cancel),
         ]
@@ -167,6 +172,8 @@ class InferenceDispatcher:
             return
         candidates = [w for w in alive if model in w.available_models]
         if not candidates:
+            if time.monotonic() - self._started < self._options.worker_warmup_s:
+                return  # not every worker has been heard from yet: queue it meanwhile
             raise NotFound(f"model {model!r} is not available on any worker")
         chosen = min(
             candidates,

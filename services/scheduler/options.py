@@ -19,6 +19,9 @@ class SchedulerOptions:
     critical_headroom: int = 0
     #: queued work for a model no live worker serves fails after this long
     unserved_timeout_s: float = 30.0
+    #: after start, how long to wait for workers' heartbeats before refusing a model as
+    #: unknown (a restarted scheduler must not refuse work its workers can do)
+    worker_warmup_s: float = 10.0
 
 
 def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
@@ -37,4 +40,5 @@ def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
         queue_capacity=env.integer("QUEUE_CAPACITY", 1000, minimum=1, maximum=1_000_000),
         critical_headroom=env.integer("CRITICAL_HEADROOM", 0, minimum=0, maximum=100_000),
         unserved_timeout_s=env.number("UNSERVED_TIMEOUT_S", 30.0, minimum=0.1, maximum=86_400),
+        worker_warmup_s=env.number("WORKER_WARMUP_S", 10.0, minimum=0.0, maximum=3600),
     )

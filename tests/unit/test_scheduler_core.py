@@ -190,3 +190,46 @@ def test_a_requeued_item_goes_first_and_costs_nothing() -> None:
     queue.requeue_front(first)
     assert queue.served[("a", P.NORMAL)] == 0
     assert queue.pop() is first
+
+
+async def test_work_for_a_model_nobody_serves_fails_after_the_timeout() -> None:
+    """A fresh scheduler queues work for a model it has not seen a worker for (warm-up);
+    if no worker shows up in time the work fails with UNAVAILABLE instead of hanging."""
+    from types import SimpleNamespace
+
+    from llmos.v1 import common_pb2, inference_pb2
+    from services.scheduler.inference import InferenceDispatcher
+    from services.scheduler.options import SchedulerOptions
+    from services.scheduler.workers import WorkerTable
+
+    published: list[tuple[str, bytes]] = []
+    replies: list[bytes] = []
+
+    async def publish(subject: str, data: bytes) -> None:
+        published.append((subject, data))
+
+    async def respond(data: bytes) -> None:
+        replies.append(data)
+
+    ctx = SimpleNamespace(
+        nats=SimpleNamespace(publish=publish),
+        instance=common_pb2.ServiceInstance(instance_id="scheduler-test"),
+    )
+    options = SchedulerOptions(worker_warmup_s=60.0, unserved_timeout_s=0.0)
+    dispatcher = InferenceDispatcher(ctx, WorkerTable(), options)  # type: ignore[arg-type]
+    work = inference_pb2.GenerateWork(request_id="r1", tenant="t", model="ghost", reply_to="inbox")
+    msg = SimpleNamespace(
+        data=inference_pb2.ScheduledGenerate(work=work, cost=5).SerializeToString(),
+        respond=respond,
+    )
+    await dispatcher._on_submit(msg)  # type: ignore[arg-type]
+    reply = inference_pb2.ScheduleReply.FromString(replies[0])
+    assert not reply.HasField("error") and reply.queued == 1
+    await dispatcher._expire_unserved()  # first sight: the clock starts
+    await dispatcher._expire_unserved()  # timeout 0: expired
+    ((subject, data),) = published
+    chunk = inference_pb2.GenerateChunk.FromString(data)
+    assert subject == "inbox" and chunk.done
+    assert chunk.error.code == "UNAVAILABLE"
+    assert "no worker has served model 'ghost'" in chunk.error.message
+    assert dispatcher.queued() == 0
