@@ -186,6 +186,18 @@ def test_cluster_status_shows_the_worker_and_its_model(stack: RunningStack) -> N
     assert worker.in_use.memory_bytes > 100 * 1024 * 1024  # the model is in memory
 
 
+def test_the_cli_shows_the_cluster_live(stack: RunningStack) -> None:
+    shown = stack.cli("cluster")
+    assert shown.returncode == 0, shown.stderr
+    worker_row = next(
+        line for line in shown.stdout.splitlines() if line.startswith("inference-worker")
+    )
+    assert "smollm2-135m-instruct" in worker_row and "GiB" in worker_row
+    assert "queued generations: " in shown.stdout
+    as_json = json.loads(stack.cli("cluster", "--json").stdout)
+    assert {w["instance"]["service"] for w in as_json["workers"]} >= {"inference-worker", "trainer"}
+
+
 async def test_inference_calls_are_audited_with_model_and_tokens(stack: RunningStack) -> None:
     token = (stack.data_dir / "secrets" / "nats.token").read_text().strip()
     nc = await nats.connect(stack.fields["nats"], token=token)

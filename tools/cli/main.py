@@ -195,6 +195,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return _print_stream(stub.Generate(request, timeout=args.timeout), args.quiet)
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Workers with their capacity, live use, slots and models; queue depth; fair share."""
+    status = _stub(args).GetClusterStatus(
+        scheduler_pb2.GetClusterStatusRequest(), timeout=args.timeout
+    )
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    rows = [("SERVICE", "INSTANCE", "CPU USED/CORES", "MEMORY USED/TOTAL", "SLOTS FREE", "MODELS")]
+    for worker in status.workers:
+        cap, use = worker.capacity, worker.in_use
+        rows.append(
+            (
+                worker.instance.service,
+                worker.instance.instance_id,
+                f"{use.cpu_millicores / 1000:.2f}/{cap.cpu_millicores / 1000:g}",
+                f"{use.memory_bytes / 2**30:.2f}/{cap.memory_bytes / 2**30:.1f} GiB",
+                f"{worker.free_slots}/{worker.slots}",
+                ",".join(worker.loaded_models) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(f"\nqueued generations: {status.queued_requests}")
+    for tenant, tokens in sorted(status.tokens_served_by_tenant.items()):
+        print(f"tokens served to {tenant}: {tokens}")
+    return EXIT_OK
+
+
 def _job_line(job: scheduler_pb2.Job) -> str:
     state = common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
     return f"{job.job_id}  {state:<10} {job.spec.name}  ({job.reason})"
@@ -443,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("logout", help="revoke and forget the session").set_defaults(run=cmd_logout)
     commands.add_parser("whoami", help="show the current identity").set_defaults(run=cmd_whoami)
     _add_admin_commands(commands)
+    cluster = commands.add_parser("cluster", help="workers, live use, queue, fair share")
+    cluster.add_argument("--json", action="store_true", help="machine-readable output")
+    cluster.set_defaults(run=cmd_cluster)
     jobs = commands.add_parser("jobs", help="list, show, cancel or watch jobs")
     jobs_actions = jobs.add_subparsers(dest="jobs_action", required=True)
     jobs_actions.add_parser("list", help="the tenant's jobs, newest first").set_defaults(
