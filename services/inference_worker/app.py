@@ -4,6 +4,9 @@ its gRPC API, with torch on the main thread's compute loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 import tempfile
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -55,6 +58,22 @@ class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type:
         return self._describe()
 
 
+log = logging.getLogger("llmos.worker")
+TRITON_CHECK_S = 2.0
+
+
+async def _watch_triton(host: EmbeddedTriton) -> None:
+    """If the embedded Triton dies, stop this worker (SIGTERM to itself) rather than keep
+    answering SERVING with nothing behind it: the supervisor (the launcher, compose,
+    Kubernetes) restarts it, and the scheduler moves work that had not started."""
+    while True:
+        await asyncio.sleep(TRITON_CHECK_S)
+        if not await asyncio.to_thread(host.alive):
+            log.error("the embedded Triton server exited; stopping this worker to be restarted")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
     """The service definition; `compute` gets the main thread."""
 
@@ -83,6 +102,9 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
         await worker.start()
         for model in options.models:
             await worker.load(model)
+        if host is not None:
+            watchdog = asyncio.create_task(_watch_triton(host), name="triton-watchdog")
+            stack.callback(watchdog.cancel)
         ctx.instance.capacity.CopyFrom(local_capacity())
         ctx.status = lambda: scheduler_pb2.WorkerStatus(
             loaded_models=worker.models,

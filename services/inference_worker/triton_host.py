@@ -89,6 +89,13 @@ class EmbeddedTriton:
             served.stop()
             self._released.add(name)
 
+    def alive(self) -> bool:
+        """Whether the tritonserver process still runs. (PyTriton's public `is_alive` also
+        asks every model, which reads False while a model is being bound; this is the
+        process check it builds on, in the pinned nvidia-pytriton 0.7.0.)"""
+        triton = self._triton
+        return triton is not None and bool(triton._is_alive_impl())
+
     def can_serve(self, name: str) -> bool:
         """False for a model this process served and released (see `_released`)."""
         return name not in self._released
