@@ -278,8 +278,7 @@ class IdentityStore:
     def accept_totp(self, user: User, code: str, now: float | None = None) -> bool:
         """True once per valid code: a code already used (or an older one) is refused."""
         totp = pyotp.TOTP(self._open(user.totp_sealed), interval=TOTP_STEP_S)
-        moment = time.time() if now is None else now
-        current = totp.timecode(_utc(moment))
+        current = totp.timecode(time.time() if now is None else now)
         for step in range(current - TOTP_WINDOW, current + TOTP_WINDOW + 1):
             if secrets.compare_digest(totp.generate_otp(step), code.strip()):
                 ttl = TOTP_STEP_S * (2 * TOTP_WINDOW + 2)
@@ -357,9 +356,3 @@ def revoked_key(jti: str) -> str:
 
 def _dump(obj: Any) -> str:
     return json.dumps(asdict(obj))
-
-
-def _utc(moment: float) -> Any:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(moment, tz=datetime.UTC)

@@ -3,6 +3,7 @@ benchmarks that need a real gateway without the whole stack."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,9 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from llmos.health import SERVING, check_health
 from llmos.oauthclient import Issuer
 from llmos.ports import free_port
 
@@ -106,19 +105,10 @@ def start_gateway(
 
 
 def _serving(address: str, ca: Path | None) -> bool:
-    channel = (
-        grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.read_bytes()))
-        if ca
-        else grpc.insecure_channel(address)
-    )
-    with channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    """The shared health check (callers here are synchronous, as `llmos.probe` is)."""
+    tls_ca = ca.read_bytes() if ca else None
+    state, _ = asyncio.run(check_health(address, timeout_s=1, tls_ca=tls_ca))
+    return state == SERVING
 
 
 def environment_without_llmos() -> dict[str, str]:
