@@ -211,3 +211,9 @@ def _advertised(listen_host: str) -> str:
 
         return socket.gethostname()
     return listen_host
+
+
+def environment_without_llmos() -> dict[str, str]:
+    """This process's environment minus LLMOS_* — for child processes, so neither a
+    developer's settings nor the service's own credentials leak into them."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}

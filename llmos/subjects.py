@@ -60,6 +60,21 @@ def worker_generate(instance_id: str) -> str:
     return f"{WORK_PREFIX}.generate.{_token(instance_id)}"
 
 
+def trainer_assign(instance_id: str) -> str:
+    """Where the scheduler hands a trainer its share of a job (request/reply)."""
+    return f"{WORK_PREFIX}.train.{_token(instance_id)}"
+
+
+def trainer_control(instance_id: str) -> str:
+    """Where the scheduler tells a trainer to preempt, cancel or abort a job."""
+    return f"{WORK_PREFIX}.trainctl.{_token(instance_id)}"
+
+
+#: trainer -> scheduler: a job attempt's progress and end (request/reply, retried)
+JOB_REPORT = "llmos.sched.jobreport"
+#: schedulers share reports and generations: one of them answers each
+SCHEDULER_QUEUE = "schedulers"
+
 #: gateway -> scheduler: queue a generation (request/reply)
 SCHEDULE_GENERATE = "llmos.sched.generate"
 #: worker -> scheduler: a leased generation started or finished

@@ -2,9 +2,8 @@
 
 The cluster view comes from the workers' heartbeats (what they offer and use, their
 slots, which models they have loaded). Jobs are checked at submit against the trainers'
-capacity and kept in Redis with their lifecycle (`services.scheduler.jobs`). Placing
-queued jobs on trainers (gang reservation, preemption) arrives with the trainer; until
-then a job waits in QUEUED, where it can be watched and cancelled.
+capacity and their configuration, kept in Redis with their lifecycle
+(`services.scheduler.jobs`) and placed on trainers by `services.scheduler.training`.
 """
 
 from __future__ import annotations
@@ -23,17 +22,24 @@ from services.scheduler.fairshare import check_class_allowed
 from services.scheduler.inference import InferenceDispatcher
 from services.scheduler.jobs import TERMINAL, JobStore, check_spec
 from services.scheduler.options import SchedulerOptions
+from services.scheduler.training import TrainingDispatcher
 from services.scheduler.workers import WorkerTable
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
     def __init__(
-        self, ctx: ServiceContext, workers: WorkerTable, inference: InferenceDispatcher
+        self,
+        ctx: ServiceContext,
+        workers: WorkerTable,
+        inference: InferenceDispatcher,
+        jobs: JobStore,
+        training: TrainingDispatcher,
     ) -> None:
         self._ctx = ctx
         self._workers = workers
         self._inference = inference
-        self._jobs = JobStore(ctx.redis, ctx.events)
+        self._jobs = jobs
+        self._training = training
         options: SchedulerOptions = ctx.options
         self._tenant_classes = options.tenant_classes
 
@@ -46,6 +52,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
         return scheduler_pb2.ClusterStatus(
             workers=self._workers.alive(),
             queued_requests=self._inference.queued(),
+            queued_jobs=await self._jobs.count_queued(),
             tokens_served_by_tenant=dict(self._inference.served_tokens()),
         )
 
@@ -54,7 +61,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
     ) -> scheduler_pb2.Job:
         priority = check_spec(request.spec, self._instances("trainer"))
         check_class_allowed(self._tenant_classes, request.tenant, priority)
-        return await self._jobs.create(request.tenant, request.owner, request.spec)
+        job = await self._jobs.create(request.tenant, request.owner, request.spec)
+        self._training.wake()
+        return job
 
     async def GetJob(
         self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext
@@ -74,7 +83,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
     ) -> scheduler_pb2.Job:
         job = await self._jobs.get(request.tenant, request.job_id)
         reason = request.reason or f"cancelled by {job.owner or 'its tenant'}"
-        return await self._jobs.move(job, common_pb2.JOB_STATE_CANCELLED, reason)
+        job = await self._jobs.move(job, common_pb2.JOB_STATE_CANCELLED, reason)
+        await self._training.cancelled(job)
+        return job
 
     async def WatchJob(
         self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext
@@ -109,7 +120,11 @@ async def attach(
     inference = InferenceDispatcher(ctx, workers, ctx.options)
     await inference.start()
     stack.push_async_callback(inference.close)
+    jobs = JobStore(ctx.redis, ctx.events)
+    training = TrainingDispatcher(ctx, workers, jobs, ctx.options)
+    await training.start()
+    stack.push_async_callback(training.close)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(
-        SchedulerServicer(ctx, workers, inference), server
+        SchedulerServicer(ctx, workers, inference, jobs, training), server
     )
     return [scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name]

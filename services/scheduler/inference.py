@@ -47,7 +47,6 @@ from services.scheduler.workers import WorkerTable
 
 log = logging.getLogger("llmos.scheduler.inference")
 
-SCHEDULER_QUEUE = "schedulers"
 DISPATCH_TIMEOUT_S = 5.0
 LOAD_TIMEOUT_S = 300.0
 TICK_S = 0.25
@@ -85,7 +84,7 @@ class InferenceDispatcher:
         self._subscriptions = [
             # a queue group: with several schedulers each generation reaches exactly one
             await nc.subscribe(
-                subjects.SCHEDULE_GENERATE, queue=SCHEDULER_QUEUE, cb=self._on_submit
+                subjects.SCHEDULE_GENERATE, queue=subjects.SCHEDULER_QUEUE, cb=self._on_submit
             ),
             await nc.subscribe(subjects.WORK_PROGRESS, cb=self._on_progress),
             await nc.subscribe(subjects.CANCEL_WORK, cb=self._on_cancel),

@@ -6,17 +6,20 @@ compare-and-set in a Lua script â€” only from the states the lifecycle allows â€
 then published as a `JobStateChanged` event on JetStream for the job's tenant.
 
 Lifecycle: QUEUED -> SCHEDULED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, and
-PREEMPTED back to QUEUED.
+PREEMPTED back to QUEUED; a job whose trainer died goes from SCHEDULED or RUNNING back to
+QUEUED and resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from llmos import subjects
@@ -30,7 +33,8 @@ from llmos.errors import (
 from llmos.events import new_event
 from llmos.messaging import EventPublisher
 from llmos.priority import PriorityClass
-from llmos.v1 import common_pb2, scheduler_pb2
+from llmos.training import TrainingConfig
+from llmos.v1 import common_pb2, events_pb2, scheduler_pb2
 
 log = logging.getLogger("llmos.scheduler.jobs")
 
@@ -43,7 +47,13 @@ TRANSITIONS: dict[int, frozenset[int]] = {
         {S.JOB_STATE_RUNNING, S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED, S.JOB_STATE_FAILED}
     ),
     S.JOB_STATE_RUNNING: frozenset(
-        {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED, S.JOB_STATE_PREEMPTED}
+        {
+            S.JOB_STATE_SUCCEEDED,
+            S.JOB_STATE_FAILED,
+            S.JOB_STATE_CANCELLED,
+            S.JOB_STATE_PREEMPTED,
+            S.JOB_STATE_QUEUED,  # its trainer died: back to the queue, from its checkpoint
+        }
     ),
     S.JOB_STATE_PREEMPTED: frozenset({S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED}),
 }
@@ -96,6 +106,7 @@ def check_spec(
     if not trainers:
         raise Unavailable("no trainer is running, so no training job can be placed; retry later")
     _check_fits(need, trainers)
+    TrainingConfig.parse(MessageToDict(spec.config), "spec.config")
     return priority
 
 
@@ -191,8 +202,33 @@ class JobStore:
         next_token = str(offset + size) if len(ids) == size else ""
         return jobs, next_token
 
-    async def move(self, job: scheduler_pb2.Job, to: int, reason: str) -> scheduler_pb2.Job:
-        """Move `job` to state `to` if the lifecycle allows it from its current state."""
+    async def active(self) -> builtins.list[scheduler_pb2.Job]:
+        """Every job not yet ended (queued, scheduled, running or preempted)."""
+        ids = sorted(i.decode() for i in await self._redis.smembers(f"{PREFIX}active"))  # type: ignore[misc]
+        jobs = []
+        for job_id in ids:
+            raw = await self._redis.hget(_key(job_id), "data")  # type: ignore[misc]
+            if raw is not None:
+                jobs.append(scheduler_pb2.Job.FromString(raw))
+        return jobs
+
+    async def count_queued(self) -> int:
+        return sum(j.state == S.JOB_STATE_QUEUED for j in await self.active())
+
+    async def current(self, job_id: str) -> scheduler_pb2.Job | None:
+        """The job as stored now, whoever owns it (for the scheduler's own use)."""
+        raw = await self._redis.hget(_key(job_id), "data")  # type: ignore[misc]
+        return None if raw is None else scheduler_pb2.Job.FromString(raw)
+
+    async def move(
+        self,
+        job: scheduler_pb2.Job,
+        to: int,
+        reason: str,
+        placement: Sequence[scheduler_pb2.Placement] = (),
+    ) -> scheduler_pb2.Job:
+        """Move `job` to state `to` if the lifecycle allows it from its current state.
+        SCHEDULED starts a new attempt on `placement`; QUEUED forgets the placement."""
         allowed_from = [s for s, targets in TRANSITIONS.items() if to in targets]
         updated = scheduler_pb2.Job()
         updated.CopyFrom(job)
@@ -202,21 +238,46 @@ class JobStore:
         updated.updated_at.CopyFrom(_now())
         if to == S.JOB_STATE_SCHEDULED:
             updated.attempt += 1
+            del updated.placement[:]
+            updated.placement.extend(placement)
+        elif to == S.JOB_STATE_QUEUED:
+            del updated.placement[:]
+        await self._write(updated, allowed_from)
+        if to in TERMINAL:
+            await self._redis.srem(f"{PREFIX}active", job.job_id)  # type: ignore[misc]
+        await self._announce(updated, previous)
+        return updated
+
+    async def record_progress(
+        self, job: scheduler_pb2.Job, report: scheduler_pb2.JobReport
+    ) -> scheduler_pb2.Job:
+        """Keep a running attempt's latest progress and checkpoint, and publish them."""
+        updated = scheduler_pb2.Job()
+        updated.CopyFrom(job)
+        updated.progress.CopyFrom(report.progress)
+        updated.checkpoint_step = max(job.checkpoint_step, report.checkpoint_step)
+        updated.updated_at.CopyFrom(_now())
+        await self._write(updated, [job.state])
+        event = new_event("scheduler", tenant=job.tenant)
+        event.job_progress.job_id = job.job_id
+        event.job_progress.attempt = job.attempt
+        event.job_progress.progress.CopyFrom(report.progress)
+        event.job_progress.checkpoint_step = updated.checkpoint_step
+        await self._publish(job.job_id, event)
+        return updated
+
+    async def _write(self, job: scheduler_pb2.Job, allowed_from: Sequence[int]) -> None:
+        """Store `job` if its stored state is one of `allowed_from` (compare-and-set)."""
         answer = await self._transition(
-            keys=[_key(job.job_id)],
-            args=[to, updated.SerializeToString(), *allowed_from],
+            keys=[_key(job.job_id)], args=[job.state, job.SerializeToString(), *allowed_from]
         )
         if answer == -1:
             raise NotFound(f"job {job.job_id!r} does not exist")
         if answer != 1:
             raise FailedPrecondition(
                 f"job {job.job_id!r} is {state_name(int(answer))}; it cannot become "
-                f"{state_name(to)}"
+                f"{state_name(job.state)}"
             )
-        if to in TERMINAL:
-            await self._redis.srem(f"{PREFIX}active", job.job_id)  # type: ignore[misc]
-        await self._announce(updated, previous)
-        return updated
 
     async def _announce(self, job: scheduler_pb2.Job, previous: int) -> None:
         """Publish the change; the state in Redis is the truth if NATS is down."""
@@ -226,12 +287,13 @@ class JobStore:
         change.previous = previous  # type: ignore[assignment]
         change.current = job.state
         change.reason = job.reason
+        await self._publish(job.job_id, event)
+
+    async def _publish(self, job_id: str, event: events_pb2.Event) -> None:
         try:
-            await self._events.publish(subjects.job_event(job.job_id), event)
+            await self._events.publish(subjects.job_event(job_id), event)
         except Exception as exc:
-            log.warning(
-                "could not publish a job event", extra={"job": job.job_id, "error": str(exc)}
-            )
+            log.warning("could not publish a job event", extra={"job": job_id, "error": str(exc)})
 
 
 def _key(job_id: str) -> str:

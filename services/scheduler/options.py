@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from llmos.config import EnvReader
 from llmos.errors import InvalidArgument
 from llmos.priority import PriorityClass
+from services.scheduler.capacity import Reservation
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,15 @@ class SchedulerOptions:
     #: after start, how long to wait for workers' heartbeats before refusing a model as
     #: unknown (a restarted scheduler must not refuse work its workers can do)
     worker_warmup_s: float = 10.0
+    #: trainer process slots kept for a tenant or a class (and the classes above it)
+    job_reservations: tuple[Reservation, ...] = ()
+    #: a job blocked this long stops lower- and equal-class jobs from starting before it
+    backfill_limit_s: float = 600.0
 
 
 def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
-    """LLMOS_TENANT_CLASSES: `tenant=class+class,tenant=class`, e.g. `free=normal+batch`."""
+    """LLMOS_TENANT_CLASSES: `tenant=class+class,tenant=class`, e.g. `free=normal+batch`;
+    LLMOS_JOB_RESERVATIONS: `tenant:lab-a=4,class:high=2` (trainer process slots)."""
     classes: dict[str, set[PriorityClass]] = {}
     for entry in filter(None, (e.strip() for e in env.text("TENANT_CLASSES", "").split(","))):
         tenant, sep, names = entry.partition("=")
@@ -35,10 +41,34 @@ def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
             classes[tenant.strip()] = {PriorityClass.parse(n) for n in names.split("+") if n}
         except InvalidArgument as exc:
             env.errors.append(f"LLMOS_TENANT_CLASSES: {exc.reason}")
+    reservations = []
+    for entry in filter(None, (e.strip() for e in env.text("JOB_RESERVATIONS", "").split(","))):
+        try:
+            reservations.append(_reservation(entry))
+        except (InvalidArgument, ValueError):
+            env.errors.append(
+                f"LLMOS_JOB_RESERVATIONS: {entry!r} is not tenant:NAME=SLOTS or class:NAME=SLOTS"
+            )
     return SchedulerOptions(
         tenant_classes=classes,
         queue_capacity=env.integer("QUEUE_CAPACITY", 1000, minimum=1, maximum=1_000_000),
         critical_headroom=env.integer("CRITICAL_HEADROOM", 0, minimum=0, maximum=100_000),
         unserved_timeout_s=env.number("UNSERVED_TIMEOUT_S", 30.0, minimum=0.1, maximum=86_400),
         worker_warmup_s=env.number("WORKER_WARMUP_S", 10.0, minimum=0.0, maximum=3600),
+        job_reservations=tuple(reservations),
+        backfill_limit_s=env.number("JOB_BACKFILL_LIMIT_S", 600.0, minimum=0.0, maximum=86_400),
     )
+
+
+def _reservation(entry: str) -> Reservation:
+    """`tenant:lab-a=4` or `class:high=2` (process slots on trainers)."""
+    target, _, slots = entry.partition("=")
+    kind, _, name = target.partition(":")
+    count = int(slots)
+    if count < 1 or not name.strip():
+        raise ValueError(entry)
+    if kind.strip() == "tenant":
+        return Reservation(count, tenant=name.strip())
+    if kind.strip() == "class":
+        return Reservation(count, priority=PriorityClass.parse(name.strip()))
+    raise ValueError(entry)

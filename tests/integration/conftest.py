@@ -19,9 +19,10 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from llmos.config import environment_without_llmos
 from llmos.v1 import audit_pb2
 from tests.conftest import ROOT
-from tools.devstack.gateway_process import GatewayProcess, environment_without_llmos, start_gateway
+from tools.devstack.gateway_process import GatewayProcess, start_gateway
 from tools.devstack.infra import NatsServer, RedisServer, start_redis
 
 

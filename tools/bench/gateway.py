@@ -22,14 +22,10 @@ from typing import Any
 
 import grpc
 
+from llmos.config import environment_without_llmos
 from llmos.ports import free_port
 from llmos.v1 import gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from tools.devstack.gateway_process import (
-    GatewayProcess,
-    bearer,
-    environment_without_llmos,
-    start_gateway,
-)
+from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
 from tools.devstack.infra import start_nats, start_redis, terminate
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -111,6 +110,3 @@ def _serving(address: str, ca: Path | None) -> bool:
     return state == SERVING
 
 
-def environment_without_llmos() -> dict[str, str]:
-    """This process's environment minus LLMOS_* (so a developer's settings cannot leak in)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
