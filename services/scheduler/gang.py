@@ -139,13 +139,21 @@ def victims_for(
     request: GangRequest,
     trainers: dict[str, common_pb2.Resources],
     holdings: Sequence[Holding],
+    preemptible: set[str],
     reservations: Sequence[Reservation] = (),
 ) -> list[Holding] | None:
-    """The fewest lower-priority jobs whose preemption lets `request` fit, taking the
-    lowest classes first and, within a class, the most recently started (it loses the
-    least work); None if even preempting every lower-priority job would not make room."""
+    """The fewest lower-priority jobs (among `preemptible`) whose preemption lets `request`
+    fit, taking the lowest classes first and, within a class, the most recently started
+    (it loses the least work); [] if it fits already (once jobs being preempted are gone:
+    leave them out of `holdings`); None if preempting could not make room."""
+    if TrainerPool(trainers, holdings, reservations).place(request) is not None:
+        return []
     candidates = sorted(
-        (h for h in holdings if h.request.priority > request.priority),
+        (
+            h
+            for h in holdings
+            if h.request.job_id in preemptible and h.request.priority > request.priority
+        ),
         key=lambda h: (-h.request.priority, -h.started),
     )
     chosen: list[Holding] = []
@@ -153,5 +161,10 @@ def victims_for(
         chosen.append(candidate)
         remaining = [h for h in holdings if h not in chosen]
         if TrainerPool(trainers, remaining, reservations).place(request) is not None:
+            # drop any earlier pick the later ones made unnecessary
+            for extra in list(chosen[:-1]):
+                trial = [h for h in holdings if h not in chosen or h is extra]
+                if TrainerPool(trainers, trial, reservations).place(request) is not None:
+                    chosen.remove(extra)
             return chosen
     return None

@@ -240,6 +240,8 @@ class JobStore:
             updated.attempt += 1
             del updated.placement[:]
             updated.placement.extend(placement)
+            updated.ClearField("progress")  # the new attempt reports its own
+            updated.scheduled_at.CopyFrom(updated.updated_at)
         elif to == S.JOB_STATE_QUEUED:
             del updated.placement[:]
         await self._write(updated, allowed_from)

@@ -28,7 +28,7 @@ import time
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError, TimeoutError
+from nats.errors import NoRespondersError
 
 from llmos import subjects
 from llmos.errors import LLMOSError
@@ -73,7 +73,7 @@ def holding_of(job: scheduler_pb2.Job) -> Holding:
     return Holding(
         request_of(job),
         tuple((p.instance_id, p.processes) for p in job.placement),
-        started=job.updated_at.seconds + job.updated_at.nanos / 1e9,
+        started=job.scheduled_at.seconds + job.scheduled_at.nanos / 1e9,
     )
 
 
@@ -180,6 +180,10 @@ class TrainingDispatcher:
                 j.created_at.nanos,
             )
         )
+        by_id = {j.job_id: j for j in holding}
+        running_ids = {j.job_id for j in holding if j.state == S.JOB_STATE_RUNNING}
+        for gone in set(self._preempting) - running_ids:  # it stopped (or ended)
+            del self._preempting[gone]
         barrier: PriorityClass | None = None  # jobs of this class or lower wait
         for job in queued:
             request = request_of(job)
@@ -190,13 +194,19 @@ class TrainingDispatcher:
                 await self._assign(job, placement)
                 held_by_tenant[job.tenant] = held_by_tenant.get(job.tenant, 0) + request.processes
                 continue
-            running = [holding_of(j) for j in holding if j.state == S.JOB_STATE_RUNNING]
-            victims = victims_for(request, capacity, running, self._options.job_reservations)
+            # jobs already told to make room count as gone; the others may be chosen
+            leaving = [h for h in pool.holdings if h.request.job_id in self._preempting]
+            staying = [h for h in pool.holdings if h not in leaving]
+            victims = victims_for(
+                request, capacity, staying, running_ids - set(self._preempting),
+                self._options.job_reservations,
+            )  # fmt: skip
             waited = time.time() - job.updated_at.seconds
-            if victims:
-                by_id = {j.job_id: j for j in holding}
+            if victims is not None:  # room is being made: wait for it
                 for victim in victims:
                     await self._preempt(by_id[victim.request.job_id], job)
+                for holding_job in leaving:
+                    await self._preempt(by_id[holding_job.request.job_id], job, resend=True)
                 barrier = request.priority
             elif waited > self._options.backfill_limit_s:
                 barrier = request.priority
@@ -270,9 +280,15 @@ class TrainingDispatcher:
             extra={"job": job.job_id, "attempt": job.attempt, "placement": str(placement)},
         )
 
-    async def _preempt(self, victim: scheduler_pb2.Job, winner: scheduler_pb2.Job) -> None:
+    async def _preempt(
+        self, victim: scheduler_pb2.Job, winner: scheduler_pb2.Job, resend: bool = False
+    ) -> None:
+        """Tell `victim` to checkpoint and stop; repeated now and then in case the word
+        was lost (the trainer ignores repeats)."""
         now = time.monotonic()
-        if now - self._preempting.get(victim.job_id, -PREEMPT_RESEND_S) < PREEMPT_RESEND_S:
+        if victim.job_id in self._preempting and (
+            not resend or now - self._preempting[victim.job_id] < PREEMPT_RESEND_S
+        ):
             return
         self._preempting[victim.job_id] = now
         priority = PriorityClass.parse(winner.spec.priority).name.lower()

@@ -36,7 +36,7 @@ from google.protobuf.json_format import MessageToDict
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError, TimeoutError
+from nats.errors import NoRespondersError
 
 from llmos import subjects
 from llmos.config import environment_without_llmos
@@ -323,13 +323,19 @@ class JobRunner:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """On shutdown: preempt every job (checkpoint first) and report it, so the
-        scheduler requeues it at once instead of waiting for the lease to lapse."""
+        """On shutdown: preempt every job (it checkpoints first) and report it, so the
+        scheduler requeues it at once; if no scheduler answers within a few seconds the
+        job's lease lapses instead, with the same outcome."""
         for subscription in self._subscriptions:
             await subscription.unsubscribe()
         for attempt in list(self._attempts.values()):
             self._request(attempt, "preempt", "its trainer is shutting down")
+        exits = [
+            asyncio.ensure_future(a.process.wait()) for a in self._attempts.values() if a.process
+        ]
+        if exits:
+            await asyncio.wait(exits, timeout=self._grace)
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self._grace + REPORT_TIMEOUT_S)
+            await asyncio.wait(list(self._tasks), timeout=REPORT_TIMEOUT_S)
         for task in list(self._tasks):
             task.cancel()

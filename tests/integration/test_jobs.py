@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import nats
 import pytest
+from google.protobuf.struct_pb2 import Struct
 
 from llmos import subjects
 from llmos.v1 import (
@@ -63,11 +64,16 @@ def _spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def _spec(**overrides: object) -> scheduler_pb2.JobSpec:
+    """A job that stays QUEUED: its 2 processes fit the trainer, but 1 of the trainer's 2
+    slots is reserved for another tenant (training itself is tested in test_training_jobs)."""
+    config = Struct()
+    config.update({"steps": 1_000_000, "text": "to be or not to be " * 50, "seq_len": 16})
     spec = scheduler_pb2.JobSpec(
         name="fine-tune",
         kind="training",
         priority=common_pb2.PRIORITY_NORMAL,
-        resources=common_pb2.Resources(cpu_millicores=500, memory_bytes=1 << 28, processes=1),
+        resources=common_pb2.Resources(cpu_millicores=500, memory_bytes=1 << 28, processes=2),
+        config=config,
     )
     for key, value in overrides.items():
         if key == "resources":
@@ -102,6 +108,8 @@ def cluster(
         "LLMOS_DATA_DIR": str(data_dir),
         "LLMOS_TENANT_CLASSES": "lab-limited=batch",
         "LLMOS_WORKER_WARMUP_S": "0",
+        "LLMOS_TRAINER_PROCESSES": "2",
+        "LLMOS_JOB_RESERVATIONS": "tenant:reserved-lab=1",
     }
     scheduler, trainer = _spawn("services.scheduler", env), _spawn("services.trainer", env)
     gateway = start_gateway(env, data_dir)
@@ -132,7 +140,7 @@ def cluster(
         gateway.stop()
         if running is not None:
             scheduler = running.scheduler  # a test may have replaced it
-        for proc in (scheduler, trainer):
+        for proc in (trainer, scheduler):  # the trainer reports its jobs' end first
             proc.terminate()
             proc.wait(30)
 
@@ -261,36 +269,47 @@ def test_a_class_the_tenant_may_not_use_is_refused(cluster: JobCluster) -> None:
 def test_watchers_and_subscribers_see_every_state_change(cluster: JobCluster) -> None:
     channel, stub = cluster.stub()
     mine = bearer(cluster.tokens["lab-a"])
+    runnable = _spec(resources=common_pb2.Resources(processes=1))
     with channel:
-        job = stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=_spec()), metadata=mine)
-        seen: list[int] = []
-        events: list[int] = []
-
-        def watch() -> None:
-            for update in stub.WatchJob(
-                scheduler_pb2.GetJobRequest(job_id=job.job_id), metadata=mine, timeout=30
-            ):
-                seen.append(update.state)
+        changes: list[tuple[str, int]] = []
+        subscribed = threading.Event()
 
         def subscribe() -> None:
             stream = stub.SubscribeEvents(
-                gateway_pb2.SubscribeEventsRequest(kinds=["job"]), metadata=mine, timeout=30
+                gateway_pb2.SubscribeEventsRequest(kinds=["job"]), metadata=mine, timeout=60
             )
+            subscribed.set()
             for event in stream:
-                if event.job_state_changed.job_id == job.job_id:
-                    events.append(event.job_state_changed.current)
-                    break
+                change = event.job_state_changed
+                if event.HasField("job_state_changed"):
+                    changes.append((change.job_id, change.current))
+                    if change.current == S.JOB_STATE_CANCELLED:
+                        break
             stream.cancel()
 
-        threads = [threading.Thread(target=watch), threading.Thread(target=subscribe)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.0)  # both streams are open
-        stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job.job_id), metadata=mine)
-        for thread in threads:
-            thread.join(30)
-    assert seen == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]  # and the watch ended
-    assert events == [S.JOB_STATE_CANCELLED]
+        listener = threading.Thread(target=subscribe)
+        listener.start()
+        subscribed.wait(10)
+        time.sleep(1.0)  # the subscription is open on the gateway
+        job = stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=runnable), metadata=mine)
+        seen: list[int] = []
+        cancelled: list[str] = []
+        for update in stub.WatchJob(
+            scheduler_pb2.GetJobRequest(job_id=job.job_id), metadata=mine, timeout=60
+        ):
+            if not seen or seen[-1] != update.state:
+                seen.append(update.state)
+            if update.state == S.JOB_STATE_RUNNING and update.progress.step > 0 and not cancelled:
+                cancelled.append(job.job_id)
+                stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job.job_id), metadata=mine)
+        listener.join(60)
+    # the watch starts from the job as it is (it may already be placed) and then sees
+    # every change until the end; the subscription, opened first, sees all of them
+    everything: list[int] = [
+        S.JOB_STATE_QUEUED, S.JOB_STATE_SCHEDULED, S.JOB_STATE_RUNNING, S.JOB_STATE_CANCELLED
+    ]  # fmt: skip
+    assert seen == everything[everything.index(seen[0]) :]
+    assert [state for job_id, state in changes if job_id == job.job_id] == everything
 
 
 def test_a_scheduler_killed_mid_load_forgets_no_job(cluster: JobCluster) -> None:

@@ -90,18 +90,43 @@ def test_preemption_takes_the_fewest_lowest_and_newest_jobs() -> None:
         Holding(job("normal", priority=P.NORMAL), (("b", 1),), started=3.0),
         Holding(job("high", priority=P.HIGH), (("b", 1),), started=4.0),
     ]
-    chosen = victims_for(job("urgent", priority=P.HIGH), trainers, running)
+    everyone = {h.request.job_id for h in running}
+    chosen = victims_for(job("urgent", priority=P.HIGH), trainers, running, everyone)
     assert [v.request.job_id for v in chosen or []] == ["batch-new"]
-    chosen = victims_for(job("pair", processes=2, priority=P.HIGH), trainers, running)
+    chosen = victims_for(job("pair", processes=2, priority=P.HIGH), trainers, running, everyone)
     assert [v.request.job_id for v in chosen or []] == ["batch-new", "batch-old"]
+
+
+def test_jobs_already_leaving_are_waited_for_not_joined_by_new_victims() -> None:
+    trainers = {"a": trainer()}
+    leaving = Holding(job("going", priority=P.BATCH), (("a", 1),), started=1.0)
+    staying = Holding(job("newer", priority=P.BATCH), (("a", 1),), started=2.0)
+    urgent = job("urgent", priority=P.HIGH)
+    chosen = victims_for(urgent, trainers, [leaving, staying], {"going", "newer"})
+    assert [v.request.job_id for v in chosen or []] == ["newer"]
+    # once "going" was told to stop it is left out: the request fits -> wait, pick no one
+    assert victims_for(urgent, trainers, [staying], {"newer"}) == []
+
+
+def test_a_pick_made_unnecessary_by_a_later_one_is_dropped() -> None:
+    trainers = {"a": trainer(), "b": trainer()}
+    running = [
+        Holding(job("small", priority=P.BATCH), (("a", 1),), started=9.0),  # newest
+        Holding(job("wide", processes=2, priority=P.BATCH), (("b", 2),), started=1.0),
+        Holding(job("normal"), (("a", 1),), started=5.0),
+    ]
+    ids = {h.request.job_id for h in running}
+    chosen = victims_for(job("pair", processes=2, priority=P.HIGH), trainers, running, ids)
+    assert [v.request.job_id for v in chosen or []] == ["wide"]
 
 
 def test_no_preemption_of_equal_or_higher_classes_or_when_it_would_not_help() -> None:
     trainers = {"a": trainer()}
     running = [Holding(job("n1"), (("a", 1),)), Holding(job("n2"), (("a", 1),))]
-    assert victims_for(job("peer"), trainers, running) is None
+    assert victims_for(job("peer"), trainers, running, {"n1", "n2"}) is None
     mixed = [
         Holding(job("b", priority=P.BATCH), (("a", 1),)),
         Holding(job("h", priority=P.HIGH), (("a", 1),)),
     ]
-    assert victims_for(job("big", processes=2, priority=P.HIGH), trainers, mixed) is None
+    big = job("big", processes=2, priority=P.HIGH)
+    assert victims_for(big, trainers, mixed, {"b", "h"}) is None

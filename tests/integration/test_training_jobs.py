@@ -1,0 +1,411 @@
+"""Training jobs on real trainers: a job runs to success with progress; a gang is placed
+whole or not at all (spanning two trainers under torchrun); a reservation is honoured; a
+higher-priority job preempts a lower one, which checkpoints, is requeued and resumes; and
+kill -9 of a trainer or of the scheduler loses no job. Real scheduler and trainer
+processes (each offering 2 process slots) on real NATS and Redis, driven through the
+scheduler's API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+import nats.errors
+import pytest
+from google.protobuf.struct_pb2 import Struct
+from nats.js.api import DeliverPolicy
+
+from llmos import subjects
+from llmos.ports import free_port
+from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc
+from tests.conftest import ROOT
+from tests.integration.conftest import gateway_env
+from tools.devstack.infra import NatsServer, RedisServer
+
+S = common_pb2.JobState
+TEXT = (ROOT / "README.md").read_text()
+RESERVED_TENANT = "lab-r"  # 1 trainer slot is reserved for it
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    logs: Path
+    address: str
+    scheduler: subprocess.Popen[bytes]
+    trainers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def spawn(self, module: str, **extra: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{module}-{time.monotonic_ns()}.log").open("wb")
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            cwd=ROOT,
+            env={**self.env, **extra},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def start_scheduler(self) -> None:
+        self.scheduler = self.spawn("services.scheduler", LLMOS_LISTEN_ADDR=self.address)
+
+    def start_trainer(self) -> subprocess.Popen[bytes]:
+        trainer = self.spawn("services.trainer", LLMOS_LISTEN_ADDR="127.0.0.1:0")
+        self.trainers.append(trainer)
+        return trainer
+
+    def stub(self) -> scheduler_pb2_grpc.SchedulerStub:
+        return scheduler_pb2_grpc.SchedulerStub(grpc.insecure_channel(self.address))
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except grpc.RpcError:
+            value = None  # the scheduler is restarting
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trainers_alive(stub: scheduler_pb2_grpc.SchedulerStub) -> list[scheduler_pb2.WorkerStatus]:
+    status = stub.GetClusterStatus(scheduler_pb2.GetClusterStatusRequest(), timeout=5)
+    return [w for w in status.workers if w.instance.service == "trainer"]
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    nats_server: NatsServer, own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    data_dir = tmp_path_factory.mktemp("training")
+    env = {
+        **gateway_env(nats_server, own_redis),
+        "LLMOS_DATA_DIR": str(data_dir / "data"),
+        "LLMOS_TRAINER_PROCESSES": "2",
+        "LLMOS_TRAINER_STOP_GRACE_S": "20",
+        "LLMOS_WORKER_WARMUP_S": "0",
+        "LLMOS_JOB_RESERVATIONS": f"tenant:{RESERVED_TENANT}=1",
+    }
+    logs = data_dir / "logs"
+    logs.mkdir()
+    cluster = Cluster(env, logs, f"127.0.0.1:{free_port()}", None)  # type: ignore[arg-type]
+    cluster.start_scheduler()
+    try:
+        cluster.start_trainer()
+        cluster.start_trainer()
+        stub = cluster.stub()
+        wait_for("two trainers", lambda: len(trainers_alive(stub)) == 2)
+        yield cluster
+    finally:
+        for proc in (*cluster.trainers, cluster.scheduler):  # trainers report first
+            proc.terminate()
+        for proc in (*cluster.trainers, cluster.scheduler):
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def spec(
+    steps: int,
+    processes: int = 1,
+    priority: int = common_pb2.PRIORITY_NORMAL,
+    checkpoint_every: int = 10,
+    **config: Any,
+) -> scheduler_pb2.JobSpec:
+    settings = Struct()
+    settings.update(
+        {"steps": steps, "batch_size": 2, "seq_len": 32, "checkpoint_every": checkpoint_every,
+         "eval_every": 20, "warmup_steps": 0, "text": TEXT, **config}
+    )  # fmt: skip
+    return scheduler_pb2.JobSpec(
+        name="test-job",
+        kind="training",
+        priority=priority,  # type: ignore[arg-type]
+        resources=common_pb2.Resources(
+            cpu_millicores=1000, memory_bytes=256 << 20, processes=processes
+        ),
+        config=settings,
+    )
+
+
+def submit(
+    stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, job_spec: scheduler_pb2.JobSpec
+) -> str:
+    request = scheduler_pb2.SubmitJobRequest(tenant=tenant, owner="tester", spec=job_spec)
+    return str(stub.SubmitJob(request, timeout=10).job_id)
+
+
+def get(stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, job_id: str) -> scheduler_pb2.Job:
+    job: scheduler_pb2.Job = stub.GetJob(
+        scheduler_pb2.GetJobRequest(tenant=tenant, job_id=job_id), timeout=5
+    )
+    return job
+
+
+def wait_state(
+    stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, job_id: str, *states: int,
+    timeout: float = 90,
+) -> scheduler_pb2.Job:  # fmt: skip
+    names = "/".join(S.Name(s) for s in states)
+    job: scheduler_pb2.Job = wait_for(
+        f"{job_id} to be {names}",
+        lambda: (now := get(stub, tenant, job_id)).state in states and now,
+        timeout,
+    )
+    return job
+
+
+def cancel_all(stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, ids: list[str]) -> None:
+    for job_id in ids:
+        if get(stub, tenant, job_id).state not in (
+            S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED
+        ):  # fmt: skip
+            stub.CancelJob(scheduler_pb2.CancelJobRequest(tenant=tenant, job_id=job_id))
+    # the trainers have let go of their slots
+    wait_for(
+        "trainers to stop the cancelled jobs",
+        lambda: (
+            not any(
+                running.partition("@")[0] in ids
+                for w in trainers_alive(stub)
+                for running in w.running_jobs
+            )
+        ),
+        timeout=60,
+    )
+
+
+def checkpointed(
+    stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, job_id: str, step: int
+) -> bool:
+    return get(stub, tenant, job_id).checkpoint_step >= step
+
+
+async def job_events(nats_url: str, job_id: str) -> list[events_pb2.Event]:
+    """Every event JetStream kept for the job, in order."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        subscription = await js.subscribe(
+            subjects.job_event(job_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        found: list[events_pb2.Event] = []
+        while True:
+            try:
+                msg = await subscription.next_msg(timeout=2)
+            except nats.errors.TimeoutError:
+                return found
+            found.append(events_pb2.Event.FromString(msg.data))
+    finally:
+        await nc.close()
+
+
+async def test_a_job_runs_to_success_with_every_transition_and_its_progress_published(
+    cluster: Cluster, nats_server: NatsServer
+) -> None:
+    stub = cluster.stub()
+    job_id = submit(stub, "lab-a", spec(steps=400, checkpoint_every=100))
+    watched = await asyncio.to_thread(
+        lambda: list(
+            stub.WatchJob(scheduler_pb2.GetJobRequest(tenant="lab-a", job_id=job_id), timeout=120)
+        )
+    )
+    final = watched[-1]
+    assert final.state == S.JOB_STATE_SUCCEEDED, final.reason
+    assert any(0 < u.progress.step < 400 for u in watched), "WatchJob streamed no progress"
+    assert final.reason == "training finished" and final.attempt == 1
+    assert final.checkpoint_step == 400 and final.progress.step == 400
+    assert 0 < final.progress.val_loss < 5.5 and final.progress.tokens_per_s > 0
+    assert len(final.placement) == 1 and final.placement[0].processes == 1
+    events = await job_events(nats_server.url, job_id)
+    changes = [e.job_state_changed.current for e in events if e.HasField("job_state_changed")]
+    assert changes == [
+        S.JOB_STATE_QUEUED, S.JOB_STATE_SCHEDULED, S.JOB_STATE_RUNNING, S.JOB_STATE_SUCCEEDED
+    ]  # fmt: skip
+    steps = [e.job_progress.progress.step for e in events if e.HasField("job_progress")]
+    assert steps and steps == sorted(steps) and steps[-1] == 400
+    assert all(e.tenant == "lab-a" for e in events)
+
+
+def test_a_gang_runs_whole_or_not_at_all(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    holder = submit(stub, "lab-a", spec(steps=1_000_000, processes=2))
+    wait_state(stub, "lab-a", holder, S.JOB_STATE_RUNNING)
+    # 2 of the 4 slots are taken and 1 is reserved for lab-r: a 3-process gang must wait
+    gang = submit(stub, "lab-a", spec(steps=12, processes=3))
+    time.sleep(3)
+    assert get(stub, "lab-a", gang).state == S.JOB_STATE_QUEUED
+    running = {j for w in trainers_alive(stub) for j in w.running_jobs}
+    assert not any(j.startswith(gang) for j in running)  # no part of it started
+    stub.CancelJob(scheduler_pb2.CancelJobRequest(tenant="lab-a", job_id=holder))
+    done = wait_state(stub, "lab-a", gang, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, timeout=180)
+    assert done.state == S.JOB_STATE_SUCCEEDED, done.reason
+    assert sorted(p.processes for p in done.placement) == [1, 2]  # spread over both
+    assert len({p.instance_id for p in done.placement}) == 2
+    assert done.checkpoint_step == 12
+    cancel_all(stub, "lab-a", [holder])
+
+
+def test_a_reservation_is_honoured(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    others = [submit(stub, "lab-a", spec(steps=1_000_000)) for _ in range(4)]
+    wait_for(
+        "three of lab-a's jobs to run",
+        lambda: sum(get(stub, "lab-a", j).state == S.JOB_STATE_RUNNING for j in others) == 3,
+    )
+    time.sleep(2)
+    states = [get(stub, "lab-a", j).state for j in others]
+    assert states.count(S.JOB_STATE_QUEUED) == 1  # the reserved slot stays free for lab-r
+    reserved = submit(stub, RESERVED_TENANT, spec(steps=1_000_000))
+    wait_state(stub, RESERVED_TENANT, reserved, S.JOB_STATE_RUNNING, timeout=30)
+    assert [get(stub, "lab-a", j).state for j in others].count(S.JOB_STATE_QUEUED) == 1
+    cancel_all(stub, RESERVED_TENANT, [reserved])
+    cancel_all(stub, "lab-a", others)
+
+
+def test_a_higher_priority_job_preempts_a_lower_one_which_checkpoints_and_resumes(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.stub()
+    batch = [
+        submit(stub, "lab-a", spec(steps=1_000_000, priority=common_pb2.PRIORITY_BATCH))
+        for _ in range(3)
+    ]
+    for job_id in batch:  # all usable slots are busy and every job has checkpointed
+        wait_for(f"{job_id} to checkpoint", partial(checkpointed, stub, "lab-a", job_id, 60))
+    urgent = submit(stub, "lab-a", spec(steps=30, priority=common_pb2.PRIORITY_HIGH))
+    done = wait_state(stub, "lab-a", urgent, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED)
+    assert done.state == S.JOB_STATE_SUCCEEDED, done.reason
+    preempted = [j for j in batch if get(stub, "lab-a", j).attempt >= 2]
+    assert len(preempted) == 1, "exactly one batch job should have made room"
+    victim = preempted[0]
+    saved = get(stub, "lab-a", victim).checkpoint_step
+    assert saved >= 60  # it checkpointed before it stopped
+    job = wait_for(
+        "the preempted job to run again",
+        lambda: (
+            (j := get(stub, "lab-a", victim)).state == S.JOB_STATE_RUNNING
+            and j.progress.step > 0
+            and j
+        ),
+    )
+    assert job.attempt == 2
+    # its first report after the restart is past the checkpoint: it resumed from there
+    assert job.progress.step > saved
+    others = [j for j in batch if j != victim]
+    assert all(get(stub, "lab-a", j).attempt == 1 for j in others)  # nobody else was touched
+    cancel_all(stub, "lab-a", batch)
+
+
+def test_preemption_is_seen_as_preempted_then_queued(cluster: Cluster) -> None:
+    """The lifecycle events of a preemption, in order, with the sentence saying why."""
+    stub = cluster.stub()
+    batch = [
+        submit(stub, "lab-b", spec(steps=1_000_000, priority=common_pb2.PRIORITY_BATCH))
+        for _ in range(3)
+    ]
+    for job_id in batch:
+        wait_state(stub, "lab-b", job_id, S.JOB_STATE_RUNNING)
+    seen: dict[str, list[tuple[int, str]]] = {j: [] for j in batch}
+
+    def watch(job_id: str) -> None:
+        request = scheduler_pb2.GetJobRequest(tenant="lab-b", job_id=job_id)
+        try:
+            for update in stub.WatchJob(request, timeout=60):
+                seen[job_id].append((update.state, update.reason))
+                if update.attempt >= 2 and update.state == S.JOB_STATE_RUNNING:
+                    return
+        except grpc.RpcError:
+            pass
+
+    threads = [threading.Thread(target=watch, args=(j,), daemon=True) for j in batch]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)
+    urgent = submit(stub, "lab-b", spec(steps=10, priority=common_pb2.PRIORITY_CRITICAL))
+    wait_state(stub, "lab-b", urgent, S.JOB_STATE_SUCCEEDED)
+    for thread in threads:
+        thread.join(60)
+    victims = [
+        j for j, updates in seen.items() if any(s == S.JOB_STATE_PREEMPTED for s, _ in updates)
+    ]
+    assert len(victims) == 1
+    states = [s for s, _ in seen[victims[0]]]
+    at = states.index(S.JOB_STATE_PREEMPTED)
+    assert states[at + 1] == S.JOB_STATE_QUEUED
+    reason = dict(seen[victims[0]])[S.JOB_STATE_PREEMPTED]
+    assert f"preempted for critical job {urgent}; checkpointed at step" in reason
+    cancel_all(stub, "lab-b", batch)
+
+
+def test_a_trainer_killed_mid_job_loses_no_work(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    job_id = submit(stub, "lab-a", spec(steps=600, checkpoint_every=20))
+    job = wait_for(
+        "a checkpoint", lambda: (j := get(stub, "lab-a", job_id)).checkpoint_step >= 40 and j
+    )
+    assert job.state == S.JOB_STATE_RUNNING
+    victim_id = job.placement[0].instance_id
+    victim = next(
+        p for p in cluster.trainers
+        if any(w.instance.pid == p.pid and w.instance.instance_id == victim_id
+               for w in trainers_alive(stub))
+    )  # fmt: skip
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(10)
+    cluster.trainers.remove(victim)
+    requeued = wait_for(
+        "the job to be handed back",
+        lambda: (j := get(stub, "lab-a", job_id)).attempt >= 2 and j,
+    )
+    assert f"its trainer {victim_id} stopped heartbeating" in requeued.reason or (
+        requeued.placement and requeued.placement[0].instance_id != victim_id
+    )
+    done = wait_state(stub, "lab-a", job_id, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, timeout=180)
+    assert done.state == S.JOB_STATE_SUCCEEDED, done.reason
+    assert done.placement[0].instance_id != victim_id
+    assert done.progress.step == 600 and done.attempt == 2
+    cluster.start_trainer()  # back to two trainers for the next test
+    wait_for("two trainers", lambda: len(trainers_alive(stub)) == 2)
+
+
+def test_a_scheduler_killed_mid_load_loses_no_job(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    submitted = [
+        (tenant, submit(stub, tenant, spec(steps=40)))
+        for _ in range(5)
+        for tenant in ("lab-a", "lab-b")
+    ]
+    wait_for(
+        "some jobs to run",
+        lambda: sum(get(stub, t, j).state == S.JOB_STATE_RUNNING for t, j in submitted) >= 2,
+    )
+    os.kill(cluster.scheduler.pid, signal.SIGKILL)
+    cluster.scheduler.wait(10)
+    time.sleep(2)  # jobs keep training and finishing while no scheduler runs
+    cluster.start_scheduler()
+    stub = cluster.stub()
+    ended = [
+        wait_state(stub, t, j, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED,
+                   timeout=240)
+        for t, j in submitted
+    ]  # fmt: skip
+    assert [e.state for e in ended] == [S.JOB_STATE_SUCCEEDED] * len(submitted), [
+        e.reason for e in ended
+    ]
+    assert all(e.progress.step == 40 for e in ended)
