@@ -2,7 +2,9 @@
 
 import sys
 
-from llmos.runner import ServiceDefinition, main, no_api
+from llmos.runner import ServiceDefinition, main
+from services.storage.app import attach
+from services.storage.options import read_storage_options
 
 if __name__ == "__main__":
-    sys.exit(main(ServiceDefinition("storage", no_api)))
+    sys.exit(main(ServiceDefinition("storage", attach, configure=read_storage_options)))

@@ -7,6 +7,8 @@ this machine's noise — except `decisions_per_s`, which is wall-clock speed of 
 decision code itself. Prints one JSON line:
 
   decisions_per_s          pop + admission + placement, 1,000 jobs queued, 50 workers
+  gang_decisions_per_s     training-job placement tries (whole gangs, reservations),
+                           1,000 jobs queued, 50 trainers
   jain_equal               Jain's index of tokens served, 4 equal tenants, equal requests
   jain_skewed              the same when one tenant sends 10x the requests, each 10x longer
                            (and, for contrast, what plain FIFO order would give)
@@ -28,8 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmos.priority import PriorityClass
+from llmos.v1 import common_pb2
 from services.scheduler.capacity import Reservation, SlotPool, next_admissible
 from services.scheduler.fairshare import FairShareQueue, WorkItem
+from services.scheduler.gang import GangRequest, Holding, TrainerPool
 from services.scheduler.placement import WorkerView, place
 
 WORKERS = 50
@@ -196,6 +200,38 @@ def decisions_per_s(decisions: int = 20_000) -> float:
     return decisions / (time.perf_counter() - started)
 
 
+def gang_decisions_per_s(rounds: int = 5) -> float:
+    """Wall-clock speed of the training dispatcher's placement: 1,000 queued jobs of 1 to
+    4 processes over 50 trainers of 8 slots, half of them full, with a reservation; each
+    round rebuilds the pool from the holdings (as a tick does) and tries every job."""
+    rng = random.Random(2)
+    trainers = {
+        f"t{i}": common_pb2.Resources(
+            processes=8, cpu_millicores=8000, memory_bytes=64 << 30, gpus=i % 2
+        )
+        for i in range(WORKERS)
+    }
+    holdings = [Holding(gang_request(f"r{i}", rng), ((f"t{i % WORKERS}", 1),)) for i in range(200)]
+    queued = [gang_request(f"q{i}", rng) for i in range(1000)]
+    reservations = [Reservation(8, tenant="t0")]
+    started = time.perf_counter()
+    for _ in range(rounds):
+        pool = TrainerPool(trainers, holdings, reservations)
+        for request in queued:
+            pool.place(request)
+    return rounds * len(queued) / (time.perf_counter() - started)
+
+
+def gang_request(job_id: str, rng: random.Random) -> GangRequest:
+    per_process = common_pb2.Resources(
+        cpu_millicores=1000, memory_bytes=rng.choice((2, 4, 8)) << 30, gpus=rng.randrange(2)
+    )
+    return GangRequest(
+        job_id, f"t{rng.randrange(8)}", rng.choice(list(PriorityClass)), per_process,
+        rng.randrange(1, 5),
+    )  # fmt: skip
+
+
 def measure(seconds: float) -> dict[str, Any]:
     without = critical_wait(False, seconds, seed=7)
     with_batch = critical_wait(True, seconds, seed=7)
@@ -203,6 +239,7 @@ def measure(seconds: float) -> dict[str, Any]:
     return {
         "bench": "scheduler",
         "decisions_per_s": round(decisions_per_s()),
+        "gang_decisions_per_s": round(gang_decisions_per_s()),
         "jain_equal": round(fairness(skewed=False), 4),
         "jain_skewed": round(fairness(skewed=True), 4),
         "jain_skewed_fifo_baseline": round(fairness(skewed=True, fifo=True), 4),

@@ -108,5 +108,3 @@ def _serving(address: str, ca: Path | None) -> bool:
     tls_ca = ca.read_bytes() if ca else None
     state, _ = asyncio.run(check_health(address, timeout_s=1, tls_ca=tls_ca))
     return state == SERVING
-
-

@@ -1,0 +1,35 @@
+"""The storage service's own configuration (LLMOS_* variables beyond the common ones)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmos.config import EnvReader
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    #: where blobs, metadata and keys live (default <data dir>/storage)
+    directory: Path | None
+    #: a key-encryption key file (64 hex characters) instead of generated ones
+    kek_file: Path | None
+    #: bytes a tenant may store unless its quota says otherwise
+    tenant_quota_bytes: int
+
+    def root(self, data_dir: Path) -> Path:
+        return self.directory or data_dir / "storage"
+
+
+def read_storage_options(env: EnvReader) -> StorageOptions:
+    directory = env.text("STORAGE_DIR", "")
+    kek_file = env.text("STORAGE_KEK_FILE", "")
+    if kek_file and not Path(kek_file).is_file():
+        env.errors.append(f"LLMOS_STORAGE_KEK_FILE: {kek_file!r} is not a file")
+    return StorageOptions(
+        directory=Path(directory).resolve() if directory else None,
+        kek_file=Path(kek_file).resolve() if kek_file else None,
+        tenant_quota_bytes=env.integer(
+            "STORAGE_TENANT_QUOTA_BYTES", 100 << 30, minimum=0, maximum=1 << 50
+        ),
+    )
