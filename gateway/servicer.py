@@ -14,8 +14,10 @@ from gateway.admin import AdminServicer
 from gateway.auth.principal import call_record, caller
 from gateway.cache import ResponseCache
 from gateway.inference import InferenceRouter, ModelCatalog
+from gateway.links import ServiceLink
 from gateway.runtime import GatewayRuntime
 from gateway.status import service_status, system_status
+from gateway.storage import StorageRelay
 from gateway.validation import (
     check_classification,
     check_embed_inputs,
@@ -24,12 +26,11 @@ from gateway.validation import (
     checked_params,
 )
 from llmos import subjects
-from llmos.errors import InvalidArgument, Unavailable
+from llmos.errors import InvalidArgument
 from llmos.health import check_health
 from llmos.log import request_id_var
 from llmos.model.names import DEFAULT_MODEL
 from llmos.priority import PriorityClass
-from llmos.rpc import relayed_error
 from llmos.runner import ServiceContext
 from llmos.services import REQUIRED_SERVICES
 from llmos.v1 import (
@@ -41,6 +42,8 @@ from llmos.v1 import (
     inference_pb2,
     scheduler_pb2,
     scheduler_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
 )
 
 HEALTH_TIMEOUT_S = 2.0
@@ -66,7 +69,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         self._tls_ca = ca.read_bytes() if ca else None
         self._models = ModelCatalog(ctx.registry)
         self._router = InferenceRouter(ctx)
-        self._scheduler: tuple[str, grpc.aio.Channel] | None = None
+        self._scheduler = ServiceLink(ctx.registry, "scheduler", scheduler_pb2_grpc.SchedulerStub)
 
     async def GetSystemStatus(
         self, request: gateway_pb2.GetSystemStatusRequest, context: grpc.aio.ServicerContext
@@ -300,42 +303,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     ) -> AsyncIterator[scheduler_pb2.Job]:
         request.tenant = caller().tenant
         call_record().resource = f"job/{request.job_id}"
-        stub = scheduler_pb2_grpc.SchedulerStub(await self._scheduler_channel())
-        try:
-            async for job in stub.WatchJob(request, timeout=context.time_remaining()):
-                yield job
-        except grpc.aio.AioRpcError as exc:
-            raise await self._scheduler_failed(exc) from None
+        async for job in self._scheduler.stream("WatchJob", request, context):
+            yield job
 
     async def _ask_scheduler(self, method: str, request: Any, context: Any) -> Any:
-        """One unary call to the scheduler; its refusals are relayed as they are."""
-        stub = scheduler_pb2_grpc.SchedulerStub(await self._scheduler_channel())
-        try:
-            return await getattr(stub, method)(request, timeout=context.time_remaining() or 30.0)
-        except grpc.aio.AioRpcError as exc:
-            raise await self._scheduler_failed(exc) from None
-
-    async def _scheduler_failed(self, exc: grpc.aio.AioRpcError) -> Exception:
-        """The error to answer with; an unreachable scheduler is looked up again next time."""
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and self._scheduler is not None:
-            await self._scheduler[1].close()
-            self._scheduler = None
-            return Unavailable("the scheduler is not reachable right now; retry")
-        return relayed_error(exc)
-
-    async def _scheduler_channel(self) -> grpc.aio.Channel:
-        """A channel to a live scheduler instance, kept while calls succeed and looked up
-        again in the registry after a failure."""
-        if self._scheduler is not None:
-            return self._scheduler[1]
-        instances = [
-            i for i in await self._ctx.registry.live_instances() if i.service == "scheduler"
-        ]
-        if not instances:
-            raise Unavailable("no scheduler is running")
-        address = sorted(i.address for i in instances)[0]
-        self._scheduler = (address, grpc.aio.insecure_channel(address))
-        return self._scheduler[1]
+        return await self._scheduler.ask(method, request, context)
 
 
 async def attach(
@@ -344,10 +316,12 @@ async def attach(
     """Register the public API and the admin API on the gateway's server."""
     runtime: GatewayRuntime = ctx.runtime
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx, runtime), server)
+    storage_pb2_grpc.add_StorageServicer_to_server(StorageRelay(ctx.registry), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(runtime.store, runtime.keyring), server
     )
     return [
         gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+        storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name,
     ]

@@ -30,6 +30,7 @@ SYSTEM_TENANT = "system"
 
 _GATEWAY = "/llmos.v1.Gateway/"
 _ADMIN = "/llmos.v1.Admin/"
+_STORAGE = "/llmos.v1.Storage/"
 
 #: Full RPC name -> the scope a token must carry to call it.
 RPC_SCOPES: dict[str, str] = {
@@ -44,6 +45,27 @@ RPC_SCOPES: dict[str, str] = {
     **{
         _GATEWAY + name: TRAINING
         for name in ("SubmitJob", "GetJob", "ListJobs", "CancelJob", "WatchJob")
+    },
+    **{
+        _STORAGE + name: DATASETS
+        for name in (
+            "UploadBlob",
+            "GetUpload",
+            "DownloadBlob",
+            "CreateDataset",
+            "GetDataset",
+            "ListDatasets",
+            "DeleteDataset",
+        )
+    },
+    **{_STORAGE + name: MODELS_READ for name in ("GetModelVersion", "ListModelVersions")},
+    **{
+        _STORAGE + name: MODELS_WRITE
+        for name in ("CreateModelVersion", "SetAlias", "DeleteModelVersion")
+    },
+    **{
+        _STORAGE + name: ADMIN
+        for name in ("SetStorageQuota", "RotateStorageKey", "BackupStorage", "GetStorageStats")
     },
     **{
         _ADMIN + name: ADMIN

@@ -13,7 +13,7 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from llmos.v1 import (
     gateway_pb2_grpc,
     inference_pb2,
     scheduler_pb2,
+    storage_pb2_grpc,
 )
 from tools.cli.session import (
     NotSignedIn,
@@ -43,6 +44,7 @@ from tools.cli.session import (
     session_path,
     stack_info,
 )
+from tools.cli.storage_commands import add_commands as add_storage_commands
 from tools.devstack.access import tls_channel
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
@@ -73,7 +75,11 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     return tls_channel(address, ca, token)
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+):
     """Adds `authorization: Bearer` to each call on a plaintext (local) channel."""
 
     def __init__(self, token: str) -> None:
@@ -89,6 +95,9 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercepto
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details), request)
 
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
 
 def _stub(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayStub:
     return gateway_pb2_grpc.GatewayStub(_channel(args))
@@ -96,6 +105,10 @@ def _stub(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayStub:
 
 def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminStub:
     return admin_pb2_grpc.AdminStub(_channel(args))
+
+
+def _storage(args: argparse.Namespace) -> storage_pb2_grpc.StorageStub:
+    return storage_pb2_grpc.StorageStub(_channel(args))
 
 
 def _print_json(message: Message) -> None:
@@ -415,7 +428,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_admin_commands(commands: Any) -> None:
+def _add_admin_commands(commands: Any) -> Callable[[str, str], argparse.ArgumentParser]:
     admin = commands.add_parser("admin", help="manage tenants, clients, users, quotas, keys")
     actions = admin.add_subparsers(dest="admin_action", required=True)
 
@@ -455,6 +468,7 @@ def _add_admin_commands(commands: Any) -> None:
     whom.add_argument("--user")
     scopes.add_argument("--scope", action="append", help="scope to grant (repeatable)")
     action("rotate-key", "new token-signing key (old tokens stay valid until they expire)")
+    return action
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -472,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     login.set_defaults(run=cmd_login)
     commands.add_parser("logout", help="revoke and forget the session").set_defaults(run=cmd_logout)
     commands.add_parser("whoami", help="show the current identity").set_defaults(run=cmd_whoami)
-    _add_admin_commands(commands)
+    admin_action = _add_admin_commands(commands)
     cluster = commands.add_parser("cluster", help="workers, live use, queue, fair share")
     cluster.add_argument("--json", action="store_true", help="machine-readable output")
     cluster.set_defaults(run=cmd_cluster)
@@ -527,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--gguf", type=Path, required=True)
     importer.add_argument("--name", help="model name (default: from the file name)")
     importer.set_defaults(run=cmd_models_import)
+    add_storage_commands(commands, model_commands, admin_action)
+    parser.set_defaults(storage=_storage)
     return parser
 
 
