@@ -47,7 +47,7 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 FILE_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 MAX_BLOB = 1 << 40
 MAX_STRUCT_BYTES = 64 << 10
-DOWNLOAD_CHUNK = 1 << 20
+DOWNLOAD_GROUP = 3  # 1 MiB chunks per streamed message: under the default 4 MiB limit
 
 
 def check_name(value: str, field: str) -> str:
@@ -126,14 +126,20 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
                 await self._receive(upload, request)
         except InvalidArgument:
             if upload is not None:  # bad data: nothing of it stays
+                upload.close()
                 await asyncio.to_thread(
                     self._files.discard, upload.row.tenant, upload.row.upload_id
                 )
+            raise
+        except BaseException:  # the stream broke: what was written stays for a resume
+            if upload is not None:
+                upload.close()
             raise
         if upload is None:
             raise InvalidArgument("start", "the stream was empty: send an UploadStart first")
         row = upload.row
         if not self._files.complete(upload):
+            upload.close()
             raise FailedPrecondition(
                 f"upload {row.upload_id!r} is incomplete: {upload.received} of {row.size} "
                 "bytes stored; send the rest from there with the same upload_id"
@@ -216,7 +222,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
             raise NotFound(f"blob {sha256} does not exist")
         if not 0 <= request.offset <= row.size:
             raise InvalidArgument("offset", f"must be between 0 and the size, {row.size}")
-        chunks = self._files.read(tenant, sha256, request.offset)
+        chunks = self._files.read(tenant, sha256, request.offset, group=DOWNLOAD_GROUP)
         offset = request.offset
         while True:
             chunk = await asyncio.to_thread(_next_chunk, chunks)

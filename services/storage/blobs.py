@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from services.storage.crypto import CHUNK, TAG, Corrupt, DataKey, KeyEncryptionKeys, chunk_count
 from services.storage.metadata import Metadata, UploadRow
@@ -38,6 +39,12 @@ class Upload:
     received: int
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
     pending: bytearray = field(default_factory=bytearray)
+    file: BinaryIO | None = None  # open for appending while the upload streams
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
     @property
     def next_chunk(self) -> int:
@@ -101,13 +108,14 @@ class BlobFiles:
             raise ValueError(f"more data than the {upload.row.size} bytes announced")
         upload.pending += data
         last_index = chunk_count(upload.row.size) - 1
-        with upload.path.open("ab") as file:
-            while len(upload.pending) >= CHUNK and upload.next_chunk < last_index:
-                chunk = bytes(upload.pending[:CHUNK])
-                del upload.pending[:CHUNK]
-                file.write(upload.key.seal(upload.next_chunk, chunk, last=False))
-                upload.digest.update(chunk)
-                upload.received += CHUNK
+        if upload.file is None:
+            upload.file = upload.path.open("ab")
+        while len(upload.pending) >= CHUNK and upload.next_chunk < last_index:
+            chunk = bytes(upload.pending[:CHUNK])
+            del upload.pending[:CHUNK]
+            upload.file.write(upload.key.seal(upload.next_chunk, chunk, last=False))
+            upload.digest.update(chunk)
+            upload.received += CHUNK
 
     def complete(self, upload: Upload) -> bool:
         """Whether everything announced has arrived."""
@@ -124,6 +132,7 @@ class BlobFiles:
         if row.expected_sha256 and row.expected_sha256 != sha256:
             self.discard(row.tenant, row.upload_id)
             raise DigestMismatch(row.expected_sha256, sha256)
+        upload.close()
         with upload.path.open("ab") as file:
             file.write(upload.key.seal(chunk_count(row.size) - 1, last, last=True))
             file.flush()
@@ -145,9 +154,9 @@ class BlobFiles:
 
     # -- reading -------------------------------------------------------------------------
 
-    def read(self, tenant: str, sha256: str, offset: int = 0) -> Iterator[bytes]:
-        """Plaintext from `offset`, a chunk at a time, each authenticated before it is
-        given out; from offset 0 the digest is re-checked at the end."""
+    def read(self, tenant: str, sha256: str, offset: int = 0, group: int = 1) -> Iterator[bytes]:
+        """Plaintext from `offset`, `group` chunks at a time, each authenticated before it
+        is given out; from offset 0 the digest is re-checked at the end."""
         row = self.metadata.blob(tenant, sha256)
         if row is None:
             raise FileNotFoundError(sha256)
@@ -160,13 +169,19 @@ class BlobFiles:
             raise Corrupt(f"the file of blob {sha256} has the wrong length")
         digest = hashlib.sha256() if offset == 0 else None
         first = offset // CHUNK
+        batch: list[bytes] = []
         with path.open("rb") as file:
             file.seek(first * SEALED)
             for index in range(first, count):
                 chunk = key.open(index, file.read(SEALED), last=index == count - 1)
                 if digest is not None:
                     digest.update(chunk)
-                yield chunk[offset - index * CHUNK :] if index == first else chunk
+                batch.append(chunk[offset - index * CHUNK :] if index == first else chunk)
+                if len(batch) == group:
+                    yield b"".join(batch)
+                    batch.clear()
+        if batch:
+            yield b"".join(batch)
         if digest is not None and digest.hexdigest() != sha256:
             raise Corrupt(f"blob {sha256} does not hash to its name")
 

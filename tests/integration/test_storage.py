@@ -273,7 +273,8 @@ def test_a_flipped_byte_on_disk_is_data_loss_and_never_served(storage: StoragePr
     assert "stored data is damaged and was not served: chunk 1 failed authentication" in (
         caught.value.details() or ""
     )
-    assert b"".join(served) == data[:MIB]  # only the intact first chunk went out
+    sent = b"".join(served)
+    assert len(sent) <= MIB and data.startswith(sent)  # at most the intact first chunk
 
 
 def test_datasets_are_described_listed_isolated_and_really_deleted(storage: StorageProcess) -> None:

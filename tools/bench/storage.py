@@ -54,7 +54,9 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _requests(path: Path, size: int, sha256: str) -> Iterator[storage_pb2.UploadBlobRequest]:
+def _requests(
+    path: Path, size: int, sha256: str, piece: int
+) -> Iterator[storage_pb2.UploadBlobRequest]:
     yield storage_pb2.UploadBlobRequest(
         start=storage_pb2.UploadStart(
             tenant="bench", upload_id=uuid.uuid4().hex, size=size, sha256=sha256
@@ -62,12 +64,12 @@ def _requests(path: Path, size: int, sha256: str) -> Iterator[storage_pb2.Upload
     )
     offset = 0
     with path.open("rb") as file:
-        while piece := file.read(MIB):
-            yield storage_pb2.UploadBlobRequest(data=piece, offset=offset)
-            offset += len(piece)
+        while data := file.read(piece):
+            yield storage_pb2.UploadBlobRequest(data=data, offset=offset)
+            offset += len(data)
 
 
-def measure(size_mib: int) -> dict[str, Any]:
+def measure(size_mib: int, piece_mib: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="llmos-bench-storage-"))
     nats_server, redis_server = start_nats(workdir), start_redis(workdir)
     address = f"127.0.0.1:{free_port()}"
@@ -100,7 +102,7 @@ def measure(size_mib: int) -> dict[str, Any]:
                 os.fsync(file.fileno())
             cp_s = time.perf_counter() - started
             started = time.perf_counter()
-            blob = stub.UploadBlob(_requests(source, size, sha256), timeout=600)
+            blob = stub.UploadBlob(_requests(source, size, sha256, piece_mib * MIB), timeout=600)
             upload_s = time.perf_counter() - started
             assert blob.sha256 == sha256
             started = time.perf_counter()
@@ -117,13 +119,14 @@ def measure(size_mib: int) -> dict[str, Any]:
         return {
             "bench": "storage",
             "blob_mib": size_mib,
+            "upload_message_mib": piece_mib,
             "cp_mb_s": round(mb / cp_s, 1),
             "upload_mb_s": round(mb / upload_s, 1),
             "download_mb_s": round(mb / download_s, 1),
             "upload_vs_cp": round(cp_s / upload_s, 3),
             "download_vs_cp": round(cp_s / download_s, 3),
             "peak_rss_mb": _peak_rss_mb(storage.pid),
-            "path": "client file -> gRPC stream (1 MiB messages) -> sha256 + AES-256-GCM per "
+            "path": "client file -> gRPC stream -> sha256 + AES-256-GCM per "
             "1 MiB chunk -> file + fsync; download: decrypt + authenticate + sha256 -> stream "
             "-> client file + fsync; cp = copyfile + fsync",
         }
@@ -137,8 +140,9 @@ def measure(size_mib: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=512, help="blob size in MiB")
+    parser.add_argument("--piece-mib", type=int, default=4, help="upload message size")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.mib)), flush=True)
+    print(json.dumps(measure(args.mib, args.piece_mib)), flush=True)
     return 0
 
 
