@@ -14,7 +14,6 @@ from gateway.admin import AdminServicer
 from gateway.auth.principal import call_record, caller
 from gateway.cache import ResponseCache
 from gateway.inference import InferenceRouter, ModelCatalog
-from gateway.links import ServiceLink
 from gateway.runtime import GatewayRuntime
 from gateway.status import service_status, system_status
 from gateway.storage import StorageRelay
@@ -28,6 +27,7 @@ from gateway.validation import (
 from llmos import subjects
 from llmos.errors import InvalidArgument
 from llmos.health import check_health
+from llmos.links import ServiceLink
 from llmos.log import request_id_var
 from llmos.model.names import DEFAULT_MODEL
 from llmos.priority import PriorityClass

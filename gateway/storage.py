@@ -13,8 +13,8 @@ from typing import Any
 
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
-from gateway.links import ServiceLink
 from llmos.errors import InvalidArgument, PermissionDenied
+from llmos.links import ServiceLink
 from llmos.registry import ServiceRegistry
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 

