@@ -49,7 +49,8 @@ class TrainingConfig:
     model: dict[str, int] = field(default_factory=dict)
     #: fine-tune: a model folder name under the models directory (its own tokenizer)
     base_model: str = ""
-    #: the training text (until datasets live in storage)
+    #: what to train on: a dataset of the job's tenant (in storage), or the text itself
+    dataset: str = ""
     text: str = ""
 
     @classmethod
@@ -101,7 +102,12 @@ class TrainingConfig:
         need(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
         need(self.eval_every >= 1, "eval_every", "must be at least 1")
         need(0 < self.val_fraction < 0.5, "val_fraction", "must be above 0 and below 0.5")
-        need(bool(self.text), "text", "is empty: there is nothing to train on")
+        need(
+            bool(self.text or self.dataset),
+            "dataset",
+            "is required (or text): there is nothing to train on",
+        )
+        need(not (self.text and self.dataset), "text", "cannot be set together with dataset")
         need(len(self.text) <= TEXT_MAX, "text", f"is longer than {TEXT_MAX} characters")
         if self.base_model:
             need(not self.model, "model", "cannot be set together with base_model")

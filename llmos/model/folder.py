@@ -23,6 +23,11 @@ GENERATION_CONFIG = "generation_config.json"
 REQUIRED_FILES = (CONFIG, WEIGHTS, TOKENIZER, TOKENIZER_CONFIG)
 
 
+def has_model(folder: Path) -> bool:
+    """Whether `folder` holds a complete model (from the registry, or an import)."""
+    return all((folder / name).is_file() for name in REQUIRED_FILES)
+
+
 class ModelFolderError(ValueError):
     """The folder is not a loadable model."""
 

@@ -17,15 +17,16 @@ import grpc
 from llmos.capacity import local_capacity
 from llmos.errors import LLMOSError
 from llmos.model.default import GGUF_NAME, ensure_default_model
+from llmos.model.folder import has_model
 from llmos.model.names import DEFAULT_MODEL
+from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext, ServiceDefinition
 from llmos.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.inference_worker.client import TritonLLMClient
 from services.inference_worker.engine.compute import ComputeLoop
-from services.inference_worker.model_store import ModelStore
 from services.inference_worker.options import WorkerOptions, read_worker_options
 from services.inference_worker.triton_host import EmbeddedTriton
-from services.inference_worker.worker import InferenceWorker, has_model
+from services.inference_worker.worker import InferenceWorker
 
 
 class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type: ignore[misc]

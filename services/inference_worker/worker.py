@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -26,24 +25,19 @@ from llmos.errors import (
     ResourceExhausted,
 )
 from llmos.generation import sampling_params_from_proto, sampling_params_to_dict
-from llmos.model.folder import REQUIRED_FILES
+from llmos.model.folder import has_model
 from llmos.model.names import MODEL_NAME
+from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext
 from llmos.v1 import inference_pb2
 from llmos.work import work_error
 from services.inference_worker.client import GenerateInput, TritonLLMClient
 from services.inference_worker.engine.compute import ComputeLoop
-from services.inference_worker.model_store import ModelStore
 from services.inference_worker.options import WorkerOptions
 from services.inference_worker.triton_host import EmbeddedTriton
 from services.inference_worker.triton_models import ServedModel
 
 log = logging.getLogger("llmos.worker")
-
-
-def has_model(folder: Path) -> bool:
-    """Whether `folder` holds a complete model (what the registry gives, or an import)."""
-    return all((folder / name).is_file() for name in REQUIRED_FILES)
 
 
 class InferenceWorker:

@@ -13,10 +13,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 from nats.aio.msg import Msg
 
 from llmos import subjects
+from llmos.errors import InvalidArgument, NotFound
+from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext
+from llmos.training import TrainingConfig
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.fairshare import check_class_allowed
 from services.scheduler.inference import InferenceDispatcher
@@ -59,8 +63,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
     async def SubmitJob(
         self, request: scheduler_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.Job:
-        priority = check_spec(request.spec, self._instances("trainer"))
+        priority, config = check_spec(request.spec, self._instances("trainer"))
         check_class_allowed(self._tenant_classes, request.tenant, priority)
+        await check_inputs(ModelStore(self._ctx.registry, request.tenant), config, request.tenant)
         job = await self._jobs.create(request.tenant, request.owner, request.spec)
         self._training.wake()
         return job
@@ -108,6 +113,33 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
                     yield job
         finally:
             await subscription.unsubscribe()
+
+
+async def check_inputs(store: ModelStore, config: TrainingConfig, tenant: str) -> None:
+    """The job's dataset and base model exist for its tenant (storage is asked now, so a
+    typo is refused at submit rather than failing the job later)."""
+    if config.dataset:
+        try:
+            dataset = await store.dataset(config.dataset)
+        except NotFound:
+            raise InvalidArgument(
+                "spec.config.dataset", f"tenant {tenant!r} has no dataset {config.dataset!r}"
+            ) from None
+        if dataset.size == 0:
+            raise InvalidArgument("spec.config.dataset", f"{config.dataset!r} is empty")
+    if config.base_model:
+        version = await store.version(config.base_model)
+        if version is None:
+            raise InvalidArgument(
+                "spec.config.base_model", f"no model {config.base_model!r} is in the registry"
+            )
+        context = float(MessageToDict(version.metadata).get("context_length", 0))
+        if context and config.seq_len > context:
+            raise InvalidArgument(
+                "spec.config.seq_len",
+                f"{config.seq_len} is above the context of {config.base_model!r}, "
+                f"{int(context)} tokens",
+            )
 
 
 async def attach(

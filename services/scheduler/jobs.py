@@ -89,7 +89,7 @@ def state_name(state: int) -> str:
 
 def check_spec(
     spec: scheduler_pb2.JobSpec, trainers: Sequence[common_pb2.ServiceInstance]
-) -> PriorityClass:
+) -> tuple[PriorityClass, TrainingConfig]:
     """Refuse a job that is malformed or could never run on this cluster."""
     if not 1 <= len(spec.name) <= NAME_MAX:
         raise InvalidArgument("spec.name", f"must be 1 to {NAME_MAX} characters")
@@ -106,8 +106,7 @@ def check_spec(
     if not trainers:
         raise Unavailable("no trainer is running, so no training job can be placed; retry later")
     _check_fits(need, trainers)
-    TrainingConfig.parse(MessageToDict(spec.config), "spec.config")
-    return priority
+    return priority, TrainingConfig.parse(MessageToDict(spec.config), "spec.config")
 
 
 def _check_fits(need: common_pb2.Resources, trainers: Sequence[common_pb2.ServiceInstance]) -> None:

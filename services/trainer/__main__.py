@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack
 import grpc
 
 from llmos.capacity import local_capacity
+from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext, ServiceDefinition, main
 from services.trainer.options import TrainerOptions, read_trainer_options
 from services.trainer.runner import JobRunner
@@ -28,6 +29,7 @@ async def attach(
         checkpoint_dir=options.checkpoints(data_dir),
         models_dir=options.models(data_dir),
         stop_grace_s=options.stop_grace_s,
+        stores=lambda tenant: ModelStore(ctx.registry, tenant),
     )
     await runner.start()
     stack.push_async_callback(runner.close)

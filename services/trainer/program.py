@@ -211,7 +211,8 @@ def train(job_dir: Path) -> int:
     checkpoint = Path(spec["checkpoint_dir"]) / CHECKPOINT
     torch.set_num_threads(max(1, int(spec.get("threads", 1))))
     model, encode = build(config, Path(spec.get("models_dir", ".")))
-    corpus = Corpus(encode(config.text), config)
+    text = config.text or Path(spec["text_file"]).read_text(encoding="utf-8", errors="replace")
+    corpus = Corpus(encode(text), config)
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     optimizer = torch.optim.AdamW(

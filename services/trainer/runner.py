@@ -27,7 +27,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ from nats.errors import NoRespondersError
 
 from llmos import subjects
 from llmos.config import environment_without_llmos
+from llmos.errors import DataLoss, LLMOSError, NotFound
+from llmos.model.folder import has_model
+from llmos.modelstore import ModelStore
 from llmos.ports import free_port
 from llmos.v1 import common_pb2, scheduler_pb2
 
@@ -89,6 +92,7 @@ class JobRunner:
         checkpoint_dir: Path,
         models_dir: Path,
         stop_grace_s: float,
+        stores: Callable[[str], ModelStore],
     ) -> None:
         self._nats = nats
         self._instance = instance
@@ -96,6 +100,7 @@ class JobRunner:
         self._checkpoints = checkpoint_dir
         self._models_dir = models_dir
         self._grace = stop_grace_s
+        self._stores = stores  # tenant -> its view of storage (datasets, models)
         self._attempts: dict[str, Attempt] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscriptions: list[Subscription] = []
@@ -192,16 +197,42 @@ class JobRunner:
             *program,
         ]  # fmt: skip
 
+    async def _inputs(self, attempt: Attempt, config: dict[str, Any]) -> str:
+        """Fetch the job's dataset (into its directory) and base model (into the models
+        directory, if not there yet); returns the dataset's path or ""."""
+        store = self._stores(attempt.job.tenant)
+        text_file = ""
+        if config.get("dataset"):
+            dataset = await store.dataset(str(config["dataset"]))
+            target = attempt.directory / "dataset.txt"
+            if await store.download(attempt.job.tenant, dataset.sha256, target) != dataset.sha256:
+                raise DataLoss(f"dataset {dataset.name!r} did not match its digest")
+            text_file = str(target)
+        base = str(config.get("base_model", ""))
+        if base and not has_model(self._models_dir / base):
+            self._models_dir.mkdir(parents=True, exist_ok=True)
+            if not await store.fetch(base, self._models_dir):
+                raise NotFound(f"model {base!r} is not in the registry")
+        return text_file
+
     async def _run(self, attempt: Attempt, nodes: int, rendezvous: str) -> None:
         job = attempt.job
         attempt.directory.mkdir(parents=True, exist_ok=True)
         threads = max(1, job.spec.resources.cpu_millicores // 1000)
+        config = MessageToDict(job.spec.config)
+        try:
+            text_file = await self._inputs(attempt, config)
+        except LLMOSError as exc:
+            attempt.outcome = f"the job's inputs could not be fetched: {exc}"
+            await self._finish(attempt, 1)
+            return
         (attempt.directory / "job.json").write_text(
             json.dumps(
                 {
                     "job_id": job.job_id,
                     "attempt": job.attempt,
-                    "config": MessageToDict(job.spec.config),
+                    "config": config,
+                    "text_file": text_file,
                     "checkpoint_dir": str(self._checkpoints / job.job_id),
                     "models_dir": str(self._models_dir),
                     "threads": threads,

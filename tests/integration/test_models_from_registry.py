@@ -16,10 +16,10 @@ import redis.asyncio as aioredis
 
 from llmos.health import SERVING, check_health
 from llmos.model.names import DEFAULT_MODEL
+from llmos.modelstore import ModelStore
 from llmos.ports import free_port
 from llmos.registry import ServiceRegistry
 from llmos.v1 import storage_pb2
-from services.inference_worker.model_store import ModelStore
 from tests.conftest import ROOT
 from tests.integration.test_storage import start_storage
 from tools.devstack.infra import RedisServer

@@ -8,6 +8,7 @@ scheduler's API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,9 +30,10 @@ from nats.js.api import DeliverPolicy
 
 from llmos import subjects
 from llmos.ports import free_port
-from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc
+from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2
 from tests.conftest import ROOT
 from tests.integration.conftest import gateway_env
+from tests.integration.test_storage import StorageProcess, requests, start_storage
 from tools.devstack.infra import NatsServer, RedisServer
 
 S = common_pb2.JobState
@@ -46,6 +48,7 @@ class Cluster:
     address: str
     scheduler: subprocess.Popen[bytes]
     trainers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    storage: StorageProcess = field(init=False)
 
     def spawn(self, module: str, **extra: str) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{module}-{time.monotonic_ns()}.log").open("wb")
@@ -104,6 +107,7 @@ def cluster(
     logs.mkdir()
     cluster = Cluster(env, logs, f"127.0.0.1:{free_port()}", None)  # type: ignore[arg-type]
     cluster.start_scheduler()
+    cluster.storage = start_storage(env, data_dir / "store")
     try:
         cluster.start_trainer()
         cluster.start_trainer()
@@ -118,6 +122,7 @@ def cluster(
                 proc.wait(40)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        cluster.storage.stop()
 
 
 def spec(
@@ -240,6 +245,52 @@ async def test_a_job_runs_to_success_with_every_transition_and_its_progress_publ
     steps = [e.job_progress.progress.step for e in events if e.HasField("job_progress")]
     assert steps and steps == sorted(steps) and steps[-1] == 400
     assert all(e.tenant == "lab-a" for e in events)
+
+
+def test_a_job_trains_on_a_dataset_from_storage(cluster: Cluster) -> None:
+    storage = cluster.storage.stub()
+    blob = storage.UploadBlob(requests("lab-d", TEXT.encode()))
+    storage.CreateDataset(
+        storage_pb2.CreateDatasetRequest(tenant="lab-d", name="readme", sha256=blob.sha256)
+    )
+    stub = cluster.stub()
+    job_spec = spec(steps=30)
+    del job_spec.config.fields["text"]
+    job_spec.config.update({"dataset": "readme"})
+    job_id = submit(stub, "lab-d", job_spec)
+    done = wait_state(stub, "lab-d", job_id, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED)
+    assert done.state == S.JOB_STATE_SUCCEEDED, done.reason
+    assert done.progress.step == 30 and 0 < done.progress.val_loss < 5.5
+
+
+@pytest.mark.parametrize(
+    ("tenant", "config", "sentence"),
+    [
+        ("lab-d", {"dataset": "nope"}, "spec.config.dataset: tenant 'lab-d' has no dataset 'nope'"),
+        ("lab-e", {"dataset": "readme"}, "tenant 'lab-e' has no dataset 'readme'"),
+        ("lab-d", {"dataset": "empty"}, "spec.config.dataset: 'empty' is empty"),
+        ("lab-d", {"base_model": "ghost", "text": "x"}, "no model 'ghost' is in the registry"),
+        ("lab-d", {"learning_rate": 0, "text": "x"}, "spec.config.learning_rate: must be above 0"),
+        ("lab-d", {"seq_len": 4096, "text": "x"}, "above the model's context of 512"),
+    ],
+    ids=["unknown dataset", "another tenant's", "empty", "unknown base", "lr 0", "seq_len"],
+)
+def test_bad_training_inputs_are_refused_at_submit(
+    cluster: Cluster, tenant: str, config: dict[str, Any], sentence: str
+) -> None:
+    storage = cluster.storage.stub()
+    empty = storage.UploadBlob(requests("lab-d", b""))
+    with contextlib.suppress(grpc.RpcError):  # made by an earlier case
+        storage.CreateDataset(
+            storage_pb2.CreateDatasetRequest(tenant="lab-d", name="empty", sha256=empty.sha256)
+        )
+    job_spec = spec(steps=10)
+    del job_spec.config.fields["text"]
+    job_spec.config.update(config)
+    with pytest.raises(grpc.RpcError) as caught:
+        submit(cluster.stub(), tenant, job_spec)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sentence in (caught.value.details() or "")
 
 
 def test_a_gang_runs_whole_or_not_at_all(cluster: Cluster) -> None:

@@ -45,6 +45,7 @@ from tools.cli.session import (
     stack_info,
 )
 from tools.cli.storage_commands import add_commands as add_storage_commands
+from tools.cli.train_command import add_command as add_train_command
 from tools.devstack.access import tls_channel
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
@@ -542,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--name", help="model name (default: from the file name)")
     importer.set_defaults(run=cmd_models_import)
     add_storage_commands(commands, model_commands, admin_action)
-    parser.set_defaults(storage=_storage)
+    add_train_command(commands)
+    parser.set_defaults(storage=_storage, gateway_stub=_stub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Model folders come from the registry: the worker's models directory is a cache.
+"""Model folders and datasets come from storage: a worker's or trainer's models
+directory is a cache of the registry.
 
 A model a worker needs and does not have is downloaded from storage (the `system`
 tenant's registry: the version its `production` alias points at, else the latest) into a
@@ -25,7 +26,7 @@ from llmos.links import ServiceLink
 from llmos.registry import ServiceRegistry
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 
-log = logging.getLogger("llmos.worker.models")
+log = logging.getLogger("llmos.modelstore")
 
 SYSTEM_TENANT = "system"
 PRODUCTION = "production"
@@ -40,16 +41,18 @@ class _NoDeadline:
 
 
 class ModelStore:
-    """Fetches model folders from the registry and publishes imported ones to it."""
+    """Fetches model folders from the registry (as seen by `tenant`: its own models, then
+    the shared ones) and publishes imported ones to it."""
 
-    def __init__(self, registry: ServiceRegistry) -> None:
+    def __init__(self, registry: ServiceRegistry, tenant: str = SYSTEM_TENANT) -> None:
         self._storage = ServiceLink(registry, "storage", storage_pb2_grpc.StorageStub)
+        self._tenant = tenant
 
     async def version(self, model: str) -> storage_pb2.ModelVersion | None:
         """The version to serve: `production`, else the latest; None if not registered."""
         for request in (
-            storage_pb2.GetModelVersionRequest(tenant=SYSTEM_TENANT, model=model, alias=PRODUCTION),
-            storage_pb2.GetModelVersionRequest(tenant=SYSTEM_TENANT, model=model),
+            storage_pb2.GetModelVersionRequest(tenant=self._tenant, model=model, alias=PRODUCTION),
+            storage_pb2.GetModelVersionRequest(tenant=self._tenant, model=model),
         ):
             try:
                 found: storage_pb2.ModelVersion = await self._storage.ask(
@@ -75,13 +78,7 @@ class ModelStore:
             for relative, sha256 in sorted(version.files.items()):
                 target = partial / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                digest = hashlib.sha256()
-                with target.open("wb") as file:
-                    request = storage_pb2.DownloadBlobRequest(tenant=version.tenant, sha256=sha256)
-                    async for chunk in self._storage.stream("DownloadBlob", request, _NoDeadline()):
-                        file.write(chunk.data)
-                        digest.update(chunk.data)
-                if digest.hexdigest() != sha256:
+                if await self.download(version.tenant, sha256, target) != sha256:
                     raise NotFound(f"{relative} of {model} did not match its digest")
             (partial / "registry.json").write_text(
                 json.dumps({"model": model, "version": version.version})
@@ -95,6 +92,22 @@ class ModelStore:
         log.info("model fetched from the registry",
                  extra={"model": model, "version": version.version})  # fmt: skip
         return True
+
+    async def download(self, tenant: str, sha256: str, target: Path) -> str:
+        """Write a blob of `tenant` to `target`; returns the digest of what was written."""
+        digest = hashlib.sha256()
+        with target.open("wb") as file:
+            request = storage_pb2.DownloadBlobRequest(tenant=tenant, sha256=sha256)
+            async for chunk in self._storage.stream("DownloadBlob", request, _NoDeadline()):
+                file.write(chunk.data)
+                digest.update(chunk.data)
+        return digest.hexdigest()
+
+    async def dataset(self, name: str) -> storage_pb2.Dataset:
+        """The tenant's dataset `name` (NotFound if it has none by that name)."""
+        request = storage_pb2.GetDatasetRequest(tenant=self._tenant, name=name)
+        found: storage_pb2.Dataset = await self._storage.ask("GetDataset", request, _NoDeadline())
+        return found
 
     async def publish(self, model: str, folder: Path, lineage: dict[str, Any]) -> int:
         """Register `folder` as a version of `model` in the system tenant (unless the
