@@ -110,29 +110,36 @@ class ModelStore:
         return found
 
     async def publish(self, model: str, folder: Path, lineage: dict[str, Any]) -> int:
-        """Register `folder` as a version of `model` in the system tenant (unless the
-        registry already has one); returns the version, 0 if it was there already."""
+        """Register `folder` as the `production` version of `model` unless the registry
+        has one already (the default model's bootstrap); returns the version, or 0."""
         if await self.version(model) is not None:
             return 0
+        version = await self.register(model, folder, lineage, {})
+        alias = storage_pb2.SetAliasRequest(
+            tenant=self._tenant, model=model, alias=PRODUCTION, version=version
+        )
+        await self._storage.ask("SetAlias", alias, _NoDeadline())
+        log.info("model published to the registry", extra={"model": model, "version": version})
+        return version
+
+    async def register(
+        self, model: str, folder: Path, lineage: dict[str, Any], metadata: dict[str, Any]
+    ) -> int:
+        """Upload `folder` and register it as a new version of `model`; its number."""
         files = {}
         for path, size in await asyncio.to_thread(_files_of, folder):
             blob: storage_pb2.Blob = await self._storage.ask(
-                "UploadBlob", _upload(path, size), _NoDeadline()
+                "UploadBlob", _upload(self._tenant, path, size), _NoDeadline()
             )
             files[str(path.relative_to(folder))] = blob.sha256
         request = storage_pb2.CreateModelVersionRequest(
-            tenant=SYSTEM_TENANT, model=model, files=files
+            tenant=self._tenant, model=model, files=files
         )
         request.lineage.update(lineage)
+        request.metadata.update(metadata)
         created: storage_pb2.ModelVersion = await self._storage.ask(
             "CreateModelVersion", request, _NoDeadline()
         )
-        alias = storage_pb2.SetAliasRequest(
-            tenant=SYSTEM_TENANT, model=model, alias=PRODUCTION, version=created.version
-        )
-        await self._storage.ask("SetAlias", alias, _NoDeadline())
-        log.info("model published to the registry",
-                 extra={"model": model, "version": created.version})  # fmt: skip
         return int(created.version)
 
 
@@ -145,9 +152,11 @@ def _files_of(folder: Path) -> list[tuple[Path, int]]:
     ]
 
 
-async def _upload(path: Path, size: int) -> AsyncIterator[storage_pb2.UploadBlobRequest]:
+async def _upload(
+    tenant: str, path: Path, size: int
+) -> AsyncIterator[storage_pb2.UploadBlobRequest]:
     yield storage_pb2.UploadBlobRequest(
-        start=storage_pb2.UploadStart(tenant=SYSTEM_TENANT, upload_id=uuid.uuid4().hex, size=size)
+        start=storage_pb2.UploadStart(tenant=tenant, upload_id=uuid.uuid4().hex, size=size)
     )
     offset = 0
     with path.open("rb") as file:

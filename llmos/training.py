@@ -7,6 +7,7 @@ naming the field, nothing queued) and the trainer's program reads the same datac
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -49,6 +50,8 @@ class TrainingConfig:
     model: dict[str, int] = field(default_factory=dict)
     #: fine-tune: a model folder name under the models directory (its own tokenizer)
     base_model: str = ""
+    #: the registry model the result becomes a new version of (default: the job's name)
+    output_model: str = ""
     #: what to train on: a dataset of the job's tenant (in storage), or the text itself
     dataset: str = ""
     text: str = ""
@@ -109,6 +112,13 @@ class TrainingConfig:
         )
         need(not (self.text and self.dataset), "text", "cannot be set together with dataset")
         need(len(self.text) <= TEXT_MAX, "text", f"is longer than {TEXT_MAX} characters")
+        if self.output_model:
+            need(
+                re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,127}", self.output_model) is not None
+                and ".." not in self.output_model,
+                "output_model",
+                "must be a model name (1-128 of a-z 0-9 . _ -)",
+            )
         if self.base_model:
             need(not self.model, "model", "cannot be set together with base_model")
             need(

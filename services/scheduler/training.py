@@ -333,6 +333,8 @@ class TrainingDispatcher:
             job = await self._jobs.record_progress(job, report)
         if job.state == S.JOB_STATE_SCHEDULED and report.state != S.JOB_STATE_FAILED:
             job = await self._jobs.move(job, S.JOB_STATE_RUNNING, "running")
+        if report.result:
+            job.result = report.result
         if report.state == S.JOB_STATE_PREEMPTED:
             job = await self._jobs.move(job, S.JOB_STATE_PREEMPTED, report.reason)
             self._preempting.pop(job.job_id, None)

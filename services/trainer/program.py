@@ -290,8 +290,25 @@ def train(job_dir: Path) -> int:
         if step % config.checkpoint_every == 0 or step == config.steps:
             save_checkpoint(checkpoint, step, trained, optimizer, schedule, step * per_step)
             last_checkpoint = step
+    if rank() == 0 and spec.get("output_dir"):
+        write_result(model, config, Path(spec["output_dir"]), Path(spec.get("models_dir", ".")))
     say("done", step=step, loss=total, val_loss=val)
     return EXIT_DONE
+
+
+def write_result(
+    model: LlamaForCausalLM, config: TrainingConfig, folder: Path, models_dir: Path
+) -> None:
+    """The trained weights as a Hugging Face folder (with the base model's tokenizer
+    files when fine-tuning; a from-scratch model reads bytes and has none)."""
+    from llmos.model.folder import GENERATION_CONFIG, TOKENIZER, TOKENIZER_CONFIG, save_model
+
+    save_model(model, folder)
+    if config.base_model:
+        for name in (TOKENIZER, TOKENIZER_CONFIG, GENERATION_CONFIG):
+            source = models_dir / config.base_model / name
+            if source.is_file():
+                (folder / name).write_bytes(source.read_bytes())
 
 
 def main(argv: list[str]) -> int:

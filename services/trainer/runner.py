@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -55,6 +56,12 @@ ROOT = Path(__file__).resolve().parents[2]
 EXIT_DONE, EXIT_STOPPED = 0, 3
 
 
+def _model_name(job_name: str) -> str:
+    """A registry name from a job's name (lowercase; other characters become -)."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", job_name.lower()).strip("-.") or "trained"
+    return name[:128]
+
+
 def attempt_key(job_id: str, attempt: int) -> str:
     """How a running attempt is named in heartbeats."""
     return f"{job_id}@{attempt}"
@@ -74,6 +81,7 @@ class Attempt:
     progress: common_pb2.TrainingProgress = field(default_factory=common_pb2.TrainingProgress)
     checkpoint_step: int = 0
     outcome: str = ""  # failure reason from the program
+    result: str = ""  # the model version a successful job registered
     reported: bool = False  # the final report was answered
 
     @property
@@ -233,6 +241,9 @@ class JobRunner:
                     "attempt": job.attempt,
                     "config": config,
                     "text_file": text_file,
+                    "output_dir": str(attempt.directory / "output")
+                    if attempt.node_rank == 0
+                    else "",
                     "checkpoint_dir": str(self._checkpoints / job.job_id),
                     "models_dir": str(self._models_dir),
                     "threads": threads,
@@ -304,8 +315,16 @@ class JobRunner:
     async def _finish(self, attempt: Attempt, code: int) -> None:
         """Say how the attempt ended until a scheduler has heard it, then forget it."""
         job = attempt.job
+        if code == EXIT_DONE and not attempt.requested and attempt.node_rank == 0:
+            try:
+                attempt.result = await self._register(attempt)
+            except LLMOSError as exc:
+                attempt.outcome = f"training finished but its result could not be registered: {exc}"
+                code = 1
         if code == EXIT_DONE and not attempt.requested:
             state, reason = S.JOB_STATE_SUCCEEDED, "training finished"
+            if attempt.result:
+                reason = f"training finished: registered {attempt.result}"
         elif attempt.requested == "cancel":
             state, reason = S.JOB_STATE_CANCELLED, "cancelled"
         elif attempt.requested:
@@ -331,6 +350,30 @@ class JobRunner:
         self._attempts.pop(attempt.key, None)
         shutil.rmtree(attempt.directory, ignore_errors=True)
 
+    async def _register(self, attempt: Attempt) -> str:
+        """The trained model as a new version in the job's tenant, with its lineage."""
+        job = attempt.job
+        config = MessageToDict(job.spec.config)
+        store = self._stores(job.tenant)
+        name = str(config.get("output_model") or _model_name(job.spec.name))
+        lineage: dict[str, Any] = {
+            "job": job.job_id,
+            "config": {k: v for k, v in config.items() if k != "text"},
+        }
+        base = str(config.get("base_model", ""))
+        if base:
+            parent = await store.version(base)
+            lineage["parent"] = f"{base}@{parent.version}" if parent else base
+        if config.get("dataset"):
+            dataset = await store.dataset(str(config["dataset"]))
+            lineage["dataset"] = {"name": dataset.name, "sha256": dataset.sha256}
+        metadata = {
+            "method": "full fine-tune" if base else "from scratch",
+            "tokenizer": "tokenizer.json" if base else "bytes (no tokenizer file)",
+        }
+        version = await store.register(name, attempt.directory / "output", lineage, metadata)
+        return f"{name}@{version}"
+
     def _report(self, attempt: Attempt, state: int, reason: str) -> scheduler_pb2.JobReport:
         return scheduler_pb2.JobReport(
             job_id=attempt.job.job_id,
@@ -340,6 +383,7 @@ class JobRunner:
             reason=reason,
             checkpoint_step=attempt.checkpoint_step,
             progress=attempt.progress,
+            result=attempt.result,
         )
 
     async def _send(self, report: scheduler_pb2.JobReport) -> scheduler_pb2.JobReportReply:

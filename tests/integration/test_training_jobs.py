@@ -233,7 +233,15 @@ async def test_a_job_runs_to_success_with_every_transition_and_its_progress_publ
     final = watched[-1]
     assert final.state == S.JOB_STATE_SUCCEEDED, final.reason
     assert any(0 < u.progress.step < 400 for u in watched), "WatchJob streamed no progress"
-    assert final.reason == "training finished" and final.attempt == 1
+    assert final.reason == "training finished: registered test-job@1" and final.attempt == 1
+    assert final.result == "test-job@1"
+    registered = cluster.storage.stub().GetModelVersion(
+        storage_pb2.GetModelVersionRequest(tenant="lab-a", model="test-job", version=1)
+    )
+    assert registered.lineage["job"] == job_id
+    assert registered.metadata["method"] == "from scratch"
+    assert registered.metadata["context_length"] == 512
+    assert set(registered.files) == {"config.json", "model.safetensors"}
     assert final.checkpoint_step == 400 and final.progress.step == 400
     assert 0 < final.progress.val_loss < 5.5 and final.progress.tokens_per_s > 0
     assert len(final.placement) == 1 and final.placement[0].processes == 1
@@ -261,6 +269,11 @@ def test_a_job_trains_on_a_dataset_from_storage(cluster: Cluster) -> None:
     done = wait_state(stub, "lab-d", job_id, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED)
     assert done.state == S.JOB_STATE_SUCCEEDED, done.reason
     assert done.progress.step == 30 and 0 < done.progress.val_loss < 5.5
+    model, _, version = done.result.partition("@")
+    registered = cluster.storage.stub().GetModelVersion(
+        storage_pb2.GetModelVersionRequest(tenant="lab-d", model=model, version=int(version))
+    )
+    assert registered.lineage["dataset"]["sha256"] == blob.sha256
 
 
 @pytest.mark.parametrize(
