@@ -386,16 +386,15 @@ def test_preemption_is_seen_as_preempted_then_queued(cluster: Cluster) -> None:
     for job_id in batch:
         wait_state(stub, "lab-b", job_id, S.JOB_STATE_RUNNING)
     seen: dict[str, list[tuple[int, str]]] = {j: [] for j in batch}
+    streams = {
+        j: stub.WatchJob(scheduler_pb2.GetJobRequest(tenant="lab-b", job_id=j), timeout=90)
+        for j in batch
+    }
 
     def watch(job_id: str) -> None:
-        request = scheduler_pb2.GetJobRequest(tenant="lab-b", job_id=job_id)
-        try:
-            for update in stub.WatchJob(request, timeout=60):
+        with contextlib.suppress(grpc.RpcError):  # cancelled below
+            for update in streams[job_id]:
                 seen[job_id].append((update.state, update.reason))
-                if update.attempt >= 2 and update.state == S.JOB_STATE_RUNNING:
-                    return
-        except grpc.RpcError:
-            pass
 
     threads = [threading.Thread(target=watch, args=(j,), daemon=True) for j in batch]
     for thread in threads:
@@ -403,8 +402,18 @@ def test_preemption_is_seen_as_preempted_then_queued(cluster: Cluster) -> None:
     time.sleep(1)
     urgent = submit(stub, "lab-b", spec(steps=10, priority=common_pb2.PRIORITY_CRITICAL))
     wait_state(stub, "lab-b", urgent, S.JOB_STATE_SUCCEEDED)
+    wait_for(
+        "the preempted job to run again",
+        lambda: (
+            any(get(stub, "lab-b", j).attempt >= 2 for j in batch)
+            and all(get(stub, "lab-b", j).state == S.JOB_STATE_RUNNING for j in batch)
+        ),
+    )
+    time.sleep(1)  # the last changes reach the watchers
+    for stream in streams.values():
+        stream.cancel()
     for thread in threads:
-        thread.join(60)
+        thread.join(10)
     victims = [
         j for j, updates in seen.items() if any(s == S.JOB_STATE_PREEMPTED for s, _ in updates)
     ]
