@@ -202,14 +202,16 @@ class JobStore:
         return jobs, next_token
 
     async def active(self) -> builtins.list[scheduler_pb2.Job]:
-        """Every job not yet ended (queued, scheduled, running or preempted)."""
+        """Every job not yet ended (queued, scheduled, running or preempted), read in one
+        round trip."""
         ids = sorted(i.decode() for i in await self._redis.smembers(f"{PREFIX}active"))  # type: ignore[misc]
-        jobs = []
-        for job_id in ids:
-            raw = await self._redis.hget(_key(job_id), "data")  # type: ignore[misc]
-            if raw is not None:
-                jobs.append(scheduler_pb2.Job.FromString(raw))
-        return jobs
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(_key(job_id), "data")
+            raws = await pipe.execute()
+        return [scheduler_pb2.Job.FromString(raw) for raw in raws if raw is not None]
 
     async def count_queued(self) -> int:
         return sum(j.state == S.JOB_STATE_QUEUED for j in await self.active())
