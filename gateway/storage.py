@@ -153,6 +153,13 @@ class StorageRelay(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
         )
         return result
 
+    async def RestoreStorage(self, request: Any, context: Any) -> storage_pb2.BackupStorageResponse:
+        _system_admin("restore storage")
+        result: storage_pb2.BackupStorageResponse = await self._storage.ask(
+            "RestoreStorage", request, context
+        )
+        return result
+
     async def GetStorageStats(self, request: Any, context: Any) -> storage_pb2.StorageStats:
         _system_admin("see store-wide statistics")
         result: storage_pb2.StorageStats = await self._storage.ask(

@@ -65,7 +65,13 @@ RPC_SCOPES: dict[str, str] = {
     },
     **{
         _STORAGE + name: ADMIN
-        for name in ("SetStorageQuota", "RotateStorageKey", "BackupStorage", "GetStorageStats")
+        for name in (
+            "SetStorageQuota",
+            "RotateStorageKey",
+            "BackupStorage",
+            "RestoreStorage",
+            "GetStorageStats",
+        )
     },
     **{
         _ADMIN + name: ADMIN

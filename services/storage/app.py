@@ -88,11 +88,14 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
     def __init__(
         self, files: BlobFiles, options: StorageOptions, audit: AuditPublisher | None
     ) -> None:
-        self._files = files
-        self._meta = files.metadata
+        self._use(files)
         self._options = options
         self._audit = audit
         self._lock = asyncio.Lock()  # registry changes that read then write
+
+    def _use(self, files: BlobFiles) -> None:
+        self._files = files
+        self._meta = files.metadata
 
     def _record(self, tenant: str, action: str, resource: str, detail: str = "") -> None:
         if self._audit is None:
@@ -442,6 +445,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
 
     # -- operations ----------------------------------------------------------------------
 
+    def close(self) -> None:
+        self._meta.close()
+
     async def SetStorageQuota(
         self, request: storage_pb2.SetStorageQuotaRequest, context: grpc.aio.ServicerContext
     ) -> storage_pb2.StorageQuota:
@@ -474,6 +480,38 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
             blobs, size = await asyncio.to_thread(backup, self._files, target)
         self._record(SYSTEM_TENANT, "storage.backup", str(target), f"{blobs} blobs")
         return storage_pb2.BackupStorageResponse(path=str(target), blobs=blobs, bytes=size)
+
+    async def RestoreStorage(
+        self, request: storage_pb2.RestoreStorageRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.BackupStorageResponse:
+        source = Path(request.path)
+        if not request.path or not source.is_absolute():
+            raise InvalidArgument("path", "must be an absolute path on the storage host")
+        if not await asyncio.to_thread((source / "manifest.json").is_file):
+            raise NotFound(f"{source} is not a storage backup (no manifest.json)")
+        async with self._lock:
+            blobs, _, models = self._meta.stats()
+            if blobs or models or self._meta.uploads():
+                raise FailedPrecondition(
+                    "this storage already holds data; restore into a fresh storage service"
+                )
+            files = await asyncio.to_thread(reopen_restored, self._files, source, self._options)
+            self._use(files)
+        count, size, _ = files.metadata.stats()
+        self._record(SYSTEM_TENANT, "storage.restore", str(source), f"{count} blobs")
+        return storage_pb2.BackupStorageResponse(path=str(source), blobs=count, bytes=size)
+
+
+def reopen_restored(files: BlobFiles, source: Path, options: StorageOptions) -> BlobFiles:
+    """Swap an empty store for the backup's contents and open them."""
+    root = files.root
+    files.metadata.close()
+    for suffix in ("", "-wal", "-shm"):
+        (root / f"metadata.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(root / "keys", ignore_errors=True)
+    restore(source, root)
+    metadata = Metadata(root / "metadata.sqlite")
+    return BlobFiles(root, metadata, KeyEncryptionKeys(root / "keys", options.kek_file))
 
 
 def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
@@ -562,18 +600,17 @@ def restore(source: Path, root: Path) -> int:
         raise FileExistsError(f"{root} already holds storage data; restore into a fresh one")
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source / "metadata.sqlite", root / "metadata.sqlite")
-    shutil.copytree(source / "blobs", root / "blobs", dirs_exist_ok=True)
+    if (source / "blobs").is_dir():
+        shutil.copytree(source / "blobs", root / "blobs", dirs_exist_ok=True)
     shutil.copytree(source / "keys", root / "keys", dirs_exist_ok=True)
     return int(json.loads((source / "manifest.json").read_text())["blobs"])
 
 
 async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack) -> list[str]:
-    """Open the store (sweeping what a crash left), import the default model into the
-    registry the first time, and serve the API."""
+    """Open the store (sweeping what a crash left) and serve the API."""
     options: StorageOptions = ctx.options
     root = options.root(ctx.settings.data_dir)
     metadata = Metadata(root / "metadata.sqlite")
-    stack.callback(metadata.close)
     keys = KeyEncryptionKeys(root / "keys", options.kek_file)
     files = BlobFiles(root, metadata, keys)
     await asyncio.to_thread(files.sweep)
@@ -581,5 +618,6 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
     audit.start()
     stack.push_async_callback(audit.close)
     servicer = StorageServicer(files, options, audit)
+    stack.callback(servicer.close)
     storage_pb2_grpc.add_StorageServicer_to_server(servicer, server)
     return [storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name]

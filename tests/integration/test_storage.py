@@ -474,31 +474,55 @@ def test_backup_restores_a_fresh_storage_to_the_same_digests(
         grpc.StatusCode.FAILED_PRECONDITION,
         "exists; a backup goes into a new directory",
     )
-    restored_root = tmp_path / "restored"
-    command = ["-m", "services.storage.restore", str(tmp_path / "backup"), str(restored_root)]
-    result = subprocess.run(
-        [sys.executable, *command], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    restored = start_storage(storage.env, restored_root)
+    # online: a fresh storage service is brought back to the backup while it runs
+    restored = start_storage(storage.env, tmp_path / "restored")
     try:
         again = restored.stub()
-        db = sqlite3.connect(storage.root / "metadata.sqlite")
-        originals = db.execute("SELECT tenant, sha256 FROM blobs").fetchall()
-        db.close()
-        restored_count = again.GetStorageStats(storage_pb2.GetStorageStatsRequest()).blob_count
-        assert restored_count == len(originals) == backup.blobs
-        for tenant, sha256 in originals:
-            relative = Path("blobs", tenant_directory(tenant), sha256[:2], sha256)
-            assert (restored_root / relative).read_bytes() == (storage.root / relative).read_bytes()
-            if tenant == "lab-t":  # damaged on purpose by the flipped-byte test: still caught
-                refused(partial(download, again, "lab-t", sha256), grpc.StatusCode.DATA_LOSS, "")
-                continue
-            assert hashlib.sha256(download(again, tenant, sha256)).hexdigest() == sha256
+        answer = again.RestoreStorage(
+            storage_pb2.RestoreStorageRequest(path=str(tmp_path / "backup"))
+        )
+        assert answer.blobs == backup.blobs
+        refused(  # only into an empty one
+            lambda: again.RestoreStorage(
+                storage_pb2.RestoreStorageRequest(path=str(tmp_path / "backup"))
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "this storage already holds data",
+        )
+        _same_digests(storage, restored, backup.blobs)
         kept = again.GetDataset(storage_pb2.GetDatasetRequest(tenant="lab-b", name="kept"))
         assert kept.sha256 == blob.sha256
     finally:
         restored.stop()
+    # offline: the restore tool fills a storage directory before the service starts
+    command = ["-m", "services.storage.restore", str(tmp_path / "backup"), str(tmp_path / "cold")]
+    result = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    cold = start_storage(storage.env, tmp_path / "cold")
+    try:
+        _same_digests(storage, cold, backup.blobs)
+    finally:
+        cold.stop()
+
+
+def _same_digests(original: StorageProcess, restored: StorageProcess, expected: int) -> None:
+    """Every blob of the original is in the restored store, sealed bytes identical, and
+    decrypts to its digest (the one damaged on purpose earlier is still caught)."""
+    again = restored.stub()
+    db = sqlite3.connect(original.root / "metadata.sqlite")
+    originals = db.execute("SELECT tenant, sha256 FROM blobs").fetchall()
+    db.close()
+    count = again.GetStorageStats(storage_pb2.GetStorageStatsRequest()).blob_count
+    assert count == len(originals) == expected
+    for tenant, sha256 in originals:
+        relative = Path("blobs", tenant_directory(tenant), sha256[:2], sha256)
+        assert (restored.root / relative).read_bytes() == (original.root / relative).read_bytes()
+        if tenant == "lab-t":  # damaged on purpose by the flipped-byte test: still caught
+            refused(partial(download, again, "lab-t", sha256), grpc.StatusCode.DATA_LOSS, "")
+            continue
+        assert hashlib.sha256(download(again, tenant, sha256)).hexdigest() == sha256
 
 
 def test_kill_9_mid_upload_and_mid_registry_change_leaves_old_or_new_state(

@@ -135,7 +135,7 @@ def test_scopes_and_system_only_operations_are_enforced(
     done = llmos(gateway, system_creds, "admin", "backup", str(tmp_path / "backup"))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "backup" / "manifest.json").is_file()
-    rotated = llmos(gateway, system_creds, "admin", "rotate-storage-key")
+    rotated = llmos(gateway, system_creds, "admin", "rotate-key", "storage")
     assert rotated.returncode == 0 and "key_id" in rotated.stdout
 
 

@@ -45,6 +45,7 @@ from tools.cli.session import (
     stack_info,
 )
 from tools.cli.storage_commands import add_commands as add_storage_commands
+from tools.cli.storage_commands import cmd_storage_admin
 from tools.cli.train_command import add_command as add_train_command
 from tools.devstack.access import tls_channel
 
@@ -423,7 +424,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
         reply = admin.SetScopes(
             admin_pb2.SetScopesRequest(scopes=args.scope or [], **target), timeout=t
         )
-    else:  # rotate-key
+    elif args.which == "storage":  # rotate-key storage
+        return int(cmd_storage_admin(args))
+    else:  # rotate-key [signing]
         reply = admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest(), timeout=t)
     _print_json(reply)
     return EXIT_OK
@@ -468,7 +471,12 @@ def _add_admin_commands(commands: Any) -> Callable[[str, str], argparse.Argument
     whom.add_argument("--client")
     whom.add_argument("--user")
     scopes.add_argument("--scope", action="append", help="scope to grant (repeatable)")
-    action("rotate-key", "new token-signing key (old tokens stay valid until they expire)")
+    rotate = action(
+        "rotate-key",
+        "signing: new token-signing key (old tokens stay valid until they expire); "
+        "storage: new key-encryption key, every data key re-wrapped, no data re-encrypted",
+    )
+    rotate.add_argument("which", nargs="?", choices=("signing", "storage"), default="signing")
     return action
 
 

@@ -151,7 +151,9 @@ def cmd_storage_admin(args: argparse.Namespace) -> int:
     reply: Message
     if action == "backup":
         reply = stub.BackupStorage(storage_pb2.BackupStorageRequest(path=args.path), timeout=t)
-    elif action == "rotate-storage-key":
+    elif action == "restore":
+        reply = stub.RestoreStorage(storage_pb2.RestoreStorageRequest(path=args.path), timeout=t)
+    elif action in ("rotate-storage-key", "rotate-key"):  # rotate-key storage
         reply = stub.RotateStorageKey(storage_pb2.RotateStorageKeyRequest(), timeout=t)
     else:  # storage-quota
         request = storage_pb2.SetStorageQuotaRequest(tenant=args.tenant, bytes=args.bytes)
@@ -197,9 +199,11 @@ def add_commands(
 
     backup = admin("backup", "consistent online snapshot of storage into PATH (on its host)")
     backup.add_argument("path")
-    rotate = admin("rotate-storage-key", "new key-encryption key; every data key re-wrapped")
+    restore = admin("restore", "bring a fresh storage service back to the backup at PATH")
+    restore.add_argument("path")
+    rotate = admin("rotate-storage-key", "same as: rotate-key storage")
     quota = admin("storage-quota", "bytes a tenant may store")
     quota.add_argument("tenant")
     quota.add_argument("bytes", type=int)
-    for parser in (backup, rotate, quota):
+    for parser in (backup, restore, rotate, quota):
         parser.set_defaults(run=cmd_storage_admin)
