@@ -170,3 +170,30 @@ def _number(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidArgument(path, "must be a finite number")
     return float(value)
+
+
+def parameter_count(vocab: int, hidden: int, intermediate: int, layers: int) -> int:
+    """Parameters of a Llama shape (embeddings and head counted apart; attention as if
+    every head had its own keys and values — an upper bound under grouped queries)."""
+    return vocab * hidden * 2 + layers * (4 * hidden * hidden + 3 * hidden * intermediate)
+
+
+def memory_needed(
+    config: TrainingConfig, parameters: int, hidden: int, layers: int, vocab: int
+) -> int:
+    """Bytes one process needs to train, roughly: fp32 weights, gradients and AdamW's two
+    moments (16 bytes a parameter), activations kept for the backward pass (~34 bytes per
+    token, layer and hidden unit) and the logits with their gradient."""
+    tokens = config.batch_size * config.seq_len
+    return 16 * parameters + 34 * tokens * hidden * layers + 8 * tokens * vocab
+
+
+def check_memory(needed: int, reserved: int) -> None:
+    """Refuse a job whose batch cannot fit in the memory it reserves per process."""
+    if reserved and needed > reserved:
+        raise InvalidArgument(
+            "spec.resources.memory_bytes",
+            f"the job needs about {needed >> 20} MiB per process (weights, gradients, AdamW "
+            f"state, activations) but reserves {reserved >> 20} MiB; reserve more or lower "
+            "batch_size or seq_len",
+        )

@@ -20,7 +20,7 @@ from llmos import subjects
 from llmos.errors import InvalidArgument, NotFound
 from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext
-from llmos.training import TrainingConfig
+from llmos.training import TrainingConfig, check_memory, memory_needed
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.fairshare import check_class_allowed
 from services.scheduler.inference import InferenceDispatcher
@@ -65,7 +65,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
     ) -> scheduler_pb2.Job:
         priority, config = check_spec(request.spec, self._instances("trainer"))
         check_class_allowed(self._tenant_classes, request.tenant, priority)
-        await check_inputs(ModelStore(self._ctx.registry, request.tenant), config, request.tenant)
+        await check_inputs(
+            ModelStore(self._ctx.registry, request.tenant), config, request.tenant,
+            request.spec.resources.memory_bytes,
+        )  # fmt: skip
         job = await self._jobs.create(request.tenant, request.owner, request.spec)
         self._training.wake()
         return job
@@ -115,7 +118,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
             await subscription.unsubscribe()
 
 
-async def check_inputs(store: ModelStore, config: TrainingConfig, tenant: str) -> None:
+async def check_inputs(
+    store: ModelStore, config: TrainingConfig, tenant: str, reserved_memory: int
+) -> None:
     """The job's dataset and base model exist for its tenant (storage is asked now, so a
     typo is refused at submit rather than failing the job later)."""
     if config.dataset:
@@ -133,7 +138,14 @@ async def check_inputs(store: ModelStore, config: TrainingConfig, tenant: str) -
             raise InvalidArgument(
                 "spec.config.base_model", f"no model {config.base_model!r} is in the registry"
             )
-        context = float(MessageToDict(version.metadata).get("context_length", 0))
+        metadata = MessageToDict(version.metadata)
+        shape = [
+            int(metadata.get(k, 0)) for k in ("hidden_size", "num_hidden_layers", "vocab_size")
+        ]
+        if metadata.get("parameters") and all(shape):
+            needed = memory_needed(config, int(metadata["parameters"]), *shape)
+            check_memory(needed, reserved_memory)
+        context = float(metadata.get("context_length", 0))
         if context and config.seq_len > context:
             raise InvalidArgument(
                 "spec.config.seq_len",

@@ -33,7 +33,13 @@ from llmos.errors import (
 from llmos.events import new_event
 from llmos.messaging import EventPublisher
 from llmos.priority import PriorityClass
-from llmos.training import TrainingConfig
+from llmos.training import (
+    BYTE_VOCAB,
+    TrainingConfig,
+    check_memory,
+    memory_needed,
+    parameter_count,
+)
 from llmos.v1 import common_pb2, events_pb2, scheduler_pb2
 
 log = logging.getLogger("llmos.scheduler.jobs")
@@ -106,7 +112,13 @@ def check_spec(
     if not trainers:
         raise Unavailable("no trainer is running, so no training job can be placed; retry later")
     _check_fits(need, trainers)
-    return priority, TrainingConfig.parse(MessageToDict(spec.config), "spec.config")
+    config = TrainingConfig.parse(MessageToDict(spec.config), "spec.config")
+    if not config.base_model:  # a fine-tune is checked once its base model is known
+        shape = config.model_shape()
+        hidden, layers, vocab = shape["hidden_size"], shape["num_hidden_layers"], BYTE_VOCAB
+        parameters = parameter_count(vocab, hidden, shape["intermediate_size"], layers)
+        check_memory(memory_needed(config, parameters, hidden, layers, vocab), need.memory_bytes)
+    return priority, config
 
 
 def _check_fits(need: common_pb2.Resources, trainers: Sequence[common_pb2.ServiceInstance]) -> None:

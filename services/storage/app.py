@@ -34,6 +34,7 @@ from llmos.errors import (
     ResourceExhausted,
 )
 from llmos.runner import ServiceContext
+from llmos.training import parameter_count
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 from services.storage.blobs import BlobFiles, DigestMismatch, Upload
 from services.storage.crypto import Corrupt, KeyEncryptionKeys
@@ -347,10 +348,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
             "tokenizer": "tokenizer.json",
         }
         if isinstance(hidden, int) and isinstance(layers, int) and isinstance(vocab, int):
-            inter = config.get("intermediate_size", 4 * hidden)
-            described["parameters"] = vocab * hidden * 2 + layers * (
-                4 * hidden * hidden + 3 * hidden * inter
-            )
+            inter = int(config.get("intermediate_size", 4 * hidden))
+            described["parameters"] = parameter_count(vocab, hidden, inter, layers)
+            described.update(hidden_size=hidden, num_hidden_layers=layers, vocab_size=vocab)
         return {k: v for k, v in described.items() if v is not None}
 
     def _version(self, tenant: str, model: str, version: int) -> storage_pb2.ModelVersion:

@@ -285,8 +285,22 @@ def test_a_job_trains_on_a_dataset_from_storage(cluster: Cluster) -> None:
         ("lab-d", {"base_model": "ghost", "text": "x"}, "no model 'ghost' is in the registry"),
         ("lab-d", {"learning_rate": 0, "text": "x"}, "spec.config.learning_rate: must be above 0"),
         ("lab-d", {"seq_len": 4096, "text": "x"}, "above the model's context of 512"),
+        (
+            "lab-d",
+            {"batch_size": 4096, "seq_len": 512, "text": "x"},
+            "spec.resources.memory_bytes: the job needs about 12802 MiB per process (weights, "
+            "gradients, AdamW state, activations) but reserves 256 MiB",
+        ),
     ],
-    ids=["unknown dataset", "another tenant's", "empty", "unknown base", "lr 0", "seq_len"],
+    ids=[
+        "unknown dataset",
+        "another tenant's",
+        "empty",
+        "unknown base",
+        "lr 0",
+        "seq_len",
+        "batch too big for its memory",
+    ],
 )
 def test_bad_training_inputs_are_refused_at_submit(
     cluster: Cluster, tenant: str, config: dict[str, Any], sentence: str
