@@ -66,6 +66,12 @@ class StorageRelay(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
         async for chunk in self._storage.stream("DownloadBlob", request, context):
             yield chunk
 
+    async def DeleteBlob(self, request: Any, context: Any) -> storage_pb2.Blob:
+        result: storage_pb2.Blob = await self._relay(
+            "DeleteBlob", request, context, f"blob/{request.sha256}"
+        )
+        return result
+
     async def _relay(self, method: str, request: Any, context: Any, resource: str) -> Any:
         return await self._storage.ask(method, _own(request, resource), context)
 

@@ -103,6 +103,19 @@ class ModelStore:
                 digest.update(chunk.data)
         return digest.hexdigest()
 
+    async def upload(self, path: Path) -> str:
+        """Store a file as a blob of the tenant; its sha256."""
+        size = await asyncio.to_thread(lambda: path.stat().st_size)
+        blob: storage_pb2.Blob = await self._storage.ask(
+            "UploadBlob", _upload(self._tenant, path, size), _NoDeadline()
+        )
+        return blob.sha256
+
+    async def forget(self, sha256: str) -> None:
+        """Delete a blob of the tenant that nothing uses any more."""
+        request = storage_pb2.DownloadBlobRequest(tenant=self._tenant, sha256=sha256)
+        await self._storage.ask("DeleteBlob", request, _NoDeadline())
+
     async def dataset(self, name: str) -> storage_pb2.Dataset:
         """The tenant's dataset `name` (NotFound if it has none by that name)."""
         request = storage_pb2.GetDatasetRequest(tenant=self._tenant, name=name)
@@ -127,11 +140,8 @@ class ModelStore:
     ) -> int:
         """Upload `folder` and register it as a new version of `model`; its number."""
         files = {}
-        for path, size in await asyncio.to_thread(_files_of, folder):
-            blob: storage_pb2.Blob = await self._storage.ask(
-                "UploadBlob", _upload(self._tenant, path, size), _NoDeadline()
-            )
-            files[str(path.relative_to(folder))] = blob.sha256
+        for path, _ in await asyncio.to_thread(_files_of, folder):
+            files[str(path.relative_to(folder))] = await self.upload(path)
         request = storage_pb2.CreateModelVersionRequest(
             tenant=self._tenant, model=model, files=files
         )

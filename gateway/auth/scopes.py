@@ -52,6 +52,7 @@ RPC_SCOPES: dict[str, str] = {
             "UploadBlob",
             "GetUpload",
             "DownloadBlob",
+            "DeleteBlob",
             "CreateDataset",
             "GetDataset",
             "ListDatasets",

@@ -270,7 +270,11 @@ class JobStore:
         updated = scheduler_pb2.Job()
         updated.CopyFrom(job)
         updated.progress.CopyFrom(report.progress)
-        updated.checkpoint_step = max(job.checkpoint_step, report.checkpoint_step)
+        if report.checkpoint_blob:  # the checkpoint a new attempt resumes from
+            updated.checkpoint_blob = report.checkpoint_blob
+            updated.checkpoint_step = report.checkpoint_step
+        else:
+            updated.checkpoint_step = max(job.checkpoint_step, report.checkpoint_step)
         updated.updated_at.CopyFrom(_now())
         await self._write(updated, [job.state])
         event = new_event("scheduler", tenant=job.tenant)

@@ -235,6 +235,24 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
             yield storage_pb2.BlobChunk(offset=offset, data=chunk)
             offset += len(chunk)
 
+    async def DeleteBlob(
+        self, request: storage_pb2.DownloadBlobRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.Blob:
+        tenant = check_tenant(request.tenant)
+        sha256 = check_sha256(request.sha256)
+        async with self._lock:
+            row = self._meta.blob(tenant, sha256)
+            if row is None:
+                raise NotFound(f"blob {sha256} does not exist")
+            users = self._meta.references(tenant, sha256)
+            if users:
+                raise FailedPrecondition(
+                    f"blob {sha256} is used by {users} dataset(s) or model file(s); delete those"
+                )
+            self._files.remove(tenant, sha256)
+        self._record(tenant, "storage.blob.delete", f"blob/{sha256}")
+        return storage_pb2.Blob(tenant=tenant, sha256=sha256, size=row.size)
+
     # -- datasets ------------------------------------------------------------------------
 
     async def CreateDataset(

@@ -54,6 +54,7 @@ REPORT_TIMEOUT_S = 5.0
 PROGRESS_EVERY_S = 1.0
 ROOT = Path(__file__).resolve().parents[2]
 EXIT_DONE, EXIT_STOPPED = 0, 3
+CHECKPOINT = "checkpoint.pt"
 
 
 def _model_name(job_name: str) -> str:
@@ -82,6 +83,8 @@ class Attempt:
     checkpoint_step: int = 0
     outcome: str = ""  # failure reason from the program
     result: str = ""  # the model version a successful job registered
+    checkpoint_blob: str = ""  # the checkpoint in storage, and the step it holds
+    stored_step: int = 0
     reported: bool = False  # the final report was answered
 
     @property
@@ -216,12 +219,74 @@ class JobRunner:
             if await store.download(attempt.job.tenant, dataset.sha256, target) != dataset.sha256:
                 raise DataLoss(f"dataset {dataset.name!r} did not match its digest")
             text_file = str(target)
+        await self._restore_checkpoint(attempt, store)
         base = str(config.get("base_model", ""))
         if base and not has_model(self._models_dir / base):
             self._models_dir.mkdir(parents=True, exist_ok=True)
             if not await store.fetch(base, self._models_dir):
                 raise NotFound(f"model {base!r} is not in the registry")
         return text_file
+
+    def _checkpoint_file(self, job: scheduler_pb2.Job) -> Path:
+        return self._checkpoints / job.job_id / CHECKPOINT
+
+    async def _restore_checkpoint(self, attempt: Attempt, store: ModelStore) -> None:
+        """Put the job's last checkpoint from storage where the program resumes from,
+        unless this machine already holds that very checkpoint."""
+        job = attempt.job
+        attempt.checkpoint_blob, attempt.stored_step = job.checkpoint_blob, job.checkpoint_step
+        if not job.checkpoint_blob:
+            return
+        target = self._checkpoint_file(job)
+        marker = target.with_suffix(".sha256")
+        if target.exists() and marker.exists() and marker.read_text() == job.checkpoint_blob:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".download")
+        if await store.download(job.tenant, job.checkpoint_blob, partial) != job.checkpoint_blob:
+            raise DataLoss(f"the checkpoint of {job.job_id} did not match its digest")
+        partial.replace(target)
+        marker.write_text(job.checkpoint_blob)
+        log.info("checkpoint restored from storage",
+                 extra={"job": job.job_id, "step": job.checkpoint_step})  # fmt: skip
+
+    async def _store_checkpoint(self, attempt: Attempt) -> None:
+        """Upload the newest checkpoint (node 0 holds it) and drop the one it replaces, so
+        the job resumes anywhere, not only where this disk is."""
+        if attempt.node_rank != 0 or attempt.checkpoint_step <= attempt.stored_step:
+            return
+        source = self._checkpoint_file(attempt.job)
+        if not source.exists():
+            return
+        step = attempt.checkpoint_step
+        snapshot = source.with_suffix(f".upload-{step}")
+        snapshot.unlink(missing_ok=True)
+        os.link(source, snapshot)  # the program may replace the file meanwhile
+        store = self._stores(attempt.job.tenant)
+        try:
+            sha256 = await store.upload(snapshot)
+        finally:
+            snapshot.unlink(missing_ok=True)
+        source.with_suffix(".sha256").write_text(sha256)
+        previous, attempt.checkpoint_blob, attempt.stored_step = (
+            attempt.checkpoint_blob, sha256, step
+        )  # fmt: skip
+        if previous and previous != sha256:
+            with contextlib.suppress(LLMOSError):
+                await store.forget(previous)
+
+    async def _keep_checkpoints(self, attempt: Attempt) -> None:
+        """While the job runs: store each new checkpoint (skipping ones overtaken)."""
+        warned = False
+        while True:
+            try:
+                await self._store_checkpoint(attempt)
+            except LLMOSError as exc:
+                if not warned:  # e.g. no storage: resuming then needs a shared directory
+                    log.warning("checkpoints are not reaching storage",
+                                extra={"job": attempt.job.job_id, "why": str(exc)})  # fmt: skip
+                    warned = True
+            await asyncio.sleep(PROGRESS_EVERY_S)
 
     async def _run(self, attempt: Attempt, nodes: int, rendezvous: str) -> None:
         job = attempt.job
@@ -272,11 +337,14 @@ class JobRunner:
             log_file.close()
         log.info("job started", extra={"job": job.job_id, "attempt": job.attempt})
         reporter = asyncio.create_task(self._report_progress(attempt))
+        keeper = asyncio.create_task(self._keep_checkpoints(attempt))
         assert attempt.process.stdout is not None
         async for line in attempt.process.stdout:
             self._read_line(attempt, line)
         code = await attempt.process.wait()
         reporter.cancel()
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
         await self._finish(attempt, code)
 
     def _read_line(self, attempt: Attempt, line: bytes) -> None:
@@ -300,9 +368,9 @@ class JobRunner:
     async def _report_progress(self, attempt: Attempt) -> None:
         """RUNNING, then the latest progress about once a second (dropped if unanswered:
         the next one carries newer news)."""
-        sent: tuple[int, int] | None = None
+        sent: tuple[int, int, int] | None = None
         while True:
-            current = (attempt.progress.step, attempt.checkpoint_step)
+            current = (attempt.progress.step, attempt.checkpoint_step, attempt.stored_step)
             if current != sent:
                 report = self._report(attempt, S.JOB_STATE_RUNNING, "running")
                 with contextlib.suppress(TimeoutError, NoRespondersError):
@@ -315,6 +383,10 @@ class JobRunner:
     async def _finish(self, attempt: Attempt, code: int) -> None:
         """Say how the attempt ended until a scheduler has heard it, then forget it."""
         job = attempt.job
+        try:  # the checkpoint a stop wrote is what the next attempt resumes from
+            await self._store_checkpoint(attempt)
+        except LLMOSError as exc:
+            log.warning("last checkpoint not stored", extra={"job": job.job_id, "why": str(exc)})
         if code == EXIT_DONE and not attempt.requested and attempt.node_rank == 0:
             try:
                 attempt.result = await self._register(attempt)
@@ -381,9 +453,13 @@ class JobRunner:
             instance_id=self._instance.instance_id,
             state=state,  # type: ignore[arg-type]
             reason=reason,
-            checkpoint_step=attempt.checkpoint_step,
+            # with a blob: the step that blob holds (storage may lag the local checkpoint)
+            checkpoint_step=attempt.stored_step
+            if attempt.checkpoint_blob
+            else attempt.checkpoint_step,
             progress=attempt.progress,
             result=attempt.result,
+            checkpoint_blob=attempt.checkpoint_blob,
         )
 
     async def _send(self, report: scheduler_pb2.JobReport) -> scheduler_pb2.JobReportReply:

@@ -64,7 +64,13 @@ class Cluster:
         self.scheduler = self.spawn("services.scheduler", LLMOS_LISTEN_ADDR=self.address)
 
     def start_trainer(self) -> subprocess.Popen[bytes]:
-        trainer = self.spawn("services.trainer", LLMOS_LISTEN_ADDR="127.0.0.1:0")
+        """A trainer with a checkpoint directory of its own: a job resumed elsewhere gets
+        its checkpoint from storage, as across machines."""
+        trainer = self.spawn(
+            "services.trainer",
+            LLMOS_LISTEN_ADDR="127.0.0.1:0",
+            LLMOS_CHECKPOINT_DIR=str(self.logs.parent / f"checkpoints-{len(self.trainers)}"),
+        )
         self.trainers.append(trainer)
         return trainer
 
@@ -467,6 +473,19 @@ def test_a_trainer_killed_mid_job_loses_no_work(cluster: Cluster) -> None:
     assert done.state == S.JOB_STATE_SUCCEEDED, done.reason
     assert done.placement[0].instance_id != victim_id
     assert done.progress.step == 600 and done.attempt == 2
+    # it resumed on another disk: from the checkpoint in storage, the only one kept there
+    assert done.checkpoint_blob and done.checkpoint_step == 600
+    checkpoint = cluster.storage.stub().DownloadBlob(
+        storage_pb2.DownloadBlobRequest(tenant="lab-a", sha256=done.checkpoint_blob)
+    )
+    assert sum(len(c.data) for c in checkpoint) > 0
+    restored = [
+        line
+        for log in cluster.logs.glob("services.trainer-*.log")
+        for line in log.read_text().splitlines()
+        if "checkpoint restored from storage" in line and job_id in line
+    ]
+    assert restored and f'"step": {requeued.checkpoint_step}' in restored[0]
     cluster.start_trainer()  # back to two trainers for the next test
     wait_for("two trainers", lambda: len(trainers_alive(stub)) == 2)
 
