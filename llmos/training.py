@@ -14,6 +14,7 @@ from typing import Any
 from llmos.errors import InvalidArgument
 
 SCHEDULES = ("cosine", "linear", "constant")
+METHODS = ("full", "lora")
 #: a model trained from scratch reads bytes: 256 token ids, no tokenizer to ship
 BYTE_VOCAB = 256
 #: the Llama shape fields a from-scratch `model` may set, with small defaults
@@ -50,6 +51,11 @@ class TrainingConfig:
     model: dict[str, int] = field(default_factory=dict)
     #: fine-tune: a model folder name under the models directory (its own tokenizer)
     base_model: str = ""
+    #: "full" (every weight) or "lora" (low-rank updates of the attention projections,
+    #: merged into the weights at the end)
+    method: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
     #: the registry model the result becomes a new version of (default: the job's name)
     output_model: str = ""
     #: what to train on: a dataset of the job's tenant (in storage), or the text itself
@@ -105,6 +111,9 @@ class TrainingConfig:
         need(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
         need(self.eval_every >= 1, "eval_every", "must be at least 1")
         need(0 < self.val_fraction < 0.5, "val_fraction", "must be above 0 and below 0.5")
+        need(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}")
+        need(1 <= self.lora_rank <= 1024, "lora_rank", "must be between 1 and 1024")
+        need(0 < self.lora_alpha <= 10_000, "lora_alpha", "must be above 0 and at most 10000")
         need(
             bool(self.text or self.dataset),
             "dataset",

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from llmos.model.llama import LlamaConfig, LlamaForCausalLM
 from llmos.training import TrainingConfig
+from services.trainer import lora
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 CHECKPOINT = "checkpoint.pt"
@@ -233,8 +234,12 @@ def train(job_dir: Path) -> int:
     model.to(DEVICE)
     text = config.text or Path(spec["text_file"]).read_text(encoding="utf-8", errors="replace")
     corpus = Corpus(encode(text), config)
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    if config.method == "lora":
+        trainable = lora.attach(model, config.lora_rank, config.lora_alpha)
+        say("lora", trainable_parameters=trainable)
+    params = [p for p in model.parameters() if p.requires_grad]
+    no_decay = [p for p in params if p.ndim < 2]
+    decay = [p for p in params if p.ndim >= 2]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": config.weight_decay},
@@ -290,7 +295,7 @@ def train(job_dir: Path) -> int:
             )
             return EXIT_FAILED
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trained.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
@@ -312,6 +317,8 @@ def train(job_dir: Path) -> int:
         if step % config.checkpoint_every == 0 or step == config.steps:
             save_checkpoint(checkpoint, step, trained, optimizer, schedule, step * per_step)
             last_checkpoint = step
+    if config.method == "lora":
+        lora.merge(model)
     if rank() == 0 and spec.get("output_dir"):
         write_result(
             model.to("cpu"), config, Path(spec["output_dir"]), Path(spec.get("models_dir", "."))

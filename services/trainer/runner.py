@@ -439,8 +439,11 @@ class JobRunner:
         if config.get("dataset"):
             dataset = await store.dataset(str(config["dataset"]))
             lineage["dataset"] = {"name": dataset.name, "sha256": dataset.sha256}
+        method = "full" if base else "from scratch"
+        if config.get("method") == "lora":
+            method = f"LoRA rank {int(config.get('lora_rank', 8))}, merged into the weights"
         metadata = {
-            "method": "full fine-tune" if base else "from scratch",
+            "method": method,
             "tokenizer": "tokenizer.json" if base else "bytes (no tokenizer file)",
         }
         version = await store.register(name, attempt.directory / "output", lineage, metadata)

@@ -166,3 +166,37 @@ def test_two_ddp_processes_train_like_one_with_the_same_global_batch(
     assert sorted(ddp) == sorted(one) == list(range(1, 11))
     for step in ddp:
         assert ddp[step] == pytest.approx(one[step], rel=1e-4, abs=1e-4)
+
+
+def test_lora_trains_only_low_rank_updates_and_merges_them_into_the_weights(
+    tmp_path: Path,
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from llmos.model.llama import LlamaConfig, LlamaForCausalLM
+    from llmos.training import TrainingConfig
+
+    directory = job_dir(tmp_path, "lora", steps=30, method="lora", lora_rank=4,
+                        learning_rate=1e-2)  # fmt: skip
+    spec = json.loads((directory / "job.json").read_text())
+    spec["output_dir"] = str(directory / "out")
+    (directory / "job.json").write_text(json.dumps(spec))
+    code, lines = run(directory)
+    assert code == 0, lines[-3:]
+    config = TrainingConfig.parse(spec["config"], "config")
+    shape = config.model_shape()
+    hidden, layers = shape["hidden_size"], shape["num_hidden_layers"]
+    trainable = events(lines, "lora")[0]["trainable_parameters"]
+    assert trainable == layers * 4 * 4 * (hidden + hidden)  # 4 projections, rank 4
+    progress = losses(lines)
+    assert progress[30] < progress[1]
+    torch.manual_seed(config.seed)  # the initial weights, as the program built them
+    initial = LlamaForCausalLM(LlamaConfig.from_hf(dict(shape))).state_dict()
+    merged = load_file(str(directory / "out" / "model.safetensors"))
+    assert not any("lora" in key or ".base." in key for key in merged)
+    for key, value in merged.items():
+        if any(f"{name}.weight" in key for name in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            assert not torch.equal(value, initial[key]), key  # updated through LoRA
+        else:
+            assert torch.equal(value, initial[key]), key  # frozen
