@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from gateway.deployments import Deployments
 from llmos import subjects
 from llmos.errors import InvalidArgument, NotFound, Unavailable
 from llmos.model.names import DEFAULT_MODEL, MODEL_NAME
@@ -44,8 +45,9 @@ R = TypeVar("R", inference_pb2.EmbedResult, inference_pb2.ClassifyResult)
 class ModelCatalog:
     """Models some live worker serves, from the service registry."""
 
-    def __init__(self, registry: ServiceRegistry) -> None:
+    def __init__(self, registry: ServiceRegistry, deployments: Deployments | None = None) -> None:
         self._registry = registry
+        self._deployments = deployments
 
     async def served(self) -> Counter[str]:
         """Model name -> number of worker instances serving it."""
@@ -54,11 +56,17 @@ class ModelCatalog:
             counts.update(instance.models)
         return counts
 
-    async def resolve(self, requested: str, loadable: bool = False) -> str:
-        """The model to use: the one named, or the default. NOT_FOUND if nobody serves it,
-        unless `loadable` (generation: the scheduler can have a worker load it, and says
-        NOT_FOUND itself when no worker has it)."""
+    async def resolve(self, requested: str, loadable: bool = False, tenant: str = "") -> str:
+        """The model to use: the tenant's deployment of the name, or the one named, or the
+        default. NOT_FOUND if nobody serves it, unless `loadable` (generation: the
+        scheduler can have a worker load it, and says NOT_FOUND itself when no worker
+        has it)."""
         name = requested or DEFAULT_MODEL
+        if self._deployments is not None and tenant:
+            deployed = await self._deployments.served(tenant, name)
+            if deployed:
+                return deployed
+            self._deployments.check_reachable(tenant, name)
         if not MODEL_NAME.match(name):
             raise InvalidArgument("model", "must be lowercase letters, digits, - and _")
         if loadable:

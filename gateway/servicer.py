@@ -13,6 +13,7 @@ import grpc
 from gateway.admin import AdminServicer
 from gateway.auth.principal import call_record, caller
 from gateway.cache import ResponseCache
+from gateway.deployments import Deployer, Deployments
 from gateway.inference import InferenceRouter, ModelCatalog
 from gateway.runtime import GatewayRuntime
 from gateway.status import service_status, system_status
@@ -67,7 +68,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         self._cache = runtime.cache
         ca = runtime.options.tls_ca
         self._tls_ca = ca.read_bytes() if ca else None
-        self._models = ModelCatalog(ctx.registry)
+        deployments = Deployments(ctx.redis)
+        self._models = ModelCatalog(ctx.registry, deployments)
+        self._deployer = Deployer(ctx.registry, deployments)
         self._router = InferenceRouter(ctx)
         self._scheduler = ServiceLink(ctx.registry, "scheduler", scheduler_pb2_grpc.SchedulerStub)
 
@@ -126,9 +129,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
 
     async def _model(self, requested: str, loadable: bool = False) -> str:
         """The model to use (resolved and checked), recorded as the call's resource."""
-        model = await self._models.resolve(requested, loadable)
+        model = await self._models.resolve(requested, loadable, caller().tenant)
         call_record().resource = f"model/{model}"
         return model
+
+    async def DeployModel(
+        self, request: gateway_pb2.DeployModelRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.Deployment:
+        return await self._deployer.deploy(request, context)
 
     async def _generate(
         self, kind: str, request: Any, params: inference_pb2.GenerationParams, **source: Any

@@ -63,10 +63,24 @@ class ModelStore:
                 continue
         return None
 
-    async def fetch(self, model: str, models_dir: Path) -> bool:
-        """Download `model` into `models_dir`; False if the registry does not have it."""
+    async def fetch(
+        self, model: str, models_dir: Path, number: int = 0, folder_name: str = ""
+    ) -> bool:
+        """Download `model` (version `number`, else production or latest) into
+        `models_dir`/`folder_name` (default: the model's name); False if the registry
+        does not have it."""
         try:
-            version = await self.version(model)
+            if number:
+                request = storage_pb2.GetModelVersionRequest(
+                    tenant=self._tenant, model=model, version=number
+                )
+                version: storage_pb2.ModelVersion | None = await self._storage.ask(
+                    "GetModelVersion", request, _NoDeadline()
+                )
+            else:
+                version = await self.version(model)
+        except NotFound:
+            return False
         except LLMOSError as exc:  # storage not running or not reachable
             log.info("registry not available", extra={"model": model, "why": str(exc)})
             return False
@@ -83,7 +97,7 @@ class ModelStore:
             (partial / "registry.json").write_text(
                 json.dumps({"model": model, "version": version.version})
             )
-            folder = models_dir / model
+            folder = models_dir / (folder_name or model)
             if folder.exists():
                 shutil.rmtree(folder)
             partial.rename(folder)

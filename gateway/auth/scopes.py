@@ -42,6 +42,7 @@ RPC_SCOPES: dict[str, str] = {
     _GATEWAY + "Embed": INFERENCE,
     _GATEWAY + "Classify": INFERENCE,
     _GATEWAY + "ListModels": MODELS_READ,
+    _GATEWAY + "DeployModel": MODELS_WRITE,
     **{
         _GATEWAY + name: TRAINING
         for name in ("SubmitJob", "GetJob", "ListJobs", "CancelJob", "WatchJob")

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmos.model.llama import LlamaConfig, LlamaForCausalLM
+from llmos.model.names import CONFIG as CONFIG
+from llmos.model.names import TOKENIZER as TOKENIZER
+from llmos.model.names import WEIGHTS as WEIGHTS
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 GENERATION_CONFIG = "generation_config.json"
 REQUIRED_FILES = (CONFIG, WEIGHTS, TOKENIZER, TOKENIZER_CONFIG)

@@ -11,3 +11,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+#: Files of a model folder (Hugging Face layout) whose names the gateway needs too.
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"

@@ -51,7 +51,10 @@ class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type:
     async def LoadModel(
         self, request: worker_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.WorkerDescription:
-        await self._worker.load(request.model)
+        source = None
+        if request.registry_model:
+            source = (request.registry_tenant, request.registry_model, request.registry_version)
+        await self._worker.load(request.model, source)
         return self._describe()
 
     async def UnloadModel(

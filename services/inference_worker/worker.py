@@ -97,15 +97,21 @@ class InferenceWorker:
             subjects.worker_generate(self.ctx.instance.instance_id), cb=self._on_generate
         )
 
-    async def load(self, model: str) -> None:
-        """Start serving `model` from the models directory."""
+    async def load(self, model: str, source: tuple[str, str, int] | None = None) -> None:
+        """Start serving `model` from the models directory, fetching it from the registry
+        first if it is not there (`source`: tenant, registry model, version)."""
         if not MODEL_NAME.match(model):
             raise InvalidArgument("model", "must be lowercase letters, digits, - and _")
         async with self._lock:
             if model in self._subscriptions:
                 return
             folder = self.models_dir / model
-            if not has_model(folder):
+            if not has_model(folder) and source is not None:
+                tenant, registered, number = source
+                await ModelStore(self.ctx.registry, tenant).fetch(
+                    registered, self.models_dir, number, folder_name=model
+                )
+            elif not has_model(folder):
                 await self.store.fetch(model, self.models_dir)
             if not has_model(folder):
                 raise NotFound(

@@ -32,6 +32,7 @@ from nats.errors import NoRespondersError
 
 from llmos import subjects
 from llmos.errors import LLMOSError
+from llmos.modelstore import ModelStore
 from llmos.priority import PriorityClass
 from llmos.runner import ServiceContext
 from llmos.v1 import common_pb2, scheduler_pb2
@@ -323,6 +324,15 @@ class TrainingDispatcher:
         job = await self._jobs.current(report.job_id)
         if job is None or job.attempt != report.attempt or job.state not in (*HOLDING,):
             return True
+        replaced = job.checkpoint_blob
+        stop = await self._record(job, report)
+        if replaced and report.checkpoint_blob and replaced != report.checkpoint_blob:
+            # the job now resumes from the new checkpoint: the old one can go
+            with contextlib.suppress(LLMOSError):
+                await ModelStore(self._ctx.registry, job.tenant).forget(replaced)
+        return stop
+
+    async def _record(self, job: scheduler_pb2.Job, report: scheduler_pb2.JobReport) -> bool:
         if report.state == S.JOB_STATE_RUNNING:
             if job.state == S.JOB_STATE_SCHEDULED:
                 job = await self._jobs.move(job, S.JOB_STATE_RUNNING, "running")

@@ -251,8 +251,8 @@ class JobRunner:
                  extra={"job": job.job_id, "step": job.checkpoint_step})  # fmt: skip
 
     async def _store_checkpoint(self, attempt: Attempt) -> None:
-        """Upload the newest checkpoint (node 0 holds it) and drop the one it replaces, so
-        the job resumes anywhere, not only where this disk is."""
+        """Upload the newest checkpoint (node 0 holds it), so the job resumes anywhere, not
+        only where this disk is."""
         if attempt.node_rank != 0 or attempt.checkpoint_step <= attempt.stored_step:
             return
         source = self._checkpoint_file(attempt.job)
@@ -268,12 +268,9 @@ class JobRunner:
         finally:
             snapshot.unlink(missing_ok=True)
         source.with_suffix(".sha256").write_text(sha256)
-        previous, attempt.checkpoint_blob, attempt.stored_step = (
-            attempt.checkpoint_blob, sha256, step
-        )  # fmt: skip
-        if previous and previous != sha256:
-            with contextlib.suppress(LLMOSError):
-                await store.forget(previous)
+        # the scheduler deletes the checkpoint this one replaces once it has recorded it:
+        # until then the job may still resume from the old one
+        attempt.checkpoint_blob, attempt.stored_step = sha256, step
 
     async def _keep_checkpoints(self, attempt: Attempt) -> None:
         """While the job runs: store each new checkpoint (skipping ones overtaken)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -239,6 +242,39 @@ def test_the_worker_still_serves_after_all_that(gateway: gateway_pb2_grpc.Gatewa
     responses = list(gateway.Generate(request, timeout=60))
     assert responses[-1].finish_reason == "length"
     assert responses[-1].usage.completion_tokens == 4
+
+
+def test_a_registered_version_is_deployed_and_answers_without_a_restart(
+    stack: RunningStack, model_folder: Path
+) -> None:
+    """A version in the registry (here the default model's files, as a fine-tune's would
+    be) is deployed; the worker fetches and serves it; requests naming the model reach it;
+    nothing restarted."""
+
+    def processes() -> set[tuple[str, int]]:
+        return {
+            (s["instance"]["service"], s["instance"]["pid"]) for s in stack.status()["services"]
+        }
+
+    before = processes()
+    registered = stack.cli("models", "register", str(model_folder), "my-tune", "--quiet")
+    assert registered.returncode == 0, registered.stderr
+    assert json.loads(registered.stdout)["version"] == "1"
+    deployed = stack.cli("models", "deploy", "my-tune", "1")
+    served = "system--my-tune-v1"
+    try:
+        assert deployed.returncode == 0, deployed.stderr
+        assert deployed.stdout.strip() == f"my-tune@1 is served as {served}"
+        answer = stack.cli("generate", "--model", "my-tune", "--max-tokens", "8", "Hello")
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.strip()
+        listed = stack.cli("models", "versions", "my-tune")
+        assert listed.stdout.startswith("my-tune@1\tproduction")
+        refused = stack.cli("models", "deploy", "my-tune", "7")
+        assert refused.returncode != 0 and "NOT_FOUND" in refused.stderr
+        assert processes() == before  # the same processes serve on: nothing restarted
+    finally:
+        shutil.rmtree(model_folder.parent / served, ignore_errors=True)  # shared folder
 
 
 def test_models_load_and_unload_on_command_without_a_restart(

@@ -462,6 +462,16 @@ def test_a_trainer_killed_mid_job_loses_no_work(cluster: Cluster) -> None:
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(10)
     cluster.trainers.remove(victim)
+    try:
+        _resumes_elsewhere(cluster, stub, job_id, victim_id)
+    finally:
+        cluster.start_trainer()  # back to two trainers for the next test
+        wait_for("two trainers", lambda: len(trainers_alive(stub)) == 2)
+
+
+def _resumes_elsewhere(
+    cluster: Cluster, stub: scheduler_pb2_grpc.SchedulerStub, job_id: str, victim_id: str
+) -> None:
     requeued = wait_for(
         "the job to be handed back",
         lambda: (j := get(stub, "lab-a", job_id)).attempt >= 2 and j,
@@ -486,8 +496,6 @@ def test_a_trainer_killed_mid_job_loses_no_work(cluster: Cluster) -> None:
         if "checkpoint restored from storage" in line and job_id in line
     ]
     assert restored and f'"step": {requeued.checkpoint_step}' in restored[0]
-    cluster.start_trainer()  # back to two trainers for the next test
-    wait_for("two trainers", lambda: len(trainers_alive(stub)) == 2)
 
 
 def test_a_scheduler_killed_mid_load_loses_no_job(cluster: Cluster) -> None:

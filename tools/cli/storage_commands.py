@@ -19,7 +19,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from llmos.v1 import storage_pb2, storage_pb2_grpc
+from llmos.v1 import gateway_pb2, storage_pb2, storage_pb2_grpc
 
 PIECE = 1 << 20
 RESUMES = 3
@@ -131,6 +131,12 @@ def cmd_models_registry(args: argparse.Namespace) -> int:
             model=args.name, alias=args.alias, version=args.version
         )
         _print(stub.SetAlias(request_alias, timeout=t))
+    elif action == "deploy":
+        deployment = args.gateway_stub(args).DeployModel(
+            gateway_pb2.DeployModelRequest(model=args.name, version=args.version),
+            timeout=max(t, 600),
+        )
+        print(f"{deployment.model}@{deployment.version} is served as {deployment.served_as}")
     else:  # export
         version = stub.GetModelVersion(_version_request(args.ref), timeout=t)
         target = Path(args.folder)
@@ -192,6 +198,12 @@ def add_commands(
     alias.add_argument("alias")
     alias.add_argument("version", type=int)
     alias.set_defaults(run=cmd_models_registry)
+    deploy = models.add_parser(
+        "deploy", help="serve a version: it becomes production, a worker loads it, no restart"
+    )
+    deploy.add_argument("name")
+    deploy.add_argument("version", type=int)
+    deploy.set_defaults(run=cmd_models_registry)
     export = models.add_parser("export", help="write a version's files to a folder")
     export.add_argument("ref", help="NAME, NAME@VERSION or NAME:ALIAS")
     export.add_argument("folder")

@@ -73,8 +73,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(job.job_id)
         return 0
     last = job
+    evaluations: list[float] = []
     for last in stub.WatchJob(scheduler_pb2.GetJobRequest(job_id=job.job_id)):
         print("\r" + progress_line(last).ljust(100), end="", file=sys.stderr, flush=True)
+        val = last.progress.val_loss
+        if val and (not evaluations or evaluations[-1] != val):
+            evaluations.append(val)
     print(file=sys.stderr)
     p = last.progress
     state = S.Name(last.state).removeprefix("JOB_STATE_")
@@ -82,6 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"steps {p.step}/{p.total_steps}, loss {p.loss:.4f}, validation loss "
           f"{p.val_loss:.4f}, checkpoint at step {last.checkpoint_step}, "
           f"attempts {last.attempt}")  # fmt: skip
+    if len(evaluations) > 1:
+        print("validation loss: " + " -> ".join(f"{v:.3f}" for v in evaluations))
     return 0 if last.state == S.JOB_STATE_SUCCEEDED else 1
 
 

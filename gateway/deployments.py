@@ -1,0 +1,134 @@
+"""Serving registered model versions: `DeployModel`, and which served name a tenant's
+model name stands for.
+
+A deployed version is served under a name of its own, `<tenant>--<model>-v<version>`:
+unique across tenants, and new for every version, because a worker's embedded Triton
+cannot serve a name again once released — so moving to a new version never needs a
+restart, and the old one keeps answering until then. The mapping (tenant, model) → served
+name lives in Redis; Generate and Chat naming `model` go to the tenant's deployment, else
+to the `system` tenant's, else to a model served under that plain name. A served name of
+another tenant cannot be called directly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+
+from gateway.auth.principal import call_record, caller
+from gateway.auth.scopes import SYSTEM_TENANT
+from llmos.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from llmos.links import ServiceLink
+from llmos.model.names import MODEL_NAME, TOKENIZER
+from llmos.registry import ServiceRegistry
+from llmos.rpc import relayed_error
+from llmos.v1 import gateway_pb2, storage_pb2, storage_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+KEY = "llmos:deployments:"
+SEPARATOR = "--"
+LOAD_TIMEOUT_S = 600.0
+
+
+def served_name(tenant: str, model: str, version: int) -> str:
+    """The name workers serve a deployed version under."""
+    name = f"{tenant}{SEPARATOR}{re.sub(r'[^a-z0-9_-]', '_', model)}-v{version}"
+    if not MODEL_NAME.match(name):
+        raise InvalidArgument(
+            "model", f"{model!r} is too long to serve (tenant + model + version <= 63)"
+        )
+    return name
+
+
+class Deployments:
+    """Where each tenant's deployed models are served."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def served(self, tenant: str, model: str) -> str:
+        """The served name `model` stands for in `tenant` ("" if none is deployed)."""
+        for owner in dict.fromkeys((tenant, SYSTEM_TENANT)):
+            found = await self._redis.hget(KEY + owner, model)  # type: ignore[misc]
+            if found:
+                return bytes(found).decode()
+        return ""
+
+    async def record(self, tenant: str, model: str, served: str) -> None:
+        await self._redis.hset(KEY + tenant, model, served)  # type: ignore[misc]
+
+    @staticmethod
+    def check_reachable(tenant: str, name: str) -> None:
+        """A served deployment name may be called directly only by its own tenant (or
+        anyone, for the system tenant's)."""
+        owner, separator, _ = name.partition(SEPARATOR)
+        if separator and owner not in (tenant, SYSTEM_TENANT):
+            raise NotFound(f"model {name!r} is not served")
+
+
+class Deployer:
+    """Implements DeployModel: registry version -> alias `production` -> a worker loads
+    it -> requests naming the model go there."""
+
+    def __init__(self, registry: ServiceRegistry, deployments: Deployments) -> None:
+        self._registry = registry
+        self._deployments = deployments
+        self._storage = ServiceLink(registry, "storage", storage_pb2_grpc.StorageStub)
+
+    async def deploy(
+        self, request: gateway_pb2.DeployModelRequest, context: Any
+    ) -> gateway_pb2.Deployment:
+        tenant = caller().tenant
+        if request.version <= 0:
+            raise InvalidArgument("version", "must be a version number (1, 2, ...)")
+        call_record().resource = f"model/{request.model}@{request.version}"
+        found: storage_pb2.ModelVersion = await self._storage.ask(
+            "GetModelVersion",
+            storage_pb2.GetModelVersionRequest(
+                tenant=tenant, model=request.model, version=request.version
+            ),
+            context,
+        )
+        if found.tenant != tenant:
+            raise NotFound(f"tenant {tenant!r} has no model {request.model!r}")
+        if TOKENIZER not in found.files:
+            raise FailedPrecondition(
+                f"{request.model}@{request.version} has no {TOKENIZER} (a model trained from "
+                "scratch reads bytes); only models with a tokenizer can be served"
+            )
+        served = served_name(tenant, request.model, request.version)
+        await self._load(served, tenant, request.model, request.version)
+        await self._storage.ask(
+            "SetAlias",
+            storage_pb2.SetAliasRequest(
+                tenant=tenant, model=request.model, alias="production", version=request.version
+            ),
+            context,
+        )
+        await self._deployments.record(tenant, request.model, served)
+        return gateway_pb2.Deployment(
+            model=request.model, version=request.version, served_as=served
+        )
+
+    async def _load(self, served: str, tenant: str, model: str, version: int) -> None:
+        """Have the live worker serving the fewest models load it (from the registry)."""
+        workers = [
+            i for i in await self._registry.live_instances() if i.service == "inference-worker"
+        ]
+        if not workers:
+            raise Unavailable("no inference worker is running to serve the model")
+        if any(served in w.models for w in workers):
+            return
+        worker = min(workers, key=lambda w: (len(w.models), w.address))
+        request = worker_pb2.LoadModelRequest(
+            model=served, registry_tenant=tenant, registry_model=model, registry_version=version
+        )
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            try:
+                await worker_pb2_grpc.InferenceWorkerStub(channel).LoadModel(
+                    request, timeout=LOAD_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise relayed_error(exc) from None
