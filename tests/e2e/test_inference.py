@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -274,6 +275,10 @@ def test_a_registered_version_is_deployed_and_answers_without_a_restart(
         assert refused.returncode != 0 and "NOT_FOUND" in refused.stderr
         assert processes() == before  # the same processes serve on: nothing restarted
     finally:
+        with grpc.insecure_channel(stack.fields["inference-worker"]) as worker_channel:
+            worker = worker_pb2_grpc.InferenceWorkerStub(worker_channel)
+            with contextlib.suppress(grpc.RpcError):
+                worker.UnloadModel(worker_pb2.UnloadModelRequest(model=served), timeout=60)
         shutil.rmtree(model_folder.parent / served, ignore_errors=True)  # shared folder
 
 
