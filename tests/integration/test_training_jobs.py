@@ -449,8 +449,9 @@ def test_preemption_is_seen_as_preempted_then_queued(cluster: Cluster) -> None:
 def test_a_trainer_killed_mid_job_loses_no_work(cluster: Cluster) -> None:
     stub = cluster.stub()
     job_id = submit(stub, "lab-a", spec(steps=600, checkpoint_every=20))
-    job = wait_for(
-        "a checkpoint", lambda: (j := get(stub, "lab-a", job_id)).checkpoint_step >= 40 and j
+    job = wait_for(  # a checkpoint that reached storage (another disk can resume it)
+        "a stored checkpoint",
+        lambda: (j := get(stub, "lab-a", job_id)).checkpoint_blob and j.checkpoint_step >= 40 and j,
     )
     assert job.state == S.JOB_STATE_RUNNING
     victim_id = job.placement[0].instance_id
