@@ -130,7 +130,10 @@ async def _call_scope(
     except Exception as exc:
         await _abort_for(exc, context, rid)
     finally:
-        request_id_var.reset(token)
+        # a stream closed at shutdown is finalized by the event loop in another context,
+        # where the token cannot be reset (and the value does not matter any more)
+        with contextlib.suppress(ValueError):
+            request_id_var.reset(token)
 
 
 Deserializer = Callable[[bytes], Any] | None
