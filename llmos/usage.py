@@ -42,6 +42,17 @@ def _resident_bytes() -> int:
         return 0
 
 
+def peak_resident_mb(pid: int) -> float:
+    """The most memory process `pid` has held resident (VmHWM), in MiB; 0 if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
 def _gpu_memory_bytes() -> int:
     """GPU memory held by this process's torch, if torch is loaded and sees a GPU."""
     torch = sys.modules.get("torch")

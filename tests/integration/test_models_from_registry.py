@@ -5,7 +5,6 @@ directory downloads it from storage, byte for byte, and serves it."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import subprocess
 import sys
@@ -22,15 +21,8 @@ from llmos.registry import ServiceRegistry
 from llmos.v1 import storage_pb2
 from tests.conftest import ROOT
 from tests.integration.test_storage import start_storage
+from tools.cli.storage_commands import file_digest
 from tools.devstack.infra import RedisServer
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while piece := file.read(1 << 20):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 async def test_a_worker_with_no_models_loads_the_default_model_from_the_registry(
@@ -76,7 +68,7 @@ async def test_a_worker_with_no_models_loads_the_default_model_from_the_registry
             "model": DEFAULT_MODEL, "version": 1
         }  # fmt: skip
         for name, sha256 in registered.files.items():
-            assert _digest(fetched / name) == sha256 == _digest(model_folder / name)
+            assert file_digest(fetched / name) == sha256 == file_digest(model_folder / name)
         assert not list(empty.glob(".partial-*"))
     finally:
         if worker is not None:

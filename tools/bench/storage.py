@@ -30,6 +30,7 @@ import grpc
 from llmos.config import environment_without_llmos
 from llmos.health import SERVING, check_health
 from llmos.ports import free_port
+from llmos.usage import peak_resident_mb
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 from tools.devstack.infra import start_nats, start_redis, terminate
 
@@ -45,13 +46,6 @@ def _write_file(path: Path, size: int) -> str:
             digest.update(piece)
             file.write(piece)
     return digest.hexdigest()
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def _requests(
@@ -125,7 +119,7 @@ def measure(size_mib: int, piece_mib: int) -> dict[str, Any]:
             "download_mb_s": round(mb / download_s, 1),
             "upload_vs_cp": round(cp_s / upload_s, 3),
             "download_vs_cp": round(cp_s / download_s, 3),
-            "peak_rss_mb": _peak_rss_mb(storage.pid),
+            "peak_rss_mb": peak_resident_mb(storage.pid),
             "path": "client file -> gRPC stream -> sha256 + AES-256-GCM per "
             "1 MiB chunk -> file + fsync; download: decrypt + authenticate + sha256 -> stream "
             "-> client file + fsync; cp = copyfile + fsync",

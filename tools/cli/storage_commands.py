@@ -26,7 +26,8 @@ RESUMES = 3
 EXIT_OK = 0
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read 1 MiB at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         while piece := file.read(PIECE):
@@ -39,7 +40,7 @@ def upload_file(
 ) -> storage_pb2.Blob:
     """Upload `path` (checked against its digest), resuming after a broken stream."""
     size = path.stat().st_size
-    start = storage_pb2.UploadStart(upload_id=uuid.uuid4().hex, size=size, sha256=_digest(path))
+    start = storage_pb2.UploadStart(upload_id=uuid.uuid4().hex, size=size, sha256=file_digest(path))
 
     def messages(offset: int) -> Iterator[storage_pb2.UploadBlobRequest]:
         yield storage_pb2.UploadBlobRequest(start=start)

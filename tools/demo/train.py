@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmos.config import environment_without_llmos
 from tools.devstack.process import StackProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = corpus(args.chars)
     data_dir = Path(tempfile.mkdtemp(prefix="llmos-demo-")) / "var"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+    env = environment_without_llmos()
     env.update(LLMOS_DATA_DIR=str(data_dir), LLMOS_SESSION=str(data_dir / "demo-session.json"))
 
     def llmos(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
