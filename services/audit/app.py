@@ -1,0 +1,189 @@
+"""The audit service: ingest from JetStream, sign checkpoints on a clock, prune for
+retention, and answer VerifyAudit and QueryAudit.
+
+It is the log's only writer. Tenant scoping is the gateway's job (it stamps the caller's
+tenant on every query of a non-admin), as for every internal service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import grpc
+
+from llmos.errors import InvalidArgument
+from llmos.runner import ServiceContext
+from llmos.v1 import audit_pb2, audit_pb2_grpc
+from services.audit.chain import key_id
+from services.audit.ingest import Ingest
+from services.audit.keys import pseudonym_key, signing_key, trusted_keys
+from services.audit.options import AuditOptions
+from services.audit.records import Privacy, to_message
+from services.audit.store import AuditLog, Filters, connect
+from services.audit.verify import Verdict, verify_log
+
+log = logging.getLogger("llmos.audit")
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+def encode_cursor(sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{sequence}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        word, _, number = text.partition(":")
+        sequence = int(number)
+        if word != "after" or sequence < 1:
+            raise ValueError(text)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument(
+            "page_token", "is not a token this service gave out (pass next_page_token as is)"
+        ) from None
+    return sequence
+
+
+def filters_of(request: audit_pb2.QueryAuditRequest, privacy: Privacy) -> Filters:
+    since = request.since.ToNanoseconds() if request.HasField("since") else 0
+    until = request.until.ToNanoseconds() if request.HasField("until") else 0
+    if since and until and until <= since:
+        raise InvalidArgument("until", "must be later than since")
+    for field in ("tenant", "principal", "action", "resource", "outcome", "source"):
+        if len(getattr(request, field)) > 512:
+            raise InvalidArgument(field, "is longer than 512 characters")
+    principal = request.principal
+    if principal and not principal.endswith("*"):
+        principal = privacy.identity(principal)
+    return Filters(
+        since_ns=since,
+        until_ns=until,
+        tenant=request.tenant,
+        principal=principal,
+        action=request.action,
+        resource=request.resource,
+        outcome=request.outcome,
+        source=request.source,
+    )
+
+
+class AuditServicer(audit_pb2_grpc.AuditServicer):  # type: ignore[misc]
+    def __init__(self, audit_log: AuditLog, privacy: Privacy, keys_dir: Path) -> None:
+        self._log = audit_log
+        self._privacy = privacy
+        self._keys_dir = keys_dir
+
+    async def VerifyAudit(
+        self, request: audit_pb2.VerifyAuditRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.VerifyAuditResponse:
+        verdict = await asyncio.to_thread(self._verify)
+        return audit_pb2.VerifyAuditResponse(
+            valid=verdict.valid,
+            records_checked=verdict.records_checked,
+            first_bad_sequence=verdict.first_bad_sequence,
+            detail=verdict.detail,
+            checkpoints_checked=verdict.checkpoints_checked,
+            first_sequence=verdict.first_sequence,
+            last_sequence=verdict.last_sequence,
+            head_hash=verdict.head_hash.hex(),
+            last_checkpoint_sequence=verdict.last_checkpoint_sequence,
+        )
+
+    def _verify(self) -> Verdict:
+        head = self._log.head  # read before the snapshot: the log may only be longer
+        conn = connect(self._log.path)
+        try:
+            conn.execute("BEGIN")  # one consistent snapshot while ingest goes on
+            return verify_log(conn, trusted_keys(self._keys_dir), head)
+        finally:
+            conn.close()
+
+    async def QueryAudit(
+        self, request: audit_pb2.QueryAuditRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.QueryAuditResponse:
+        if not 0 <= request.page_size <= MAX_PAGE:
+            raise InvalidArgument(
+                "page_size", f"must be between 1 and {MAX_PAGE} (0: {DEFAULT_PAGE})"
+            )
+        size = request.page_size or DEFAULT_PAGE
+        filters = filters_of(request, self._privacy)
+        after = decode_cursor(request.page_token)
+        rows = await asyncio.to_thread(
+            self._log.query, filters, after, size + 1, request.newest_first
+        )
+        response = audit_pb2.QueryAuditResponse(records=[to_message(r) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = encode_cursor(rows[size - 1].sequence)
+        return response
+
+
+async def _every(interval_s: float, action: Callable[[], Awaitable[object]], what: str) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await action()
+        except Exception:
+            log.exception(f"audit {what} failed; trying again later")
+
+
+async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack) -> list[str]:
+    """Open the log, start ingesting, and serve the API."""
+    options: AuditOptions = ctx.options
+    root = options.root(ctx.settings.data_dir)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys_dir = root / "keys"
+    key = await asyncio.to_thread(signing_key, keys_dir)
+    privacy = Privacy(options.policy, await asyncio.to_thread(pseudonym_key, keys_dir))
+    audit_log = await asyncio.to_thread(
+        AuditLog, root / "audit.db", key, options.checkpoint_records
+    )
+    stack.callback(audit_log.close)
+
+    async def checkpoint() -> None:
+        await asyncio.to_thread(audit_log.checkpoint)
+
+    async def prune() -> None:
+        if options.retention_s > 0:
+            cutoff = time.time_ns() - int(options.retention_s * 1e9)
+            removed = await asyncio.to_thread(audit_log.prune, cutoff)
+            if removed:
+                log.info("audit records pruned for retention", extra={"count": removed})
+
+    ingest = Ingest(ctx.js, audit_log, privacy, options.batch, options.ack_wait_s)
+    await ingest.subscribe()  # fail at start, not later, if the stream is unusable
+    await prune()
+    tasks = [
+        asyncio.create_task(ingest.run(), name="audit-ingest"),
+        asyncio.create_task(
+            _every(options.checkpoint_s, checkpoint, "checkpoint"), name="audit-checkpoint"
+        ),
+        asyncio.create_task(_every(options.prune_interval_s, prune, "pruning"), name="audit-prune"),
+    ]
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(audit_log.checkpoint)  # what was recorded is covered
+
+    stack.push_async_callback(stop)
+    servicer = AuditServicer(audit_log, privacy, keys_dir)
+    audit_pb2_grpc.add_AuditServicer_to_server(servicer, server)
+    log.info(
+        "audit log open",
+        extra={"last_sequence": audit_log.head.sequence, "signing_key": key_id(key.public_key())},
+    )
+    return [audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name]

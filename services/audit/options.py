@@ -1,0 +1,46 @@
+"""The audit service's own configuration (LLMOS_* variables beyond the common ones)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmos.config import EnvReader
+from llmos.redaction import RedactionPolicy, read_redaction_policy
+
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    #: where the database and keys live (default <data dir>/audit)
+    directory: Path | None
+    #: sign a checkpoint after this many records ...
+    checkpoint_records: int
+    #: ... or this many seconds after the first record not yet covered
+    checkpoint_s: float
+    #: records older than this are pruned (0: kept forever)
+    retention_s: float
+    prune_interval_s: float
+    #: events taken from JetStream per transaction
+    batch: int
+    #: how long JetStream waits for an acknowledgement before delivering again
+    ack_wait_s: float
+    policy: RedactionPolicy
+
+    def root(self, data_dir: Path) -> Path:
+        return self.directory or data_dir / "audit"
+
+
+def read_audit_options(env: EnvReader) -> AuditOptions:
+    directory = env.text("AUDIT_DIR", "")
+    return AuditOptions(
+        directory=Path(directory).resolve() if directory else None,
+        checkpoint_records=env.integer("AUDIT_CHECKPOINT_RECORDS", 1000, minimum=1, maximum=10**7),
+        checkpoint_s=env.number("AUDIT_CHECKPOINT_S", 10.0, minimum=0.05, maximum=DAY_S),
+        retention_s=env.number("AUDIT_RETENTION_DAYS", 365.0, minimum=0, maximum=36_500) * DAY_S,
+        prune_interval_s=env.number("AUDIT_PRUNE_INTERVAL_S", 3600.0, minimum=0.1, maximum=DAY_S),
+        batch=env.integer("AUDIT_BATCH", 1000, minimum=1, maximum=10_000),
+        ack_wait_s=env.number("AUDIT_ACK_WAIT_S", 30.0, minimum=1, maximum=3600),
+        policy=read_redaction_policy(env),
+    )
