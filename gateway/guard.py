@@ -20,6 +20,7 @@ from gateway.limits import Admission
 from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import PermissionDenied, Unauthenticated
 from llmos.log import request_id_var
+from llmos.redaction import RedactionPolicy
 from llmos.rpc import outcome_of
 
 
@@ -32,11 +33,13 @@ class GatewayGuard:
         admission: Admission,
         audit: AuditPublisher,
         token_endpoint: str,
+        policy: RedactionPolicy,
     ) -> None:
         self._verifier = verifier
         self._admission = admission
         self._audit = audit
         self._token_hint = token_endpoint
+        self._policy = policy
 
     @asynccontextmanager
     async def guard(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -103,4 +106,6 @@ class GatewayGuard:
         record.latency_ms = elapsed_s * 1000
         record.tokens = call.tokens
         record.client_address = context.peer() or ""
+        record.prompt = self._policy.content_text(call.prompt)
+        record.output = self._policy.content_text(call.output)
         self._audit.record(record)

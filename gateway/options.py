@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gateway.auth.verifier import ASYMMETRIC_ALGORITHMS
 from llmos.config import EnvReader, HostPort
+from llmos.redaction import RedactionPolicy, read_redaction_policy
 
 DEFAULT_HTTP_PORT = 50050
 
@@ -35,6 +36,9 @@ class GatewayOptions:
     tls_cert: Path | None
     tls_key: Path | None
     tls_ca: Path | None  # trusted to verify a TLS issuer (JWKS); empty: system CAs
+    #: whether prompts and outputs go into audit records (redacted), as the audit service
+    #: is told too: content the policy drops never leaves the gateway
+    audit_policy: RedactionPolicy
 
     @property
     def tls(self) -> bool:
@@ -90,4 +94,5 @@ def read_gateway_options(env: EnvReader) -> GatewayOptions:
         tls_cert=Path(cert).resolve() if cert else None,
         tls_key=Path(key).resolve() if key else None,
         tls_ca=Path(ca).resolve() if ca else None,
+        audit_policy=read_redaction_policy(env),
     )

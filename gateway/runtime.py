@@ -116,7 +116,13 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
         client_tls(options),
     )
     stack.push_async_callback(verifier.close)
-    guard = GatewayGuard(verifier, Admission(ctx.redis, default_limits), audit, f"{issuer}/token")
+    guard = GatewayGuard(
+        verifier,
+        Admission(ctx.redis, default_limits),
+        audit,
+        f"{issuer}/token",
+        options.audit_policy,
+    )
     return GatewayRuntime(
         options=options,
         store=store,

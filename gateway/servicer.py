@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from gateway.admin import AdminServicer
+from gateway.audit import AuditRelay
 from gateway.auth.principal import call_record, caller
 from gateway.cache import ResponseCache
 from gateway.deployments import Deployer, Deployments
@@ -37,6 +38,8 @@ from llmos.services import REQUIRED_SERVICES
 from llmos.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     events_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
@@ -146,9 +149,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         sampling = checked_params(params)
         priority = PriorityClass.parse(request.priority)
         model = await self._model(request.model, loadable=True)
+        call = call_record()
+        chat = source.get("chat")
+        call.prompt = source.get("prompt") or "\n".join(
+            f"{m.role}: {m.content}" for m in (chat.messages if chat else ())
+        )
         key = ResponseCache.key(caller().tenant, kind, model, request) if sampling.greedy else ""
         if key and (hit := await self._cache.get(key, gateway_pb2.GenerateResponse)):
-            call_record().cached = True
+            call.cached = True
+            call.output = hit.text
             hit.cached = True
             yield hit
             return
@@ -177,6 +186,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
                 model=model,
             )
             whole.text += chunk.text
+            call.output = whole.text
             whole.token_ids.extend(chunk.token_ids)
             if chunk.done:
                 call_record().tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
@@ -325,6 +335,7 @@ async def attach(
     runtime: GatewayRuntime = ctx.runtime
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx, runtime), server)
     storage_pb2_grpc.add_StorageServicer_to_server(StorageRelay(ctx.registry), server)
+    audit_pb2_grpc.add_AuditServicer_to_server(AuditRelay(ctx.registry), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(runtime.store, runtime.keyring), server
     )
@@ -332,4 +343,5 @@ async def attach(
         gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name,
+        audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
     ]

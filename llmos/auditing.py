@@ -2,10 +2,11 @@
 them when NATS blinks.
 
 Records go into a bounded in-memory buffer; one background task publishes them to
-JetStream (`llmos.audit.<source>`), each with its id as `Nats-Msg-Id`, so a retried
-publish is stored once. While NATS is unreachable the task retries with backoff and the
-buffer holds what arrives; if the buffer fills, the oldest records are dropped and the
-loss is logged with a count — never silently. At shutdown the buffer is flushed.
+JetStream (`llmos.audit.<source>`), a window at a time, each with its id as
+`Nats-Msg-Id`, so a retried publish is stored once. While NATS is unreachable the task
+retries with backoff and the buffer holds what arrives; if the buffer fills, the oldest
+records are dropped and the loss is logged with a count — never silently. At shutdown
+the buffer is flushed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import uuid
 
@@ -24,6 +26,9 @@ from llmos.v1 import audit_pb2
 log = logging.getLogger("llmos.audit")
 
 BUFFER = 100_000
+#: records published at once (JetStream acknowledges each; waiting for one at a time
+#: would cap a busy gateway at a few thousand records a second)
+WINDOW = 256
 FLUSH_TIMEOUT_S = 5.0
 
 
@@ -88,23 +93,30 @@ class AuditPublisher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                record = self._pending[0]
-                try:
-                    await self._js.publish(
-                        self._subject,
-                        record.SerializeToString(),
-                        timeout=2.0,
-                        headers={"Nats-Msg-Id": record.id},
-                    )
-                except Exception as exc:
-                    log.warning(
-                        "audit publish failed; retrying",
-                        extra={"error": str(exc), "buffered": len(self._pending)},
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                window = list(itertools.islice(self._pending, WINDOW))
+                results = await asyncio.gather(
+                    *(self._publish(record) for record in window), return_exceptions=True
+                )
+                sent = {id(r) for r, result in zip(window, results, strict=True) if result is None}
+                self.published += len(sent)
+                if len(sent) == len(window):
+                    while self._pending and id(self._pending[0]) in sent:
+                        self._pending.popleft()
+                    backoff = 0.1
                     continue
-                backoff = 0.1
-                if self._pending and self._pending[0] is record:
-                    self._pending.popleft()
-                self.published += 1
+                self._pending = collections.deque(r for r in self._pending if id(r) not in sent)
+                error = next(r for r in results if r is not None)
+                log.warning(
+                    "audit publish failed; retrying",
+                    extra={"error": str(error), "buffered": len(self._pending)},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _publish(self, record: audit_pb2.AuditRecord) -> None:
+        await self._js.publish(
+            self._subject,
+            record.SerializeToString(),
+            timeout=2.0,
+            headers={"Nats-Msg-Id": record.id},
+        )

@@ -56,6 +56,9 @@ class CallRecord:
     tokens: int = 0
     cached: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    #: what was asked and answered, for the audit record if its policy keeps content
+    prompt: str = ""
+    output: str = ""
 
 
 current_call: ContextVar[CallRecord] = ContextVar("llmos_current_call")

@@ -31,6 +31,7 @@ SYSTEM_TENANT = "system"
 _GATEWAY = "/llmos.v1.Gateway/"
 _ADMIN = "/llmos.v1.Admin/"
 _STORAGE = "/llmos.v1.Storage/"
+_AUDIT = "/llmos.v1.Audit/"
 
 #: Full RPC name -> the scope a token must carry to call it.
 RPC_SCOPES: dict[str, str] = {
@@ -75,6 +76,8 @@ RPC_SCOPES: dict[str, str] = {
             "GetStorageStats",
         )
     },
+    _AUDIT + "QueryAudit": AUDIT_READ,
+    _AUDIT + "VerifyAudit": AUDIT_READ,
     **{
         _ADMIN + name: ADMIN
         for name in (

@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToDict
 from nats.aio.msg import Msg
 
 from llmos import subjects
+from llmos.auditing import AuditPublisher
 from llmos.errors import InvalidArgument, NotFound
 from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext
@@ -164,7 +165,10 @@ async def attach(
     inference = InferenceDispatcher(ctx, workers, ctx.options)
     await inference.start()
     stack.push_async_callback(inference.close)
-    jobs = JobStore(ctx.redis, ctx.events)
+    audit = AuditPublisher(ctx.js, "scheduler")
+    audit.start()
+    stack.push_async_callback(audit.close)
+    jobs = JobStore(ctx.redis, ctx.events, audit)
     training = TrainingDispatcher(ctx, workers, jobs, ctx.options)
     await training.start()
     stack.push_async_callback(training.close)

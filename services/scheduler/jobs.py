@@ -23,6 +23,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from llmos import subjects
+from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -149,9 +150,12 @@ def _now() -> Timestamp:
 class JobStore:
     """Jobs in Redis, with lifecycle-checked transitions and their events."""
 
-    def __init__(self, redis: aioredis.Redis, events: EventPublisher) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, events: EventPublisher, audit: AuditPublisher | None = None
+    ) -> None:
         self._redis = redis
         self._events = events
+        self._audit = audit
         self._transition = redis.register_script(_TRANSITION)
 
     async def create(
@@ -307,6 +311,14 @@ class JobStore:
         change.current = job.state
         change.reason = job.reason
         await self._publish(job.job_id, event)
+        if self._audit is not None:
+            record = new_record("scheduler", f"job.{state_name(job.state).lower()}")
+            record.tenant = job.tenant
+            record.principal = job.owner
+            record.resource = f"job/{job.job_id}"
+            record.outcome = "OK"
+            record.detail = job.reason
+            self._audit.record(record)
 
     async def _publish(self, job_id: str, event: events_pb2.Event) -> None:
         try:

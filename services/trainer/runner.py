@@ -40,6 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 
 from llmos import subjects
+from llmos.auditing import AuditPublisher, new_record
 from llmos.config import environment_without_llmos
 from llmos.errors import DataLoss, LLMOSError, NotFound
 from llmos.model.folder import has_model
@@ -55,6 +56,14 @@ PROGRESS_EVERY_S = 1.0
 ROOT = Path(__file__).resolve().parents[2]
 EXIT_DONE, EXIT_STOPPED = 0, 3
 CHECKPOINT = "checkpoint.pt"
+
+
+#: how an attempt ended, as the audit log's outcome (a gRPC status name)
+OUTCOMES = {
+    S.JOB_STATE_SUCCEEDED: "OK",
+    S.JOB_STATE_CANCELLED: "CANCELLED",
+    S.JOB_STATE_PREEMPTED: "ABORTED",
+}
 
 
 def _model_name(job_name: str) -> str:
@@ -104,8 +113,10 @@ class JobRunner:
         models_dir: Path,
         stop_grace_s: float,
         stores: Callable[[str], ModelStore],
+        audit: AuditPublisher | None = None,
     ) -> None:
         self._nats = nats
+        self._audit = audit
         self._instance = instance
         self._work_dir = work_dir
         self._checkpoints = checkpoint_dir
@@ -163,6 +174,9 @@ class JobRunner:
         directory = self._work_dir / key.replace("@", "-")
         attempt = Attempt(job, assignment.node_rank, processes, directory)
         self._attempts[key] = attempt
+        self._record(
+            job, "job.attempt.start", "OK", f"node {assignment.node_rank}: {processes} processes"
+        )
         self._spawn_task(self._run(attempt, len(placement), rendezvous))
         return scheduler_pb2.JobAssignmentReply(accepted=True, rendezvous=rendezvous)
 
@@ -406,6 +420,7 @@ class JobRunner:
             "job ended",
             extra={"job": job.job_id, "attempt": job.attempt, "state": S.Name(state)},
         )
+        self._record(job, "job.attempt.end", OUTCOMES.get(state, "INTERNAL"), reason)
         report = self._report(attempt, state, reason)
         delay = 0.2
         while True:
@@ -418,6 +433,17 @@ class JobRunner:
         attempt.reported = True
         self._attempts.pop(attempt.key, None)
         shutil.rmtree(attempt.directory, ignore_errors=True)
+
+    def _record(self, job: scheduler_pb2.Job, action: str, outcome: str, detail: str) -> None:
+        if self._audit is None:
+            return
+        record = new_record("trainer", action)
+        record.tenant = job.tenant
+        record.principal = job.owner
+        record.resource = f"job/{job.job_id}@{job.attempt}"
+        record.outcome = outcome
+        record.detail = detail
+        self._audit.record(record)
 
     async def _register(self, attempt: Attempt) -> str:
         """The trained model as a new version in the job's tenant, with its lineage."""

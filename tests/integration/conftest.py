@@ -8,18 +8,26 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import nats
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from llmos.config import environment_without_llmos
+from llmos.health import SERVING, check_health
+from llmos.ports import free_port
 from llmos.v1 import audit_pb2
 from tests.conftest import ROOT
 from tools.devstack.gateway_process import GatewayProcess, start_gateway
@@ -47,6 +55,54 @@ def gateway_env(nats_server: NatsServer, redis: RedisServer) -> dict[str, str]:
         "LLMOS_LOGIN_LOCKOUT_S": "120",
         "PYTHONPATH": str(ROOT),
     }
+
+
+@dataclass
+class ServiceUnderTest:
+    """One service process started by a test, on its own port, logging beside its data."""
+
+    proc: subprocess.Popen[bytes]
+    address: str
+    env: dict[str, str]
+
+    def channel(self, max_message: int = 16 << 20) -> grpc.Channel:
+        return grpc.insecure_channel(
+            self.address, options=[("grpc.max_receive_message_length", max_message)]
+        )
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_service(
+    module: str, env: dict[str, str], log_dir: Path, timeout_s: float = 60
+) -> ServiceUnderTest:
+    """Start `python -m module` with `env` on a free port; return once it is SERVING."""
+    address = f"127.0.0.1:{free_port()}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = (log_dir / f"{module.rsplit('.', 1)[-1]}-{time.monotonic_ns()}.log").open("wb")
+    env = {**env, "LLMOS_LISTEN_ADDR": address}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{module} exited with {proc.returncode}; see {log.name}")
+        state, _ = asyncio.run(check_health(address, timeout_s=1))
+        if state == SERVING:
+            return ServiceUnderTest(proc, address, env)
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{module} did not start within {timeout_s:g}s; see {log.name}")
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,12 @@ mid-upload and mid-registry-change. A real storage process on real NATS and Redi
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,64 +21,29 @@ import grpc
 import pytest
 from google.protobuf.struct_pb2 import Struct
 
-from llmos.health import SERVING, check_health
-from llmos.ports import free_port
 from llmos.usage import peak_resident_mb
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 from services.storage.blobs import tenant_directory
 from tests.conftest import ROOT
-from tests.integration.conftest import gateway_env
+from tests.integration.conftest import ServiceUnderTest, gateway_env, start_service
 from tools.devstack.infra import NatsServer, RedisServer
 
 MIB = 1 << 20
 
 
 @dataclass
-class StorageProcess:
-    proc: subprocess.Popen[bytes]
-    address: str
+class StorageProcess(ServiceUnderTest):
     root: Path
-    env: dict[str, str]
 
     def stub(self) -> storage_pb2_grpc.StorageStub:
-        return storage_pb2_grpc.StorageStub(
-            grpc.insecure_channel(
-                self.address, options=[("grpc.max_receive_message_length", 16 * MIB)]
-            )
-        )
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        return storage_pb2_grpc.StorageStub(self.channel())
 
 
 def start_storage(env: dict[str, str], root: Path) -> StorageProcess:
-    address = f"127.0.0.1:{free_port()}"
-    log = (root.parent / f"storage-{time.monotonic_ns()}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.storage"],
-        cwd=ROOT,
-        env={**env, "LLMOS_LISTEN_ADDR": address, "LLMOS_STORAGE_DIR": str(root)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    service = start_service(
+        "services.storage", {**env, "LLMOS_STORAGE_DIR": str(root)}, root.parent
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"storage exited with {proc.returncode}")
-        state, _ = asyncio.run(check_health(address, timeout_s=1))
-        if state == SERVING:
-            return StorageProcess(proc, address, root, env)
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("storage did not start")
+    return StorageProcess(service.proc, service.address, env, root)
 
 
 @pytest.fixture(scope="module")

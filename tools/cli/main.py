@@ -35,6 +35,7 @@ from llmos.v1 import (
     scheduler_pb2,
     storage_pb2_grpc,
 )
+from tools.cli.audit_commands import add_commands as add_audit_commands
 from tools.cli.session import (
     NotSignedIn,
     Session,
@@ -552,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     importer.set_defaults(run=cmd_models_import)
     add_storage_commands(commands, model_commands, admin_action)
     add_train_command(commands)
-    parser.set_defaults(storage=_storage, gateway_stub=_stub)
+    add_audit_commands(commands)
+    parser.set_defaults(storage=_storage, gateway_stub=_stub, channel=_channel)
     return parser
 
 
