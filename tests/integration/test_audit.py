@@ -60,8 +60,10 @@ def wait_for_records(service: ServiceUnderTest, count: int, timeout_s: float = 9
     raise AssertionError(f"{seen} of {count} records after {timeout_s:g}s")
 
 
-def all_records(service: ServiceUnderTest, **filters: str) -> list[audit_pb2.StoredAuditRecord]:
-    request = audit_pb2.QueryAuditRequest(page_size=1000, **filters)
+def all_records(
+    service: ServiceUnderTest, principal: str = ""
+) -> list[audit_pb2.StoredAuditRecord]:
+    request = audit_pb2.QueryAuditRequest(page_size=1000, principal=principal)
     found: list[audit_pb2.StoredAuditRecord] = []
     while True:
         page = stub(service).QueryAudit(request)
