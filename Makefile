@@ -11,7 +11,7 @@ PROTOS      := $(wildcard protos/llmos/v1/*.proto)
 GEN_STAMP   := llmos/v1/.generated
 DATA_DIR    ?= var
 
-.PHONY: help setup protos check lint format test test-unit run clean bench-engine bench-gateway bench-scheduler bench-storage bench-trainer demo-train
+.PHONY: help setup protos check lint format test test-unit run clean bench-engine bench-gateway bench-scheduler bench-storage bench-trainer bench-audit demo-train
 
 help:
 	@echo "make run    set up (idempotent) and start the whole LLM OS stack"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-scheduler decisions/s, fairness, critical isolation, simulated (JSON)"
 	@echo "make bench-storage 512 MiB up/download through the API vs cp, peak memory (JSON)"
 	@echo "make bench-trainer training program vs a plain torch loop, tokens/s (JSON)"
+	@echo "make bench-audit   audit ingest from JetStream, chained and signed, vs plain inserts (JSON)"
 	@echo "make demo-train    fine-tune the default model on Shakespeare, deploy, ask it"
 
 $(VENV)/bin/python:
@@ -80,6 +81,9 @@ bench-storage: setup
 
 bench-trainer: setup
 	$(PY) -m tools.bench.trainer
+
+bench-audit: setup
+	$(PY) -m tools.bench.audit
 
 demo-train: setup
 	$(PY) -m tools.demo.train

@@ -67,7 +67,7 @@ class Ingest:
             except TimeoutError:
                 continue
             except Exception as exc:  # NATS reconnecting: wait for it
-                log.warning("audit fetch failed; retrying", extra={"error": str(exc)})
+                log.warning("audit fetch failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)
                 continue
             await self.take(messages)

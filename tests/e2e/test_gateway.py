@@ -20,6 +20,7 @@ from llmos.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     audit_pb2,
+    audit_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
     inference_pb2,
@@ -232,3 +233,54 @@ async def test_inference_calls_are_audited_with_model_and_tokens(stack: RunningS
     assert record.resource == "model/smollm2-135m-instruct"
     assert record.tokens == usage.prompt_tokens + usage.completion_tokens
     assert record.tenant == "system"
+
+
+def test_the_audit_log_answers_who_did_what_and_proves_it(stack: RunningStack) -> None:
+    """`llmos audit query` and `llmos audit verify` against the running stack; a tenant
+    sees its own records only; prompts are not stored under the default policy."""
+    token = _new_client(stack, "audit-lab", ["inference", "audit:read"])
+    prompt = f"Audit trail {uuid.uuid4().hex[:8]}"
+    _generate(stack, token, prompt, max_tokens=2)
+    with stack.channel(token) as channel, pytest.raises(grpc.RpcError) as denied:
+        gateway_pb2_grpc.GatewayStub(channel).ListModels(gateway_pb2.ListModelsRequest())
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    wanted = {
+        ("/llmos.v1.Gateway/Generate", "OK"),
+        ("/llmos.v1.Gateway/ListModels", "PERMISSION_DENIED"),
+    }
+    deadline = time.monotonic() + 30
+    while True:
+        query = stack.cli("audit", "query", "--tenant", "audit-lab", "--limit", "0")
+        assert query.returncode == 0, query.stderr
+        lines = [json.loads(line) for line in query.stdout.splitlines()]
+        if wanted <= {(r["action"], r["outcome"]) for r in lines} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert wanted <= {(r["action"], r["outcome"]) for r in lines}
+    assert {r["tenant"] for r in lines} == {"audit-lab"}
+    assert all(r["hash"] and r["sequence"] > 0 for r in lines)
+    assert prompt not in query.stdout  # content is off by default
+
+    # the tenant's own principal: only its records, and no other tenant's on request
+    with stack.channel(token) as channel:
+        audit = audit_pb2_grpc.AuditStub(channel)
+        own = audit.QueryAudit(audit_pb2.QueryAuditRequest(page_size=1000), timeout=10)
+        assert own.records and {r.record.tenant for r in own.records} == {"audit-lab"}
+        with pytest.raises(grpc.RpcError) as other:
+            audit.QueryAudit(audit_pb2.QueryAuditRequest(tenant="system"), timeout=10)
+        assert other.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as verify:
+            audit.VerifyAudit(audit_pb2.VerifyAuditRequest(), timeout=10)
+        assert verify.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    export = stack.data_dir / "audit-export.jsonl"
+    exported = stack.cli(
+        "audit", "query", "--tenant", "audit-lab", "--limit", "0", "--output", str(export)
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert len(export.read_text().splitlines()) >= len(lines)
+
+    verified = stack.cli("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith("valid: ")
