@@ -160,7 +160,7 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
             if removed:
                 log.info("audit records pruned for retention", extra={"count": removed})
 
-    ingest = Ingest(ctx.js, audit_log, privacy, options.batch, options.ack_wait_s)
+    ingest = Ingest(ctx.nats, audit_log, privacy, options.batch, options.ack_wait_s)
     await ingest.subscribe()  # fail at start, not later, if the stream is unusable
     await prune()
     tasks = [

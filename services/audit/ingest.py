@@ -10,11 +10,15 @@ log recognises by event id and skips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import json
 import logging
 import time
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from llmos import subjects
@@ -27,18 +31,66 @@ CONSUMER = "audit"
 FETCH_WAIT_S = 1.0
 
 
+def stream_sequence(message: Msg) -> int:
+    return int(message.metadata.sequence.stream)
+
+
+class Puller:
+    """Batches from a pull consumer, collected by one subscription callback.
+
+    nats-py's own `fetch` waits for each message with a task and a timeout of its own,
+    which costs more than chaining and committing the record; this asks for a batch and
+    waits once for all of it. A pull ends with its batch complete or a status message
+    (404 nothing pending, 408 request expired).
+    """
+
+    def __init__(self, nc: NATS, stream: str, consumer: str) -> None:
+        self._nc = nc
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._messages: list[Msg] = []
+        self._wanted = 0
+        self._done = asyncio.Event()
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
+
+    async def _on_message(self, message: Msg) -> None:
+        if message.headers and message.headers.get("Status") and not message.data:
+            self._done.set()  # this pull is over (or a stale one from before ended)
+            return
+        self._messages.append(message)
+        if len(self._messages) >= self._wanted:
+            self._done.set()
+
+    async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
+        """Up to `batch` messages; raises TimeoutError when none came within `wait_s`."""
+        self._wanted = batch
+        self._done.clear()
+        request = {"batch": batch, "expires": int(wait_s * 1e9)}
+        await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), wait_s + 0.5)
+        messages, self._messages = self._messages, []
+        if not messages:
+            raise TimeoutError
+        return messages
+
+
 class Ingest:
     """The consumer loop feeding one AuditLog."""
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         audit_log: AuditLog,
         privacy: Privacy,
         batch: int,
         ack_wait_s: float,
     ) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._log = audit_log
         self._privacy = privacy
         self._batch = batch
@@ -46,7 +98,7 @@ class Ingest:
         self.recorded = 0
         self.duplicates = 0
 
-    async def subscribe(self) -> JetStreamContext.PullSubscription:
+    async def subscribe(self) -> Puller:
         config = ConsumerConfig(
             durable_name=CONSUMER,
             deliver_policy=DeliverPolicy.ALL,
@@ -56,14 +108,16 @@ class Ingest:
             filter_subject=subjects.ALL_AUDIT,
         )
         await self._js.add_consumer(subjects.AUDIT_STREAM, config)
-        return await self._js.pull_subscribe_bind(CONSUMER, stream=subjects.AUDIT_STREAM)
+        puller = Puller(self._nc, subjects.AUDIT_STREAM, CONSUMER)
+        await puller.start()
+        return puller
 
     async def run(self) -> None:
         """Ingest until cancelled; a failing batch is retried (it was not acknowledged)."""
         subscription = await self.subscribe()
         while True:
             try:
-                messages = await subscription.fetch(self._batch, timeout=FETCH_WAIT_S)
+                messages = await subscription.fetch(self._batch, FETCH_WAIT_S)
             except TimeoutError:
                 continue
             except Exception as exc:  # NATS reconnecting: wait for it
@@ -78,8 +132,7 @@ class Ingest:
         entries = []
         for message in messages:
             source = message.subject.removeprefix(prefix)
-            sequence = message.metadata.sequence.stream
-            record = parse(message.data, source, sequence)
+            record = parse(message.data, source, functools.partial(stream_sequence, message))
             entries.append(self._privacy.entry(record, now))
         try:
             new = await asyncio.to_thread(self._log.append, entries)

@@ -3,6 +3,8 @@ under the privacy policy, and a stored record becomes a `StoredAuditRecord` agai
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from google.protobuf.message import DecodeError
 
 from llmos.redaction import RedactionPolicy, pseudonym
@@ -46,9 +48,10 @@ class Privacy:
         )
 
 
-def parse(data: bytes, source: str, stream_sequence: int) -> audit_pb2.AuditRecord:
+def parse(data: bytes, source: str, stream_sequence: Callable[[], int]) -> audit_pb2.AuditRecord:
     """The published record; one that cannot be read is kept as such rather than lost
-    (its id comes from its place in the stream, so a redelivery is still recorded once)."""
+    (its id comes from its place in the stream, so a redelivery is still recorded once;
+    `stream_sequence` is only asked then: reading it costs more than parsing the record)."""
     try:
         record = audit_pb2.AuditRecord.FromString(data)
     except DecodeError:
@@ -59,7 +62,7 @@ def parse(data: bytes, source: str, stream_sequence: int) -> audit_pb2.AuditReco
             detail=f"{len(data)} bytes on llmos.audit.{source} that are not an AuditRecord",
         )
     if not record.id:
-        record.id = f"stream-{stream_sequence}"
+        record.id = f"stream-{stream_sequence()}"
     return record
 
 

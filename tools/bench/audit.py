@@ -73,7 +73,7 @@ async def ingest_all(url: str, directory: Path, count: int) -> float:
     nc = await nats.connect(url)
     audit_log = AuditLog(directory / "audit.db", signing_key(directory / "keys"))
     privacy = Privacy(RedactionPolicy(), b"bench-key")
-    ingest = Ingest(nc.jetstream(), audit_log, privacy, BATCH, 30.0)
+    ingest = Ingest(nc, audit_log, privacy, BATCH, 30.0)
     started = time.perf_counter()
     task = asyncio.create_task(ingest.run())
     while audit_log.head.sequence < count:
