@@ -19,10 +19,11 @@ from pathlib import Path
 import grpc
 
 from llmos.errors import InvalidArgument
+from llmos.lease import Lease
 from llmos.runner import ServiceContext
 from llmos.v1 import audit_pb2, audit_pb2_grpc
 from services.audit.chain import key_id
-from services.audit.ingest import Ingest
+from services.audit.ingest import STANDBY_POLL_S, Ingest
 from services.audit.keys import pseudonym_key, signing_key, trusted_keys
 from services.audit.options import AuditOptions
 from services.audit.records import Privacy, to_message
@@ -31,6 +32,7 @@ from services.audit.verify import Verdict, verify_log
 
 log = logging.getLogger("llmos.audit")
 
+WRITER_KEY = "llmos:audit:writer"
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
@@ -128,9 +130,17 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):  # type: ignore[misc]
         return response
 
 
-async def _every(interval_s: float, action: Callable[[], Awaitable[object]], what: str) -> None:
+async def _every(
+    interval_s: float,
+    action: Callable[[], Awaitable[object]],
+    what: str,
+    first_s: float | None = None,
+) -> None:
+    """Run `action` every `interval_s` (the first time after `first_s`), logging failures."""
+    delay = interval_s if first_s is None else first_s
     while True:
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(delay)
+        delay = interval_s
         try:
             await action()
         except Exception:
@@ -151,24 +161,30 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
     stack.callback(audit_log.close)
 
     async def checkpoint() -> None:
-        await asyncio.to_thread(audit_log.checkpoint)
+        if lease.held:
+            await asyncio.to_thread(audit_log.checkpoint)
 
     async def prune() -> None:
-        if options.retention_s > 0:
+        if options.retention_s > 0 and lease.held:
             cutoff = time.time_ns() - int(options.retention_s * 1e9)
             removed = await asyncio.to_thread(audit_log.prune, cutoff)
             if removed:
                 log.info("audit records pruned for retention", extra={"count": removed})
 
-    ingest = Ingest(ctx.nats, audit_log, privacy, options.batch, options.ack_wait_s)
+    lease = Lease(
+        ctx.redis, WRITER_KEY, ctx.instance.instance_id, max(3.0, 4 * ctx.settings.heartbeat_s)
+    )
+    ingest = Ingest(ctx.nats, audit_log, privacy, options.batch, options.ack_wait_s, lease)
     await ingest.subscribe()  # fail at start, not later, if the stream is unusable
-    await prune()
     tasks = [
         asyncio.create_task(ingest.run(), name="audit-ingest"),
         asyncio.create_task(
             _every(options.checkpoint_s, checkpoint, "checkpoint"), name="audit-checkpoint"
         ),
-        asyncio.create_task(_every(options.prune_interval_s, prune, "pruning"), name="audit-prune"),
+        asyncio.create_task(
+            _every(options.prune_interval_s, prune, "pruning", first_s=STANDBY_POLL_S + 1),
+            name="audit-prune",
+        ),
     ]
 
     async def stop() -> None:
@@ -177,7 +193,9 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.to_thread(audit_log.checkpoint)  # what was recorded is covered
+        if lease.held:
+            await asyncio.to_thread(audit_log.checkpoint)  # what was recorded is covered
+            await lease.release()
 
     stack.push_async_callback(stop)
     servicer = AuditServicer(audit_log, privacy, keys_dir)

@@ -5,6 +5,9 @@ and committed in one transaction, and only then acknowledged. A crash before the
 leaves the batch unacknowledged, so JetStream delivers it again (after the ack wait); a
 crash between commit and acknowledgement delivers records already stored, which the
 log recognises by event id and skips.
+
+One audit service writes at a time (a lease in Redis): a second one stands by instead
+of splitting the events between two logs, and takes over when the first is gone.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from llmos import subjects
+from llmos.lease import Lease
 from services.audit.records import Privacy, parse
 from services.audit.store import AuditLog
 
@@ -29,6 +33,7 @@ log = logging.getLogger("llmos.audit.ingest")
 
 CONSUMER = "audit"
 FETCH_WAIT_S = 1.0
+STANDBY_POLL_S = 1.0
 
 
 def stream_sequence(message: Msg) -> int:
@@ -88,6 +93,7 @@ class Ingest:
         privacy: Privacy,
         batch: int,
         ack_wait_s: float,
+        lease: Lease | None = None,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -95,10 +101,15 @@ class Ingest:
         self._privacy = privacy
         self._batch = batch
         self._ack_wait_s = ack_wait_s
+        self._lease = lease  # None: the only writer by construction (benchmarks)
+        self._puller: Puller | None = None
         self.recorded = 0
         self.duplicates = 0
 
     async def subscribe(self) -> Puller:
+        """The consumer (created or brought to this config) and a puller on it, once."""
+        if self._puller is not None:
+            return self._puller
         config = ConsumerConfig(
             durable_name=CONSUMER,
             deliver_policy=DeliverPolicy.ALL,
@@ -110,12 +121,27 @@ class Ingest:
         await self._js.add_consumer(subjects.AUDIT_STREAM, config)
         puller = Puller(self._nc, subjects.AUDIT_STREAM, CONSUMER)
         await puller.start()
+        self._puller = puller
         return puller
 
     async def run(self) -> None:
-        """Ingest until cancelled; a failing batch is retried (it was not acknowledged)."""
+        """Ingest until cancelled, while this instance holds the writer's lease; a failing
+        batch is retried (it was not acknowledged)."""
         subscription = await self.subscribe()
+        standby = False
         while True:
+            if self._lease is not None and not await self._lease.hold():
+                if not standby:
+                    log.warning(
+                        "another audit service writes the audit log; standing by",
+                        extra={"holder": await self._lease.holder()},
+                    )
+                standby = True
+                await asyncio.sleep(STANDBY_POLL_S)
+                continue
+            if standby:
+                log.info("this audit service now writes the audit log")
+                standby = False
             try:
                 messages = await subscription.fetch(self._batch, FETCH_WAIT_S)
             except TimeoutError:

@@ -121,20 +121,24 @@ class AuditLog:
         self._read = connect(path)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self.head = self._load_head()
-        last = self._write.execute("SELECT MAX(seq) FROM checkpoints").fetchone()[0]
-        self._checkpointed = last or 0
+        self.head = self._stored_head(self._write)
 
-    def _load_head(self) -> Head:
-        row = self._write.execute(
-            "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
+    @staticmethod
+    def _stored_head(conn: sqlite3.Connection) -> Head:
+        """The last record (or the prune checkpoint standing for it). Read again in each
+        write transaction, so whoever appends chains to what is really there — even when
+        another instance wrote meanwhile (a standby sharing the directory)."""
+        row = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
             return Head(row[0], row[1])
-        anchor = self._write.execute(
+        anchor = conn.execute(
             "SELECT seq, hash FROM checkpoints WHERE kind = ? ORDER BY seq DESC LIMIT 1", (PRUNE,)
         ).fetchone()
         return Head(anchor[0], anchor[1]) if anchor else Head(0, GENESIS)
+
+    @staticmethod
+    def _last_checkpoint(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT MAX(seq) FROM checkpoints").fetchone()[0] or 0)
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:
@@ -160,7 +164,7 @@ class AuditLog:
             return 0
         with self._transaction() as conn:
             known = self._known_ids(conn, [e.event_id for e in entries])
-            head = self.head
+            head = self._stored_head(conn)
             rows = []
             for entry in entries:
                 if entry.event_id in known:
@@ -171,7 +175,7 @@ class AuditLog:
                 head = Head(sequence, link(head.hash, sequence, values))
                 rows.append((sequence, *values, head.hash))
             conn.executemany(INSERT, rows)
-            if head.sequence - self._checkpointed >= self._every:
+            if head.sequence - self._last_checkpoint(conn) >= self._every:
                 self._sign(conn, PERIODIC, head)
         self.head = head
         return len(rows)
@@ -194,15 +198,15 @@ class AuditLog:
             f"INSERT OR REPLACE INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             checkpoint.row(),
         )
-        self._checkpointed = max(self._checkpointed, head.sequence)
         return checkpoint
 
     def checkpoint(self) -> Checkpoint | None:
         """Sign the head if records arrived since the last checkpoint."""
         with self._transaction() as conn:
-            if self.head.sequence <= self._checkpointed:
+            head = self._stored_head(conn)
+            if head.sequence <= self._last_checkpoint(conn):
                 return None
-            return self._sign(conn, PERIODIC, self.head)
+            return self._sign(conn, PERIODIC, head)
 
     def prune(self, before_ns: int) -> int:
         """Remove the records committed before `before_ns`, behind a signed `prune`

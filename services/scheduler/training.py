@@ -32,6 +32,7 @@ from nats.errors import NoRespondersError
 
 from llmos import subjects
 from llmos.errors import LLMOSError
+from llmos.lease import Lease
 from llmos.modelstore import ModelStore
 from llmos.priority import PriorityClass
 from llmos.runner import ServiceContext
@@ -49,15 +50,6 @@ TICK_S = 0.5
 ASSIGN_TIMEOUT_S = 5.0
 PREEMPT_RESEND_S = 10.0
 LEADER_KEY = "llmos:sched:training-leader"
-#: KEYS[1] leader key; ARGV: our id, lease ms. Take the lease if free, renew it if ours.
-_LEAD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
 
 
 def request_of(job: scheduler_pb2.Job) -> GangRequest:
@@ -93,7 +85,12 @@ class TrainingDispatcher:
         #: how long a trainer may be unheard of, or silent about an attempt, before its
         #: work is handed back
         self._grace_s = max(options.worker_warmup_s, (MISSED_HEARTBEATS + 1) * heartbeat)
-        self._lead = ctx.redis.register_script(_LEAD)
+        self._leadership = Lease(
+            ctx.redis,
+            LEADER_KEY,
+            ctx.instance.instance_id,
+            max(3.0, 4 * ctx.settings.heartbeat_s),
+        )
         self._missing_since: dict[str, float] = {}
         self._preempting: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -138,10 +135,7 @@ class TrainingDispatcher:
             self._wake.clear()
 
     async def _is_leader(self) -> bool:
-        lease_ms = int(max(3.0, 4 * self._ctx.settings.heartbeat_s) * 1000)
-        return bool(
-            await self._lead(keys=[LEADER_KEY], args=[self._ctx.instance.instance_id, lease_ms])
-        )
+        return await self._leadership.hold()
 
     def _trainers(self) -> dict[str, scheduler_pb2.WorkerStatus]:
         return {

@@ -64,6 +64,7 @@ class ServiceUnderTest:
     proc: subprocess.Popen[bytes]
     address: str
     env: dict[str, str]
+    log_path: Path
 
     def channel(self, max_message: int = 16 << 20) -> grpc.Channel:
         return grpc.insecure_channel(
@@ -88,7 +89,8 @@ def start_service(
     """Start `python -m module` with `env` on a free port; return once it is SERVING."""
     address = f"127.0.0.1:{free_port()}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = (log_dir / f"{module.rsplit('.', 1)[-1]}-{time.monotonic_ns()}.log").open("wb")
+    log_path = log_dir / f"{module.rsplit('.', 1)[-1]}-{time.monotonic_ns()}.log"
+    log = log_path.open("wb")
     env = {**env, "LLMOS_LISTEN_ADDR": address}
     proc = subprocess.Popen(
         [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -99,7 +101,7 @@ def start_service(
             raise RuntimeError(f"{module} exited with {proc.returncode}; see {log.name}")
         state, _ = asyncio.run(check_health(address, timeout_s=1))
         if state == SERVING:
-            return ServiceUnderTest(proc, address, env)
+            return ServiceUnderTest(proc, address, env, log_path)
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"{module} did not start within {timeout_s:g}s; see {log.name}")

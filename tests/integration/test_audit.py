@@ -116,7 +116,7 @@ def test_kill9_while_10000_events_are_published_loses_and_doubles_none(
     records = make_records(EVENTS)
     published: list[int] = []
     publisher = threading.Thread(
-        target=lambda: published.append(asyncio.run(publish(own_nats.url, records, 0.05)))
+        target=lambda: published.append(asyncio.run(publish(own_nats.url, records, 0.2)))
     )
     publisher.start()
     try:
@@ -325,3 +325,36 @@ def test_retention_prunes_old_records_and_the_rest_still_verifies(
         audit.stop()
     assert verdict.valid, verdict.detail
     assert (verdict.first_sequence, verdict.last_sequence, verdict.records_checked) == (41, 50, 10)
+
+
+def test_one_writer_at_a_time_and_a_standby_takes_over(
+    own_nats: NatsServer, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Two audit services sharing a directory: one writes, the other stands by and, once
+    the first is killed, continues the same chain. Nothing is lost or recorded twice."""
+    shared = str(tmp_path / "shared-audit")
+    first = start_service(
+        "services.audit",
+        audit_env(own_nats, own_redis, tmp_path / "one", LLMOS_AUDIT_DIR=shared),
+        tmp_path / "logs",
+    )
+    second = start_service(
+        "services.audit",
+        audit_env(own_nats, own_redis, tmp_path / "two", LLMOS_AUDIT_DIR=shared),
+        tmp_path / "logs",
+    )
+    before, after = make_records(200), make_records(100)
+    try:
+        asyncio.run(publish(own_nats.url, before))
+        wait_for_records(first, len(before))
+        first.kill()
+        asyncio.run(publish(own_nats.url, after))
+        wait_for_records(second, len(before) + len(after))
+        verdict = stub(second).VerifyAudit(audit_pb2.VerifyAuditRequest())
+        stored = all_records(second)
+    finally:
+        second.stop()
+    assert "standing by" in second.log_path.read_text()
+    assert verdict.valid, verdict.detail
+    assert [r.sequence for r in stored] == list(range(1, 301))
+    assert sorted(r.record.id for r in stored) == sorted(r.id for r in before + after)

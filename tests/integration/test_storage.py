@@ -43,7 +43,7 @@ def start_storage(env: dict[str, str], root: Path) -> StorageProcess:
     service = start_service(
         "services.storage", {**env, "LLMOS_STORAGE_DIR": str(root)}, root.parent
     )
-    return StorageProcess(service.proc, service.address, env, root)
+    return StorageProcess(service.proc, service.address, env, service.log_path, root)
 
 
 @pytest.fixture(scope="module")

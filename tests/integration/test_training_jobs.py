@@ -30,7 +30,14 @@ from nats.js.api import DeliverPolicy
 
 from llmos import subjects
 from llmos.ports import free_port
-from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2
+from llmos.v1 import (
+    audit_pb2,
+    common_pb2,
+    events_pb2,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    storage_pb2,
+)
 from tests.conftest import ROOT
 from tests.integration.conftest import gateway_env
 from tests.integration.test_storage import StorageProcess, requests, start_storage
@@ -207,23 +214,38 @@ def checkpointed(
     return get(stub, tenant, job_id).checkpoint_step >= step
 
 
-async def job_events(nats_url: str, job_id: str) -> list[events_pb2.Event]:
-    """Every event JetStream kept for the job, in order."""
+async def stored(nats_url: str, subject: str) -> list[bytes]:
+    """Every message JetStream kept on `subject`, in order."""
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
         subscription = await js.subscribe(
-            subjects.job_event(job_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
         )
-        found: list[events_pb2.Event] = []
+        found: list[bytes] = []
         while True:
             try:
                 msg = await subscription.next_msg(timeout=2)
             except nats.errors.TimeoutError:
                 return found
-            found.append(events_pb2.Event.FromString(msg.data))
+            found.append(msg.data)
     finally:
         await nc.close()
+
+
+async def job_events(nats_url: str, job_id: str) -> list[events_pb2.Event]:
+    """Every event JetStream kept for the job, in order."""
+    return [
+        events_pb2.Event.FromString(d) for d in await stored(nats_url, subjects.job_event(job_id))
+    ]
+
+
+async def audit_records(nats_url: str, source: str, resource: str) -> list[audit_pb2.AuditRecord]:
+    """The audit records `source` published about `resource`, in order."""
+    records = [
+        audit_pb2.AuditRecord.FromString(d) for d in await stored(nats_url, subjects.audit(source))
+    ]
+    return [r for r in records if r.resource == resource]
 
 
 async def test_a_job_runs_to_success_with_every_transition_and_its_progress_published(
@@ -259,6 +281,17 @@ async def test_a_job_runs_to_success_with_every_transition_and_its_progress_publ
     steps = [e.job_progress.progress.step for e in events if e.HasField("job_progress")]
     assert steps and steps == sorted(steps) and steps[-1] == 400
     assert all(e.tenant == "lab-a" for e in events)
+    # every transition is audited by the scheduler, the attempt by the trainer that ran it
+    decided = await audit_records(nats_server.url, "scheduler", f"job/{job_id}")
+    assert [r.action for r in decided] == [
+        "job.queued", "job.scheduled", "job.running", "job.succeeded"
+    ]  # fmt: skip
+    assert all(r.tenant == "lab-a" and r.outcome == "OK" for r in decided)
+    ran = await audit_records(nats_server.url, "trainer", f"job/{job_id}@1")
+    assert [(r.action, r.outcome) for r in ran] == [
+        ("job.attempt.start", "OK"), ("job.attempt.end", "OK")
+    ]  # fmt: skip
+    assert ran[-1].detail == "training finished: registered test-job@1"
 
 
 def test_a_job_trains_on_a_dataset_from_storage(cluster: Cluster) -> None:
