@@ -6,6 +6,7 @@ found through VerifyAudit; retention; bad queries get a clear error."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -226,42 +227,59 @@ def test_redaction_policy_decides_what_is_stored(
 
 
 def test_publishers_ride_out_a_nats_outage(
-    own_nats: NatsServer, own_redis: RedisServer, tmp_path: Path
+    own_nats: NatsServer,
+    own_redis: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """While NATS is down a publisher buffers and retries, saying so; all arrive once NATS
+    is back. A buffer that overflows drops its oldest records and says how many."""
     env = audit_env(own_nats, own_redis, tmp_path / "data")
     audit = start_service("services.audit", env, tmp_path / "logs")
     records = make_records(500)
+    overflow = make_records(80)
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, int]:
         nc = await nats.connect(own_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         publisher = AuditPublisher(nc.jetstream(), "test")
+        small = AuditPublisher(nc.jetstream(), "test", buffer=50)
         publisher.start()
+        small.start()
         for record in records[:100]:
             publisher.record(record)
         await until(lambda: publisher.published >= 100)
         own_nats.stop()  # from this thread: its child dies with the thread that started it
         for record in records[100:]:  # NATS is down: buffered, retried
             publisher.record(record)
+        for record in overflow:  # 80 into a buffer of 50
+            small.record(record)
         await asyncio.sleep(2)
         during = publisher.published
         restarted = start_nats(tmp_path / "nats", port=own_nats.port)
         own_nats.proc = restarted.proc  # stopped at the end like the first
-        await until(lambda: publisher.published >= len(records))
+        await until(lambda: publisher.published >= len(records) and small.published >= 50)
         await publisher.close()
+        await small.close()
         await nc.close()
-        return during, publisher.dropped
+        return during, publisher.dropped, small.dropped
 
     try:
-        during, dropped = asyncio.run(scenario())
-        wait_for_records(audit, len(records))
+        with caplog.at_level(logging.WARNING, logger="llmos.audit"):
+            during, dropped, overflowed = asyncio.run(scenario())
+        wait_for_records(audit, len(records) + 50)
         stored = all_records(audit)
         verdict = stub(audit).VerifyAudit(audit_pb2.VerifyAuditRequest())
     finally:
         audit.stop()
     assert during == 100  # nothing got through while NATS was down ...
     assert dropped == 0
-    assert sorted(r.record.id for r in stored) == sorted(r.id for r in records)  # ... or was lost
-    assert verdict.valid and verdict.records_checked == len(records)
+    kept = records + overflow[30:]  # the small buffer kept its newest 50
+    assert sorted(r.record.id for r in stored) == sorted(r.id for r in kept)  # ... or was lost
+    assert verdict.valid and verdict.records_checked == len(kept)
+    assert overflowed == 30
+    said = [r.getMessage() for r in caplog.records]
+    assert "audit publish failed; retrying" in said
+    assert "audit buffer full: dropping the oldest records" in said
 
 
 def test_tampering_is_reported_by_the_running_service(
