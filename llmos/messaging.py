@@ -35,9 +35,12 @@ STREAMS = (
     StreamConfig(
         name=subjects.AUDIT_STREAM,
         subjects=[subjects.ALL_AUDIT],
-        retention=RetentionPolicy.LIMITS,
+        # a record stays until the audit service has committed and acknowledged it; the
+        # limits only bound the backlog while the audit service is down
+        retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=30 * DAY_S,
+        max_bytes=8 << 30,
         discard=DiscardPolicy.NEW,  # never drop audit records silently: publishers see an error
         duplicate_window=120.0,
     ),
@@ -70,7 +73,13 @@ async def ensure_streams(js: JetStreamContext) -> None:
         try:
             await js.add_stream(config)
         except BadRequestError:
-            await js.update_stream(config)
+            try:
+                await js.update_stream(config)
+            except Exception as exc:  # e.g. a retention policy, which cannot change in place
+                log.error(
+                    "stream keeps its earlier configuration; recreate it to adopt this one",
+                    extra={"stream": config.name, "error": str(exc)},
+                )
 
 
 class EventPublisher:

@@ -124,8 +124,9 @@ def gw(
 class AuditTap:
     """Audit records the gateway publishes, as a subscriber sees them."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, subject: str = "llmos.audit.gateway") -> None:
         self._url = url
+        self._subject = subject
         self.records: list[audit_pb2.AuditRecord] = []
         self._nc: Any = None
 
@@ -135,7 +136,7 @@ class AuditTap:
         async def on_record(msg: Any) -> None:
             self.records.append(audit_pb2.AuditRecord.FromString(msg.data))
 
-        await self._nc.subscribe("llmos.audit.gateway", cb=on_record)
+        await self._nc.subscribe(self._subject, cb=on_record)
         await self._nc.flush()
         return self
 

@@ -31,7 +31,6 @@ from nats.js.api import DeliverPolicy
 from llmos import subjects
 from llmos.ports import free_port
 from llmos.v1 import (
-    audit_pb2,
     common_pb2,
     events_pb2,
     scheduler_pb2,
@@ -39,7 +38,7 @@ from llmos.v1 import (
     storage_pb2,
 )
 from tests.conftest import ROOT
-from tests.integration.conftest import gateway_env
+from tests.integration.conftest import AuditTap, gateway_env
 from tests.integration.test_storage import StorageProcess, requests, start_storage
 from tools.devstack.infra import NatsServer, RedisServer
 
@@ -240,24 +239,20 @@ async def job_events(nats_url: str, job_id: str) -> list[events_pb2.Event]:
     ]
 
 
-async def audit_records(nats_url: str, source: str, resource: str) -> list[audit_pb2.AuditRecord]:
-    """The audit records `source` published about `resource`, in order."""
-    records = [
-        audit_pb2.AuditRecord.FromString(d) for d in await stored(nats_url, subjects.audit(source))
-    ]
-    return [r for r in records if r.resource == resource]
-
-
 async def test_a_job_runs_to_success_with_every_transition_and_its_progress_published(
     cluster: Cluster, nats_server: NatsServer
 ) -> None:
     stub = cluster.stub()
-    job_id = submit(stub, "lab-a", spec(steps=400, checkpoint_every=100))
-    watched = await asyncio.to_thread(
-        lambda: list(
-            stub.WatchJob(scheduler_pb2.GetJobRequest(tenant="lab-a", job_id=job_id), timeout=120)
+    async with AuditTap(nats_server.url, "llmos.audit.>") as tap:
+        job_id = submit(stub, "lab-a", spec(steps=400, checkpoint_every=100))
+        watched = await asyncio.to_thread(
+            lambda: list(
+                stub.WatchJob(
+                    scheduler_pb2.GetJobRequest(tenant="lab-a", job_id=job_id), timeout=120
+                )
+            )
         )
-    )
+        await tap.wait_for(source="trainer", action="job.attempt.end", resource=f"job/{job_id}@1")
     final = watched[-1]
     assert final.state == S.JOB_STATE_SUCCEEDED, final.reason
     assert any(0 < u.progress.step < 400 for u in watched), "WatchJob streamed no progress"
@@ -282,12 +277,12 @@ async def test_a_job_runs_to_success_with_every_transition_and_its_progress_publ
     assert steps and steps == sorted(steps) and steps[-1] == 400
     assert all(e.tenant == "lab-a" for e in events)
     # every transition is audited by the scheduler, the attempt by the trainer that ran it
-    decided = await audit_records(nats_server.url, "scheduler", f"job/{job_id}")
+    decided = [r for r in tap.records if r.source == "scheduler" and r.resource == f"job/{job_id}"]
     assert [r.action for r in decided] == [
         "job.queued", "job.scheduled", "job.running", "job.succeeded"
     ]  # fmt: skip
     assert all(r.tenant == "lab-a" and r.outcome == "OK" for r in decided)
-    ran = await audit_records(nats_server.url, "trainer", f"job/{job_id}@1")
+    ran = [r for r in tap.records if r.source == "trainer" and r.resource == f"job/{job_id}@1"]
     assert [(r.action, r.outcome) for r in ran] == [
         ("job.attempt.start", "OK"), ("job.attempt.end", "OK")
     ]  # fmt: skip
