@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from llmos.sqlite import open_database, write_transaction
 from services.audit.chain import (
     ENTRY_COLUMNS,
     GENESIS,
@@ -63,11 +64,9 @@ CHECKPOINT_COLUMNS = "seq, hash, time_ns, kind, key_id, signature"
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=10000")
-    return conn
+    """A connection to the audit database; the writer, the readers and a standby sharing
+    the directory wait for each other's locks rather than fail."""
+    return open_database(path, busy_timeout_ms=10_000)
 
 
 @dataclass(frozen=True)
@@ -147,14 +146,8 @@ class AuditLog:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
-            self._write.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._write
-            except BaseException:
-                self._write.execute("ROLLBACK")
-                raise
-            self._write.execute("COMMIT")
+        with write_transaction(self._write, self._write_lock):
+            yield self._write
 
     # -- writing -----------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmos.sqlite import open_database, write_transaction
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
   tenant TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
@@ -98,9 +100,7 @@ class Metadata:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_database(path)
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
@@ -110,14 +110,8 @@ class Metadata:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with write_transaction(self._db, self._lock):
+            yield self._db
 
     def _one(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         with self._lock:

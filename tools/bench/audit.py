@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import nats
 from llmos.auditing import new_record
 from llmos.messaging import ensure_streams
 from llmos.redaction import RedactionPolicy
+from llmos.sqlite import write_transaction
 from llmos.v1 import audit_pb2
 from services.audit.chain import Entry, entry_values
 from services.audit.ingest import Ingest
@@ -108,17 +110,17 @@ def append_all(directory: Path, rows: list[Entry]) -> float:
 def plain_insert(path: Path, rows: list[Entry]) -> float:
     conn = connect(path)
     conn.executescript(SCHEMA)
+    lock = threading.Lock()
     started = time.perf_counter()
     for start in range(0, len(rows), BATCH):
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            INSERT,
-            [
-                (start + i + 1, *entry_values(row), b"")
-                for i, row in enumerate(rows[start : start + BATCH])
-            ],
-        )
-        conn.execute("COMMIT")
+        with write_transaction(conn, lock):
+            conn.executemany(
+                INSERT,
+                [
+                    (start + i + 1, *entry_values(row), b"")
+                    for i, row in enumerate(rows[start : start + BATCH])
+                ],
+            )
     elapsed = time.perf_counter() - started
     conn.close()
     return elapsed
