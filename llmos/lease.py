@@ -2,12 +2,14 @@
 scheduler that places training jobs, the audit service that appends to the log).
 
 The holder renews it more often than it expires; if the holder dies, the lease lapses
-and another instance takes it within `lease_s`.
+and another instance takes it within four heartbeats (at least MIN_LEASE_S).
 """
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+
+MIN_LEASE_S = 3.0
 
 #: KEYS[1] lease key; ARGV: our id, lease ms. Take the lease if free, renew it if ours.
 _TAKE = """
@@ -23,11 +25,12 @@ return 0
 class Lease:
     """`hold()` takes or renews the lease; it answers whether this instance holds it."""
 
-    def __init__(self, redis: aioredis.Redis, key: str, holder: str, lease_s: float) -> None:
+    def __init__(self, redis: aioredis.Redis, key: str, holder: str, heartbeat_s: float) -> None:
         self._redis = redis
         self._key = key
         self._holder = holder
-        self._lease_ms = int(lease_s * 1000)
+        # four missed heartbeats, as the cluster counts liveness, but never under 3 s
+        self._lease_ms = int(max(MIN_LEASE_S, 4 * heartbeat_s) * 1000)
         self._take = redis.register_script(_TAKE)
         self.held = False
 

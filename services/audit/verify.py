@@ -64,33 +64,13 @@ def verify_log(
         walk.run(conn)
         walk.finish(live_head)
     except _Broken as broken:
-        return Verdict(
-            False,
-            walk.checked,
-            len(checkpoints),
-            broken.sequence,
-            broken.detail,
-            walk.first,
-            walk.previous.sequence,
-            walk.previous.hash,
-            walk.last_checkpoint,
-        )
-    detail = (
+        return walk.verdict(broken.sequence, broken.detail)
+    return walk.verdict(
+        0,
         f"{walk.checked} records ({walk.first}-{walk.previous.sequence}) chain correctly "
         f"and match {len(checkpoints)} signed checkpoints"
         if walk.checked
-        else "the log holds no records"
-    )
-    return Verdict(
-        True,
-        walk.checked,
-        len(checkpoints),
-        0,
-        detail,
-        walk.first,
-        walk.previous.sequence,
-        walk.previous.hash,
-        walk.last_checkpoint,
+        else "the log holds no records",
     )
 
 
@@ -102,6 +82,20 @@ class _Walk:
         self.last_checkpoint = 0  # the last checkpoint met so far
         self.checked = 0
         self.first = 0
+
+    def verdict(self, first_bad: int, detail: str) -> Verdict:
+        """What the walk found so far: valid when nothing was bad (`first_bad` 0)."""
+        return Verdict(
+            first_bad == 0,
+            self.checked,
+            len(self.checkpoints),
+            first_bad,
+            detail,
+            self.first,
+            self.previous.sequence,
+            self.previous.hash,
+            self.last_checkpoint,
+        )
 
     def run(self, conn: sqlite3.Connection) -> None:
         cursor = conn.execute(

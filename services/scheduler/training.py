@@ -89,7 +89,7 @@ class TrainingDispatcher:
             ctx.redis,
             LEADER_KEY,
             ctx.instance.instance_id,
-            max(3.0, 4 * ctx.settings.heartbeat_s),
+            ctx.settings.heartbeat_s,
         )
         self._missing_since: dict[str, float] = {}
         self._preempting: dict[str, float] = {}

@@ -30,13 +30,7 @@ from nats.js.api import DeliverPolicy
 
 from llmos import subjects
 from llmos.ports import free_port
-from llmos.v1 import (
-    common_pb2,
-    events_pb2,
-    scheduler_pb2,
-    scheduler_pb2_grpc,
-    storage_pb2,
-)
+from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2
 from tests.conftest import ROOT
 from tests.integration.conftest import AuditTap, gateway_env
 from tests.integration.test_storage import StorageProcess, requests, start_storage
@@ -213,30 +207,23 @@ def checkpointed(
     return get(stub, tenant, job_id).checkpoint_step >= step
 
 
-async def stored(nats_url: str, subject: str) -> list[bytes]:
-    """Every message JetStream kept on `subject`, in order."""
+async def job_events(nats_url: str, job_id: str) -> list[events_pb2.Event]:
+    """Every event JetStream kept for the job, in order."""
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
         subscription = await js.subscribe(
-            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+            subjects.job_event(job_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
         )
-        found: list[bytes] = []
+        found: list[events_pb2.Event] = []
         while True:
             try:
                 msg = await subscription.next_msg(timeout=2)
             except nats.errors.TimeoutError:
                 return found
-            found.append(msg.data)
+            found.append(events_pb2.Event.FromString(msg.data))
     finally:
         await nc.close()
-
-
-async def job_events(nats_url: str, job_id: str) -> list[events_pb2.Event]:
-    """Every event JetStream kept for the job, in order."""
-    return [
-        events_pb2.Event.FromString(d) for d in await stored(nats_url, subjects.job_event(job_id))
-    ]
 
 
 async def test_a_job_runs_to_success_with_every_transition_and_its_progress_published(
