@@ -21,7 +21,6 @@ import time
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from llmos import subjects
@@ -56,10 +55,9 @@ class Puller:
         self._messages: list[Msg] = []
         self._wanted = 0
         self._done = asyncio.Event()
-        self._subscription: Subscription | None = None
 
     async def start(self) -> None:
-        self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        await self._nc.subscribe(self._inbox, cb=self._on_message)
 
     async def _on_message(self, message: Msg) -> None:
         if message.headers and message.headers.get("Status") and not message.data:
@@ -103,8 +101,6 @@ class Ingest:
         self._ack_wait_s = ack_wait_s
         self._lease = lease  # None: the only writer by construction (benchmarks)
         self._puller: Puller | None = None
-        self.recorded = 0
-        self.duplicates = 0
 
     async def subscribe(self) -> Puller:
         """The consumer (created or brought to this config) and a puller on it, once."""
@@ -161,12 +157,10 @@ class Ingest:
             record = parse(message.data, source, functools.partial(stream_sequence, message))
             entries.append(self._privacy.entry(record, now))
         try:
-            new = await asyncio.to_thread(self._log.append, entries)
+            await asyncio.to_thread(self._log.append, entries)
         except Exception:
             log.exception("audit batch not committed; JetStream will deliver it again")
             await asyncio.sleep(1.0)
             return
         for message in messages:
             await message.ack()
-        self.recorded += new
-        self.duplicates += len(entries) - new
