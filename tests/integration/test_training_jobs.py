@@ -239,7 +239,9 @@ async def test_a_job_runs_to_success_with_every_transition_and_its_progress_publ
                 )
             )
         )
+        # records are published asynchronously, each source on its own: wait for both last ones
         await tap.wait_for(source="trainer", action="job.attempt.end", resource=f"job/{job_id}@1")
+        await tap.wait_for(source="scheduler", action="job.succeeded", resource=f"job/{job_id}")
     final = watched[-1]
     assert final.state == S.JOB_STATE_SUCCEEDED, final.reason
     assert any(0 < u.progress.step < 400 for u in watched), "WatchJob streamed no progress"
