@@ -44,6 +44,16 @@ STREAMS = (
         discard=DiscardPolicy.NEW,  # never drop audit records silently: publishers see an error
         duplicate_window=120.0,
     ),
+    StreamConfig(
+        name=subjects.WITNESS_STREAM,
+        subjects=[subjects.ALL_WITNESS],
+        # the newest checkpoint per log is what verification needs; a few more for forensics
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=16,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120.0,
+    ),
 )
 
 

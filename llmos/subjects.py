@@ -2,18 +2,22 @@
 
 Events:  llmos.events.<kind>.<...>   stream LLMOS_EVENTS (durable, for subscribers)
 Audit:   llmos.audit.<source>        stream LLMOS_AUDIT  (durable, for the audit service)
+Witness: llmos.witness.audit.<key>   stream LLMOS_WITNESS (the audit log's newest checkpoints)
 """
 
 from __future__ import annotations
 
 EVENTS_PREFIX = "llmos.events"
 AUDIT_PREFIX = "llmos.audit"
+WITNESS_PREFIX = "llmos.witness"
 
 EVENTS_STREAM = "LLMOS_EVENTS"
 AUDIT_STREAM = "LLMOS_AUDIT"
+WITNESS_STREAM = "LLMOS_WITNESS"
 
 ALL_EVENTS = f"{EVENTS_PREFIX}.>"
 ALL_AUDIT = f"{AUDIT_PREFIX}.>"
+ALL_WITNESS = f"{WITNESS_PREFIX}.>"
 
 #: Every kind of event, the second token of its subject.
 EVENT_KINDS = ("service", "job", "model")
@@ -32,6 +36,11 @@ def job_event(job_id: str) -> str:
 def audit(source: str) -> str:
     """Subject an audit record from `source` is published on."""
     return f"{AUDIT_PREFIX}.{_token(source)}"
+
+
+def audit_witness(key_id: str) -> str:
+    """Subject on which the audit log signed by `key_id` publishes its checkpoints."""
+    return f"{WITNESS_PREFIX}.audit.{_token(key_id)}"
 
 
 def events_of_kind(kind: str) -> str:

@@ -18,21 +18,23 @@ from pathlib import Path
 
 import grpc
 
-from llmos.errors import InvalidArgument
+from llmos.errors import InvalidArgument, Unavailable
 from llmos.lease import Lease
 from llmos.runner import ServiceContext
 from llmos.v1 import audit_pb2, audit_pb2_grpc
-from services.audit.chain import key_id
+from services.audit.chain import Checkpoint, key_id
 from services.audit.ingest import STANDBY_POLL_S, Ingest
 from services.audit.keys import pseudonym_key, signing_key, trusted_keys
 from services.audit.options import AuditOptions
 from services.audit.records import Privacy, to_message
-from services.audit.store import AuditLog, Filters, connect
+from services.audit.store import AuditLog, Filters, Head, connect
 from services.audit.verify import Verdict, verify_log
+from services.audit.witness import Witness
 
 log = logging.getLogger("llmos.audit")
 
 WRITER_KEY = "llmos:audit:writer"
+WITNESS_INTERVAL_S = 1.0
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
@@ -81,15 +83,25 @@ def filters_of(request: audit_pb2.QueryAuditRequest, privacy: Privacy) -> Filter
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):  # type: ignore[misc]
-    def __init__(self, audit_log: AuditLog, privacy: Privacy, keys_dir: Path) -> None:
+    def __init__(
+        self, audit_log: AuditLog, privacy: Privacy, keys_dir: Path, witness: Witness
+    ) -> None:
         self._log = audit_log
         self._privacy = privacy
         self._keys_dir = keys_dir
+        self._witness = witness
 
     async def VerifyAudit(
         self, request: audit_pb2.VerifyAuditRequest, context: grpc.aio.ServicerContext
     ) -> audit_pb2.VerifyAuditResponse:
-        verdict = await asyncio.to_thread(self._verify)
+        head = self._log.head  # read first: the log and the witness may only move on
+        try:
+            witnessed = await self._witness.newest()
+        except Exception as exc:  # nats raises several unrelated types when unreachable
+            raise Unavailable(
+                f"cannot read the audit log's witness on JetStream ({exc}); try again"
+            ) from exc
+        verdict = await asyncio.to_thread(self._verify, head, witnessed)
         return audit_pb2.VerifyAuditResponse(
             valid=verdict.valid,
             records_checked=verdict.records_checked,
@@ -100,14 +112,14 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):  # type: ignore[misc]
             last_sequence=verdict.last_sequence,
             head_hash=verdict.head_hash.hex(),
             last_checkpoint_sequence=verdict.last_checkpoint_sequence,
+            witnessed_sequence=witnessed.sequence if witnessed else 0,
         )
 
-    def _verify(self) -> Verdict:
-        head = self._log.head  # read before the snapshot: the log may only be longer
+    def _verify(self, head: Head, witnessed: Checkpoint | None) -> Verdict:
         conn = connect(self._log.path)
         try:
             conn.execute("BEGIN")  # one consistent snapshot while ingest goes on
-            return verify_log(conn, trusted_keys(self._keys_dir), head)
+            return verify_log(conn, trusted_keys(self._keys_dir), head, witnessed)
         finally:
             conn.close()
 
@@ -164,6 +176,10 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
         if lease.held:
             await asyncio.to_thread(audit_log.checkpoint)
 
+    async def witness_checkpoints() -> None:
+        if lease.held:
+            await witness.publish_pending()
+
     async def prune() -> None:
         if options.retention_s > 0 and lease.held:
             cutoff = time.time_ns() - int(options.retention_s * 1e9)
@@ -171,6 +187,7 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
             if removed:
                 log.info("audit records pruned for retention", extra={"count": removed})
 
+    witness = Witness(ctx.js, audit_log, keys_dir, key_id(key.public_key()))
     lease = Lease(ctx.redis, WRITER_KEY, ctx.instance.instance_id, ctx.settings.heartbeat_s)
     ingest = Ingest(ctx.nats, audit_log, privacy, options.batch, options.ack_wait_s, lease)
     await ingest.subscribe()  # fail at start, not later, if the stream is unusable
@@ -183,6 +200,9 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
             _every(options.prune_interval_s, prune, "pruning", first_s=STANDBY_POLL_S + 1),
             name="audit-prune",
         ),
+        asyncio.create_task(
+            _every(WITNESS_INTERVAL_S, witness_checkpoints, "witness"), name="audit-witness"
+        ),
     ]
 
     async def stop() -> None:
@@ -193,10 +213,12 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
                 await task
         if lease.held:
             await asyncio.to_thread(audit_log.checkpoint)  # what was recorded is covered
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(witness.publish_pending(), WITNESS_INTERVAL_S * 2)
             await lease.release()
 
     stack.push_async_callback(stop)
-    servicer = AuditServicer(audit_log, privacy, keys_dir)
+    servicer = AuditServicer(audit_log, privacy, keys_dir, witness)
     audit_pb2_grpc.add_AuditServicer_to_server(servicer, server)
     log.info(
         "audit log open",

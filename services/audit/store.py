@@ -219,6 +219,15 @@ class AuditLog:
 
     # -- reading -----------------------------------------------------------------------
 
+    def checkpoints_after(self, sequence: int) -> list[Checkpoint]:
+        """The checkpoints signed past record `sequence`, oldest first."""
+        with self._read_lock:
+            rows = self._read.execute(
+                f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE seq > ? ORDER BY seq",
+                (sequence,),
+            ).fetchall()
+        return [Checkpoint(*row) for row in rows]
+
     def count(self) -> int:
         with self._read_lock:
             return int(self._read.execute("SELECT COUNT(*) FROM records").fetchone()[0])

@@ -3,12 +3,14 @@ each checkpoint still meets the chain. Reports the first bad record and why.
 
 Runs inside the audit service (`VerifyAudit`, which also knows the head it last wrote, so
 even a cut after the newest checkpoint shows) or offline on a copied directory:
-`python -m services.audit.verify DIR` (exit status 0 when valid, 1 when not).
+`python -m services.audit.verify DIR [--keys DIR] [--witness NATS_URL]` (exit status 0
+when valid, 1 when not).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -46,8 +48,10 @@ def verify_log(
     conn: sqlite3.Connection,
     keys: dict[str, Ed25519PublicKey],
     live_head: Head | None = None,
+    witnessed: Checkpoint | None = None,
 ) -> Verdict:
-    """Check the whole log in `conn` against the trusted `keys` (and the writer's head)."""
+    """Check the whole log in `conn` against the trusted `keys`, the writer's head and the
+    newest checkpoint the witness holds (each when known)."""
     checkpoints = [
         Checkpoint(*row)
         for row in conn.execute(f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY seq")
@@ -63,15 +67,19 @@ def verify_log(
                 )
         walk.run(conn)
         walk.finish(live_head)
+        if witnessed is not None and (found := against_witness(conn, witnessed, keys)):
+            raise _Broken(*found)
     except _Broken as broken:
         return walk.verdict(broken.sequence, broken.detail)
-    return walk.verdict(
-        0,
+    summary = (
         f"{walk.checked} records ({walk.first}-{walk.previous.sequence}) chain correctly "
         f"and match {len(checkpoints)} signed checkpoints"
         if walk.checked
-        else "the log holds no records",
+        else "the log holds no records"
     )
+    if witnessed is not None:
+        summary += f", and the witness's checkpoint at record {witnessed.sequence}"
+    return walk.verdict(0, summary)
 
 
 class _Walk:
@@ -177,6 +185,49 @@ class _Walk:
             )
 
 
+def against_witness(
+    conn: sqlite3.Connection, witnessed: Checkpoint, keys: dict[str, Ed25519PublicKey]
+) -> tuple[int, str] | None:
+    """Where and why the log no longer holds what the witness's checkpoint vouches for;
+    None when it does. That checkpoint's hash commits to every record up to its sequence,
+    so comparing the one stored hash finds a rewrite anywhere before it, and a log ending
+    before it was cut off, checkpoints and all."""
+    at = witnessed.sequence
+    if not witnessed.valid(keys):
+        return at, (
+            f"the witness's checkpoint at record {at} does not carry a valid signature of a "
+            "trusted key: it was altered or forged"
+        )
+    row = conn.execute("SELECT hash FROM records WHERE seq = ?", (at,)).fetchone()
+    if row is None:
+        pruned = [
+            c
+            for c in (
+                Checkpoint(*r)
+                for r in conn.execute(
+                    f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE kind = ? AND seq >= ?",
+                    (PRUNE, at),
+                )
+            )
+            if c.valid(keys)
+        ]
+        if pruned:
+            return None  # removed for retention, behind a signed prune checkpoint
+        last = int(conn.execute("SELECT MAX(seq) FROM records").fetchone()[0] or 0)
+        if last < at:
+            return last + 1, (
+                f"the log was truncated: it ends at record {last}, but the witness holds a "
+                f"checkpoint signed at record {at}"
+            )
+        return at, f"record {at} is missing: the witness holds a checkpoint signed at it"
+    if row[0] != witnessed.hash:
+        return at, (
+            f"record {at} does not hold the hash the witness's checkpoint signed for it: "
+            f"records up to {at} were rewritten or replaced"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from services.audit.keys import trusted_keys
     from services.audit.store import connect
@@ -184,10 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Verify a copy of the audit log offline.")
     parser.add_argument("directory", type=Path, help="the audit directory (audit.db, keys/)")
     parser.add_argument("--keys", type=Path, help="a directory of trusted *.pub files")
+    parser.add_argument(
+        "--witness",
+        metavar="NATS_URL",
+        help="also check against the newest checkpoint the JetStream witness holds",
+    )
     args = parser.parse_args(argv)
     keys = trusted_keys(args.keys or args.directory / "keys")
+    witnessed = None
+    if args.witness:
+        from services.audit.witness import read_witness
+
+        witnessed = asyncio.run(read_witness(args.witness, keys))
+        print(f"witness: record {witnessed.sequence}" if witnessed else "witness: holds none")
     conn = connect(args.directory / "audit.db")
-    verdict = verify_log(conn, keys)
+    verdict = verify_log(conn, keys, witnessed=witnessed)
     print(
         ("valid: " if verdict.valid else f"INVALID at record {verdict.first_bad_sequence}: ")
         + verdict.detail

@@ -1,7 +1,8 @@
 """The audit service as operators rely on it, on real NATS (JetStream) and a real audit
 process: kill -9 while 10,000 events are published loses and doubles none; publishers
 ride out a NATS outage; what the privacy policy stores and what it never stores; tamper
-found through VerifyAudit; retention; bad queries get a clear error."""
+found through VerifyAudit, and a cut-off tail found after a restart through the witness;
+retention; bad queries get a clear error."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 
 from llmos.auditing import AuditPublisher, new_record
 from llmos.v1 import audit_pb2, audit_pb2_grpc
+from services.audit.verify import main as offline_verify
 from tests.integration.conftest import ServiceUnderTest, gateway_env, start_service
 from tools.devstack.infra import NatsServer, RedisServer, start_nats
 
@@ -315,6 +317,67 @@ def test_tampering_is_reported_by_the_running_service(
         assert refused.value.details().startswith("until")
     finally:
         audit.stop()
+
+
+def verify(service: ServiceUnderTest) -> audit_pb2.VerifyAuditResponse:
+    response: audit_pb2.VerifyAuditResponse = stub(service).VerifyAudit(
+        audit_pb2.VerifyAuditRequest(), timeout=30
+    )
+    return response
+
+
+def wait_for_witness(service: ServiceUnderTest, sequence: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (held := verify(service).witnessed_sequence) != sequence:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the witness holds record {held}, not {sequence}")
+        time.sleep(0.2)
+
+
+def test_records_cut_off_with_their_checkpoints_are_found_after_a_restart(
+    own_nats: NatsServer,
+    own_redis: RedisServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The file alone cannot show a tail deleted with its checkpoints once the service
+    that wrote it has restarted; the witness on JetStream can, and the restarted service
+    does not publish over that evidence while it goes on recording."""
+    env = audit_env(own_nats, own_redis, tmp_path / "data")
+    audit = start_service("services.audit", env, tmp_path / "logs")
+    try:
+        asyncio.run(publish(own_nats.url, make_records(120)))
+        wait_for_records(audit, 120)
+        wait_for_witness(audit, 120)
+        assert verify(audit).valid
+    finally:
+        audit.stop()
+    conn = sqlite3.connect(tmp_path / "data" / "audit" / "audit.db")
+    with conn:  # while the service is down: no head in memory to compare with
+        conn.execute("DELETE FROM records WHERE seq > 100")
+        conn.execute("DELETE FROM checkpoints WHERE seq > 100")
+    conn.close()
+    copy = tmp_path / "data" / "audit"
+    assert offline_verify([str(copy)]) == 0  # the file alone shows nothing
+    assert offline_verify([str(copy), "--witness", own_nats.url]) == 1
+    assert "the witness holds a checkpoint signed at record 120" in capsys.readouterr().out
+
+    audit = start_service("services.audit", env, tmp_path / "logs")
+    try:
+        truncated = verify(audit)
+        assert (truncated.valid, truncated.first_bad_sequence) == (False, 101)
+        assert "the witness holds a checkpoint signed at record 120" in truncated.detail
+        asyncio.run(publish(own_nats.url, make_records(30)))
+        wait_for_records(audit, 130)
+        time.sleep(2.5)  # several checkpoint and witness rounds
+        replaced = verify(audit)
+    finally:
+        audit.stop()
+    assert (replaced.valid, replaced.first_bad_sequence) == (False, 120)
+    assert "records up to 120 were rewritten or replaced" in replaced.detail
+    assert replaced.witnessed_sequence == 120  # the evidence was not published over
+    assert replaced.last_checkpoint_sequence == 130  # while the log went on
+    assert "no longer holds what its witness vouches for" in audit.log_path.read_text()
 
 
 def test_retention_prunes_old_records_and_the_rest_still_verifies(

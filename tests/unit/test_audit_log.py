@@ -1,7 +1,8 @@
 """The audit log's tamper evidence, on a real SQLite file edited behind the service's back:
 a modified field, a deleted record, a reordering, a rewritten chain, a truncation after a
 signed checkpoint and a forged checkpoint are each reported at the first bad record;
-pruning for retention leaves what remains verifiable; redeliveries are recorded once."""
+pruning for retention leaves what remains verifiable; redeliveries are recorded once.
+The witness's copy of the newest checkpoint finds what the file alone cannot."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.audit.chain import Entry, link
+from services.audit.chain import Checkpoint, Entry, link
 from services.audit.keys import signing_key, trusted_keys
 from services.audit.store import AuditLog, Filters, connect
 from services.audit.verify import Verdict, main, verify_log
@@ -56,10 +57,13 @@ def audit_log(audit_dir: Path) -> Iterator[AuditLog]:
         log.close()
 
 
-def verify(audit_dir: Path, log: AuditLog | None = None) -> Verdict:
+def verify(
+    audit_dir: Path, log: AuditLog | None = None, witnessed: Checkpoint | None = None
+) -> Verdict:
     conn = connect(audit_dir / "audit.db")
     try:
-        return verify_log(conn, trusted_keys(audit_dir / "keys"), log.head if log else None)
+        keys = trusted_keys(audit_dir / "keys")
+        return verify_log(conn, keys, log.head if log else None, witnessed)
     finally:
         conn.close()
 
@@ -116,22 +120,28 @@ def test_a_reordering_is_found(audit_log: AuditLog, audit_dir: Path) -> None:
     assert verdict.first_bad_sequence == 60
 
 
+def rewrite_from(audit_dir: Path, sequence: int) -> None:
+    """Change one record and recompute every hash from it on, as a careful forger would."""
+    conn = sqlite3.connect(audit_dir / "audit.db")
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(records)")][1:-1]
+    previous = conn.execute("SELECT hash FROM records WHERE seq = ?", (sequence - 1,)).fetchone()
+    with conn:
+        conn.execute("UPDATE records SET principal = 'someone-else' WHERE seq = ?", (sequence,))
+        for row in conn.execute(
+            f"SELECT seq, {', '.join(columns)} FROM records WHERE seq >= ? ORDER BY seq",
+            (sequence,),
+        ).fetchall():
+            previous = (link(previous[0], row[0], tuple(row[1:])),)
+            conn.execute("UPDATE records SET hash = ? WHERE seq = ?", (previous[0], row[0]))
+    conn.close()
+
+
 def test_a_rewritten_chain_is_caught_by_the_next_checkpoint(
     audit_log: AuditLog, audit_dir: Path
 ) -> None:
     """Someone who changes record 150 and recomputes every hash after it still cannot
     produce the checkpoint signed at 200."""
-    conn = sqlite3.connect(audit_dir / "audit.db")
-    columns = [row[1] for row in conn.execute("PRAGMA table_info(records)")][1:-1]
-    previous = conn.execute("SELECT hash FROM records WHERE seq = 149").fetchone()[0]
-    with conn:
-        conn.execute("UPDATE records SET principal = 'someone-else' WHERE seq = 150")
-        for row in conn.execute(
-            f"SELECT seq, {', '.join(columns)} FROM records WHERE seq >= 150 ORDER BY seq"
-        ).fetchall():
-            previous = link(previous, row[0], tuple(row[1:]))
-            conn.execute("UPDATE records SET hash = ? WHERE seq = ?", (previous, row[0]))
-    conn.close()
+    rewrite_from(audit_dir, 150)
     verdict = verify(audit_dir)
     assert not verdict.valid
     assert verdict.first_bad_sequence == 101
@@ -161,6 +171,44 @@ def test_truncation_of_records_and_checkpoint_is_found_by_the_running_service(
     assert "wrote through record 250" in verdict.detail
 
 
+def test_records_cut_off_with_their_checkpoint_are_found_by_the_witness(
+    audit_log: AuditLog, audit_dir: Path
+) -> None:
+    """The file alone cannot show a tail removed together with its checkpoint (after a
+    restart the service's own head is gone too); the witness's copy of checkpoint 200 can."""
+    witnessed = audit_log.checkpoints_after(100)[0]
+    tamper(
+        audit_dir,
+        ("DELETE FROM records WHERE seq > 190", ()),
+        ("DELETE FROM checkpoints WHERE seq = 200", ()),
+    )
+    assert verify(audit_dir).valid  # the gap the witness closes
+    verdict = verify(audit_dir, witnessed=witnessed)
+    assert (verdict.valid, verdict.first_bad_sequence) == (False, 191)
+    assert "the witness holds a checkpoint signed at record 200" in verdict.detail
+
+
+def test_a_rewrite_whose_checkpoint_was_deleted_is_found_by_the_witness(
+    audit_log: AuditLog, audit_dir: Path
+) -> None:
+    witnessed = audit_log.checkpoints_after(100)[0]
+    rewrite_from(audit_dir, 150)
+    tamper(audit_dir, ("DELETE FROM checkpoints WHERE seq = 200", ()))
+    assert verify(audit_dir).valid  # nothing in the file contradicts the new chain
+    verdict = verify(audit_dir, witnessed=witnessed)
+    assert (verdict.valid, verdict.first_bad_sequence) == (False, 200)
+    assert "records up to 200 were rewritten" in verdict.detail
+
+
+def test_a_forged_witness_checkpoint_is_reported(audit_log: AuditLog, audit_dir: Path) -> None:
+    real = audit_log.checkpoints_after(100)[0]
+    forged = Checkpoint(250, real.hash, real.time_ns, real.kind, real.key_id, real.signature)
+    verdict = verify(audit_dir, audit_log, forged)
+    assert (verdict.valid, verdict.first_bad_sequence) == (False, 250)
+    assert "forged" in verdict.detail
+    assert verify(audit_dir, audit_log, real).valid
+
+
 def test_a_forged_checkpoint_is_found(audit_log: AuditLog, audit_dir: Path) -> None:
     tamper(audit_dir, ("UPDATE checkpoints SET time_ns = time_ns + 1 WHERE seq = 100", ()))
     verdict = verify(audit_dir, audit_log)
@@ -187,6 +235,11 @@ def test_retention_prunes_behind_a_signed_checkpoint(audit_dir: Path) -> None:
         assert (verdict.first_sequence, verdict.last_sequence) == (71, 120)
         log.append([entry(n) for n in range(121, 131)])
         assert verify(audit_dir, log).valid
+        # a witnessed checkpoint at a pruned record is accounted for by the prune checkpoint
+        pruned_witness = Checkpoint.sign(
+            signing_key(audit_dir / "keys"), "periodic", 50, bytes(32), 1
+        )
+        assert verify(audit_dir, log, pruned_witness).valid
     finally:
         log.close()
     # a record removed after the prune checkpoint is still found
