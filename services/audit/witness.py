@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import nats
@@ -38,24 +39,17 @@ PUBLISH_TIMEOUT_S = 5.0
 
 
 def to_message(checkpoint: Checkpoint) -> audit_pb2.AuditCheckpoint:
-    return audit_pb2.AuditCheckpoint(
-        sequence=checkpoint.sequence,
-        hash=checkpoint.hash,
-        time_ns=checkpoint.time_ns,
-        kind=checkpoint.kind,
-        key_id=checkpoint.key_id,
-        signature=checkpoint.signature,
-    )
+    return audit_pb2.AuditCheckpoint(**asdict(checkpoint))  # the same field names
 
 
 def from_message(data: bytes) -> Checkpoint:
     """The checkpoint a witness message holds; an unreadable one becomes a checkpoint no
     key signed, so it is reported as forged rather than ignored."""
     try:
-        m = audit_pb2.AuditCheckpoint.FromString(data)
+        message = audit_pb2.AuditCheckpoint.FromString(data)
     except DecodeError:
         return Checkpoint(0, b"", 0, "", "", b"")
-    return Checkpoint(m.sequence, m.hash, m.time_ns, m.kind, m.key_id, m.signature)
+    return Checkpoint(**{field.name: getattr(message, field.name) for field in fields(Checkpoint)})
 
 
 async def newest_witnessed(js: JetStreamContext, key: str) -> Checkpoint | None:
