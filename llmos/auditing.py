@@ -21,7 +21,7 @@ import uuid
 from nats.js import JetStreamContext
 
 from llmos import subjects
-from llmos.v1 import audit_pb2
+from llmos.v1 import audit_pb2, scheduler_pb2
 
 log = logging.getLogger("llmos.audit")
 
@@ -36,6 +36,20 @@ def new_record(source: str, action: str) -> audit_pb2.AuditRecord:
     """An audit record with a unique id and the current time."""
     record = audit_pb2.AuditRecord(id=uuid.uuid4().hex, source=source, action=action)
     record.time.GetCurrentTime()
+    return record
+
+
+def job_record(
+    source: str, action: str, job: scheduler_pb2.Job, resource: str, outcome: str, detail: str
+) -> audit_pb2.AuditRecord:
+    """An audit record of what happened to a training job: on behalf of its owner, in its
+    tenant (the scheduler records transitions, trainers their attempts)."""
+    record = new_record(source, action)
+    record.tenant = job.tenant
+    record.principal = job.owner
+    record.resource = resource
+    record.outcome = outcome
+    record.detail = detail
     return record
 
 

@@ -23,7 +23,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from llmos import subjects
-from llmos.auditing import AuditPublisher, new_record
+from llmos.auditing import AuditPublisher, job_record
 from llmos.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -312,13 +312,9 @@ class JobStore:
         change.reason = job.reason
         await self._publish(job.job_id, event)
         if self._audit is not None:
-            record = new_record("scheduler", f"job.{state_name(job.state).lower()}")
-            record.tenant = job.tenant
-            record.principal = job.owner
-            record.resource = f"job/{job.job_id}"
-            record.outcome = "OK"
-            record.detail = job.reason
-            self._audit.record(record)
+            action = f"job.{state_name(job.state).lower()}"
+            resource = f"job/{job.job_id}"
+            self._audit.record(job_record("scheduler", action, job, resource, "OK", job.reason))
 
     async def _publish(self, job_id: str, event: events_pb2.Event) -> None:
         try:

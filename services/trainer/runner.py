@@ -40,7 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 
 from llmos import subjects
-from llmos.auditing import AuditPublisher, new_record
+from llmos.auditing import AuditPublisher, job_record
 from llmos.config import environment_without_llmos
 from llmos.errors import DataLoss, LLMOSError, NotFound
 from llmos.model.folder import has_model
@@ -437,13 +437,8 @@ class JobRunner:
     def _record(self, job: scheduler_pb2.Job, action: str, outcome: str, detail: str) -> None:
         if self._audit is None:
             return
-        record = new_record("trainer", action)
-        record.tenant = job.tenant
-        record.principal = job.owner
-        record.resource = f"job/{job.job_id}@{job.attempt}"
-        record.outcome = outcome
-        record.detail = detail
-        self._audit.record(record)
+        resource = f"job/{job.job_id}@{job.attempt}"
+        self._audit.record(job_record("trainer", action, job, resource, outcome, detail))
 
     async def _register(self, attempt: Attempt) -> str:
         """The trained model as a new version in the job's tenant, with its lineage."""
