@@ -187,7 +187,7 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
             if removed:
                 log.info("audit records pruned for retention", extra={"count": removed})
 
-    witness = Witness(ctx.js, audit_log, keys_dir, key_id(key.public_key()))
+    witness = Witness(ctx.js, audit_log, key.public_key())
     lease = Lease(ctx.redis, WRITER_KEY, ctx.instance.instance_id, ctx.settings.heartbeat_s)
     ingest = Ingest(ctx.nats, audit_log, privacy, options.batch, options.ack_wait_s, lease)
     await ingest.subscribe()  # fail at start, not later, if the stream is unusable

@@ -12,10 +12,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -61,6 +62,7 @@ INSERT = (
     f"VALUES ({', '.join('?' * (len(ENTRY_COLUMNS) + 2))})"
 )
 CHECKPOINT_COLUMNS = "seq, hash, time_ns, kind, key_id, signature"
+T = TypeVar("T")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -218,6 +220,11 @@ class AuditLog:
             return removed.rowcount
 
     # -- reading -----------------------------------------------------------------------
+
+    def reading(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """`read` run on the log's reading connection (shared by queries, one at a time)."""
+        with self._read_lock:
+            return read(self._read)
 
     def checkpoints_after(self, sequence: int) -> list[Checkpoint]:
         """The checkpoints signed past record `sequence`, oldest first."""

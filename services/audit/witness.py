@@ -18,19 +18,19 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, fields
-from pathlib import Path
+from functools import partial
 
 import nats
 import nats.errors
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from llmos import subjects
 from llmos.v1 import audit_pb2
-from services.audit.chain import Checkpoint
-from services.audit.keys import trusted_keys
-from services.audit.store import AuditLog, connect
+from services.audit.chain import Checkpoint, key_id
+from services.audit.store import AuditLog
 from services.audit.verify import against_witness
 
 log = logging.getLogger("llmos.audit.witness")
@@ -75,12 +75,13 @@ async def read_witness(url: str, keys: Iterable[str]) -> Checkpoint | None:
 class Witness:
     """Publishes one log's checkpoints and reads back the newest."""
 
-    def __init__(self, js: JetStreamContext, audit_log: AuditLog, keys_dir: Path, key: str):
+    def __init__(self, js: JetStreamContext, audit_log: AuditLog, key: Ed25519PublicKey):
         self._js = js
         self._log = audit_log
-        self._keys_dir = keys_dir
-        self._key = key
-        self.subject = subjects.audit_witness(key)
+        self._key = key_id(key)
+        # what it publishes is signed by this log's own key, so that key alone is trusted
+        self._keys = {self._key: key}
+        self.subject = subjects.audit_witness(self._key)
         self._reported = ""  # the contradiction last logged, to log each one once
         self._unreachable = False
 
@@ -110,8 +111,11 @@ class Witness:
         # read each time, not remembered: another instance may have published meanwhile
         held = await self.newest()
         if held is not None:
-            contradiction = await asyncio.to_thread(self._contradiction, held)
-            if contradiction:
+            found = await asyncio.to_thread(
+                self._log.reading, partial(against_witness, witnessed=held, keys=self._keys)
+            )
+            if found:
+                _, contradiction = found
                 if contradiction != self._reported:
                     log.error(
                         "the audit log no longer holds what its witness vouches for; the "
@@ -129,11 +133,3 @@ class Witness:
                 headers={"Nats-Msg-Id": f"{checkpoint.key_id}:{checkpoint.signature[:16].hex()}"},
             )
         return len(pending)
-
-    def _contradiction(self, witnessed: Checkpoint) -> str:
-        conn = connect(self._log.path)
-        try:
-            found = against_witness(conn, witnessed, trusted_keys(self._keys_dir))
-        finally:
-            conn.close()
-        return found[1] if found else ""
