@@ -1,7 +1,7 @@
 """The audit API on the gateway: the internal `llmos.v1.Audit` service, relayed with the
 caller's tenant enforced. A tenant's principals (scope `audit:read`) query their own
-tenant's records only; admins of the system tenant query any tenant, or all of them, and
-only they may verify the whole log."""
+tenant's records only; admins of the system tenant query any tenant, or all of them.
+Only principals of the system tenant may verify the whole log."""
 
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             call.output = whole.text
             whole.token_ids.extend(chunk.token_ids)
             if chunk.done:
-                call_record().tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
+                call.tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
                 whole.MergeFrom(
                     gateway_pb2.GenerateResponse(
                         done=True,

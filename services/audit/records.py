@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
+from llmos import subjects
 from llmos.redaction import RedactionPolicy, pseudonym
 from llmos.v1 import audit_pb2
 from services.audit.chain import Entry
@@ -59,7 +60,7 @@ def parse(data: bytes, source: str, stream_sequence: Callable[[], int]) -> audit
             source=source,
             action="audit.unreadable",
             outcome="DATA_LOSS",
-            detail=f"{len(data)} bytes on llmos.audit.{source} that are not an AuditRecord",
+            detail=f"{len(data)} bytes on {subjects.audit(source)} that are not an AuditRecord",
         )
     if not record.id:
         record.id = f"stream-{stream_sequence()}"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nats
 
+from llmos import subjects
 from llmos.auditing import new_record
 from llmos.messaging import ensure_streams
 from llmos.redaction import RedactionPolicy
@@ -60,7 +61,7 @@ async def publish_all(url: str, records: list[audit_pb2.AuditRecord]) -> None:
         await asyncio.gather(
             *(
                 js.publish(
-                    "llmos.audit.gateway",
+                    subjects.audit("gateway"),
                     r.SerializeToString(),
                     headers={"Nats-Msg-Id": r.id},
                 )
