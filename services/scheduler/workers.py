@@ -1,59 +1,54 @@
-"""The scheduler's live table of workers, fed by their heartbeats over NATS.
+"""The scheduler's live table of workers: the one record of which worker serves what.
 
-Each worker and trainer publishes its status every heartbeat (capacity, sampled use,
-slots, loaded models). One that misses three heartbeats is declared dead: it leaves the
-table, is logged, and (with leases) its work is handed back.
+Each inference worker and trainer publishes its status every heartbeat (capacity, sampled
+use, slots, loaded and loadable models, running jobs); the scheduler's adapter feeds each
+one in here. One that misses three heartbeats is declared dead: it leaves the table, is
+logged, and (through the leases) its work is handed back.
+
+No I/O and no clock of its own: callers pass the time.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Iterable
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-
-from llmos import subjects
 from llmos.v1 import scheduler_pb2
+from services.scheduler.generations import WorkerState
 
 log = logging.getLogger("llmos.scheduler.workers")
 
 MISSED_HEARTBEATS = 3
+INFERENCE_WORKER = "inference-worker"
+TRAINER = "trainer"
 
 
 class WorkerTable:
     """instance id -> latest status, for workers that are alive."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self) -> None:
         self._workers: dict[str, tuple[float, scheduler_pb2.WorkerStatus]] = {}
-        self._subscription: Subscription | None = None
 
-    async def follow(self, nc: NATS) -> None:
-        """Start listening to heartbeats."""
-
-        async def on_heartbeat(msg: Msg) -> None:
-            self.observe(scheduler_pb2.WorkerStatus.FromString(msg.data))
-
-        self._subscription = await nc.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)
-
-    async def close(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-
-    def observe(self, status: scheduler_pb2.WorkerStatus) -> None:
+    def observe(self, status: scheduler_pb2.WorkerStatus, now: float) -> None:
+        """A heartbeat arrived."""
         if status.instance.instance_id not in self._workers:
             log.info(
                 "worker joined",
                 extra={"instance": status.instance.instance_id, "service": status.instance.service},
             )
-        self._workers[status.instance.instance_id] = (self._clock(), status)
+        self._workers[status.instance.instance_id] = (now, status)
 
-    def alive(self) -> list[scheduler_pb2.WorkerStatus]:
-        """Workers heard from recently enough; the others are declared dead and dropped."""
-        now = self._clock()
+    def loaded(self, instance_id: str, models: Iterable[str]) -> None:
+        """A worker said (answering a load) which models it serves now: believe it before
+        its next heartbeat, so work for a model just deployed is not refused meanwhile."""
+        entry = self._workers.get(instance_id)
+        if entry is not None:
+            del entry[1].loaded_models[:]
+            entry[1].loaded_models.extend(models)
+
+    def alive(self, now: float, service: str | None = None) -> list[scheduler_pb2.WorkerStatus]:
+        """Workers (of `service`, if given) heard from recently enough; the others are
+        declared dead and dropped."""
         for instance_id, (seen, status) in list(self._workers.items()):
             limit = MISSED_HEARTBEATS * max(status.heartbeat_interval_s, 0.1)
             if now - seen > limit:
@@ -64,6 +59,28 @@ class WorkerTable:
                     extra={"instance": instance_id, "service": status.instance.service},
                 )
         return sorted(
-            (status for _, status in self._workers.values()),
+            (
+                status
+                for _, status in self._workers.values()
+                if service is None or status.instance.service == service
+            ),
             key=lambda s: (s.instance.service, s.instance.instance_id),
         )
+
+    def address(self, instance_id: str) -> str:
+        """Where a worker's gRPC API listens ("" if it is not in the table)."""
+        entry = self._workers.get(instance_id)
+        return entry[1].instance.address if entry else ""
+
+    def inference_workers(self, now: float) -> list[WorkerState]:
+        """The live inference workers, as the generation rules see them."""
+        return [
+            WorkerState(
+                worker_id=s.instance.instance_id,
+                slots=s.slots,
+                free_slots=s.free_slots,
+                loaded=frozenset(s.loaded_models),
+                available=frozenset(s.available_models),
+            )
+            for s in self.alive(now, INFERENCE_WORKER)
+        ]

@@ -85,12 +85,12 @@ class Cluster:
             item = next_admissible(self.queue, self.pool)
             if item is None:
                 return
-            placement = place(self.workers, MODEL)
-            assert placement is not None  # the pool admitted it, so a slot is free
-            placement.worker.busy += 1
+            worker = place(self.workers, MODEL)
+            assert worker is not None  # the pool admitted it, so a slot is free
+            worker.busy += 1
             if self.now >= measure_from:
                 self.waits[item.priority].append(self.now - item.enqueued_at)
-            self.at(self.now + item.cost / TOKENS_PER_S_PER_SLOT, "done", (item, placement.worker))
+            self.at(self.now + item.cost / TOKENS_PER_S_PER_SLOT, "done", (item, worker))
 
     def run(self, until: float, measure_from: float) -> None:
         self._dispatch(measure_from)
@@ -193,8 +193,7 @@ def decisions_per_s(decisions: int = 20_000) -> float:
     for _ in range(decisions):
         item = next_admissible(queue, pool)
         assert item is not None
-        placement = place(workers, MODEL)
-        assert placement is not None
+        assert place(workers, MODEL) is not None
         pool.release(item.tenant, item.priority)
         push()
     return decisions / (time.perf_counter() - started)
