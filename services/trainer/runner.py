@@ -1,5 +1,5 @@
 """The trainer's side of a job: take a share of it from the scheduler, run it as child
-processes, stop it when told, and report every change until the scheduler has heard it.
+processes, stop it when told, and report how it ended (`reports`).
 
 Each attempt runs `services.trainer.program` in its own directory — directly for one
 process, under `torchrun` for several (and for a gang spread over several trainers, node
@@ -9,27 +9,21 @@ gets the environment without LLMOS_* variables: it needs no credentials and sees
 Stopping is cooperative so nothing is lost: the runner writes the attempt's `control`
 file ("preempt", "cancel", "abort"), the program checkpoints after its current step and
 exits. A job the program does not leave within the grace period is killed (its last
-checkpoint stays).
-
-Reports (RUNNING with progress, then the end) go to the schedulers by request/reply and
-the final one is retried until one answers, so a scheduler that restarts mid-job still
-learns how it ended. Until then the job stays listed in the trainer's heartbeats, which is
-what keeps its lease alive.
+checkpoint stays). How the attempt ended is decided by `outcome`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,68 +31,23 @@ from google.protobuf.json_format import MessageToDict
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
 
 from llmos import subjects
 from llmos.auditing import AuditPublisher, job_record
 from llmos.config import environment_without_llmos
-from llmos.errors import DataLoss, LLMOSError, NotFound
-from llmos.model.folder import has_model
+from llmos.errors import LLMOSError
 from llmos.modelstore import ModelStore
 from llmos.ports import free_port
 from llmos.v1 import common_pb2, scheduler_pb2
+from services.trainer.artifacts import fetch_inputs, register_result
+from services.trainer.attempt import Attempt
+from services.trainer.checkpoints import CheckpointSync
+from services.trainer.outcome import EXIT_STOPPED, attempt_key, outcome
+from services.trainer.reports import REPORT_TIMEOUT_S, Reporter
 
 log = logging.getLogger("llmos.trainer")
 
-S = common_pb2.JobState
-REPORT_TIMEOUT_S = 5.0
-PROGRESS_EVERY_S = 1.0
 ROOT = Path(__file__).resolve().parents[2]
-EXIT_DONE, EXIT_STOPPED = 0, 3
-CHECKPOINT = "checkpoint.pt"
-
-
-#: how an attempt ended, as the audit log's outcome (a gRPC status name)
-OUTCOMES = {
-    S.JOB_STATE_SUCCEEDED: "OK",
-    S.JOB_STATE_CANCELLED: "CANCELLED",
-    S.JOB_STATE_PREEMPTED: "ABORTED",
-}
-
-
-def _model_name(job_name: str) -> str:
-    """A registry name from a job's name (lowercase; other characters become -)."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", job_name.lower()).strip("-.") or "trained"
-    return name[:128]
-
-
-def attempt_key(job_id: str, attempt: int) -> str:
-    """How a running attempt is named in heartbeats."""
-    return f"{job_id}@{attempt}"
-
-
-@dataclass
-class Attempt:
-    """One job attempt running here."""
-
-    job: scheduler_pb2.Job
-    node_rank: int
-    processes: int
-    directory: Path
-    process: asyncio.subprocess.Process | None = None
-    requested: str = ""  # the control action asked for, if any
-    requested_because: str = ""
-    progress: common_pb2.TrainingProgress = field(default_factory=common_pb2.TrainingProgress)
-    checkpoint_step: int = 0
-    outcome: str = ""  # failure reason from the program
-    result: str = ""  # the model version a successful job registered
-    checkpoint_blob: str = ""  # the checkpoint in storage, and the step it holds
-    stored_step: int = 0
-    reported: bool = False  # the final report was answered
-
-    @property
-    def key(self) -> str:
-        return attempt_key(self.job.job_id, self.job.attempt)
 
 
 class JobRunner:
@@ -119,10 +68,11 @@ class JobRunner:
         self._audit = audit
         self._instance = instance
         self._work_dir = work_dir
-        self._checkpoints = checkpoint_dir
+        self._checkpoints = CheckpointSync(checkpoint_dir)
         self._models_dir = models_dir
         self._grace = stop_grace_s
         self._stores = stores  # tenant -> its view of storage (datasets, models)
+        self._reporter = Reporter(nats, instance.instance_id)
         self._attempts: dict[str, Attempt] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscriptions: list[Subscription] = []
@@ -144,6 +94,8 @@ class JobRunner:
 
     def running(self) -> list[str]:
         return [a.job.job_id for a in self._attempts.values() if not a.reported]
+
+    # -- assignments and control ---------------------------------------------------------
 
     async def _on_assign(self, msg: Msg) -> None:
         assignment = scheduler_pb2.JobAssignment.FromString(msg.data)
@@ -189,10 +141,9 @@ class JobRunner:
                 self._request(attempt, control.action, control.reason)
 
     def _request(self, attempt: Attempt, action: str, reason: str = "") -> None:
-        if action not in ("preempt", "cancel", "abort") or attempt.requested:
+        """Ask an attempt's program to stop (it checkpoints first); killed after the grace."""
+        if not attempt.state.request(action, reason):
             return
-        attempt.requested = action
-        attempt.requested_because = reason or action
         with contextlib.suppress(OSError):
             (attempt.directory / "control").write_text(action)
         log.info("stopping a job", extra={"job": attempt.job.job_id, "action": action})
@@ -209,6 +160,8 @@ class JobRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
 
+    # -- running the program ---------------------------------------------------------------
+
     def _command(self, attempt: Attempt, nodes: int, rendezvous: str) -> list[str]:
         program = ["-m", "services.trainer.program", str(attempt.directory)]
         if nodes == 1 and attempt.processes == 1:
@@ -222,112 +175,37 @@ class JobRunner:
             *program,
         ]  # fmt: skip
 
-    async def _inputs(self, attempt: Attempt, config: dict[str, Any]) -> str:
-        """Fetch the job's dataset (into its directory) and base model (into the models
-        directory, if not there yet); returns the dataset's path or ""."""
-        store = self._stores(attempt.job.tenant)
-        text_file = ""
-        if config.get("dataset"):
-            dataset = await store.dataset(str(config["dataset"]))
-            target = attempt.directory / "dataset.txt"
-            if await store.download(attempt.job.tenant, dataset.sha256, target) != dataset.sha256:
-                raise DataLoss(f"dataset {dataset.name!r} did not match its digest")
-            text_file = str(target)
-        await self._restore_checkpoint(attempt, store)
-        base = str(config.get("base_model", ""))
-        if base and not has_model(self._models_dir / base):
-            self._models_dir.mkdir(parents=True, exist_ok=True)
-            if not await store.fetch(base, self._models_dir):
-                raise NotFound(f"model {base!r} is not in the registry")
-        return text_file
-
-    def _checkpoint_file(self, job: scheduler_pb2.Job) -> Path:
-        return self._checkpoints / job.job_id / CHECKPOINT
-
-    async def _restore_checkpoint(self, attempt: Attempt, store: ModelStore) -> None:
-        """Put the job's last checkpoint from storage where the program resumes from,
-        unless this machine already holds that very checkpoint."""
+    def _write_job_file(self, attempt: Attempt, text_file: str, threads: int) -> None:
+        """What the program reads: the job, its inputs, and where to write."""
         job = attempt.job
-        attempt.checkpoint_blob, attempt.stored_step = job.checkpoint_blob, job.checkpoint_step
-        if not job.checkpoint_blob:
-            return
-        target = self._checkpoint_file(job)
-        marker = target.with_suffix(".sha256")
-        if target.exists() and marker.exists() and marker.read_text() == job.checkpoint_blob:
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".download")
-        if await store.download(job.tenant, job.checkpoint_blob, partial) != job.checkpoint_blob:
-            raise DataLoss(f"the checkpoint of {job.job_id} did not match its digest")
-        partial.replace(target)
-        marker.write_text(job.checkpoint_blob)
-        log.info("checkpoint restored from storage",
-                 extra={"job": job.job_id, "step": job.checkpoint_step})  # fmt: skip
-
-    async def _store_checkpoint(self, attempt: Attempt) -> None:
-        """Upload the newest checkpoint (node 0 holds it), so the job resumes anywhere, not
-        only where this disk is."""
-        if attempt.node_rank != 0 or attempt.checkpoint_step <= attempt.stored_step:
-            return
-        source = self._checkpoint_file(attempt.job)
-        if not source.exists():
-            return
-        step = attempt.checkpoint_step
-        snapshot = source.with_suffix(f".upload-{step}")
-        snapshot.unlink(missing_ok=True)
-        os.link(source, snapshot)  # the program may replace the file meanwhile
-        store = self._stores(attempt.job.tenant)
-        try:
-            sha256 = await store.upload(snapshot)
-        finally:
-            snapshot.unlink(missing_ok=True)
-        source.with_suffix(".sha256").write_text(sha256)
-        # the scheduler deletes the checkpoint this one replaces once it has recorded it:
-        # until then the job may still resume from the old one
-        attempt.checkpoint_blob, attempt.stored_step = sha256, step
-
-    async def _keep_checkpoints(self, attempt: Attempt) -> None:
-        """While the job runs: store each new checkpoint (skipping ones overtaken)."""
-        warned = False
-        while True:
-            try:
-                await self._store_checkpoint(attempt)
-            except LLMOSError as exc:
-                if not warned:  # e.g. no storage: resuming then needs a shared directory
-                    log.warning("checkpoints are not reaching storage",
-                                extra={"job": attempt.job.job_id, "why": str(exc)})  # fmt: skip
-                    warned = True
-            await asyncio.sleep(PROGRESS_EVERY_S)
+        output = str(attempt.directory / "output") if attempt.node_rank == 0 else ""
+        document = {
+            "job_id": job.job_id,
+            "attempt": job.attempt,
+            "config": MessageToDict(job.spec.config),
+            "text_file": text_file,
+            "output_dir": output,
+            "checkpoint_dir": str(self._checkpoints.job_directory(job)),
+            "models_dir": str(self._models_dir),
+            "threads": threads,
+            "trainer_pid": os.getpid(),
+        }
+        (attempt.directory / "job.json").write_text(json.dumps(document))
 
     async def _run(self, attempt: Attempt, nodes: int, rendezvous: str) -> None:
         job = attempt.job
         attempt.directory.mkdir(parents=True, exist_ok=True)
         threads = max(1, job.spec.resources.cpu_millicores // 1000)
-        config = MessageToDict(job.spec.config)
+        store = self._stores(job.tenant)
         try:
-            text_file = await self._inputs(attempt, config)
+            text_file = await fetch_inputs(job, store, attempt.directory, self._models_dir)
+            await self._checkpoints.restore(attempt, store)
         except LLMOSError as exc:
-            attempt.outcome = f"the job's inputs could not be fetched: {exc}"
+            attempt.state.failure = f"the job's inputs could not be fetched: {exc}"
             await self._finish(attempt, 1)
             return
-        (attempt.directory / "job.json").write_text(
-            json.dumps(
-                {
-                    "job_id": job.job_id,
-                    "attempt": job.attempt,
-                    "config": config,
-                    "text_file": text_file,
-                    "output_dir": str(attempt.directory / "output")
-                    if attempt.node_rank == 0
-                    else "",
-                    "checkpoint_dir": str(self._checkpoints / job.job_id),
-                    "models_dir": str(self._models_dir),
-                    "threads": threads,
-                    "trainer_pid": os.getpid(),
-                }
-            )
-        )
-        if attempt.requested:  # stopped before it started
+        self._write_job_file(attempt, text_file, threads)
+        if attempt.state.requested:  # stopped before it started
             await self._finish(attempt, EXIT_STOPPED)
             return
         log_file = (attempt.directory / "program.log").open("ab")
@@ -341,95 +219,55 @@ class JobRunner:
                 start_new_session=True,  # its own process group: torchrun and its ranks
             )
         except OSError as exc:
-            attempt.outcome = f"the training program could not start: {exc}"
+            attempt.state.failure = f"the training program could not start: {exc}"
             await self._finish(attempt, 1)
             return
         finally:
             log_file.close()
         log.info("job started", extra={"job": job.job_id, "attempt": job.attempt})
-        reporter = asyncio.create_task(self._report_progress(attempt))
-        keeper = asyncio.create_task(self._keep_checkpoints(attempt))
+        unwanted = functools.partial(
+            self._request, attempt, "abort", "the scheduler no longer wants it"
+        )
+        reporter = asyncio.create_task(self._reporter.progress(attempt, unwanted))
+        keeper = asyncio.create_task(self._checkpoints.keep(attempt, store))
         assert attempt.process.stdout is not None
         async for line in attempt.process.stdout:
-            self._read_line(attempt, line)
+            attempt.state.read(line)
         code = await attempt.process.wait()
         reporter.cancel()
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
         await self._finish(attempt, code)
 
-    def _read_line(self, attempt: Attempt, line: bytes) -> None:
-        try:
-            said = json.loads(line)
-        except ValueError:
-            return
-        event = said.get("event")
-        if event == "progress":
-            attempt.progress = common_pb2.TrainingProgress(
-                **{k: said[k] for k in ("step", "total_steps", "loss", "val_loss",
-                                        "tokens_per_s", "eta_s")}
-            )  # fmt: skip
-        elif event in ("checkpoint", "resumed"):
-            attempt.checkpoint_step = int(said["step"])
-        elif event == "stopped":
-            attempt.checkpoint_step = int(said.get("checkpoint_step", attempt.checkpoint_step))
-        elif event == "failed":
-            attempt.outcome = str(said.get("reason", "the training program failed"))
-
-    async def _report_progress(self, attempt: Attempt) -> None:
-        """RUNNING, then the latest progress about once a second (dropped if unanswered:
-        the next one carries newer news)."""
-        sent: tuple[int, int, int] | None = None
-        while True:
-            current = (attempt.progress.step, attempt.checkpoint_step, attempt.stored_step)
-            if current != sent:
-                report = self._report(attempt, S.JOB_STATE_RUNNING, "running")
-                with contextlib.suppress(TimeoutError, NoRespondersError):
-                    reply = await self._send(report)
-                    sent = current
-                    if reply.stop:
-                        self._request(attempt, "abort", "the scheduler no longer wants it")
-            await asyncio.sleep(PROGRESS_EVERY_S)
-
     async def _finish(self, attempt: Attempt, code: int) -> None:
         """Say how the attempt ended until a scheduler has heard it, then forget it."""
         job = attempt.job
+        store = self._stores(job.tenant)
         try:  # the checkpoint a stop wrote is what the next attempt resumes from
-            await self._store_checkpoint(attempt)
+            await self._checkpoints.store(attempt, store)
         except LLMOSError as exc:
             log.warning("last checkpoint not stored", extra={"job": job.job_id, "why": str(exc)})
-        if code == EXIT_DONE and not attempt.requested and attempt.node_rank == 0:
+        if attempt.state.should_register(code, attempt.node_rank):
             try:
-                attempt.result = await self._register(attempt)
+                attempt.result = await register_result(job, store, attempt.directory / "output")
             except LLMOSError as exc:
-                attempt.outcome = f"training finished but its result could not be registered: {exc}"
+                attempt.state.failure = (
+                    f"training finished but its result could not be registered: {exc}"
+                )
                 code = 1
-        if code == EXIT_DONE and not attempt.requested:
-            state, reason = S.JOB_STATE_SUCCEEDED, "training finished"
-            if attempt.result:
-                reason = f"training finished: registered {attempt.result}"
-        elif attempt.requested == "cancel":
-            state, reason = S.JOB_STATE_CANCELLED, "cancelled"
-        elif attempt.requested:
-            state = S.JOB_STATE_PREEMPTED
-            reason = f"{attempt.requested_because}; checkpointed at step {attempt.checkpoint_step}"
-        else:
-            state = S.JOB_STATE_FAILED
-            reason = attempt.outcome or f"the training program exited with status {code}"
+        end = outcome(attempt.state, code, attempt.result)
         log.info(
             "job ended",
-            extra={"job": job.job_id, "attempt": job.attempt, "state": S.Name(state)},
+            extra={
+                "job": job.job_id,
+                "attempt": job.attempt,
+                "state": common_pb2.JobState.Name(end.state),
+            },
         )
-        self._record(job, "job.attempt.end", OUTCOMES.get(state, "INTERNAL"), reason)
-        report = self._report(attempt, state, reason)
-        delay = 0.2
-        while True:
-            try:
-                await self._send(report)
-                break
-            except (TimeoutError, NoRespondersError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        self._record(job, "job.attempt.end", end.audit_outcome, end.reason)
+        await self._reporter.final(
+            attempt.report(self._instance.instance_id, end.state, end.reason)
+        )
         attempt.reported = True
         self._attempts.pop(attempt.key, None)
         shutil.rmtree(attempt.directory, ignore_errors=True)
@@ -439,55 +277,6 @@ class JobRunner:
             return
         resource = f"job/{job.job_id}@{job.attempt}"
         self._audit.record(job_record("trainer", action, job, resource, outcome, detail))
-
-    async def _register(self, attempt: Attempt) -> str:
-        """The trained model as a new version in the job's tenant, with its lineage."""
-        job = attempt.job
-        config = MessageToDict(job.spec.config)
-        store = self._stores(job.tenant)
-        name = str(config.get("output_model") or _model_name(job.spec.name))
-        lineage: dict[str, Any] = {
-            "job": job.job_id,
-            "config": {k: v for k, v in config.items() if k != "text"},
-        }
-        base = str(config.get("base_model", ""))
-        if base:
-            parent = await store.version(base)
-            lineage["parent"] = f"{base}@{parent.version}" if parent else base
-        if config.get("dataset"):
-            dataset = await store.dataset(str(config["dataset"]))
-            lineage["dataset"] = {"name": dataset.name, "sha256": dataset.sha256}
-        method = "full" if base else "from scratch"
-        if config.get("method") == "lora":
-            method = f"LoRA rank {int(config.get('lora_rank', 8))}, merged into the weights"
-        metadata = {
-            "method": method,
-            "tokenizer": "tokenizer.json" if base else "bytes (no tokenizer file)",
-        }
-        version = await store.register(name, attempt.directory / "output", lineage, metadata)
-        return f"{name}@{version}"
-
-    def _report(self, attempt: Attempt, state: int, reason: str) -> scheduler_pb2.JobReport:
-        return scheduler_pb2.JobReport(
-            job_id=attempt.job.job_id,
-            attempt=attempt.job.attempt,
-            instance_id=self._instance.instance_id,
-            state=state,  # type: ignore[arg-type]
-            reason=reason,
-            # with a blob: the step that blob holds (storage may lag the local checkpoint)
-            checkpoint_step=attempt.stored_step
-            if attempt.checkpoint_blob
-            else attempt.checkpoint_step,
-            progress=attempt.progress,
-            result=attempt.result,
-            checkpoint_blob=attempt.checkpoint_blob,
-        )
-
-    async def _send(self, report: scheduler_pb2.JobReport) -> scheduler_pb2.JobReportReply:
-        msg = await self._nats.request(
-            subjects.JOB_REPORT, report.SerializeToString(), timeout=REPORT_TIMEOUT_S
-        )
-        return scheduler_pb2.JobReportReply.FromString(msg.data)
 
     def _spawn_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

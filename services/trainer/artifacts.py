@@ -1,0 +1,65 @@
+"""What a job reads and what it leaves: its dataset and base model, fetched from the
+tenant's storage before it runs, and its trained weights, registered afterwards as a new
+model version with its lineage."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from llmos.errors import DataLoss, NotFound
+from llmos.model.folder import has_model
+from llmos.modelstore import ModelStore
+from llmos.v1 import scheduler_pb2
+from services.trainer.outcome import model_name
+
+
+async def fetch_inputs(
+    job: scheduler_pb2.Job, store: ModelStore, directory: Path, models_dir: Path
+) -> str:
+    """Fetch the job's dataset (into its directory) and base model (into the models
+    directory, if not there yet); returns the dataset's path or ""."""
+    config = MessageToDict(job.spec.config)
+    text_file = ""
+    if config.get("dataset"):
+        dataset = await store.dataset(str(config["dataset"]))
+        target = directory / "dataset.txt"
+        if await store.download(job.tenant, dataset.sha256, target) != dataset.sha256:
+            raise DataLoss(f"dataset {dataset.name!r} did not match its digest")
+        text_file = str(target)
+    base = str(config.get("base_model", ""))
+    if base and not has_model(models_dir / base):
+        await asyncio.to_thread(models_dir.mkdir, parents=True, exist_ok=True)
+        if not await store.fetch(base, models_dir):
+            raise NotFound(f"model {base!r} is not in the registry")
+    return text_file
+
+
+async def register_result(job: scheduler_pb2.Job, store: ModelStore, output: Path) -> str:
+    """The trained model as a new version in the job's tenant, with its lineage;
+    returns `name@version`."""
+    config = MessageToDict(job.spec.config)
+    name = str(config.get("output_model") or model_name(job.spec.name))
+    lineage: dict[str, Any] = {
+        "job": job.job_id,
+        "config": {k: v for k, v in config.items() if k != "text"},
+    }
+    base = str(config.get("base_model", ""))
+    if base:
+        parent = await store.version(base)
+        lineage["parent"] = f"{base}@{parent.version}" if parent else base
+    if config.get("dataset"):
+        dataset = await store.dataset(str(config["dataset"]))
+        lineage["dataset"] = {"name": dataset.name, "sha256": dataset.sha256}
+    method = "full" if base else "from scratch"
+    if config.get("method") == "lora":
+        method = f"LoRA rank {int(config.get('lora_rank', 8))}, merged into the weights"
+    metadata = {
+        "method": method,
+        "tokenizer": "tokenizer.json" if base else "bytes (no tokenizer file)",
+    }
+    version = await store.register(name, output, lineage, metadata)
+    return f"{name}@{version}"
