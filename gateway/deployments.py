@@ -8,6 +8,9 @@ restart, and the old one keeps answering until then. The mapping (tenant, model)
 name lives in Redis; Generate and Chat naming `model` go to the tenant's deployment, else
 to the `system` tenant's, else to a model served under that plain name. A served name of
 another tenant cannot be called directly.
+
+Which worker serves a deployment is the scheduler's decision (its `DeployModel`): the
+gateway checks the version, asks the scheduler, and then moves the alias and the mapping.
 """
 
 from __future__ import annotations
@@ -15,21 +18,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import grpc
 import redis.asyncio as aioredis
 
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
-from llmos.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from llmos.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmos.links import ServiceLink
-from llmos.model.names import MODEL_NAME, TOKENIZER
+from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, TOKENIZER
 from llmos.registry import ServiceRegistry
-from llmos.rpc import relayed_error
-from llmos.v1 import gateway_pb2, storage_pb2, storage_pb2_grpc, worker_pb2, worker_pb2_grpc
+from llmos.v1 import gateway_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 KEY = "llmos:deployments:"
 SEPARATOR = "--"
-LOAD_TIMEOUT_S = 600.0
 
 
 def served_name(tenant: str, model: str, version: int) -> str:
@@ -56,6 +56,20 @@ class Deployments:
                 return bytes(found).decode()
         return ""
 
+    async def resolve(self, tenant: str, requested: str) -> str:
+        """The name to send work for: the tenant's deployment of `requested` (or the
+        system tenant's), else the name itself (default: the default model). Whether a
+        worker serves it is for the scheduler (generations) or the workers (a request
+        nobody takes is NOT_FOUND) to say."""
+        name = requested or DEFAULT_MODEL
+        deployed = await self.served(tenant, name)
+        if deployed:
+            return deployed
+        self.check_reachable(tenant, name)
+        if not MODEL_NAME.match(name):
+            raise InvalidArgument("model", "must be lowercase letters, digits, - and _")
+        return name
+
     async def record(self, tenant: str, model: str, served: str) -> None:
         await self._redis.hset(KEY + tenant, model, served)  # type: ignore[misc]
 
@@ -69,13 +83,13 @@ class Deployments:
 
 
 class Deployer:
-    """Implements DeployModel: registry version -> alias `production` -> a worker loads
-    it -> requests naming the model go there."""
+    """Implements DeployModel: registry version -> the scheduler has a worker load it ->
+    alias `production` -> requests naming the model go there."""
 
     def __init__(self, registry: ServiceRegistry, deployments: Deployments) -> None:
-        self._registry = registry
         self._deployments = deployments
         self._storage = ServiceLink(registry, "storage", storage_pb2_grpc.StorageStub)
+        self._scheduler = ServiceLink(registry, "scheduler", scheduler_pb2_grpc.SchedulerStub)
 
     async def deploy(
         self, request: gateway_pb2.DeployModelRequest, context: Any
@@ -99,7 +113,13 @@ class Deployer:
                 "scratch reads bytes); only models with a tokenizer can be served"
             )
         served = served_name(tenant, request.model, request.version)
-        await self._load(served, tenant, request.model, request.version)
+        await self._scheduler.ask(
+            "DeployModel",
+            scheduler_pb2.DeployVersionRequest(
+                served_as=served, tenant=tenant, model=request.model, version=request.version
+            ),
+            context,
+        )
         await self._storage.ask(
             "SetAlias",
             storage_pb2.SetAliasRequest(
@@ -111,24 +131,3 @@ class Deployer:
         return gateway_pb2.Deployment(
             model=request.model, version=request.version, served_as=served
         )
-
-    async def _load(self, served: str, tenant: str, model: str, version: int) -> None:
-        """Have the live worker serving the fewest models load it (from the registry)."""
-        workers = [
-            i for i in await self._registry.live_instances() if i.service == "inference-worker"
-        ]
-        if not workers:
-            raise Unavailable("no inference worker is running to serve the model")
-        if any(served in w.models for w in workers):
-            return
-        worker = min(workers, key=lambda w: (len(w.models), w.address))
-        request = worker_pb2.LoadModelRequest(
-            model=served, registry_tenant=tenant, registry_model=model, registry_version=version
-        )
-        async with grpc.aio.insecure_channel(worker.address) as channel:
-            try:
-                await worker_pb2_grpc.InferenceWorkerStub(channel).LoadModel(
-                    request, timeout=LOAD_TIMEOUT_S
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise relayed_error(exc) from None

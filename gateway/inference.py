@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
@@ -21,11 +20,8 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from gateway.deployments import Deployments
 from llmos import subjects
-from llmos.errors import InvalidArgument, NotFound, Unavailable
-from llmos.model.names import DEFAULT_MODEL, MODEL_NAME
-from llmos.registry import ServiceRegistry
+from llmos.errors import NotFound, Unavailable
 from llmos.runner import ServiceContext
 from llmos.v1 import inference_pb2
 from llmos.work import domain_error
@@ -42,42 +38,6 @@ log = logging.getLogger("llmos.gateway.inference")
 R = TypeVar("R", inference_pb2.EmbedResult, inference_pb2.ClassifyResult)
 
 
-class ModelCatalog:
-    """Models some live worker serves, from the service registry."""
-
-    def __init__(self, registry: ServiceRegistry, deployments: Deployments | None = None) -> None:
-        self._registry = registry
-        self._deployments = deployments
-
-    async def served(self) -> Counter[str]:
-        """Model name -> number of worker instances serving it."""
-        counts: Counter[str] = Counter()
-        for instance in await self._registry.live_instances():
-            counts.update(instance.models)
-        return counts
-
-    async def resolve(self, requested: str, loadable: bool = False, tenant: str = "") -> str:
-        """The model to use: the tenant's deployment of the name, or the one named, or the
-        default. NOT_FOUND if nobody serves it, unless `loadable` (generation: the
-        scheduler can have a worker load it, and says NOT_FOUND itself when no worker
-        has it)."""
-        name = requested or DEFAULT_MODEL
-        if self._deployments is not None and tenant:
-            deployed = await self._deployments.served(tenant, name)
-            if deployed:
-                return deployed
-            self._deployments.check_reachable(tenant, name)
-        if not MODEL_NAME.match(name):
-            raise InvalidArgument("model", "must be lowercase letters, digits, - and _")
-        if loadable:
-            return name
-        served = await self.served()
-        if name not in served:
-            available = ", ".join(sorted(served)) or "none"
-            raise NotFound(f"model {name!r} is not served (served models: {available})")
-        return name
-
-
 class InferenceRouter:
     """Sends inference work to workers and brings the answers back."""
 
@@ -85,11 +45,15 @@ class InferenceRouter:
         self._nats = ctx.nats
         self._registry = ctx.registry
 
-    async def _request(self, subject: str, payload: bytes, what: str, timeout_s: float) -> Msg:
+    async def _request(
+        self, subject: str, payload: bytes, what: str, timeout_s: float, model: str = ""
+    ) -> Msg:
         try:
             return await self._nats.request(subject, payload, timeout=timeout_s)
         except NoRespondersError:
-            raise Unavailable(f"no worker is taking {what} requests right now") from None
+            if model:  # the workers' subscriptions are what serves a model: none has it
+                raise NotFound(f"model {model!r} is not served by any worker") from None
+            raise Unavailable(f"no scheduler is taking {what} requests right now") from None
         except (TimeoutError, NatsTimeout):
             raise Unavailable(f"no worker answered the {what} request in time") from None
 
@@ -170,9 +134,10 @@ class InferenceRouter:
                     log.warning("scheduler %s is gone; handing the work to another", holder)
                     return await self._schedule(scheduled)
 
-    async def _call(self, subject: str, work: Message, result: type[R], what: str) -> R:
-        """One request/reply exchange whose answer may carry a WorkError."""
-        reply = await self._request(subject, work.SerializeToString(), what, CALL_TIMEOUT_S)
+    async def _call(self, subject: str, work: Message, result: type[R], what: str, model: str) -> R:
+        """One request/reply exchange with a worker serving `model`, whose answer may
+        carry a WorkError."""
+        reply = await self._request(subject, work.SerializeToString(), what, CALL_TIMEOUT_S, model)
         answer = result.FromString(reply.data)
         if answer.HasField("error"):
             raise domain_error(answer.error)
@@ -181,9 +146,11 @@ class InferenceRouter:
     async def embed(self, work: inference_pb2.EmbedWork) -> inference_pb2.EmbedResult:
         """Embeddings of every input."""
         subject = subjects.embed_work(work.model)
-        return await self._call(subject, work, inference_pb2.EmbedResult, "embedding")
+        return await self._call(subject, work, inference_pb2.EmbedResult, "embedding", work.model)
 
     async def classify(self, work: inference_pb2.ClassifyWork) -> inference_pb2.ClassifyResult:
         """The labels ranked by log-likelihood."""
         subject = subjects.classify_work(work.model)
-        return await self._call(subject, work, inference_pb2.ClassifyResult, "classification")
+        return await self._call(
+            subject, work, inference_pb2.ClassifyResult, "classification", work.model
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -15,7 +16,7 @@ from gateway.audit import AuditRelay
 from gateway.auth.principal import call_record, caller
 from gateway.cache import ResponseCache
 from gateway.deployments import Deployer, Deployments
-from gateway.inference import InferenceRouter, ModelCatalog
+from gateway.inference import InferenceRouter
 from gateway.runtime import GatewayRuntime
 from gateway.status import service_status, system_status
 from gateway.storage import StorageRelay
@@ -71,9 +72,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         self._cache = runtime.cache
         ca = runtime.options.tls_ca
         self._tls_ca = ca.read_bytes() if ca else None
-        deployments = Deployments(ctx.redis)
-        self._models = ModelCatalog(ctx.registry, deployments)
-        self._deployer = Deployer(ctx.registry, deployments)
+        self._deployments = Deployments(ctx.redis)
+        self._deployer = Deployer(ctx.registry, self._deployments)
         self._router = InferenceRouter(ctx)
         self._scheduler = ServiceLink(ctx.registry, "scheduler", scheduler_pb2_grpc.SchedulerStub)
 
@@ -130,9 +130,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
 
     # -- inference ------------------------------------------------------------------------
 
-    async def _model(self, requested: str, loadable: bool = False) -> str:
+    async def _model(self, requested: str) -> str:
         """The model to use (resolved and checked), recorded as the call's resource."""
-        model = await self._models.resolve(requested, loadable, caller().tenant)
+        model = await self._deployments.resolve(caller().tenant, requested)
         call_record().resource = f"model/{model}"
         return model
 
@@ -148,7 +148,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         Greedy generations are deterministic, so they are cached (per tenant)."""
         sampling = checked_params(params)
         priority = PriorityClass.parse(request.priority)
-        model = await self._model(request.model, loadable=True)
+        model = await self._model(request.model)
         call = call_record()
         chat = source.get("chat")
         call.prompt = source.get("prompt") or "\n".join(
@@ -264,7 +264,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListModelsResponse:
-        served = await self._models.served()
+        status: scheduler_pb2.ClusterStatus = await self._ask_scheduler(
+            "GetClusterStatus", scheduler_pb2.GetClusterStatusRequest(), context
+        )
+        served = Counter(
+            model
+            for worker in status.workers
+            if worker.instance.service == "inference-worker"
+            for model in worker.loaded_models
+        )
         return gateway_pb2.ListModelsResponse(
             models=[
                 gateway_pb2.ModelInfo(name=name, workers=count, default=name == DEFAULT_MODEL)

@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -70,6 +70,7 @@ class ServiceContext:
     #: for workers and trainers: their slots and models now; the runner adds capacity and
     #: sampled use and publishes it every heartbeat for the scheduler
     status: Callable[[], scheduler_pb2.WorkerStatus] | None = None
+    usage: UsageSampler = field(default_factory=UsageSampler)
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             await ctx.registry.register(instance)
             heartbeat = asyncio.create_task(_heartbeat(ctx, settings.heartbeat_s))
-            await _report(ctx, UsageSampler(), settings.heartbeat_s)
+            await report_status(ctx)
             await _announce(ctx, Phase.PHASE_STARTED)
             log.info(
                 "serving", extra={"address": instance.address, "instance": instance.instance_id}
@@ -286,27 +287,27 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
 async def _heartbeat(ctx: ServiceContext, every_s: float) -> None:
     """Keep the registry entry alive and report worker status; a Redis or NATS hiccup is
     logged, not fatal."""
-    usage = UsageSampler()
     while True:
         await asyncio.sleep(every_s)
         try:
             await ctx.registry.heartbeat(ctx.instance)
         except Exception as exc:
             log.warning("registry heartbeat failed", extra={"error": str(exc)})
-        await _report(ctx, usage, every_s)
+        await report_status(ctx)
 
 
-async def _report(ctx: ServiceContext, usage: UsageSampler, every_s: float) -> None:
-    """Publish a worker's status (capacity, sampled use, slots, models) on NATS."""
+async def report_status(ctx: ServiceContext) -> None:
+    """Publish a worker's status (capacity, sampled use, slots, models) on NATS: every
+    heartbeat, and at once when what it serves changed."""
     if ctx.status is None:
         return
     try:
         status = ctx.status()
         status.instance.CopyFrom(ctx.instance)
         status.capacity.CopyFrom(ctx.instance.capacity)
-        status.in_use.CopyFrom(usage.sample())
+        status.in_use.CopyFrom(ctx.usage.sample())
         status.heartbeat_at.GetCurrentTime()
-        status.heartbeat_interval_s = every_s
+        status.heartbeat_interval_s = ctx.settings.heartbeat_s
         subject = subjects.heartbeat(ctx.instance.service, ctx.instance.instance_id)
         await ctx.nats.publish(subject, status.SerializeToString())
     except Exception as exc:

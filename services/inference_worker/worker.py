@@ -28,7 +28,7 @@ from llmos.generation import sampling_params_from_proto, sampling_params_to_dict
 from llmos.model.folder import has_model
 from llmos.model.names import MODEL_NAME
 from llmos.modelstore import ModelStore
-from llmos.runner import ServiceContext
+from llmos.runner import ServiceContext, report_status
 from llmos.v1 import inference_pb2
 from llmos.work import work_error
 from services.inference_worker.client import GenerateInput, TritonLLMClient
@@ -184,10 +184,9 @@ class InferenceWorker:
             await asyncio.wait(tasks, timeout=self.ctx.settings.shutdown_grace_s)
 
     async def _advertise(self) -> None:
-        """Tell the registry (and so the gateway) which models this worker serves."""
-        del self.ctx.instance.models[:]
-        self.ctx.instance.models.extend(sorted(self._subscriptions))
-        await self.ctx.registry.heartbeat(self.ctx.instance)
+        """Tell the scheduler at once which models this worker serves now, rather than at
+        the next heartbeat."""
+        await report_status(self.ctx)
 
     # -- generation ---------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ capacity and their configuration, kept in Redis with their lifecycle
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 
@@ -19,16 +20,18 @@ from nats.aio.msg import Msg
 from llmos import subjects
 from llmos.auditing import AuditPublisher
 from llmos.errors import InvalidArgument, NotFound
+from llmos.model.names import MODEL_NAME
 from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext
 from llmos.training import TrainingConfig, check_memory, memory_needed
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.fairshare import check_class_allowed
+from services.scheduler.generations import ModelSource
 from services.scheduler.inference import InferenceDispatcher
 from services.scheduler.jobs import TERMINAL, JobStore, check_spec
 from services.scheduler.options import SchedulerOptions
 from services.scheduler.training import TrainingDispatcher
-from services.scheduler.workers import WorkerTable
+from services.scheduler.workers import TRAINER, WorkerTable
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
@@ -48,23 +51,37 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
         options: SchedulerOptions = ctx.options
         self._tenant_classes = options.tenant_classes
 
-    def _instances(self, *services: str) -> list[common_pb2.ServiceInstance]:
-        return [w.instance for w in self._workers.alive() if w.instance.service in services]
+    def _instances(self, service: str) -> list[common_pb2.ServiceInstance]:
+        return [w.instance for w in self._workers.alive(time.monotonic(), service)]
 
     async def GetClusterStatus(
         self, request: scheduler_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ClusterStatus:
+        board = self._inference.board
         return scheduler_pb2.ClusterStatus(
-            workers=self._workers.alive(),
-            queued_requests=self._inference.queued(),
+            workers=self._workers.alive(time.monotonic()),
+            queued_requests=board.queued(),
             queued_jobs=await self._jobs.count_queued(),
-            tokens_served_by_tenant=dict(self._inference.served_tokens()),
+            tokens_served_by_tenant=dict(board.served_tokens()),
         )
+
+    async def DeployModel(
+        self, request: scheduler_pb2.DeployVersionRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.DeployVersionReply:
+        if not MODEL_NAME.match(request.served_as):
+            raise InvalidArgument("served_as", "must be lowercase letters, digits, - and _")
+        if not request.tenant or not request.model:
+            raise InvalidArgument("model", "a registry tenant and model are required")
+        if request.version <= 0:
+            raise InvalidArgument("version", "must be a version number (1, 2, ...)")
+        source = ModelSource(request.tenant, request.model, int(request.version))
+        worker = await self._inference.deploy(request.served_as, source)
+        return scheduler_pb2.DeployVersionReply(worker=worker)
 
     async def SubmitJob(
         self, request: scheduler_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.Job:
-        priority, config = check_spec(request.spec, self._instances("trainer"))
+        priority, config = check_spec(request.spec, self._instances(TRAINER))
         check_class_allowed(self._tenant_classes, request.tenant, priority)
         await check_inputs(
             ModelStore(self._ctx.registry, request.tenant), config, request.tenant,
@@ -160,8 +177,12 @@ async def attach(
 ) -> Sequence[str]:
     """Follow worker heartbeats; register the scheduler's API."""
     workers = WorkerTable()
-    await workers.follow(ctx.nats)
-    stack.push_async_callback(workers.close)
+
+    async def on_heartbeat(msg: Msg) -> None:
+        workers.observe(scheduler_pb2.WorkerStatus.FromString(msg.data), time.monotonic())
+
+    heartbeats = await ctx.nats.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)
+    stack.push_async_callback(heartbeats.unsubscribe)
     inference = InferenceDispatcher(ctx, workers, ctx.options)
     await inference.start()
     stack.push_async_callback(inference.close)
