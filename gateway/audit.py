@@ -7,44 +7,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.auth.principal import call_record, caller
+from gateway.auth.principal import Principal
 from gateway.auth.scopes import SYSTEM_TENANT
+from gateway.relay import Route, RoutedRelay, no_tenant
 from llmos.errors import PermissionDenied
 from llmos.links import ServiceLink
 from llmos.registry import ServiceRegistry
-from llmos.v1 import audit_pb2, audit_pb2_grpc
+from llmos.v1 import audit_pb2_grpc
 
 
-class AuditRelay(audit_pb2_grpc.AuditServicer):  # type: ignore[misc]
+def visible_tenant(request: Any, principal: Principal) -> None:
+    """A system admin may query any tenant (or all: none named); anyone else their own."""
+    if principal.is_system_admin:
+        return
+    if request.tenant and request.tenant != principal.tenant:
+        raise PermissionDenied(
+            f"tenant: records of tenant {request.tenant!r} are not visible to a "
+            f"principal of tenant {principal.tenant!r}"
+        )
+    request.tenant = principal.tenant
+
+
+#: How the gateway relays each audit RPC.
+ROUTES: dict[str, Route] = {
+    "QueryAudit": Route(visible_tenant, lambda r: f"audit/{r.tenant or '*'}"),
+    "VerifyAudit": Route(
+        no_tenant,
+        lambda r: "audit/*",
+        system_only=f"only principals of the {SYSTEM_TENANT!r} tenant may verify the whole "
+        "audit log",
+    ),
+}
+
+
+class AuditRelay(RoutedRelay, audit_pb2_grpc.AuditServicer, routes=ROUTES):  # type: ignore[misc]
+    """`llmos.v1.Audit` for outside callers, relayed to the internal service."""
+
     def __init__(self, registry: ServiceRegistry) -> None:
-        self._audit = ServiceLink(registry, "audit", audit_pb2_grpc.AuditStub)
-
-    async def QueryAudit(
-        self, request: audit_pb2.QueryAuditRequest, context: Any
-    ) -> audit_pb2.QueryAuditResponse:
-        principal = caller()
-        if not principal.is_system_admin:
-            if request.tenant and request.tenant != principal.tenant:
-                raise PermissionDenied(
-                    f"tenant: records of tenant {request.tenant!r} are not visible to a "
-                    f"principal of tenant {principal.tenant!r}"
-                )
-            request.tenant = principal.tenant
-        call_record().resource = f"audit/{request.tenant or '*'}"
-        response: audit_pb2.QueryAuditResponse = await self._audit.ask(
-            "QueryAudit", request, context
-        )
-        return response
-
-    async def VerifyAudit(
-        self, request: audit_pb2.VerifyAuditRequest, context: Any
-    ) -> audit_pb2.VerifyAuditResponse:
-        if caller().tenant != SYSTEM_TENANT:
-            raise PermissionDenied(
-                f"only principals of the {SYSTEM_TENANT!r} tenant may verify the whole audit log"
-            )
-        call_record().resource = "audit/*"
-        response: audit_pb2.VerifyAuditResponse = await self._audit.ask(
-            "VerifyAudit", request, context
-        )
-        return response
+        super().__init__(ServiceLink(registry, "audit", audit_pb2_grpc.AuditStub))

@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
-from gateway.auth.server import HttpCall, LLMOSAuthorizationServer
+from gateway.auth.oauth_request import HttpCall
+from gateway.auth.server import LLMOSAuthorizationServer
 from llmos.auditing import AuditPublisher, new_record
 
 #: Form bodies of OAuth calls are small; anything larger is refused unread.

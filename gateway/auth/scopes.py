@@ -117,6 +117,14 @@ def parse_scopes(text: str) -> list[str]:
     return list(dict.fromkeys(text.split()))
 
 
+def narrow_scopes(granted: list[str], requested: str | None) -> str:
+    """The requested scopes the holder has (all of them when none are requested), as
+    one space-separated string: a token never carries a scope its holder lacks."""
+    if not requested:
+        return " ".join(granted)
+    return " ".join(s for s in dict.fromkeys(requested.split()) if s in granted)
+
+
 def check_known(scopes: list[str], field: str) -> None:
     """Refuse scopes the system does not define."""
     from llmos.errors import InvalidArgument

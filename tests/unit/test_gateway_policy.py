@@ -6,8 +6,7 @@ import pytest
 
 from gateway.auth import hashing
 from gateway.auth.principal import Principal
-from gateway.auth.scopes import RPC_SCOPES, SCOPES, required_scope
-from gateway.auth.server import _narrow
+from gateway.auth.scopes import RPC_SCOPES, SCOPES, narrow_scopes, required_scope
 from llmos.errors import PermissionDenied
 from llmos.v1 import admin_pb2, gateway_pb2
 
@@ -45,9 +44,9 @@ def test_tenant_rules() -> None:
 
 
 def test_requested_scopes_are_narrowed_to_those_held() -> None:
-    assert _narrow(["inference", "models:read"], "") == "inference models:read"
-    assert _narrow(["inference", "models:read"], "models:read admin") == "models:read"
-    assert _narrow(["inference"], "admin") == ""
+    assert narrow_scopes(["inference", "models:read"], "") == "inference models:read"
+    assert narrow_scopes(["inference", "models:read"], "models:read admin") == "models:read"
+    assert narrow_scopes(["inference"], "admin") == ""
 
 
 def test_password_hashes_are_salted_and_checkable() -> None:

@@ -1,0 +1,196 @@
+"""Moving blobs in and out: resumable uploads, verified downloads, and deleting a blob
+nothing uses.
+
+An upload is a start (tenant, id, size, optional digest) followed by chunks at their
+offsets. Bad data (a chunk out of order, a digest that does not match) discards the whole
+upload; a broken stream keeps what was written so the client resumes from `received`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from dataclasses import dataclass
+
+from llmos.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from services.storage.blobs import DigestMismatch, Upload
+from services.storage.checks import (
+    check_blob_size,
+    check_sha256,
+    check_tenant,
+    check_upload_id,
+)
+from services.storage.crypto import Corrupt
+from services.storage.metadata import BlobRow
+from services.storage.quotas import Quotas
+from services.storage.store import Store
+
+DOWNLOAD_GROUP = 3  # 1 MiB chunks per streamed message: under the default 4 MiB limit
+
+
+@dataclass(frozen=True)
+class UploadStart:
+    """The first message of an upload: what is coming, under which id."""
+
+    tenant: str
+    upload_id: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class UploadChunk:
+    """Bytes of an upload, at the offset they start at."""
+
+    offset: int
+    data: bytes
+
+
+#: One message of an upload stream; None is a message that is neither.
+UploadPart = UploadStart | UploadChunk | None
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A finished upload: the blob it became, and whether the tenant had it already."""
+
+    tenant: str
+    sha256: str
+    size: int
+    deduplicated: bool
+
+
+class Transfers:
+    """Uploads, downloads and deletion of a tenant's blobs."""
+
+    def __init__(self, store: Store, quotas: Quotas) -> None:
+        self._store = store
+        self._quotas = quotas
+
+    async def upload(self, parts: AsyncIterable[UploadPart]) -> StoredBlob:
+        """Receive one upload stream and store its blob once it is complete and verified."""
+        upload: Upload | None = None
+        try:
+            async for part in parts:
+                if upload is None:
+                    upload = await self._begin(part)
+                    continue
+                await self._receive(upload, part)
+        except InvalidArgument:
+            if upload is not None:  # bad data: nothing of it stays
+                upload.close()
+                await asyncio.to_thread(
+                    self._store.files.discard, upload.row.tenant, upload.row.upload_id
+                )
+            raise
+        except BaseException:  # the stream broke: what was written stays for a resume
+            if upload is not None:
+                upload.close()
+            raise
+        if upload is None:
+            raise InvalidArgument("start", "the stream was empty: send an UploadStart first")
+        row = upload.row
+        if not self._store.files.complete(upload):
+            upload.close()
+            raise FailedPrecondition(
+                f"upload {row.upload_id!r} is incomplete: {upload.received} of {row.size} "
+                "bytes stored; send the rest from there with the same upload_id"
+            )
+        try:
+            sha256, deduplicated = await asyncio.to_thread(self._store.files.finish, upload)
+        except DigestMismatch as exc:
+            raise InvalidArgument("start.sha256", f"{exc}; nothing was stored") from None
+        self._store.record(row.tenant, "storage.blob.write", f"blob/{sha256}", f"{row.size} bytes")
+        return StoredBlob(row.tenant, sha256, row.size, deduplicated)
+
+    async def _begin(self, start: UploadPart) -> Upload:
+        if not isinstance(start, UploadStart):
+            raise InvalidArgument("start", "the first message must be an UploadStart")
+        tenant = check_tenant(start.tenant)
+        check_upload_id(start.upload_id, "start.upload_id")
+        check_blob_size(start.size, "start.size")
+        if start.sha256:
+            check_sha256(start.sha256, "start.sha256")
+        existing = self._store.meta.upload(tenant, start.upload_id)
+        if existing is not None and (
+            existing.size != start.size or existing.expected_sha256 != start.sha256
+        ):
+            raise FailedPrecondition(
+                f"upload {start.upload_id!r} was started with another size or digest"
+            )
+        if existing is None:
+            self._quotas.make_room(tenant, start.size)
+        return await asyncio.to_thread(
+            self._store.files.begin, tenant, start.upload_id, start.size, start.sha256
+        )
+
+    async def _receive(self, upload: Upload, chunk: UploadPart) -> None:
+        if not isinstance(chunk, UploadChunk):
+            raise InvalidArgument("start", "may only be sent first")
+        expected = upload.received + len(upload.pending)
+        if chunk.offset != expected:
+            raise InvalidArgument(
+                "offset",
+                f"chunk out of order: it starts at {chunk.offset}, but {expected} bytes "
+                "have been received",
+            )
+        try:
+            await asyncio.to_thread(self._store.files.write, upload, chunk.data)
+        except ValueError as exc:
+            raise InvalidArgument("data", str(exc)) from None
+
+    async def progress(self, tenant: str, upload_id: str) -> tuple[int, int]:
+        """How far an upload in progress got: (bytes received, bytes declared)."""
+        tenant = check_tenant(tenant)
+        row = self._store.meta.upload(tenant, upload_id)
+        if row is None:
+            raise NotFound(f"no upload {upload_id!r} is in progress")
+        upload = await asyncio.to_thread(
+            self._store.files.begin, tenant, upload_id, row.size, row.expected_sha256
+        )
+        return upload.received, row.size
+
+    async def download(
+        self, tenant: str, sha256: str, offset: int
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """A blob's plaintext from `offset` on, as (offset, bytes) pieces, each verified."""
+        tenant = check_tenant(tenant)
+        sha256 = check_sha256(sha256)
+        row = self._store.meta.blob(tenant, sha256)
+        if row is None:
+            raise NotFound(f"blob {sha256} does not exist")
+        if not 0 <= offset <= row.size:
+            raise InvalidArgument("offset", f"must be between 0 and the size, {row.size}")
+        chunks = self._store.files.read(tenant, sha256, offset, group=DOWNLOAD_GROUP)
+        while True:
+            chunk = await asyncio.to_thread(_next_chunk, chunks)
+            if chunk is None:
+                return
+            yield offset, chunk
+            offset += len(chunk)
+
+    async def delete(self, tenant: str, sha256: str) -> BlobRow:
+        """Delete a blob no dataset or model file uses."""
+        tenant = check_tenant(tenant)
+        sha256 = check_sha256(sha256)
+        async with self._store.lock:
+            row = self._store.meta.blob(tenant, sha256)
+            if row is None:
+                raise NotFound(f"blob {sha256} does not exist")
+            users = self._store.meta.references(tenant, sha256)
+            if users:
+                raise FailedPrecondition(
+                    f"blob {sha256} is used by {users} dataset(s) or model file(s); delete those"
+                )
+            self._store.files.remove(tenant, sha256)
+        self._store.record(tenant, "storage.blob.delete", f"blob/{sha256}")
+        return row
+
+
+def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
+    try:
+        return next(chunks)
+    except StopIteration:
+        return None
+    except Corrupt as exc:
+        raise DataLoss(f"stored data is damaged and was not served: {exc}") from None
