@@ -11,13 +11,15 @@ PROTOS      := $(wildcard protos/llmos/v1/*.proto)
 GEN_STAMP   := llmos/v1/.generated
 DATA_DIR    ?= var
 
-.PHONY: help setup protos check lint format test test-unit run clean bench-engine bench-gateway bench-scheduler bench-storage bench-trainer bench-audit demo-train
+.PHONY: help setup protos docs check lint format test test-unit test-fast run clean bench-engine bench-gateway bench-scheduler bench-storage bench-trainer bench-audit demo-train
 
 help:
 	@echo "make run    set up (idempotent) and start the whole LLM OS stack"
 	@echo "make test   set up, run checks (ruff, mypy) and every test"
 	@echo "make check  ruff (lint + format check) and mypy"
+	@echo "make test-fast the unit tests only (pure logic, no I/O; seconds)"
 	@echo "make protos regenerate gRPC/protobuf stubs into llmos/v1"
+	@echo "make docs   regenerate README.md's environment-variable table from the code"
 	@echo "make bench-engine  engine vs transformers, then end to end (JSON lines)"
 	@echo "make bench-gateway latency the gateway adds: authenticated vs direct (JSON)"
 	@echo "make bench-scheduler decisions/s, fairness, critical isolation, simulated (JSON)"
@@ -49,6 +51,11 @@ protos:
 	@rm -f $(GEN_STAMP)
 	@$(MAKE) --no-print-directory $(GEN_STAMP)
 
+# README.md's table of environment variables is generated from the code that reads them;
+# tests/unit/test_env_docs.py fails when the two disagree.
+docs: setup
+	$(PY) -m tools.envdoc
+
 lint check: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -61,7 +68,7 @@ format: setup
 test: check
 	$(VENV)/bin/pytest
 
-test-unit: setup
+test-unit test-fast: setup
 	$(VENV)/bin/pytest tests/unit
 
 run: setup

@@ -2,9 +2,11 @@
 classification): the same model and input give the same answer, so a repeat is served
 without touching a worker. Keys start with the tenant, so tenants never share entries.
 
-The key covers the request kind, the model name and the request message serialized
-deterministically (model names identify one set of weights until the registry issue
-brings versions, at which point the version joins the key).
+The key covers the request kind, the served model name and the request message
+serialized deterministically. A deployed version is served under a name of its own
+(`<tenant>--<model>-v<version>`, `gateway.deployments`), so a new version never answers
+from an older one's entries; a model served under its plain name is taken to keep its
+weights for the life of an entry (`LLMOS_CACHE_TTL_S`).
 """
 
 from __future__ import annotations

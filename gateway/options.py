@@ -54,10 +54,31 @@ class GatewayOptions:
 
 def read_gateway_options(env: EnvReader) -> GatewayOptions:
     """Read and check the gateway's variables (errors are collected in `env`)."""
-    issuer = env.url("AUTH_ISSUER", "", ("https", "http"))
-    builtin = env.choice("AUTH_BUILTIN", "off" if issuer else "on", ("on", "off")) == "on"
+    issuer = env.url(
+        "AUTH_ISSUER",
+        "",
+        ("https", "http"),
+        doc="the trusted token issuer (another IdP's URL)",
+        default_shown="the gateway's own URL",
+    )
+    builtin = (
+        env.choice(
+            "AUTH_BUILTIN",
+            "off" if issuer else "on",
+            ("on", "off"),
+            doc="host the built-in authorization server",
+            default_shown="`on` unless an issuer is set",
+        )
+        == "on"
+    )
     algorithms = tuple(
-        a.strip() for a in env.text("AUTH_ALGORITHMS", "RS256,ES256,EdDSA").split(",") if a.strip()
+        a.strip()
+        for a in env.text(
+            "AUTH_ALGORITHMS",
+            "RS256,ES256,EdDSA",
+            doc="accepted token signing algorithms (asymmetric only)",
+        ).split(",")
+        if a.strip()
     )
     refused = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
     if refused or not algorithms:
@@ -65,31 +86,105 @@ def read_gateway_options(env: EnvReader) -> GatewayOptions:
             f"LLMOS_AUTH_ALGORITHMS: {', '.join(refused) or 'empty'} not allowed; choose from "
             f"{', '.join(ASYMMETRIC_ALGORITHMS)} (asymmetric only)"
         )
-    cert, key = env.text("TLS_CERT", ""), env.text("TLS_KEY", "")
+    cert = env.text("TLS_CERT", "", doc="serve TLS with this certificate (PEM file)")
+    key = env.text("TLS_KEY", "", doc="the certificate's private key (PEM file)")
     if bool(cert) != bool(key):
         env.errors.append("LLMOS_TLS_CERT and LLMOS_TLS_KEY must be given together")
-    ca = env.text("TLS_CA", "")
+    ca = env.text(
+        "TLS_CA",
+        "",
+        doc="a CA to trust for an https issuer",
+        default_shown="the system's CAs",
+    )
     return GatewayOptions(
-        http_listen=env.address("AUTH_HTTP_ADDR", HostPort("127.0.0.1", DEFAULT_HTTP_PORT)),
+        http_listen=env.address(
+            "AUTH_HTTP_ADDR",
+            HostPort("127.0.0.1", DEFAULT_HTTP_PORT),
+            doc="where the OAuth endpoints listen (HTTP)",
+        ),
         issuer=issuer,
         builtin_issuer=builtin,
-        jwks_url=env.url("AUTH_JWKS_URL", "", ("https", "http")),
-        audience=env.text("AUTH_AUDIENCE", "llmos"),
-        algorithms=algorithms,
-        leeway_s=env.number("AUTH_LEEWAY_S", 30.0, minimum=0.0, maximum=300.0),
-        tenant_claim=env.text("AUTH_TENANT_CLAIM", "tenant"),
-        access_ttl_s=env.integer("AUTH_ACCESS_TTL_S", 900, minimum=30, maximum=86_400),
-        refresh_ttl_s=env.integer(
-            "AUTH_REFRESH_TTL_S", 30 * 86_400, minimum=60, maximum=365 * 86_400
+        jwks_url=env.url(
+            "AUTH_JWKS_URL",
+            "",
+            ("https", "http"),
+            doc="where the issuer's signing keys are",
+            default_shown="from the issuer's metadata",
         ),
-        max_login_failures=env.integer("LOGIN_MAX_FAILURES", 5, minimum=1, maximum=1000),
-        failure_window_s=env.integer("LOGIN_FAILURE_WINDOW_S", 900, minimum=1, maximum=86_400),
-        lockout_s=env.integer("LOGIN_LOCKOUT_S", 300, minimum=1, maximum=86_400),
-        default_rpm=env.integer("DEFAULT_TENANT_RPM", 600, minimum=0, maximum=10**9),
-        default_tpm=env.integer("DEFAULT_TENANT_TPM", 200_000, minimum=0, maximum=10**12),
-        cache_ttl_s=env.integer("CACHE_TTL_S", 600, minimum=0, maximum=7 * 86_400),
+        audience=env.text("AUTH_AUDIENCE", "llmos", doc="the `aud` tokens must carry"),
+        algorithms=algorithms,
+        leeway_s=env.number(
+            "AUTH_LEEWAY_S",
+            30.0,
+            minimum=0.0,
+            maximum=300.0,
+            doc="clock leeway for `exp` and `nbf`, seconds",
+        ),
+        tenant_claim=env.text("AUTH_TENANT_CLAIM", "tenant", doc="the claim naming the tenant"),
+        access_ttl_s=env.integer(
+            "AUTH_ACCESS_TTL_S",
+            900,
+            minimum=30,
+            maximum=86_400,
+            doc="lifetime of an access token, seconds",
+        ),
+        refresh_ttl_s=env.integer(
+            "AUTH_REFRESH_TTL_S",
+            30 * 86_400,
+            minimum=60,
+            maximum=365 * 86_400,
+            doc="lifetime of a refresh token, seconds",
+            default_shown="30 days",
+        ),
+        max_login_failures=env.integer(
+            "LOGIN_MAX_FAILURES",
+            5,
+            minimum=1,
+            maximum=1000,
+            doc="failed sign-ins that lock an account ...",
+        ),
+        failure_window_s=env.integer(
+            "LOGIN_FAILURE_WINDOW_S",
+            900,
+            minimum=1,
+            maximum=86_400,
+            doc="... within this many seconds",
+        ),
+        lockout_s=env.integer(
+            "LOGIN_LOCKOUT_S",
+            300,
+            minimum=1,
+            maximum=86_400,
+            doc="seconds a locked account stays locked",
+        ),
+        default_rpm=env.integer(
+            "DEFAULT_TENANT_RPM",
+            600,
+            minimum=0,
+            maximum=10**9,
+            doc="requests per minute of a new tenant (0: unlimited)",
+        ),
+        default_tpm=env.integer(
+            "DEFAULT_TENANT_TPM",
+            200_000,
+            minimum=0,
+            maximum=10**12,
+            doc="model tokens per minute of a new tenant (0: unlimited)",
+        ),
+        cache_ttl_s=env.integer(
+            "CACHE_TTL_S",
+            600,
+            minimum=0,
+            maximum=7 * 86_400,
+            doc="lifetime of a cached response, seconds (0: no cache)",
+        ),
         max_request_bytes=env.integer(
-            "MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
+            "MAX_REQUEST_BYTES",
+            4 * 1024 * 1024,
+            minimum=1024,
+            maximum=64 * 1024 * 1024,
+            doc="larger requests are refused (RESOURCE_EXHAUSTED)",
+            default_shown="4 MiB",
         ),
         tls_cert=Path(cert).resolve() if cert else None,
         tls_key=Path(key).resolve() if key else None,

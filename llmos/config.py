@@ -26,6 +26,9 @@ DEFAULT_PORTS: dict[str, int] = {
     "inference-worker": 50056,
 }
 
+#: What `LLMOS_MODELS_DIR` means, for each service that reads it.
+MODELS_DIR_DOC = "where model folders live (a cache of the registry)"
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
 
@@ -79,32 +82,83 @@ def parse_host_port(text: str) -> HostPort:
     return HostPort(host, port)
 
 
-class EnvReader:
-    """Reads `LLMOS_*` variables, collecting every error before failing."""
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable as people should read about it (the README's table)."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    name: str  #: the full name, `LLMOS_...`
+    default: str  #: the default as shown to people (markdown)
+    doc: str  #: what it means, one line
+    service: str  #: who reads it ("" when the reader was not told)
+
+
+def shown(default: object) -> str:
+    """A default as the configuration table shows it (`none` for an empty one)."""
+    if default == "":
+        return "none"
+    if isinstance(default, float):
+        return f"`{default:g}`"
+    return f"`{default}`"
+
+
+class EnvReader:
+    """Reads `LLMOS_*` variables, collecting every error before failing.
+
+    Every read names what the variable means (`doc`), and may say how its default reads to
+    people (`default_shown`: `<data dir>/models`, `4 x MAX_BATCH`) where the computed one
+    means little; `reads` keeps them, so the README's table is generated from this code
+    (`python -m tools.envdoc`).
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None, *, service: str = "") -> None:
         self._environ = os.environ if environ is None else environ
+        self.service = service
         self.errors: list[str] = []
+        self.reads: list[Variable] = []
 
     def _get(
-        self, name: str, default: T, convert: Callable[[str], T], *, sensitive: bool = False
+        self,
+        name: str,
+        default: T,
+        convert: Callable[[str], T],
+        *,
+        doc: str,
+        default_shown: str | None,
+        sensitive: bool = False,
     ) -> T:
         key = PREFIX + name
+        self.reads.append(
+            Variable(
+                key,
+                shown(default) if default_shown is None else default_shown,
+                doc,
+                self.service,
+            )
+        )
         raw = self._environ.get(key)
         if raw is None or raw == "":
             return default
         try:
             return convert(raw)
         except ValueError as exc:
-            shown = key if sensitive else f"{key}={raw!r}"
-            self.errors.append(f"{shown} is invalid: {exc}")
+            shown_raw = key if sensitive else f"{key}={raw!r}"
+            self.errors.append(f"{shown_raw} is invalid: {exc}")
             return default
 
-    def text(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str, *, doc: str, default_shown: str | None = None) -> str:
         """A free-form string."""
-        return self._get(name, default, str)
+        return self._get(name, default, str, doc=doc, default_shown=default_shown)
 
-    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+    def number(
+        self,
+        name: str,
+        default: float,
+        *,
+        minimum: float,
+        maximum: float,
+        doc: str,
+        default_shown: str | None = None,
+    ) -> float:
         """A float within [minimum, maximum]."""
 
         def convert(raw: str) -> float:
@@ -113,9 +167,18 @@ class EnvReader:
                 raise ValueError(f"must be between {minimum:g} and {maximum:g}")
             return value
 
-        return self._get(name, default, convert)
+        return self._get(name, default, convert, doc=doc, default_shown=default_shown)
 
-    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    def integer(
+        self,
+        name: str,
+        default: int,
+        *,
+        minimum: int,
+        maximum: int,
+        doc: str,
+        default_shown: str | None = None,
+    ) -> int:
         """An int within [minimum, maximum]."""
 
         def convert(raw: str) -> int:
@@ -124,10 +187,18 @@ class EnvReader:
                 raise ValueError(f"must be between {minimum} and {maximum}")
             return value
 
-        return self._get(name, default, convert)
+        return self._get(name, default, convert, doc=doc, default_shown=default_shown)
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        """One of a fixed set of words (case-insensitive)."""
+    def choice(
+        self,
+        name: str,
+        default: str,
+        choices: tuple[str, ...],
+        *,
+        doc: str,
+        default_shown: str | None = None,
+    ) -> str:
+        """One of a fixed set of words (case-insensitive); the table lists them."""
 
         def convert(raw: str) -> str:
             value = raw.strip().lower()
@@ -135,13 +206,24 @@ class EnvReader:
                 raise ValueError(f"must be one of {', '.join(choices)}")
             return value
 
-        return self._get(name, default, convert)
+        listed = f"{doc} ({', '.join(f'`{c}`' for c in choices)})"
+        return self._get(name, default, convert, doc=listed, default_shown=default_shown)
 
-    def address(self, name: str, default: HostPort) -> HostPort:
+    def address(
+        self, name: str, default: HostPort, *, doc: str, default_shown: str | None = None
+    ) -> HostPort:
         """A HOST:PORT pair."""
-        return self._get(name, default, parse_host_port)
+        return self._get(name, default, parse_host_port, doc=doc, default_shown=default_shown)
 
-    def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+    def url(
+        self,
+        name: str,
+        default: str,
+        schemes: tuple[str, ...],
+        *,
+        doc: str,
+        default_shown: str | None = None,
+    ) -> str:
         """A URL whose scheme is one of `schemes`; never echoed, as URLs may carry passwords."""
 
         def convert(raw: str) -> str:
@@ -150,7 +232,9 @@ class EnvReader:
                 raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
             return raw
 
-        return self._get(name, default, convert, sensitive=True)
+        return self._get(
+            name, default, convert, doc=doc, default_shown=default_shown, sensitive=True
+        )
 
     def raise_if_invalid(self) -> None:
         """Fail with every collected problem in one message."""
@@ -179,7 +263,7 @@ def load_service_settings(
     service: str, environ: Mapping[str, str] | None = None
 ) -> ServiceSettings:
     """Read the common settings of `service`; raise ConfigError naming each bad variable."""
-    env = EnvReader(environ)
+    env = EnvReader(environ, service=service)
     settings = read_service_settings(service, env)
     env.raise_if_invalid()
     return settings
@@ -187,19 +271,56 @@ def load_service_settings(
 
 def read_service_settings(service: str, env: EnvReader) -> ServiceSettings:
     """The common settings, collecting errors in `env` (the caller raises them)."""
-    listen = env.address("LISTEN_ADDR", HostPort("127.0.0.1", DEFAULT_PORTS[service]))
+    listen = env.address(
+        "LISTEN_ADDR",
+        HostPort("127.0.0.1", DEFAULT_PORTS[service]),
+        doc="gRPC listen address (`:0`: any free port)",
+        default_shown="`127.0.0.1:<service port>`",
+    )
     settings = ServiceSettings(
         service=service,
-        data_dir=Path(env.text("DATA_DIR", "var")).resolve(),
+        data_dir=Path(env.text("DATA_DIR", "var", doc="where all state lives")).resolve(),
         listen=listen,
-        advertise_host=env.text("ADVERTISE_HOST", _advertised(listen.host)),
-        nats_url=env.url("NATS_URL", "nats://127.0.0.1:4222", ("nats", "tls")),
-        redis_url=Secret(env.url("REDIS_URL", "redis://127.0.0.1:6379/0", ("redis", "rediss"))),
-        log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
-        log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS),
-        shutdown_grace_s=env.number("SHUTDOWN_GRACE_S", 5.0, minimum=0.0, maximum=600.0),
-        heartbeat_s=env.number("HEARTBEAT_S", 2.0, minimum=0.1, maximum=60.0),
-        connect_timeout_s=env.number("CONNECT_TIMEOUT_S", 30.0, minimum=0.5, maximum=3600.0),
+        advertise_host=env.text(
+            "ADVERTISE_HOST",
+            _advertised(listen.host),
+            doc="host others should dial (registry, events)",
+            default_shown="the listen host (this machine's name for a wildcard)",
+        ),
+        nats_url=env.url(
+            "NATS_URL", "nats://127.0.0.1:4222", ("nats", "tls"), doc="NATS (may carry a token)"
+        ),
+        redis_url=Secret(
+            env.url(
+                "REDIS_URL",
+                "redis://127.0.0.1:6379/0",
+                ("redis", "rediss"),
+                doc="Redis (may carry a password)",
+            )
+        ),
+        log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS, doc="least severe log level"),
+        log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS, doc="log line format"),
+        shutdown_grace_s=env.number(
+            "SHUTDOWN_GRACE_S",
+            5.0,
+            minimum=0.0,
+            maximum=600.0,
+            doc="seconds in-flight calls get to finish on stop",
+        ),
+        heartbeat_s=env.number(
+            "HEARTBEAT_S",
+            2.0,
+            minimum=0.1,
+            maximum=60.0,
+            doc="seconds between heartbeats (an instance missing 3 is taken for dead)",
+        ),
+        connect_timeout_s=env.number(
+            "CONNECT_TIMEOUT_S",
+            30.0,
+            minimum=0.5,
+            maximum=3600.0,
+            doc="seconds to wait for NATS and Redis at start",
+        ),
     )
     return settings
 
@@ -217,3 +338,52 @@ def environment_without_llmos() -> dict[str, str]:
     """This process's environment minus LLMOS_* — for child processes, so neither a
     developer's settings nor the service's own credentials leak into them."""
     return {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+
+
+#: Variables the `llmos` command reads itself (a client, not a service: it reads them when
+#: a command needs them, not through an EnvReader); declared here, so the configuration
+#: table lists them with the services' own.
+CLI_VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "LLMOS_GATEWAY",
+        default="from `stack.json`, else `127.0.0.1:50051`",
+        doc="the gateway to call (`--gateway`)",
+        service="CLI",
+    ),
+    Variable(
+        "LLMOS_DATA_DIR",
+        default="`var`",
+        doc="where to find the dev stack's `stack.json` (and where `models import` writes)",
+        service="CLI",
+    ),
+    Variable(
+        "LLMOS_ISSUER",
+        default="from `stack.json`",
+        doc="the OAuth issuer `llmos login` signs in with (`--issuer`)",
+        service="CLI",
+    ),
+    Variable(
+        "LLMOS_TLS_CA",
+        default="from `stack.json`",
+        doc="the CA that signed the gateway's certificate (`--ca-file`)",
+        service="CLI",
+    ),
+    Variable(
+        "LLMOS_TOKEN",
+        default="none",
+        doc="an access token to send as is (`--token`)",
+        service="CLI",
+    ),
+    Variable(
+        "LLMOS_CREDENTIALS",
+        default="none",
+        doc="a program's client id and secret, a JSON file (`--credentials`)",
+        service="CLI",
+    ),
+    Variable(
+        "LLMOS_SESSION",
+        default="`~/.config/llmos/session.json`",
+        doc="where `llmos login` keeps the session",
+        service="CLI",
+    ),
+)

@@ -140,10 +140,27 @@ def load_patterns(path: Path) -> tuple[re.Pattern[str], ...]:
 def read_redaction_policy(env: EnvReader) -> RedactionPolicy:
     """The policy from `LLMOS_AUDIT_CONTENT`, `..._PSEUDONYMISE`, `..._REDACT_PATTERNS_FILE`
     (errors are collected in `env`)."""
-    content = env.choice("AUDIT_CONTENT", CONTENT_OFF, (CONTENT_OFF, CONTENT_REDACTED))
-    pseudonymise = env.choice("AUDIT_PSEUDONYMISE", "off", ("on", "off")) == "on"
+    content = env.choice(
+        "AUDIT_CONTENT",
+        CONTENT_OFF,
+        (CONTENT_OFF, CONTENT_REDACTED),
+        doc="prompts and outputs in audit records: none, or kept with personal data redacted",
+    )
+    pseudonymise = (
+        env.choice(
+            "AUDIT_PSEUDONYMISE",
+            "off",
+            ("on", "off"),
+            doc="store principals and client addresses as a keyed hash",
+        )
+        == "on"
+    )
     patterns: tuple[re.Pattern[str], ...] = ()
-    file = env.text("AUDIT_REDACT_PATTERNS_FILE", "")
+    file = env.text(
+        "AUDIT_REDACT_PATTERNS_FILE",
+        "",
+        doc="a file of extra patterns to redact, one regular expression per line",
+    )
     if file:
         try:
             patterns = load_patterns(Path(file))

@@ -146,7 +146,7 @@ class StopSignal:
 
 def main(definition: ServiceDefinition, environ: Mapping[str, str] | None = None) -> int:
     """Run a service until SIGTERM/SIGINT; return the process exit code."""
-    env = EnvReader(environ)
+    env = EnvReader(environ, service=definition.name)
     settings = read_service_settings(definition.name, env)
     options = definition.configure(env) if definition.configure else None
     try:

@@ -3,7 +3,11 @@
 RMSNorm, rotary position embeddings (RoPE), SwiGLU feed-forward and grouped-query
 attention. Parameter names follow the Hugging Face layout, so a `model.safetensors`
 from that layout loads as is. How attention reads past keys and values is injected
-(`Attend`): the trainer uses plain causal attention, the engine its paged KV cache.
+(`Attend`); the trainer and the worker's embeddings and classification use plain causal
+attention. Generation does not run this forward pass: the engine computes the same layers
+from the same weights in its own layout (`services/inference_worker/engine/forward.py`),
+reading past keys and values from its KV cache, one tensor with a slot per running
+sequence (`services/inference_worker/engine/cache.py`).
 """
 
 from __future__ import annotations

@@ -33,14 +33,56 @@ class AuditOptions:
 
 
 def read_audit_options(env: EnvReader) -> AuditOptions:
-    directory = env.text("AUDIT_DIR", "")
+    directory = env.text(
+        "AUDIT_DIR",
+        "",
+        doc="the log (`audit.db`) and its keys",
+        default_shown="`<data dir>/audit`",
+    )
     return AuditOptions(
         directory=Path(directory).resolve() if directory else None,
-        checkpoint_records=env.integer("AUDIT_CHECKPOINT_RECORDS", 1000, minimum=1, maximum=10**7),
-        checkpoint_s=env.number("AUDIT_CHECKPOINT_S", 10.0, minimum=0.05, maximum=DAY_S),
-        retention_s=env.number("AUDIT_RETENTION_DAYS", 365.0, minimum=0, maximum=36_500) * DAY_S,
-        prune_interval_s=env.number("AUDIT_PRUNE_INTERVAL_S", 3600.0, minimum=0.1, maximum=DAY_S),
-        batch=env.integer("AUDIT_BATCH", 1000, minimum=1, maximum=10_000),
-        ack_wait_s=env.number("AUDIT_ACK_WAIT_S", 30.0, minimum=1, maximum=3600),
+        checkpoint_records=env.integer(
+            "AUDIT_CHECKPOINT_RECORDS",
+            1000,
+            minimum=1,
+            maximum=10**7,
+            doc="sign a checkpoint after this many records ...",
+        ),
+        checkpoint_s=env.number(
+            "AUDIT_CHECKPOINT_S",
+            10.0,
+            minimum=0.05,
+            maximum=DAY_S,
+            doc="... or this many seconds after the first record not yet covered",
+        ),
+        retention_s=env.number(
+            "AUDIT_RETENTION_DAYS",
+            365.0,
+            minimum=0,
+            maximum=36_500,
+            doc="records older than this many days are pruned (0: kept forever)",
+        )
+        * DAY_S,
+        prune_interval_s=env.number(
+            "AUDIT_PRUNE_INTERVAL_S",
+            3600.0,
+            minimum=0.1,
+            maximum=DAY_S,
+            doc="seconds between looks for records to prune",
+        ),
+        batch=env.integer(
+            "AUDIT_BATCH",
+            1000,
+            minimum=1,
+            maximum=10_000,
+            doc="events taken from JetStream per transaction",
+        ),
+        ack_wait_s=env.number(
+            "AUDIT_ACK_WAIT_S",
+            30.0,
+            minimum=1,
+            maximum=3600,
+            doc="seconds before JetStream delivers an unacknowledged event again",
+        ),
         policy=read_redaction_policy(env),
     )

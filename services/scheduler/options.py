@@ -33,7 +33,13 @@ def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
     """LLMOS_TENANT_CLASSES: `tenant=class+class,tenant=class`, e.g. `free=normal+batch`;
     LLMOS_JOB_RESERVATIONS: `tenant:lab-a=4,class:high=2` (trainer process slots)."""
     classes: dict[str, set[PriorityClass]] = {}
-    for entry in filter(None, (e.strip() for e in env.text("TENANT_CLASSES", "").split(","))):
+    tenant_classes = env.text(
+        "TENANT_CLASSES",
+        "",
+        doc="priority classes each listed tenant may use, e.g. `free=normal+batch,lab=batch`",
+        default_shown="every class for every tenant",
+    )
+    for entry in filter(None, (e.strip() for e in tenant_classes.split(","))):
         tenant, sep, names = entry.partition("=")
         try:
             if not sep or not tenant.strip():
@@ -42,7 +48,13 @@ def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
         except InvalidArgument as exc:
             env.errors.append(f"LLMOS_TENANT_CLASSES: {exc.reason}")
     reservations = []
-    for entry in filter(None, (e.strip() for e in env.text("JOB_RESERVATIONS", "").split(","))):
+    job_reservations = env.text(
+        "JOB_RESERVATIONS",
+        "",
+        doc="trainer process slots kept for a tenant or a class (and those above it), "
+        "e.g. `tenant:lab-a=4,class:high=2`",
+    )
+    for entry in filter(None, (e.strip() for e in job_reservations.split(","))):
         try:
             reservations.append(_reservation(entry))
         except (InvalidArgument, ValueError):
@@ -51,12 +63,42 @@ def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
             )
     return SchedulerOptions(
         tenant_classes=classes,
-        queue_capacity=env.integer("QUEUE_CAPACITY", 1000, minimum=1, maximum=1_000_000),
-        critical_headroom=env.integer("CRITICAL_HEADROOM", 0, minimum=0, maximum=100_000),
-        unserved_timeout_s=env.number("UNSERVED_TIMEOUT_S", 30.0, minimum=0.1, maximum=86_400),
-        worker_warmup_s=env.number("WORKER_WARMUP_S", 10.0, minimum=0.0, maximum=3600),
+        queue_capacity=env.integer(
+            "QUEUE_CAPACITY",
+            1000,
+            minimum=1,
+            maximum=1_000_000,
+            doc="generations waiting per model before RESOURCE_EXHAUSTED",
+        ),
+        critical_headroom=env.integer(
+            "CRITICAL_HEADROOM",
+            0,
+            minimum=0,
+            maximum=100_000,
+            doc="worker slots per model kept free for `critical` work",
+        ),
+        unserved_timeout_s=env.number(
+            "UNSERVED_TIMEOUT_S",
+            30.0,
+            minimum=0.1,
+            maximum=86_400,
+            doc="seconds before work queued for a model no live worker serves fails",
+        ),
+        worker_warmup_s=env.number(
+            "WORKER_WARMUP_S",
+            10.0,
+            minimum=0.0,
+            maximum=3600,
+            doc="after start, seconds to hear workers' heartbeats before calling a model unknown",
+        ),
         job_reservations=tuple(reservations),
-        backfill_limit_s=env.number("JOB_BACKFILL_LIMIT_S", 600.0, minimum=0.0, maximum=86_400),
+        backfill_limit_s=env.number(
+            "JOB_BACKFILL_LIMIT_S",
+            600.0,
+            minimum=0.0,
+            maximum=86_400,
+            doc="seconds a blocked job waits before jobs of its class or lower stop overtaking it",
+        ),
     )
 
 

@@ -22,14 +22,29 @@ class StorageOptions:
 
 
 def read_storage_options(env: EnvReader) -> StorageOptions:
-    directory = env.text("STORAGE_DIR", "")
-    kek_file = env.text("STORAGE_KEK_FILE", "")
+    directory = env.text(
+        "STORAGE_DIR",
+        "",
+        doc="where blobs, metadata and keys live",
+        default_shown="`<data dir>/storage`",
+    )
+    kek_file = env.text(
+        "STORAGE_KEK_FILE",
+        "",
+        doc="a key-encryption key file (64 hex characters)",
+        default_shown="generated",
+    )
     if kek_file and not Path(kek_file).is_file():
         env.errors.append(f"LLMOS_STORAGE_KEK_FILE: {kek_file!r} is not a file")
     return StorageOptions(
         directory=Path(directory).resolve() if directory else None,
         kek_file=Path(kek_file).resolve() if kek_file else None,
         tenant_quota_bytes=env.integer(
-            "STORAGE_TENANT_QUOTA_BYTES", 100 << 30, minimum=0, maximum=1 << 50
+            "STORAGE_TENANT_QUOTA_BYTES",
+            100 << 30,
+            minimum=0,
+            maximum=1 << 50,
+            doc="bytes a tenant may store unless its own quota says otherwise",
+            default_shown="100 GiB",
         ),
     )
