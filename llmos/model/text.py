@@ -14,7 +14,7 @@ import jinja2
 import jinja2.sandbox
 from tokenizers import Tokenizer
 
-from llmos.model.folder import GENERATION_CONFIG, TOKENIZER, TOKENIZER_CONFIG
+from llmos.model.names import GENERATION_CONFIG, TOKENIZER, TOKENIZER_CONFIG
 
 REPLACEMENT_CHAR = "\ufffd"
 
