@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import tempfile
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,13 +16,13 @@ import grpc
 from llmos.capacity import local_capacity
 from llmos.errors import LLMOSError
 from llmos.model.default import GGUF_NAME, ensure_default_model
-from llmos.model.folder import has_model
-from llmos.model.names import DEFAULT_MODEL
+from llmos.model.names import DEFAULT_MODEL, has_model
 from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext, ServiceDefinition
 from llmos.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.inference_worker.client import TritonLLMClient
 from services.inference_worker.engine.compute import ComputeLoop
+from services.inference_worker.leftovers import TritonFootprint
 from services.inference_worker.options import WorkerOptions, read_worker_options
 from services.inference_worker.triton_host import EmbeddedTriton
 from services.inference_worker.worker import InferenceWorker
@@ -110,8 +109,9 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
         host = None
         url = options.triton_url
         if not url:
+            footprint = await asyncio.to_thread(TritonFootprint.create, ctx.instance.instance_id)
             host = EmbeddedTriton(
-                workspace=Path(tempfile.gettempdir()) / f"llmos-{ctx.instance.instance_id}",
+                footprint,
                 log_file=ctx.settings.data_dir / "logs" / f"triton-{ctx.instance.instance_id}.log",
             )
             url = await asyncio.to_thread(host.start)

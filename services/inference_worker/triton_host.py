@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import sysconfig
 from pathlib import Path
 
 from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
+from llmos import processes
 from llmos.ports import free_port
+from services.inference_worker.leftovers import TritonFootprint
 from services.inference_worker.triton_models import ServedModel, bindings
 
 log = logging.getLogger("llmos.triton")
@@ -32,10 +33,11 @@ def python_library_path() -> str:
 
 
 class EmbeddedTriton:
-    """A tritonserver child process, started and stopped with the worker."""
+    """A tritonserver child process, started and stopped with the worker; nothing of it
+    outlives the worker (see `leftovers`)."""
 
-    def __init__(self, workspace: Path, log_file: Path, host: str = "127.0.0.1") -> None:
-        self.workspace = workspace  # keep it short: it holds AF_UNIX sockets (<108 bytes)
+    def __init__(self, footprint: TritonFootprint, log_file: Path, host: str = "127.0.0.1") -> None:
+        self.footprint = footprint
         self.log_file = log_file
         self.host = host
         self.url = ""
@@ -50,8 +52,7 @@ class EmbeddedTriton:
     def start(self) -> str:
         """Start the server; return its gRPC address."""
         os.environ["LD_LIBRARY_PATH"] = python_library_path()
-        shutil.rmtree(self.workspace, ignore_errors=True)
-        self.workspace.parent.mkdir(parents=True, exist_ok=True)
+        processes.become_subreaper()  # stubs whose server died stay ours to end
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         grpc_port = free_port(self.host)
         config = TritonConfig(
@@ -69,7 +70,7 @@ class EmbeddedTriton:
         )
         self._triton = Triton(
             config=config,
-            workspace=self.workspace,
+            workspace=self.footprint.workspace,
             security_config=TritonSecurityConfig(access_token=self.access_token),
         )
         self._triton.run()
@@ -83,6 +84,7 @@ class EmbeddedTriton:
         for spec in bindings(served):
             self._triton.bind(**spec, strict=False)
         self.served[served.name] = served
+        self.footprint.note_model_folders()
 
     def release(self, name: str) -> None:
         """Stop the engine of a model whose Triton models were unloaded."""
@@ -103,9 +105,12 @@ class EmbeddedTriton:
         return name not in self._released
 
     def stop(self) -> None:
-        """Stop every engine, then Triton (which cleans its workspace)."""
+        """Stop every engine, then Triton, then end whatever Triton left."""
         for name in list(self.served):
             self.release(name)
         if self._triton is not None:
             self._triton.stop()
             self._triton = None
+        killed = self.footprint.end()
+        if killed:
+            log.info("ended processes Triton left behind", extra={"processes": killed})

@@ -25,8 +25,7 @@ from llmos.errors import (
     ResourceExhausted,
 )
 from llmos.generation import sampling_params_from_proto, sampling_params_to_dict
-from llmos.model.folder import has_model
-from llmos.model.names import MODEL_NAME
+from llmos.model.names import MODEL_NAME, has_model
 from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext, report_status
 from llmos.v1 import inference_pb2

@@ -23,6 +23,7 @@ from gateway.auth.bootstrap import credentials_path
 from llmos.health import SERVING, check_health
 from llmos.keyfiles import write_private
 from llmos.ports import LOCALHOST, free_port
+from llmos.processes import kill_group
 from llmos.services import SERVICE_MODULES
 from tools.devstack.infra import (
     NatsServer,
@@ -61,6 +62,20 @@ class ServiceProcess:
         """(Re)start the process."""
         module = SERVICE_MODULES[self.name]
         self.proc = spawn([sys.executable, "-m", module], self.log_path, self.env)
+
+    def stop(self, grace_s: float) -> int:
+        """SIGTERM, SIGKILL after `grace_s`; then end what it left in its process group
+        (Triton's stubs survive a worker that died), each by its id."""
+        assert self.proc is not None
+        code = terminate(self.proc, grace_s)
+        self.end_leftovers()
+        return code
+
+    def end_leftovers(self) -> None:
+        """Kill whatever the exited process left in its process group (its own: the
+        launcher starts each service in a new session)."""
+        if self.proc is not None and (left := kill_group(self.proc.pid)):
+            log.warning("%s left %d processes behind; ended them", self.name, left)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of its log, to explain a failure."""
@@ -203,6 +218,7 @@ class DevStack:
                         f"{CRASH_WINDOW_S:g}s; last log lines:\n{service.log_tail()}"
                     )
                 log.warning("%s exited with code %s; restarting", service.name, code)
+                service.end_leftovers()
                 service.start()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
@@ -212,7 +228,7 @@ class DevStack:
         grace = self.options.shutdown_grace_s + 20.0  # the worker also stops Triton
         for service in reversed(self.services):
             if service.proc is not None:
-                code = terminate(service.proc, grace)
+                code = service.stop(grace)
                 if code not in (0, -15):
                     log.warning("%s exited with code %s on stop", service.name, code)
         if self.redis is not None:
