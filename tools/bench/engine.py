@@ -18,7 +18,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +31,7 @@ from llmos.model.folder import load_model
 from llmos.model.text import TextCodec
 from services.inference_worker.engine.engine import Engine, GenerationMetrics, TokenEvent
 from tools.devstack.process import StackProcess
+from tools.scratch import scratch_directory
 
 WORDS = [
     "the",
@@ -235,12 +235,17 @@ def run_engine_line(out: int) -> dict[str, Any]:
 
 def run_e2e_line(out: int, engine_c32: float) -> dict[str, Any]:
     """Start the stack, drive 64 requests at concurrency 32 through the gateway."""
+    models = Path(os.environ.get("LLMOS_DATA_DIR", "var")).resolve() / "models"
+    with scratch_directory("llmos-bench-") as workdir:
+        return _run_e2e(workdir, models, out, engine_c32)
+
+
+def _run_e2e(workdir: Path, models: Path, out: int, engine_c32: float) -> dict[str, Any]:
     from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2
     from tools.devstack.access import admin_token, gateway_channel
 
-    models = Path(os.environ.get("LLMOS_DATA_DIR", "var")).resolve() / "models"
     launcher = StackProcess(
-        Path(tempfile.mkdtemp(prefix="llmos-bench-")),
+        workdir,
         # no response cache: every request must reach the engine
         env={
             "LLMOS_MODELS_DIR": str(models),

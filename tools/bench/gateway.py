@@ -15,7 +15,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from llmos.ports import free_port
 from llmos.v1 import gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
 from tools.devstack.infra import start_nats, start_redis, terminate
+from tools.scratch import scratch_directory
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -42,8 +42,12 @@ def _summary(samples_ms: list[float]) -> dict[str, float]:
 
 
 def measure(calls: int, warmup: int) -> dict[str, Any]:
-    """Run the comparison; everything started here is stopped here."""
-    workdir = Path(tempfile.mkdtemp(prefix="llmos-bench-gw-"))
+    """Run the comparison; everything started here is stopped here (and deleted)."""
+    with scratch_directory("llmos-bench-gw-") as workdir:
+        return _measure(workdir, calls, warmup)
+
+
+def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
     nats_server, redis_server = start_nats(workdir), start_redis(workdir)
     env = {
         **environment_without_llmos(),

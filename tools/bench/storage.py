@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from llmos.ports import free_port
 from llmos.usage import peak_resident_mb
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 from tools.devstack.infra import start_nats, start_redis, terminate
+from tools.scratch import scratch_directory
 
 MIB = 1 << 20
 
@@ -64,7 +64,11 @@ def _requests(
 
 
 def measure(size_mib: int, piece_mib: int) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="llmos-bench-storage-"))
+    with scratch_directory("llmos-bench-storage-") as workdir:
+        return _measure(workdir, size_mib, piece_mib)
+
+
+def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
     nats_server, redis_server = start_nats(workdir), start_redis(workdir)
     address = f"127.0.0.1:{free_port()}"
     storage = subprocess.Popen(
@@ -128,7 +132,6 @@ def measure(size_mib: int, piece_mib: int) -> dict[str, Any]:
         terminate(storage, 10)
         redis_server.stop()
         nats_server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

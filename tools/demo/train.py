@@ -14,12 +14,12 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 from llmos.config import environment_without_llmos
 from tools.devstack.process import StackProcess
+from tools.scratch import scratch_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "var" / "cache"
@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", "40")))
     parser.add_argument("--chars", type=int, default=60_000, help="size of the slice")
     args = parser.parse_args(argv)
-    text = corpus(args.chars)
-    data_dir = Path(tempfile.mkdtemp(prefix="llmos-demo-")) / "var"
+    with scratch_directory("llmos-demo-") as workdir:
+        return _demo(workdir / "var", corpus(args.chars), args.steps)
+
+
+def _demo(data_dir: Path, text: Path, steps: int) -> int:
     env = environment_without_llmos()
     env.update(LLMOS_DATA_DIR=str(data_dir), LLMOS_SESSION=str(data_dir / "demo-session.json"))
 
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(5)
         llmos(
             "train", "--name", "tempest-tune", "--base-model", BASE, "--dataset", "tempest",
-            "--steps", str(args.steps), "--batch-size", "4", "--seq-len", "64",
+            "--steps", str(steps), "--batch-size", "4", "--seq-len", "64",
             "--lr", "1e-4", "--warmup", "4", "--eval-every", "10", "--checkpoint-every", "20",
             "--cpus", "2", "--memory-mib", "6144",
         )  # fmt: skip
