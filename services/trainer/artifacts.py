@@ -11,7 +11,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from llmos.errors import DataLoss, NotFound
-from llmos.model.folder import has_model
+from llmos.model.names import has_model
 from llmos.modelstore import ModelStore
 from llmos.v1 import scheduler_pb2
 from services.trainer.outcome import model_name

@@ -332,7 +332,8 @@ def write_result(
 ) -> None:
     """The trained weights as a Hugging Face folder (with the base model's tokenizer
     files when fine-tuning; a from-scratch model reads bytes and has none)."""
-    from llmos.model.folder import GENERATION_CONFIG, TOKENIZER, TOKENIZER_CONFIG, save_model
+    from llmos.model.folder import save_model
+    from llmos.model.names import GENERATION_CONFIG, TOKENIZER, TOKENIZER_CONFIG
 
     save_model(model, folder)
     if config.base_model:
