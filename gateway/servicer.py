@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -50,6 +51,7 @@ from llmos.v1 import (
     storage_pb2,
     storage_pb2_grpc,
 )
+from llmos.workers import INFERENCE_WORKER, WorkerTable
 
 HEALTH_TIMEOUT_S = 2.0
 #: a rough prompt size in tokens for fair-share estimates (settled with the true count)
@@ -67,8 +69,9 @@ def work_id() -> str:
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     """Implements llmos.v1.Gateway over the shared service context."""
 
-    def __init__(self, ctx: ServiceContext, runtime: GatewayRuntime) -> None:
+    def __init__(self, ctx: ServiceContext, runtime: GatewayRuntime, workers: WorkerTable) -> None:
         self._ctx = ctx
+        self._workers = workers  # from the workers' heartbeats, as the scheduler's
         self._cache = runtime.cache
         ca = runtime.options.tls_ca
         self._tls_ca = ca.read_bytes() if ca else None
@@ -264,13 +267,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListModelsResponse:
-        status: scheduler_pb2.ClusterStatus = await self._ask_scheduler(
-            "GetClusterStatus", scheduler_pb2.GetClusterStatusRequest(), context
-        )
         served = Counter(
             model
-            for worker in status.workers
-            if worker.instance.service == "inference-worker"
+            for worker in self._workers.alive(time.monotonic(), INFERENCE_WORKER)
             for model in worker.loaded_models
         )
         return gateway_pb2.ListModelsResponse(
@@ -341,7 +340,10 @@ async def attach(
 ) -> Sequence[str]:
     """Register the public API and the admin API on the gateway's server."""
     runtime: GatewayRuntime = ctx.runtime
-    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx, runtime), server)
+    workers = WorkerTable()
+    heartbeats = await workers.follow(ctx.nats)
+    stack.push_async_callback(heartbeats.unsubscribe)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx, runtime, workers), server)
     storage_pb2_grpc.add_StorageServicer_to_server(StorageRelay(ctx.registry), server)
     audit_pb2_grpc.add_AuditServicer_to_server(AuditRelay(ctx.registry), server)
     admin_pb2_grpc.add_AdminServicer_to_server(

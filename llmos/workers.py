@@ -1,22 +1,30 @@
-"""The scheduler's live table of workers: the one record of which worker serves what.
+"""The live table of workers, kept from their heartbeats: the one record of which worker
+serves what.
 
-Each inference worker and trainer publishes its status every heartbeat (capacity, sampled
-use, slots, loaded and loadable models, running jobs); the scheduler's adapter feeds each
-one in here. One that misses three heartbeats is declared dead: it leaves the table, is
-logged, and (through the leases) its work is handed back.
+Each inference worker and trainer publishes its status every heartbeat, and at once when
+what it serves changes (capacity, sampled use, slots, loaded and loadable models,
+running jobs) on `llmos.heartbeat.>`. The scheduler keeps a table of them to decide
+(placement, loads, leases); the gateway keeps one to answer ListModels. One that misses
+three heartbeats is declared dead: it leaves the table, is logged, and (through the
+scheduler's leases) its work is handed back.
 
-No I/O and no clock of its own: callers pass the time.
+The table has no clock of its own: callers pass the time (`follow` feeds it from NATS).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from llmos import subjects
 from llmos.v1 import scheduler_pb2
-from services.scheduler.generations import WorkerState
 
-log = logging.getLogger("llmos.scheduler.workers")
+log = logging.getLogger("llmos.workers")
 
 MISSED_HEARTBEATS = 3
 INFERENCE_WORKER = "inference-worker"
@@ -72,15 +80,10 @@ class WorkerTable:
         entry = self._workers.get(instance_id)
         return entry[1].instance.address if entry else ""
 
-    def inference_workers(self, now: float) -> list[WorkerState]:
-        """The live inference workers, as the generation rules see them."""
-        return [
-            WorkerState(
-                worker_id=s.instance.instance_id,
-                slots=s.slots,
-                free_slots=s.free_slots,
-                loaded=frozenset(s.loaded_models),
-                available=frozenset(s.available_models),
-            )
-            for s in self.alive(now, INFERENCE_WORKER)
-        ]
+    async def follow(self, nc: NATS, clock: Callable[[], float] = time.monotonic) -> Subscription:
+        """Feed the table with every heartbeat from now on; the caller unsubscribes."""
+
+        async def on_heartbeat(msg: Msg) -> None:
+            self.observe(scheduler_pb2.WorkerStatus.FromString(msg.data), clock())
+
+        return await nc.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)

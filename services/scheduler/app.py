@@ -25,13 +25,13 @@ from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext
 from llmos.training import TrainingConfig, check_memory, memory_needed
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from llmos.workers import TRAINER, WorkerTable
 from services.scheduler.fairshare import check_class_allowed
 from services.scheduler.generations import ModelSource
 from services.scheduler.inference import InferenceDispatcher
 from services.scheduler.jobs import TERMINAL, JobStore, check_spec
 from services.scheduler.options import SchedulerOptions
 from services.scheduler.training import TrainingDispatcher
-from services.scheduler.workers import TRAINER, WorkerTable
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
@@ -177,11 +177,7 @@ async def attach(
 ) -> Sequence[str]:
     """Follow worker heartbeats; register the scheduler's API."""
     workers = WorkerTable()
-
-    async def on_heartbeat(msg: Msg) -> None:
-        workers.observe(scheduler_pb2.WorkerStatus.FromString(msg.data), time.monotonic())
-
-    heartbeats = await ctx.nats.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)
+    heartbeats = await workers.follow(ctx.nats)
     stack.push_async_callback(heartbeats.unsubscribe)
     inference = InferenceDispatcher(ctx, workers, ctx.options)
     await inference.start()

@@ -31,6 +31,7 @@ from llmos.rpc import relayed_error
 from llmos.runner import ServiceContext
 from llmos.v1 import inference_pb2, worker_pb2, worker_pb2_grpc
 from llmos.work import domain_error, work_error
+from llmos.workers import INFERENCE_WORKER, WorkerTable
 from services.scheduler.fairshare import WorkItem
 from services.scheduler.generations import (
     Action,
@@ -43,7 +44,6 @@ from services.scheduler.generations import (
     WorkerState,
 )
 from services.scheduler.options import SchedulerOptions
-from services.scheduler.workers import WorkerTable
 
 log = logging.getLogger("llmos.scheduler.inference")
 
@@ -90,7 +90,17 @@ class InferenceDispatcher:
                 task.cancel()
 
     def _live(self) -> list[WorkerState]:
-        return self._workers.inference_workers(self._clock())
+        """The live inference workers, as the generation rules see them."""
+        return [
+            WorkerState(
+                worker_id=s.instance.instance_id,
+                slots=s.slots,
+                free_slots=s.free_slots,
+                loaded=frozenset(s.loaded_models),
+                available=frozenset(s.available_models),
+            )
+            for s in self._workers.alive(self._clock(), INFERENCE_WORKER)
+        ]
 
     # -- events from NATS ----------------------------------------------------------------
 

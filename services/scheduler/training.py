@@ -25,6 +25,7 @@ from llmos.lease import Lease
 from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext
 from llmos.v1 import common_pb2, scheduler_pb2
+from llmos.workers import MISSED_HEARTBEATS, TRAINER, WorkerTable
 from services.scheduler.jobs import JobStore
 from services.scheduler.options import SchedulerOptions
 from services.scheduler.training_plan import (
@@ -41,7 +42,6 @@ from services.scheduler.training_plan import (
     report_steps,
     requeue_reason,
 )
-from services.scheduler.workers import MISSED_HEARTBEATS, TRAINER, WorkerTable
 
 log = logging.getLogger("llmos.scheduler.training")
 

@@ -155,7 +155,7 @@ def test_placement_takes_the_least_loaded_worker_that_has_the_model() -> None:
 
 def test_a_worker_that_misses_three_heartbeats_is_declared_dead() -> None:
     from llmos.v1 import common_pb2, scheduler_pb2
-    from services.scheduler.workers import WorkerTable
+    from llmos.workers import WorkerTable
 
     def heartbeat(name: str) -> scheduler_pb2.WorkerStatus:
         return scheduler_pb2.WorkerStatus(
