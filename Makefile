@@ -10,6 +10,7 @@ STAMP       := $(VENV)/.installed
 PROTOS      := $(wildcard protos/llmos/v1/*.proto)
 GEN_STAMP   := llmos/v1/.generated
 DATA_DIR    ?= var
+RUN_ARGS    ?=
 
 .PHONY: help setup protos docs check lint format test test-unit test-fast run clean bench-engine bench-gateway bench-scheduler bench-storage bench-trainer bench-audit demo-train
 
@@ -65,14 +66,16 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Both cores: pytest-xdist, a work unit per module or per shared stack (tests/conftest.py).
 test: check
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadgroup
 
 test-unit test-fast: setup
 	$(VENV)/bin/pytest tests/unit
 
+# --exit-with-parent: SIGTERM to make stops the stack too (make does not pass it on)
 run: setup
-	$(PY) -m tools.devstack --data-dir $(DATA_DIR)
+	$(PY) -m tools.devstack --data-dir $(DATA_DIR) --exit-with-parent $(RUN_ARGS)
 
 bench-engine: setup
 	$(PY) -m tools.bench.engine

@@ -1,18 +1,43 @@
-"""Fixtures shared by every test: real infrastructure on free ports, stopped in `finally`."""
+"""Fixtures shared by every test: real infrastructure on free ports, stopped in `finally`;
+the report of a failed test (the logs of the processes it ran with); and how the suite
+is spread over the machine's cores.
+
+`make test` runs pytest-xdist with two workers. A work unit is a test module (its module
+fixtures start once), or every module marked with the same `xdist_group` (they share a
+session fixture, e.g. one whole stack); long units are handed out first.
+"""
 
 from __future__ import annotations
 
-import os
+import fcntl
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tools.devstack.infra import NatsServer, RedisServer, start_nats, start_redis
+from tools import harness
+from tools.devstack.infra import NatsServer, RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = harness.ROOT
+
+#: work units that take longest, started first so that none is left alone at the end
+LONG_UNITS = (
+    "training",
+    "stack",
+    "tests/e2e/test_failover.py",
+    "tests/integration/test_engine.py",
+    "tests/integration/test_audit_ingest.py",
+    "tests/integration/test_audit_integrity.py",
+    "tests/integration/test_jobs.py",
+    "tests/integration/test_models_from_registry.py",
+    "tests/integration/test_service_lifecycle.py",
+    "tests/integration/test_storage.py",
+    "tests/integration/test_gateway_attacks.py",
+)
 
 
 @pytest.fixture(scope="session")
@@ -24,21 +49,15 @@ def infra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def nats_server(infra_dir: Path) -> Iterator[NatsServer]:
     """A real nats-server with JetStream on a free port."""
-    server = start_nats(infra_dir)
-    try:
+    with harness.nats_server(infra_dir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_server(infra_dir: Path) -> Iterator[RedisServer]:
     """A real redis-server (password protected) on a free port."""
-    server = start_redis(infra_dir)
-    try:
+    with harness.redis_server(infra_dir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -46,18 +65,17 @@ def service_env(
     nats_server: NatsServer, redis_server: RedisServer, tmp_path: Path, model_folder: Path
 ) -> dict[str, str]:
     """Environment for starting one service process against the session infrastructure."""
-    return {
-        **os.environ,
-        "LLMOS_DATA_DIR": str(tmp_path / "data"),
-        "LLMOS_NATS_URL": nats_server.url,
-        "LLMOS_REDIS_URL": redis_server.url,
-        "LLMOS_LISTEN_ADDR": "127.0.0.1:0",
-        "LLMOS_AUTH_HTTP_ADDR": "127.0.0.1:0",
-        "LLMOS_HEARTBEAT_S": "0.5",
-        "LLMOS_SHUTDOWN_GRACE_S": "2",
-        "LLMOS_MODELS_DIR": str(model_folder.parent),
-        "LLMOS_MAX_CONTEXT": "512",
-    }
+    return harness.python_env(
+        LLMOS_DATA_DIR=str(tmp_path / "data"),
+        LLMOS_NATS_URL=nats_server.url,
+        LLMOS_REDIS_URL=redis_server.url,
+        LLMOS_LISTEN_ADDR="127.0.0.1:0",
+        LLMOS_AUTH_HTTP_ADDR="127.0.0.1:0",
+        LLMOS_HEARTBEAT_S="0.5",
+        LLMOS_SHUTDOWN_GRACE_S="2",
+        LLMOS_MODELS_DIR=str(model_folder.parent),
+        LLMOS_MAX_CONTEXT="512",
+    )
 
 
 def run_python(
@@ -76,8 +94,81 @@ def run_python(
 
 
 @pytest.fixture(scope="session")
-def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model imported from its GGUF file, once per test session."""
+def model_folder(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The default model imported from its GGUF file once per test run (xdist workers
+    share it: the first imports it under a lock, the others wait and reuse it)."""
     from llmos.model.default import ensure_default_model
 
-    return ensure_default_model(tmp_path_factory.mktemp("models"))
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    models = shared / "models"
+    models.mkdir(exist_ok=True)
+    with (shared / "models.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ensure_default_model(models)
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started() -> Iterator[None]:
+    """A process a test started (and killed, or forgot) is stopped when the test ends,
+    with what it left behind; module and session fixtures stop their own."""
+    before = set(map(id, harness.RUNNING))
+    yield
+    for process in [p for p in harness.RUNNING if id(p) not in before]:
+        process.stop()
+
+
+# -- reporting -------------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test's report carries the end of the log of every process it ran with."""
+    report = yield
+    if report.failed:
+        for title, tail in harness.failure_report():
+            report.sections.append((title, tail))
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """End what the embedded Triton of a worker killed by a test left (the worker's next
+    start would have); only directories whose worker is dead are touched."""
+    from services.inference_worker.leftovers import sweep
+
+    sweep(Path(tempfile.gettempdir()))
+
+
+# -- spreading the suite over the cores (pytest-xdist) -------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long work units first; within a unit, the order of the files."""
+
+    def rank(item: pytest.Item) -> int:
+        unit = unit_of(item)
+        return LONG_UNITS.index(unit) if unit in LONG_UNITS else len(LONG_UNITS)
+
+    items.sort(key=rank)
+
+
+def unit_of(item: pytest.Item) -> str:
+    """The work unit a test belongs to: its xdist group, else its module."""
+    marker = item.get_closest_marker("xdist_group")
+    if marker is not None:
+        return str(marker.args[0] if marker.args else marker.kwargs["name"])
+    return item.nodeid.split("::", 1)[0]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Schedule by module, or by group for modules that share a group."""
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModuleOrGroupScheduling(LoadGroupScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):
+                return nodeid.rsplit("@", 1)[-1]
+            return nodeid.split("::", 1)[0]
+
+    return ModuleOrGroupScheduling(config, log)

@@ -1,4 +1,6 @@
-"""The whole stack, started exactly as `make run` starts it, once per test module."""
+"""The whole stack, started exactly as `make run` starts it: one shared by the modules
+that only use it (`xdist_group("stack")` keeps them on one worker), and stacks of their
+own for the modules that kill or reconfigure things."""
 
 from __future__ import annotations
 
@@ -75,12 +77,19 @@ class RunningStack:
 
 @contextlib.contextmanager
 def running_stack(
-    tmp_path_factory: pytest.TempPathFactory, model_folder: Path, **env: str
+    tmp_path_factory: pytest.TempPathFactory,
+    model_folder: Path,
+    via_make: bool = False,
+    **env: str,
 ) -> Iterator[RunningStack]:
-    """The launcher with `env` added; the worker reads the session's imported model."""
+    """The launcher (or `make run`) with `env` added; the worker reads the session's
+    imported model."""
     data_dir = tmp_path_factory.mktemp("stack") / "var"
     launcher = StackProcess(
-        data_dir, env={"LLMOS_MODELS_DIR": str(model_folder.parent), **env}, cwd=ROOT
+        data_dir,
+        env={"LLMOS_MODELS_DIR": str(model_folder.parent), **env},
+        cwd=ROOT,
+        via_make=via_make,
     )
     try:
         yield RunningStack(launcher, launcher.start(), data_dir)
@@ -88,7 +97,16 @@ def running_stack(
         launcher.stop()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Iterator[RunningStack]:
+@pytest.fixture(scope="session")
+def shared_stack(
+    tmp_path_factory: pytest.TempPathFactory, model_folder: Path
+) -> Iterator[RunningStack]:
+    """One stack for every module that only uses it."""
     with running_stack(tmp_path_factory, model_folder) as running:
         yield running
+
+
+@pytest.fixture
+def stack(shared_stack: RunningStack) -> RunningStack:
+    """The stack a test runs against (modules that disturb it override this)."""
+    return shared_stack

@@ -1,17 +1,18 @@
 """Placement and failure, end to end: priorities order the queue; a worker that dies
 before streaming gives its work to another; one that dies mid-stream ends the answer
-with UNAVAILABLE; a scheduler killed with queued generations loses none of them.
+with UNAVAILABLE; a scheduler killed with queued generations loses none of them; a
+killed service is restarted and announced; and SIGTERM to `make run`, after a worker
+was killed, leaves no process of LLM OS behind.
 
-The stack's own worker takes 2 generations at a time (LLMOS_MAX_INFLIGHT=2) so that
-work queues in the scheduler; extra workers serve a copy of the model under another
-name so the test decides which worker can take what."""
+The stack runs through `make run`, as a user starts it. Its own worker takes 2
+generations at a time (LLMOS_MAX_INFLIGHT=2) so that work queues in the scheduler; extra
+workers serve a copy of the model under another name so the test decides which worker
+can take what."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,9 +22,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-from llmos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, inference_pb2, scheduler_pb2
-from tests.conftest import ROOT
+from llmos import processes
+from llmos.ports import port_open
+from llmos.services import REQUIRED_SERVICES
+from llmos.v1 import (
+    common_pb2,
+    events_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    inference_pb2,
+    scheduler_pb2,
+)
 from tests.e2e.conftest import RunningStack, running_stack
+from tools.harness import ROOT, Process, eventually, python_env, start_service
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +45,11 @@ SPARE = "smollm2-spare"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Iterator[RunningStack]:
     with running_stack(
-        tmp_path_factory, model_folder, LLMOS_MAX_INFLIGHT="2", LLMOS_HEARTBEAT_S="0.5"
+        tmp_path_factory,
+        model_folder,
+        via_make=True,
+        LLMOS_MAX_INFLIGHT="2",
+        LLMOS_HEARTBEAT_S="0.5",
     ) as running:
         yield running
 
@@ -49,7 +64,8 @@ def copy_models(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) ->
     return models
 
 
-def _start_worker(stack: RunningStack, models: Path, name: str) -> subprocess.Popen[bytes]:
+def _start_worker(stack: RunningStack, models: Path, name: str) -> Process:
+    """One more inference worker on the stack's NATS and Redis, serving COPY."""
     secrets = stack.data_dir / "secrets"
     nats_url = stack.fields["nats"].replace(
         "nats://", f"nats://{(secrets / 'nats.token').read_text().strip()}@"
@@ -57,27 +73,19 @@ def _start_worker(stack: RunningStack, models: Path, name: str) -> subprocess.Po
     redis_url = stack.fields["redis"].replace(
         "redis://", f"redis://:{(secrets / 'redis.password').read_text().strip()}@"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-    env.update(
+    env = python_env(
         LLMOS_DATA_DIR=str(stack.data_dir),
         LLMOS_NATS_URL=nats_url,
         LLMOS_REDIS_URL=redis_url,
-        LLMOS_LISTEN_ADDR="127.0.0.1:0",
         LLMOS_MODELS=COPY,
         LLMOS_MODELS_DIR=str(models),
         LLMOS_MAX_CONTEXT="512",
         LLMOS_HEARTBEAT_S="0.5",
         PYTHONPATH=str(ROOT),
     )
-    log_path = stack.data_dir / "logs" / f"extra-worker-{name}.log"
-    with log_path.open("ab") as log:  # no preexec_fn: this test process has threads
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.inference_worker"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
+    return start_service(
+        "services.inference_worker", env, stack.data_dir / "logs" / f"extra-{name}", timeout=180
+    )
 
 
 def _cluster(stack: RunningStack) -> scheduler_pb2.ClusterStatus:
@@ -89,14 +97,29 @@ def _cluster(stack: RunningStack) -> scheduler_pb2.ClusterStatus:
 
 
 def _instance_of(stack: RunningStack, pid: int, timeout_s: float = 120) -> str:
-    """The instance id of the worker process `pid`, once it serves its model."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for worker in _cluster(stack).workers:
-            if worker.instance.pid == pid and worker.loaded_models:
-                return worker.instance.instance_id
-        time.sleep(0.5)
-    raise AssertionError(f"worker {pid} did not start serving within {timeout_s:g}s")
+    """The instance id of the worker process `pid`, once the scheduler knows it serves."""
+    return eventually(
+        lambda: next(
+            (
+                w.instance.instance_id
+                for w in _cluster(stack).workers
+                if w.instance.pid == pid and w.loaded_models
+            ),
+            None,
+        ),
+        timeout_s,
+        what=f"the scheduler to know worker {pid}",
+        interval=0.5,
+    )
+
+
+def _queued(stack: RunningStack, count: int) -> None:
+    eventually(
+        lambda: _cluster(stack).queued_requests >= count,
+        30,
+        what=f"{count} generations queued",
+        interval=0.1,
+    )
 
 
 def _generate(
@@ -133,9 +156,7 @@ def test_higher_priority_generations_go_first(stack: RunningStack) -> None:
     batch = common_pb2.PRIORITY_BATCH
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(run, f"batch-{i}", batch, 40) for i in range(4)]
-        deadline = time.monotonic() + 30
-        while _cluster(stack).queued_requests < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _queued(stack, 2)
         assert _cluster(stack).queued_requests == 2  # two run, two wait
         futures.append(pool.submit(run, "critical", common_pb2.PRIORITY_CRITICAL, 4))
         for future in futures:
@@ -150,10 +171,10 @@ def test_a_worker_lost_before_streaming_hands_its_work_to_another(
     stack: RunningStack, copy_models: Path
 ) -> None:
     first = _start_worker(stack, copy_models, "first")
-    second: subprocess.Popen[bytes] | None = None
+    second: Process | None = None
     try:
         _instance_of(stack, first.pid)
-        os.kill(first.pid, signal.SIGSTOP)  # takes work, never answers, stops heartbeating
+        first.signal(signal.SIGSTOP)  # takes work, never answers, stops heartbeating
         with ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(_generate, stack, COPY, 6, 0, f"request {i}:") for i in range(3)]
             time.sleep(2.0)  # the three are leased to the frozen worker, or queued
@@ -163,11 +184,9 @@ def test_a_worker_lost_before_streaming_hands_its_work_to_another(
             texts = [future.result(timeout=300) for future in futures]
         assert len(texts) == 3 and all(texts)
     finally:
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(10)
+        first.kill()
         if second is not None:
-            second.send_signal(signal.SIGTERM)
-            second.wait(60)
+            second.stop(60)
 
 
 def test_a_worker_lost_mid_stream_ends_the_answer_with_unavailable(
@@ -190,23 +209,19 @@ def test_a_worker_lost_mid_stream_ends_the_answer_with_unavailable(
                 for _ in stream:
                     received += 1
                     if received == 3:
-                        os.kill(worker.pid, signal.SIGKILL)
+                        worker.kill()
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "lost after the answer had started streaming; retry" in (
             caught.value.details() or ""
         )
     finally:
-        if worker.poll() is None:
-            os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(10)
+        worker.kill()
 
 
 def test_a_scheduler_killed_with_queued_generations_loses_none(stack: RunningStack) -> None:
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(_generate, stack, "", 24, 0, f"job {i}:") for i in range(6)]
-        deadline = time.monotonic() + 30
-        while _cluster(stack).queued_requests < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _queued(stack, 2)
         status = stack.status()
         (scheduler,) = [
             s["instance"] for s in status["services"] if s["instance"]["service"] == "scheduler"
@@ -231,5 +246,91 @@ def test_a_model_no_worker_has_loaded_is_loaded_on_demand(
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert "'no-such-model' is not available on any worker" in (caught.value.details() or "")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
+        worker.stop(60)
+
+
+def _instance(stack: RunningStack, service: str) -> dict[str, str]:
+    (instance,) = [
+        s["instance"] for s in stack.status()["services"]
+        if s["instance"]["service"] == service and s["state"] == "STATE_SERVING"
+    ]  # fmt: skip
+    return dict(instance)
+
+
+def test_a_killed_service_is_restarted_and_announced(stack: RunningStack) -> None:
+    """kill -9 of the scheduler: the supervisor restarts it and subscribers see it come back."""
+    scheduler = _instance(stack, "scheduler")
+    with stack.channel() as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        events = stub.SubscribeEvents(
+            gateway_pb2.SubscribeEventsRequest(kinds=["service"]), timeout=60
+        )
+        time.sleep(0.5)  # let the subscription reach NATS before the crash
+        os.kill(int(scheduler["pid"]), signal.SIGKILL)
+        for event in events:
+            lifecycle = event.service_lifecycle
+            if (
+                lifecycle.phase == events_pb2.ServiceLifecycle.PHASE_STARTED
+                and lifecycle.instance.service == "scheduler"
+            ):
+                assert lifecycle.instance.instance_id != scheduler["instance_id"]
+                break
+        events.cancel()
+    eventually(lambda: stack.status().get("ready"), 30, what="the stack ready again")
+
+
+def _footprint(root: int) -> tuple[dict[int, list[str]], set[Path]]:
+    """Every process below `root` (pid -> its command line) and the model folders its
+    Triton stubs run from."""
+    tree = {pid: processes.cmdline(pid) for pid in processes.descendants(root)}
+    folders = {
+        Path(argv[1]).parents[1]
+        for argv in tree.values()
+        if len(argv) > 1 and argv[0].endswith("triton_python_backend_stub")
+    }
+    return tree, folders
+
+
+def test_sigterm_to_make_run_after_a_worker_was_killed_leaves_nothing_behind(
+    stack: RunningStack,
+) -> None:
+    """Runs last: it stops the module's stack. A worker killed with kill -9 leaves its
+    Triton's stubs orphaned (they ignore SIGTERM); the launcher ends them when it
+    restarts the worker. Then SIGTERM to make: every process the stack ever ran is gone,
+    every port closed, Triton's directories deleted."""
+    tree, folders = _footprint(stack.launcher.pid)
+    worker = _instance(stack, "inference-worker")
+    assert any("triton_python_backend_stub" in " ".join(argv) for argv in tree.values())
+    os.kill(int(worker["pid"]), signal.SIGKILL)
+    eventually(
+        lambda: _instance(stack, "inference-worker")["pid"] != worker["pid"],
+        180,
+        what="the worker restarted",
+        interval=0.5,
+        ignoring=(ValueError, KeyError),
+    )
+    eventually(lambda: stack.status().get("ready"), 60, what="the stack ready again")
+    restarted_tree, restarted_folders = _footprint(stack.launcher.pid)
+    tree.update(restarted_tree)
+    folders |= restarted_folders
+    serving = [s for s in stack.status()["services"] if s["state"] == "STATE_SERVING"]
+    assert sorted(s["instance"]["service"] for s in serving) == sorted(REQUIRED_SERVICES)
+    directories = [Path("/tmp") / f"llmos-{s['instance']['instance_id'].rsplit('-', 1)[-1]}"
+                   for s in serving if s["instance"]["service"] == "inference-worker"]  # fmt: skip
+    assert all(d.is_dir() for d in directories)
+
+    stack.launcher.terminate()  # SIGTERM to make, as a user's `kill` would send it
+    assert any("LLM OS stopped" in line for line in stack.output)
+    left = {
+        pid: argv for pid, argv in tree.items()
+        if processes.alive(pid) and processes.cmdline(pid) == argv
+    }  # fmt: skip
+    assert left == {}, "processes of the stack survived it"
+    for key, address in stack.fields.items():
+        if key in ("data_dir", "logs", "credentials", "tls_ca"):
+            continue
+        host, port = address.split("://")[-1].split("/")[0].rsplit(":", 1)
+        assert not port_open(host, int(port)), f"{key} still listening on {address}"
+    assert [d for d in directories if d.exists()] == []
+    assert folders and [f for f in folders if f.exists()] == []
+    assert not (stack.data_dir / "stack.json").exists()

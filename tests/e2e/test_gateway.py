@@ -3,11 +3,12 @@ authenticate, inference is authorized, cached per tenant, metered and audited.""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
@@ -27,8 +28,9 @@ from llmos.v1 import (
     scheduler_pb2,
 )
 from tests.e2e.conftest import RunningStack
+from tools.harness import eventually, eventually_async
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
 
 
 def _issuer(stack: RunningStack) -> Issuer:
@@ -221,10 +223,9 @@ async def test_inference_calls_are_audited_with_model_and_tokens(stack: RunningS
                 timeout=60,
             )
         )
-    deadline = time.monotonic() + 10
-    while not any(r.request_id == request_id for r in records) and time.monotonic() < deadline:
-        await nc.flush()
-        await asyncio.sleep(0.1)
+    await eventually_async(
+        lambda: any(r.request_id == request_id for r in records), 10, what="the audit record"
+    )
     await nc.close()
     (record,) = [r for r in records if r.request_id == request_id]
     usage = responses[-1].usage
@@ -249,15 +250,14 @@ def test_the_audit_log_answers_who_did_what_and_proves_it(stack: RunningStack) -
         ("/llmos.v1.Gateway/Generate", "OK"),
         ("/llmos.v1.Gateway/ListModels", "PERMISSION_DENIED"),
     }
-    deadline = time.monotonic() + 30
-    while True:
+
+    def recorded() -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]] | None:
         query = stack.cli("audit", "query", "--tenant", "audit-lab", "--limit", "0")
         assert query.returncode == 0, query.stderr
         lines = [json.loads(line) for line in query.stdout.splitlines()]
-        if wanted <= {(r["action"], r["outcome"]) for r in lines} or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert wanted <= {(r["action"], r["outcome"]) for r in lines}
+        return (query, lines) if wanted <= {(r["action"], r["outcome"]) for r in lines} else None
+
+    query, lines = eventually(recorded, 30, what=f"audit records {wanted}", interval=0.5)
     assert {r["tenant"] for r in lines} == {"audit-lab"}
     assert all(r["hash"] and r["sequence"] > 0 for r in lines)
     assert prompt not in query.stdout  # content is off by default

@@ -6,7 +6,6 @@ import contextlib
 import json
 import math
 import shutil
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,8 +22,10 @@ from llmos.v1 import (
     worker_pb2_grpc,
 )
 from tests.e2e.conftest import RunningStack
+from tools.harness import eventually
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
+SPARE_MODEL = "smollm2-spare-copy"
 
 
 @pytest.fixture(scope="module")
@@ -228,12 +229,15 @@ def test_a_client_that_goes_away_frees_the_worker(
         busy = worker.DescribeWorker(worker_pb2.DescribeWorkerRequest(), timeout=10).free_slots
         assert busy == idle - 1
         call.cancel()
-        deadline = time.monotonic() + 15  # 2000 tokens would take minutes
-        free = busy
-        while free != idle and time.monotonic() < deadline:
-            time.sleep(0.2)
-            free = worker.DescribeWorker(worker_pb2.DescribeWorkerRequest(), timeout=10).free_slots
-        assert free == idle
+        eventually(  # 2000 tokens would take minutes
+            lambda: (
+                worker.DescribeWorker(worker_pb2.DescribeWorkerRequest(), timeout=10).free_slots
+                == idle
+            ),
+            15,
+            what="the worker's slot freed",
+            interval=0.2,
+        )
 
 
 def test_the_worker_still_serves_after_all_that(gateway: gateway_pb2_grpc.GatewayStub) -> None:
@@ -283,28 +287,54 @@ def test_a_registered_version_is_deployed_and_answers_without_a_restart(
 
 
 def test_models_load_and_unload_on_command_without_a_restart(
-    stack: RunningStack, gateway: gateway_pb2_grpc.GatewayStub
+    stack: RunningStack, gateway: gateway_pb2_grpc.GatewayStub, model_folder: Path
 ) -> None:
-    """Runs last in this module: it takes the default model away."""
-    with grpc.insecure_channel(stack.fields["inference-worker"]) as worker_channel:
-        worker = worker_pb2_grpc.InferenceWorkerStub(worker_channel)
-        for bad, code in [("../etc", "INVALID_ARGUMENT"), ("not-imported", "NOT_FOUND")]:
+    """A second model is loaded into the running worker, served, listed, unloaded; the
+    worker's embedded Triton cannot serve that name again, and says so."""
+    link = model_folder.parent / SPARE_MODEL  # the folder workers load from is shared
+    link.symlink_to(model_folder, target_is_directory=True)
+
+    def listed() -> set[str]:
+        return {
+            m.name for m in gateway.ListModels(gateway_pb2.ListModelsRequest(), timeout=10).models
+        }
+
+    try:
+        with grpc.insecure_channel(stack.fields["inference-worker"]) as worker_channel:
+            worker = worker_pb2_grpc.InferenceWorkerStub(worker_channel)
+            for bad, code in [("../etc", "INVALID_ARGUMENT"), ("not-imported", "NOT_FOUND")]:
+                with pytest.raises(grpc.RpcError) as caught:
+                    worker.LoadModel(worker_pb2.LoadModelRequest(model=bad), timeout=30)
+                assert caught.value.code().name == code
+            loaded = worker.LoadModel(worker_pb2.LoadModelRequest(model=SPARE_MODEL), timeout=120)
+            assert set(loaded.loaded_models) == {DEFAULT_MODEL, SPARE_MODEL}
+            eventually(lambda: SPARE_MODEL in listed(), 10, what="the loaded model listed")
+            answer = list(
+                gateway.Generate(
+                    gateway_pb2.GenerateRequest(
+                        model=SPARE_MODEL, prompt="Hi", params=params(max_tokens=3)
+                    ),
+                    timeout=60,
+                )
+            )
+            assert answer[-1].done and answer[-1].model == SPARE_MODEL
+            described = worker.UnloadModel(
+                worker_pb2.UnloadModelRequest(model=SPARE_MODEL), timeout=60
+            )
+            assert list(described.loaded_models) == [DEFAULT_MODEL]
+            eventually(lambda: SPARE_MODEL not in listed(), 10, what="the unloaded model unlisted")
             with pytest.raises(grpc.RpcError) as caught:
-                worker.LoadModel(worker_pb2.LoadModelRequest(model=bad), timeout=30)
-            assert caught.value.code().name == code
-        described = worker.UnloadModel(
-            worker_pb2.UnloadModelRequest(model=DEFAULT_MODEL), timeout=60
-        )
-        assert list(described.loaded_models) == []
-        deadline = time.monotonic() + 10
-        while gateway.ListModels(gateway_pb2.ListModelsRequest(), timeout=10).models:
-            assert time.monotonic() < deadline, "the gateway still lists the unloaded model"
-            time.sleep(0.2)
-        with pytest.raises(grpc.RpcError) as caught:
-            list(gateway.Generate(gateway_pb2.GenerateRequest(prompt="Hi"), timeout=30))
-        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-        with pytest.raises(grpc.RpcError) as caught:
-            worker.LoadModel(worker_pb2.LoadModelRequest(model=DEFAULT_MODEL), timeout=60)
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "restart the worker" in (caught.value.details() or "")
+                list(
+                    gateway.Generate(
+                        gateway_pb2.GenerateRequest(model=SPARE_MODEL, prompt="Hi"), timeout=30
+                    )
+                )
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.RpcError) as caught:
+                worker.LoadModel(worker_pb2.LoadModelRequest(model=SPARE_MODEL), timeout=60)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "restart the worker" in (caught.value.details() or "")
+    finally:
+        link.unlink()
     assert stack.status()["ready"] is True  # the worker itself keeps serving its API
+    assert DEFAULT_MODEL in listed()

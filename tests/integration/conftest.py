@@ -3,108 +3,46 @@ per Redis, and the bootstrap admin is created once per Redis), audit capture, to
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import nats
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from llmos.config import environment_without_llmos
-from llmos.health import SERVING, check_health
-from llmos.ports import free_port
 from llmos.v1 import audit_pb2
-from tests.conftest import ROOT
+from tests.integration.storage_client import StorageProcess, start_storage
 from tools.devstack.gateway_process import GatewayProcess, start_gateway
-from tools.devstack.infra import NatsServer, RedisServer, start_redis
+from tools.devstack.infra import NatsServer, RedisServer
+from tools.harness import ROOT, eventually_async, nats_server, python_env, redis_server
 
 
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A Redis only this module's gateways use."""
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    try:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
-def gateway_env(nats_server: NatsServer, redis: RedisServer) -> dict[str, str]:
-    return {
-        **environment_without_llmos(),
-        "LLMOS_NATS_URL": nats_server.url,
-        "LLMOS_REDIS_URL": redis.url,
-        "LLMOS_HEARTBEAT_S": "0.5",
-        "LLMOS_SHUTDOWN_GRACE_S": "2",
-        "LLMOS_LOGIN_MAX_FAILURES": "3",
-        "LLMOS_LOGIN_LOCKOUT_S": "120",
-        "PYTHONPATH": str(ROOT),
-    }
-
-
-@dataclass
-class ServiceUnderTest:
-    """One service process started by a test, on its own port, logging beside its data."""
-
-    proc: subprocess.Popen[bytes]
-    address: str
-    env: dict[str, str]
-    log_path: Path
-
-    def channel(self, max_message: int = 16 << 20) -> grpc.Channel:
-        return grpc.insecure_channel(
-            self.address, options=[("grpc.max_receive_message_length", max_message)]
-        )
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def start_service(
-    module: str, env: dict[str, str], log_dir: Path, timeout_s: float = 60
-) -> ServiceUnderTest:
-    """Start `python -m module` with `env` on a free port; return once it is SERVING."""
-    address = f"127.0.0.1:{free_port()}"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{module.rsplit('.', 1)[-1]}-{time.monotonic_ns()}.log"
-    log = log_path.open("wb")
-    env = {**env, "LLMOS_LISTEN_ADDR": address}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+def gateway_env(nats: NatsServer, redis: RedisServer) -> dict[str, str]:
+    """Environment of a service (any of them) on the given NATS and Redis."""
+    return python_env(
+        LLMOS_NATS_URL=nats.url,
+        LLMOS_REDIS_URL=redis.url,
+        LLMOS_HEARTBEAT_S="0.5",
+        LLMOS_SHUTDOWN_GRACE_S="2",
+        LLMOS_LOGIN_MAX_FAILURES="3",
+        LLMOS_LOGIN_LOCKOUT_S="120",
+        PYTHONPATH=str(ROOT),
     )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{module} exited with {proc.returncode}; see {log.name}")
-        state, _ = asyncio.run(check_health(address, timeout_s=1))
-        if state == SERVING:
-            return ServiceUnderTest(proc, address, env, log_path)
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{module} did not start within {timeout_s:g}s; see {log.name}")
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +57,34 @@ def gw(
         yield gateway
     finally:
         gateway.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A NATS of this test only: its streams hold exactly what the test published."""
+    with nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def storage_env(
+    nats_server: NatsServer, own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment of the module's storage services."""
+    data = tmp_path_factory.mktemp("storage-data")
+    return {**gateway_env(nats_server, own_redis), "LLMOS_DATA_DIR": str(data)}
+
+
+@pytest.fixture(scope="module")
+def storage(
+    storage_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StorageProcess]:
+    """One storage service for the module's tests."""
+    process = start_storage(storage_env, tmp_path_factory.mktemp("store") / "root")
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 class AuditTap:
@@ -145,13 +111,14 @@ class AuditTap:
 
     async def wait_for(self, timeout_s: float = 10.0, **fields: Any) -> audit_pb2.AuditRecord:
         """The first record whose fields equal `fields`."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for record in self.records:
-                if all(getattr(record, k) == v for k, v in fields.items()):
-                    return record
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no audit record with {fields}; got {len(self.records)} others")
+
+        def found() -> audit_pb2.AuditRecord | None:
+            return next(
+                (r for r in self.records if all(getattr(r, k) == v for k, v in fields.items())),
+                None,
+            )
+
+        return await eventually_async(found, timeout_s, what=f"an audit record with {fields}")
 
 
 def signing_key(gateway: GatewayProcess) -> tuple[str, RSAKey]:

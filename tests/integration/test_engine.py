@@ -20,6 +20,7 @@ from llmos.model.text import TextCodec
 from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.engine.engine import Engine, GenerationMetrics, TokenEvent
 from tests.reference import load_reference
+from tools.harness import eventually
 
 NEW_TOKENS = 24
 PROMPTS = [
@@ -171,16 +172,12 @@ def test_a_new_request_joins_while_a_long_one_is_running(engine: Engine, codec: 
 def test_cancel_frees_the_slot_at_the_next_step(engine: Engine, codec: TextCodec) -> None:
     stream = Stream()
     handle = engine.submit(chat_ids(codec, "Count from one to a thousand."), greedy(400), stream)
-    while len(stream.tokens) < 3:
-        time.sleep(0.01)
+    eventually(lambda: len(stream.tokens) >= 3, 60, what="three tokens", interval=0.01)
     handle.cancel()
     stream.wait(10)
     assert stream.reason == "cancelled"
     assert len(stream.tokens) < 400
-    deadline = time.monotonic() + 5
-    while engine.load != (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.load == (0, 0)
+    eventually(lambda: engine.load == (0, 0), 5, what="the slot freed", interval=0.01)
 
 
 def test_stop_sequence_ends_the_text_before_it(engine: Engine, codec: TextCodec) -> None:

@@ -59,7 +59,7 @@ def test_bootstrap_credentials_are_private_and_written_once(gw: GatewayProcess) 
     for key in key_files(gw):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE((gw.data_dir / "gateway" / "totp.key").stat().st_mode) == 0o600
-    assert document["client_secret"] not in gw.log_path.read_text()  # type: ignore[union-attr]
+    assert document["client_secret"] not in gw.log_path.read_text()
 
 
 def test_generic_clients_discover_the_api_by_reflection_without_a_token(

@@ -4,15 +4,13 @@ Real gateway, scheduler and trainer processes on real NATS and Redis."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
+import contextlib
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import nats
@@ -29,10 +27,10 @@ from llmos.v1 import (
     inference_pb2,
     scheduler_pb2,
 )
-from tests.conftest import ROOT
 from tests.integration.conftest import gateway_env
 from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
 from tools.devstack.infra import NatsServer, RedisServer
+from tools.harness import Process, eventually, start_service
 
 S = common_pb2.JobState
 
@@ -41,26 +39,17 @@ S = common_pb2.JobState
 class JobCluster:
     gateway: GatewayProcess
     env: dict[str, str]
-    scheduler: subprocess.Popen[bytes]
-    trainer: subprocess.Popen[bytes]
+    logs: Path
+    scheduler: Process
+    trainer: Process
     tokens: dict[str, str]  # tenant -> token with `training` (and events:read)
 
     def start_scheduler(self) -> None:
-        self.scheduler = _spawn("services.scheduler", self.env)
+        self.scheduler = start_service("services.scheduler", self.env, self.logs)
 
     def stub(self) -> tuple[grpc.Channel, gateway_pb2_grpc.GatewayStub]:
         channel = grpc.insecure_channel(self.gateway.address)
         return channel, gateway_pb2_grpc.GatewayStub(channel)
-
-
-def _spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", module],
-        cwd=ROOT,
-        env={**env, "LLMOS_LISTEN_ADDR": "127.0.0.1:0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def _spec(**overrides: object) -> scheduler_pb2.JobSpec:
@@ -83,19 +72,21 @@ def _spec(**overrides: object) -> scheduler_pb2.JobSpec:
     return spec
 
 
-def _wait_for_trainer(stub: gateway_pb2_grpc.GatewayStub, admin: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            status = stub.GetClusterStatus(
-                scheduler_pb2.GetClusterStatusRequest(), metadata=bearer(admin), timeout=5
-            )
-            if any(w.instance.service == "trainer" for w in status.workers):
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("no trainer registered within 30 s")
+def _trainers(stub: gateway_pb2_grpc.GatewayStub, admin: str) -> list[scheduler_pb2.WorkerStatus]:
+    status = stub.GetClusterStatus(
+        scheduler_pb2.GetClusterStatusRequest(), metadata=bearer(admin), timeout=5
+    )
+    return [w for w in status.workers if w.instance.service == "trainer"]
+
+
+def _wait_for_trainers(stub: gateway_pb2_grpc.GatewayStub, admin: str, count: int) -> None:
+    eventually(
+        lambda: len(_trainers(stub, admin)) == count,
+        30,
+        what=f"{count} trainer(s) registered",
+        interval=0.2,
+        ignoring=(grpc.RpcError,),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +102,11 @@ def cluster(
         "LLMOS_TRAINER_PROCESSES": "2",
         "LLMOS_JOB_RESERVATIONS": "tenant:reserved-lab=1",
     }
-    scheduler, trainer = _spawn("services.scheduler", env), _spawn("services.trainer", env)
+    logs = data_dir.parent / "logs"
+    scheduler, trainer = (
+        start_service("services.scheduler", env, logs),
+        start_service("services.trainer", env, logs),
+    )
     gateway = start_gateway(env, data_dir)
     running: JobCluster | None = None
     try:
@@ -133,16 +128,15 @@ def cluster(
                     created.client.client_id, created.client_secret
                 )
                 tokens[tenant] = str(token["access_token"])
-            _wait_for_trainer(gateway_pb2_grpc.GatewayStub(channel), admin)
-        running = JobCluster(gateway, env, scheduler, trainer, tokens)
+            _wait_for_trainers(gateway_pb2_grpc.GatewayStub(channel), admin, 1)
+        running = JobCluster(gateway, env, logs, scheduler, trainer, tokens)
         yield running
     finally:
         gateway.stop()
         if running is not None:
             scheduler = running.scheduler  # a test may have replaced it
-        for proc in (trainer, scheduler):  # the trainer reports its jobs' end first
-            proc.terminate()
-            proc.wait(30)
+        for process in (trainer, scheduler):  # the trainer reports its jobs' end first
+            process.stop()
 
 
 def test_a_job_is_submitted_seen_listed_and_cancelled_by_its_tenant(cluster: JobCluster) -> None:
@@ -334,16 +328,13 @@ def test_a_scheduler_killed_mid_load_forgets_no_job(cluster: JobCluster) -> None
     with channel:
         load = threading.Thread(target=submit_forever)
         load.start()
-        while len(submitted) < 20:
-            time.sleep(0.05)
-        os.kill(cluster.scheduler.pid, signal.SIGKILL)
-        cluster.scheduler.wait(10)
+        eventually(lambda: len(submitted) >= 20, 30, what="20 jobs submitted", interval=0.05)
+        cluster.scheduler.kill()
         time.sleep(1.0)
         cluster.start_scheduler()
-        deadline = time.monotonic() + 30
         count_at_restart = len(submitted)
-        while len(submitted) < count_at_restart + 10 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        with contextlib.suppress(AssertionError):  # asserted below, after the load stopped
+            eventually(lambda: len(submitted) >= count_at_restart + 10, 30)
         stop.set()
         load.join(30)
         listed: set[str] = set()
@@ -361,21 +352,12 @@ def test_a_scheduler_killed_mid_load_forgets_no_job(cluster: JobCluster) -> None
     assert unexpected == []
 
 
-def _trainers(stub: gateway_pb2_grpc.GatewayStub, admin: str) -> list[scheduler_pb2.WorkerStatus]:
-    status = stub.GetClusterStatus(
-        scheduler_pb2.GetClusterStatusRequest(), metadata=bearer(admin), timeout=5
-    )
-    return [w for w in status.workers if w.instance.service == "trainer"]
-
-
 def test_cluster_status_is_live_and_a_dead_trainer_drops_out(cluster: JobCluster) -> None:
     admin = cluster.gateway.admin_token()
-    extra = _spawn("services.trainer", cluster.env)
+    extra = start_service("services.trainer", cluster.env, cluster.logs)
     channel, stub = cluster.stub()
     with channel:
-        deadline = time.monotonic() + 30
-        while len(_trainers(stub, admin)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _wait_for_trainers(stub, admin, 2)
         trainers = _trainers(stub, admin)
         assert len(trainers) == 2
         for trainer in trainers:
@@ -383,11 +365,8 @@ def test_cluster_status_is_live_and_a_dead_trainer_drops_out(cluster: JobCluster
             assert trainer.capacity.memory_bytes > 0
             assert 0 < trainer.in_use.memory_bytes < trainer.capacity.memory_bytes
             assert trainer.heartbeat_at.seconds >= time.time() - 10
-        os.kill(extra.pid, signal.SIGKILL)
-        extra.wait(10)
-        deadline = time.monotonic() + 10  # 3 missed heartbeats of 0.5 s
-        while len(_trainers(stub, admin)) > 1 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        extra.kill()
+        _wait_for_trainers(stub, admin, 1)  # after 3 missed heartbeats of 0.5 s
         remaining = _trainers(stub, admin)
         assert [t.instance.pid for t in remaining] == [cluster.trainer.pid]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import nats
@@ -21,8 +21,8 @@ from llmos.health import SERVING, UNREACHABLE, check_health
 from llmos.registry import ServiceRegistry
 from llmos.services import SERVICE_MODULES
 from llmos.v1 import events_pb2
-from tests.conftest import ROOT
 from tools.devstack.infra import NatsServer, RedisServer
+from tools.harness import start_process
 
 Phase = events_pb2.ServiceLifecycle.Phase
 
@@ -40,6 +40,7 @@ async def test_service_lifecycle(
     service_env: dict[str, str],
     nats_server: NatsServer,
     redis_server: RedisServer,
+    tmp_path: Path,
 ) -> None:
     nc = await nats.connect(nats_server.url)
     redis_client = aioredis.Redis.from_url(redis_server.url)
@@ -49,18 +50,14 @@ async def test_service_lifecycle(
         await events.put(events_pb2.Event.FromString(msg.data))
 
     await nc.subscribe(f"llmos.events.service.{service}.>", cb=on_event)
-    proc = subprocess.Popen(  # noqa: ASYNC220 - starting a child does not block the loop
-        [sys.executable, "-m", SERVICE_MODULES[service]],
-        cwd=ROOT,
-        env=service_env,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_process(
+        service, [sys.executable, "-m", SERVICE_MODULES[service]], service_env, tmp_path
     )
     try:
         started = await _next_event(events, Phase.PHASE_STARTED)
         instance = started.service_lifecycle.instance
         assert instance.service == service
-        assert instance.pid == proc.pid
+        assert instance.pid == process.pid
         address = instance.address
 
         assert await check_health(address) == (SERVING, "")
@@ -69,20 +66,17 @@ async def test_service_lifecycle(
         registered = await ServiceRegistry(redis_client, ttl_s=5).live_instances()
         assert instance.instance_id in {i.instance_id for i in registered}
 
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 30) == 0
+        process.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.proc.wait, 30) == 0
         stopped = await _next_event(events, Phase.PHASE_STOPPED)
         assert stopped.service_lifecycle.instance.instance_id == instance.instance_id
         assert stopped.service_lifecycle.reason == "SIGTERM"
         assert (await check_health(address, timeout_s=1))[0] == UNREACHABLE
         registered = await ServiceRegistry(redis_client, ttl_s=5).live_instances()
         assert instance.instance_id not in {i.instance_id for i in registered}
-        assert proc.stderr is not None
-        errors = proc.stderr.read()
-        assert "Traceback" not in errors, errors[errors.index("Traceback") - 500 :][:4000]
+        said = process.log_path.read_text()
+        assert "Traceback" not in said, said[said.index("Traceback") - 500 :][:4000]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        process.stop()
         await nc.close()
         await redis_client.aclose()

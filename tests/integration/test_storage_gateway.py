@@ -19,7 +19,7 @@ import pytest
 from llmos.v1 import admin_pb2, admin_pb2_grpc, storage_pb2, storage_pb2_grpc
 from tests.conftest import ROOT
 from tests.integration.conftest import gateway_env
-from tests.integration.test_storage import StorageProcess, start_storage
+from tests.integration.storage_client import StorageProcess, start_storage
 from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
 from tools.devstack.infra import NatsServer, RedisServer
 

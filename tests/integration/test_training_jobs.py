@@ -3,227 +3,42 @@ whole or not at all (spanning two trainers under torchrun); a reservation is hon
 higher-priority job preempts a lower one, which checkpoints, is requeued and resumes; and
 kill -9 of a trainer or of the scheduler loses no job. Real scheduler and trainer
 processes (each offering 2 process slots) on real NATS and Redis, driven through the
-scheduler's API."""
+scheduler's API (the cluster: `tests/integration/training_cluster.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
-import nats.errors
 import pytest
-from google.protobuf.struct_pb2 import Struct
-from nats.js.api import DeliverPolicy
 
-from llmos import subjects
-from llmos.ports import free_port
-from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2
-from tests.conftest import ROOT
-from tests.integration.conftest import AuditTap, gateway_env
-from tests.integration.test_storage import StorageProcess, requests, start_storage
-from tools.devstack.infra import NatsServer, RedisServer
+from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2
+from tests.integration.conftest import AuditTap
+from tests.integration.storage_client import requests
+from tests.integration.training_cluster import (
+    RESERVED_TENANT,
+    TEXT,
+    Cluster,
+    cancel_all,
+    checkpointed,
+    cluster,
+    get,
+    job_events,
+    spec,
+    submit,
+    trainers_alive,
+    wait_for,
+    wait_state,
+)
+from tools.devstack.infra import NatsServer
 
 S = common_pb2.JobState
-TEXT = (ROOT / "README.md").read_text()
-RESERVED_TENANT = "lab-r"  # 1 trainer slot is reserved for it
-
-
-@dataclass
-class Cluster:
-    env: dict[str, str]
-    logs: Path
-    address: str
-    scheduler: subprocess.Popen[bytes]
-    trainers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    storage: StorageProcess = field(init=False)
-
-    def spawn(self, module: str, **extra: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{module}-{time.monotonic_ns()}.log").open("wb")
-        return subprocess.Popen(
-            [sys.executable, "-m", module],
-            cwd=ROOT,
-            env={**self.env, **extra},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def start_scheduler(self) -> None:
-        self.scheduler = self.spawn("services.scheduler", LLMOS_LISTEN_ADDR=self.address)
-
-    def start_trainer(self) -> subprocess.Popen[bytes]:
-        """A trainer with a checkpoint directory of its own: a job resumed elsewhere gets
-        its checkpoint from storage, as across machines."""
-        trainer = self.spawn(
-            "services.trainer",
-            LLMOS_LISTEN_ADDR="127.0.0.1:0",
-            LLMOS_CHECKPOINT_DIR=str(self.logs.parent / f"checkpoints-{len(self.trainers)}"),
-        )
-        self.trainers.append(trainer)
-        return trainer
-
-    def stub(self) -> scheduler_pb2_grpc.SchedulerStub:
-        return scheduler_pb2_grpc.SchedulerStub(grpc.insecure_channel(self.address))
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except grpc.RpcError:
-            value = None  # the scheduler is restarting
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def trainers_alive(stub: scheduler_pb2_grpc.SchedulerStub) -> list[scheduler_pb2.WorkerStatus]:
-    status = stub.GetClusterStatus(scheduler_pb2.GetClusterStatusRequest(), timeout=5)
-    return [w for w in status.workers if w.instance.service == "trainer"]
-
-
-@pytest.fixture(scope="module")
-def cluster(
-    nats_server: NatsServer, own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    data_dir = tmp_path_factory.mktemp("training")
-    env = {
-        **gateway_env(nats_server, own_redis),
-        "LLMOS_DATA_DIR": str(data_dir / "data"),
-        "LLMOS_TRAINER_PROCESSES": "2",
-        "LLMOS_TRAINER_STOP_GRACE_S": "20",
-        "LLMOS_WORKER_WARMUP_S": "0",
-        "LLMOS_JOB_RESERVATIONS": f"tenant:{RESERVED_TENANT}=1",
-    }
-    logs = data_dir / "logs"
-    logs.mkdir()
-    cluster = Cluster(env, logs, f"127.0.0.1:{free_port()}", None)  # type: ignore[arg-type]
-    cluster.start_scheduler()
-    cluster.storage = start_storage(env, data_dir / "store")
-    try:
-        cluster.start_trainer()
-        cluster.start_trainer()
-        stub = cluster.stub()
-        wait_for("two trainers", lambda: len(trainers_alive(stub)) == 2)
-        yield cluster
-    finally:
-        for proc in (*cluster.trainers, cluster.scheduler):  # trainers report first
-            proc.terminate()
-        for proc in (*cluster.trainers, cluster.scheduler):
-            try:
-                proc.wait(40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        cluster.storage.stop()
-
-
-def spec(
-    steps: int,
-    processes: int = 1,
-    priority: int = common_pb2.PRIORITY_NORMAL,
-    checkpoint_every: int = 10,
-    **config: Any,
-) -> scheduler_pb2.JobSpec:
-    settings = Struct()
-    settings.update(
-        {"steps": steps, "batch_size": 2, "seq_len": 32, "checkpoint_every": checkpoint_every,
-         "eval_every": 20, "warmup_steps": 0, "text": TEXT, **config}
-    )  # fmt: skip
-    return scheduler_pb2.JobSpec(
-        name="test-job",
-        kind="training",
-        priority=priority,  # type: ignore[arg-type]
-        resources=common_pb2.Resources(
-            cpu_millicores=1000, memory_bytes=256 << 20, processes=processes
-        ),
-        config=settings,
-    )
-
-
-def submit(
-    stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, job_spec: scheduler_pb2.JobSpec
-) -> str:
-    request = scheduler_pb2.SubmitJobRequest(tenant=tenant, owner="tester", spec=job_spec)
-    return str(stub.SubmitJob(request, timeout=10).job_id)
-
-
-def get(stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, job_id: str) -> scheduler_pb2.Job:
-    job: scheduler_pb2.Job = stub.GetJob(
-        scheduler_pb2.GetJobRequest(tenant=tenant, job_id=job_id), timeout=5
-    )
-    return job
-
-
-def wait_state(
-    stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, job_id: str, *states: int,
-    timeout: float = 90,
-) -> scheduler_pb2.Job:  # fmt: skip
-    names = "/".join(S.Name(s) for s in states)
-    job: scheduler_pb2.Job = wait_for(
-        f"{job_id} to be {names}",
-        lambda: (now := get(stub, tenant, job_id)).state in states and now,
-        timeout,
-    )
-    return job
-
-
-def cancel_all(stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, ids: list[str]) -> None:
-    for job_id in ids:
-        if get(stub, tenant, job_id).state not in (
-            S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED
-        ):  # fmt: skip
-            stub.CancelJob(scheduler_pb2.CancelJobRequest(tenant=tenant, job_id=job_id))
-    # the trainers have let go of their slots
-    wait_for(
-        "trainers to stop the cancelled jobs",
-        lambda: (
-            not any(
-                running.partition("@")[0] in ids
-                for w in trainers_alive(stub)
-                for running in w.running_jobs
-            )
-        ),
-        timeout=60,
-    )
-
-
-def checkpointed(
-    stub: scheduler_pb2_grpc.SchedulerStub, tenant: str, job_id: str, step: int
-) -> bool:
-    return get(stub, tenant, job_id).checkpoint_step >= step
-
-
-async def job_events(nats_url: str, job_id: str) -> list[events_pb2.Event]:
-    """Every event JetStream kept for the job, in order."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        subscription = await js.subscribe(
-            subjects.job_event(job_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
-        found: list[events_pb2.Event] = []
-        while True:
-            try:
-                msg = await subscription.next_msg(timeout=2)
-            except nats.errors.TimeoutError:
-                return found
-            found.append(events_pb2.Event.FromString(msg.data))
-    finally:
-        await nc.close()
+USES = (cluster,)  # the module's fixture, imported for pytest to find
 
 
 async def test_a_job_runs_to_success_with_every_transition_and_its_progress_published(
@@ -483,14 +298,13 @@ def test_a_trainer_killed_mid_job_loses_no_work(cluster: Cluster) -> None:
         if any(w.instance.pid == p.pid and w.instance.instance_id == victim_id
                for w in trainers_alive(stub))
     )  # fmt: skip
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait(10)
+    victim.kill()
     cluster.trainers.remove(victim)
     try:
         _resumes_elsewhere(cluster, stub, job_id, victim_id)
     finally:
         cluster.start_trainer()  # back to two trainers for the next test
-        wait_for("two trainers", lambda: len(trainers_alive(stub)) == 2)
+        cluster.wait_for_trainers(2)
 
 
 def _resumes_elsewhere(
@@ -515,7 +329,7 @@ def _resumes_elsewhere(
     assert sum(len(c.data) for c in checkpoint) > 0
     restored = [
         line
-        for log in cluster.logs.glob("services.trainer-*.log")
+        for log in cluster.logs.glob("trainer-*.log")
         for line in log.read_text().splitlines()
         if "checkpoint restored from storage" in line and job_id in line
     ]
@@ -533,8 +347,7 @@ def test_a_scheduler_killed_mid_load_loses_no_job(cluster: Cluster) -> None:
         "some jobs to run",
         lambda: sum(get(stub, t, j).state == S.JOB_STATE_RUNNING for t, j in submitted) >= 2,
     )
-    os.kill(cluster.scheduler.pid, signal.SIGKILL)
-    cluster.scheduler.wait(10)
+    cluster.scheduler.kill()
     time.sleep(2)  # jobs keep training and finishing while no scheduler runs
     cluster.start_scheduler()
     stub = cluster.stub()

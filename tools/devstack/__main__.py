@@ -10,13 +10,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 from llmos.log import configure_logging
-from tools.devstack.infra import InfraError
+from tools.devstack.infra import InfraError, exit_with_parent
 from tools.devstack.process import format_ready_line
 from tools.devstack.stack import DevStack, StackError, StackOptions
 
@@ -39,11 +40,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="plaintext gateway (default: TLS with a generated local CA under <data dir>/tls)",
     )
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds")
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop everything when the parent process dies (`make run` uses it: make does "
+        "not pass SIGTERM on to the command it runs)",
+    )
     return parser.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> int:
     """Start, print the ready line, supervise until a signal, stop."""
+    if args.exit_with_parent:
+        exit_with_parent(args.parent)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -86,8 +95,11 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    parent = os.getppid()  # before anything else: the parent to exit with
     configure_logging("devstack", "info", "text")
-    return asyncio.run(run(parse_args(argv)))
+    args = parse_args(argv)
+    args.parent = parent
+    return asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Used by the dev launcher and by the test fixtures alike.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -27,14 +28,17 @@ class InfraError(RuntimeError):
     """A server did not start or stop as it should."""
 
 
-def _set_parent_death_signal() -> None:
-    """Make the child get SIGTERM if the launcher dies, so nothing is orphaned (Linux)."""
+def exit_with_parent(parent: int | None = None) -> None:
+    """Get SIGTERM when the parent process dies, so nothing is orphaned (Linux); and at
+    once if `parent` (the pid it should have) is already gone."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if parent is not None and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def spawn(
@@ -50,7 +54,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_set_parent_death_signal,
+            preexec_fn=functools.partial(exit_with_parent, os.getpid()),
         )
 
 

@@ -1,16 +1,15 @@
-"""The launcher as a child process, for tests and benchmarks: start it, wait for the
+"""The launcher as a child process, for tests, benchmarks and the demo: start it (as
+`python -m tools.devstack`, or through `make run` exactly as a user does), wait for the
 ready line, read its fields, stop it. The ready line is the contract scripts rely on."""
 
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
+
+from tools.harness import ROOT, Process, start_process
 
 READY_PREFIX = "LLM OS ready "
 
@@ -28,58 +27,67 @@ def parse_ready_line(line: str) -> dict[str, str]:
 
 
 class StackProcess:
-    """`python -m tools.devstack` in a child process, with its output collected."""
+    """The whole stack in a child process (the launcher, or `make run` around it), with
+    its output in a log file beside the data directory."""
 
     def __init__(
-        self, data_dir: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        via_make: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.env = {**os.environ, **(env or {})}
-        self.cwd = cwd
-        self.output: list[str] = []
+        self.cwd = cwd or ROOT
+        self.via_make = via_make
         self.fields: dict[str, str] = {}
-        self.proc: subprocess.Popen[str] | None = None
+        self.process: Process | None = None
+
+    @property
+    def output(self) -> list[str]:
+        """What the launcher printed so far, line by line."""
+        if self.process is None:
+            return []
+        try:
+            return self.process.log_path.read_text(errors="replace").splitlines(keepends=True)
+        except OSError:
+            return []
+
+    def _ready_line(self) -> str:
+        return next((line for line in self.output if line.startswith(READY_PREFIX)), "")
+
+    def command(self) -> list[str]:
+        """How the stack is started: the launcher on free ports (through make if asked)."""
+        ports = ["--gateway-port", "0", "--auth-port", "0"]
+        if self.via_make:
+            return ["make", "--no-print-directory", "-C", str(self.cwd), "run",
+                    f"DATA_DIR={self.data_dir}", f"RUN_ARGS={' '.join(ports)}"]  # fmt: skip
+        return [sys.executable, "-m", "tools.devstack", "--data-dir", str(self.data_dir), *ports]
 
     def start(self, timeout_s: float = 240.0) -> dict[str, str]:
         """Start the stack and return the ready line's fields once every service serves."""
-        args = ["--data-dir", str(self.data_dir), "--gateway-port", "0"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.devstack", *args],
-            cwd=self.cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        proc = self.proc
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.process = start_process("launcher", self.command(), self.env, self.data_dir.parent)
+        self.process.wait_ready(self._ready_line, timeout_s)
+        self.fields = parse_ready_line(self._ready_line().strip())
+        return self.fields
 
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                self.output.append(line)
-                lines.put(line)
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
-            except queue.Empty:
-                self.stop()
-                raise TimeoutError(
-                    f"no ready line after {timeout_s:g}s:\n{''.join(self.output)}"
-                ) from None
-            if line.startswith(READY_PREFIX):
-                self.fields = parse_ready_line(line.strip())
-                return self.fields
-            if proc.poll() is not None and lines.empty():
-                raise RuntimeError(f"the launcher exited early:\n{''.join(self.output)}")
+    def terminate(self, timeout_s: float = 120.0) -> int:
+        """SIGTERM to the launcher (or to make) alone, as a user's `kill` would send it,
+        and its exit code; unlike `stop`, nothing else is ended on its behalf."""
+        assert self.process is not None
+        self.process.signal(signal.SIGTERM)
+        return self.process.proc.wait(timeout_s)
 
     def stop(self, timeout_s: float = 120.0) -> int:
         """SIGTERM the launcher (it stops everything) and return its exit code."""
-        if self.proc is None:
+        if self.process is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
+        code = self.process.stop(timeout_s)
+        return 0 if code is None else code
