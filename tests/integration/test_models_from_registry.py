@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from llmos.cli.transfer import file_digest
 from llmos.health import SERVING, check_health
 from llmos.model.names import DEFAULT_MODEL
 from llmos.modelstore import ModelStore
@@ -21,7 +22,6 @@ from llmos.registry import ServiceRegistry
 from llmos.v1 import storage_pb2
 from tests.conftest import ROOT
 from tests.integration.test_storage import start_storage
-from tools.cli.storage_commands import file_digest
 from tools.devstack.infra import RedisServer
 
 

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     def llmos(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         print("$ llmos " + " ".join(command), flush=True)
         done = subprocess.run(
-            [sys.executable, "-m", "tools.cli.main", *command],
+            [sys.executable, "-m", "llmos.cli", *command],
             cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, check=False,
         )  # fmt: skip
         print(done.stdout, end="", flush=True)
