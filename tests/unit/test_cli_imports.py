@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import typer
 
-from llmos.cli.main import app, main
+from llmos.cli.app import app
+from llmos.cli.main import main
 from tests.conftest import ROOT
 
 SERVER_PACKAGES = ("gateway", "services", "tools")
@@ -21,7 +22,7 @@ SERVER_PACKAGES = ("gateway", "services", "tools")
 def test_the_cli_imports_nothing_from_gateway_services_or_tools() -> None:
     probe = (
         "import json, sys\n"
-        "import llmos.cli.main\n"
+        "import llmos.cli.main, llmos.cli.app\n"
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {SERVER_PACKAGES})))"
     )
     result = subprocess.run(
