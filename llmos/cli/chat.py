@@ -165,8 +165,11 @@ def chat(
             try:
                 transcript.answered(_turn(stub, request, conn.timeout, quiet))
             except (grpc.RpcError, KeyboardInterrupt) as exc:
-                transcript.withdraw()
+                transcript.withdraw()  # the question goes too: ask again, or something else
                 if not interactive:
                     raise
                 explained = explain(exc, conn.address)
-                print(f"\nllmos: {explained.sentence if explained else exc}", file=sys.stderr)
+                if isinstance(exc, KeyboardInterrupt):
+                    print("\n(answer stopped)", file=sys.stderr)
+                elif explained is not None:
+                    print(f"llmos: {explained.sentence}", file=sys.stderr)
