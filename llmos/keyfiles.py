@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 
 def ensure_secret(path: Path, nbytes: int = 32) -> str:
@@ -30,3 +33,19 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def new_private_file(path: Path) -> Iterator[TextIO]:
+    """A file that must not exist yet (FileExistsError if it does), only its owner can
+    read; removed again if the block fails, so a half-written secret never stays behind.
+
+    Creating it before the secret exists lets a caller refuse early, before asking a
+    server for a secret it could then only lose."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            yield handle
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise

@@ -16,6 +16,10 @@ from typing import Any
 
 TIMEOUT_S = 30.0
 
+#: The `llmos` command line's public client: carries people's logins (password + TOTP,
+#: refresh tokens) and cannot use client_credentials. The gateway creates it at bootstrap.
+CLI_CLIENT_ID = "llmos-cli"
+
 
 class OAuthError(Exception):
     """The authorization server refused; `error` is the OAuth error code."""
@@ -112,6 +116,12 @@ class Issuer:
 
     def introspect(self, token: str, basic: tuple[str, str]) -> dict[str, Any]:
         return self.post("introspection_endpoint", {"token": token}, basic=basic)
+
+
+def credentials_json(issuer: str, client_id: str, client_secret: str) -> str:
+    """A credentials file's content: what `read_client_credentials` reads back."""
+    document = {"issuer": issuer, "client_id": client_id, "client_secret": client_secret}
+    return json.dumps(document, indent=2) + "\n"
 
 
 def read_client_credentials(path: Path) -> tuple[Issuer, str, str]:

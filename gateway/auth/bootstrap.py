@@ -8,9 +8,7 @@ from pathlib import Path
 from gateway.auth.identities import IdentityStore, Limits
 from gateway.auth.scopes import SCOPES, SYSTEM_TENANT
 from llmos.keyfiles import write_private
-
-#: The CLI's public client: carries people's logins, cannot use client_credentials.
-CLI_CLIENT_ID = "llmos-cli"
+from llmos.oauthclient import CLI_CLIENT_ID
 
 
 def credentials_path(data_dir: Path) -> Path:

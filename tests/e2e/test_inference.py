@@ -274,7 +274,7 @@ def test_a_registered_version_is_deployed_and_answers_without_a_restart(
         assert answer.returncode == 0, answer.stderr
         assert answer.stdout.strip()
         listed = stack.cli("models", "versions", "my-tune")
-        assert listed.stdout.startswith("my-tune@1\tproduction")
+        assert listed.stdout.splitlines()[1].split()[:2] == ["my-tune@1", "production"]
         refused = stack.cli("models", "deploy", "my-tune", "7")
         assert refused.returncode != 0 and "NOT_FOUND" in refused.stderr
         assert processes() == before  # the same processes serve on: nothing restarted

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from llmos.cli.transfer import file_digest
 from llmos.model.names import DEFAULT_MODEL
 from llmos.modelstore import ModelStore
 from llmos.registry import ServiceRegistry
 from llmos.v1 import storage_pb2
 from tests.integration.storage_client import start_storage
-from tools.cli.storage_commands import file_digest
 from tools.devstack.infra import RedisServer
 from tools.harness import start_service
 

@@ -63,7 +63,7 @@ def credentials(gateway: GatewayProcess, tmp: Path, tenant: str, scopes: list[st
 
 def llmos(gateway: GatewayProcess, creds: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tools.cli.main", "--gateway", gateway.address,
+        [sys.executable, "-m", "llmos.cli", "--gateway", gateway.address,
          "--credentials", str(creds), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -83,7 +83,7 @@ def test_a_tenant_uploads_describes_and_deletes_a_dataset_with_the_cli(
     assert dataset["records"] == "300000" and dataset["tenant"] == "lab-s"
     assert dataset["sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
     listed = llmos(gateway, creds, "datasets", "list")
-    assert listed.stdout.startswith("corpus\t") and listed.returncode == 0
+    assert listed.stdout.splitlines()[1].split()[0] == "corpus" and listed.returncode == 0
     other = credentials(gateway, tmp_path, "lab-other", ["datasets"])
     theirs = llmos(gateway, other, "datasets", "describe", "corpus")
     assert theirs.returncode != 0 and "NOT_FOUND: dataset 'corpus' does not exist" in theirs.stderr
@@ -118,7 +118,7 @@ def test_models_are_registered_from_a_folder_aliased_and_exported(
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / "out" / name).read_bytes() == (folder / name).read_bytes()
     versions = llmos(gateway, creds, "models", "versions", "tiny")
-    assert [line.split("\t")[0] for line in versions.stdout.splitlines()] == ["tiny@1", "tiny@2"]
+    assert [line.split()[0] for line in versions.stdout.splitlines()[1:]] == ["tiny@1", "tiny@2"]
 
 
 def test_scopes_and_system_only_operations_are_enforced(

@@ -63,7 +63,7 @@ def _demo(data_dir: Path, text: Path, steps: int) -> int:
     def llmos(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         print("$ llmos " + " ".join(command), flush=True)
         done = subprocess.run(
-            [sys.executable, "-m", "tools.cli.main", *command],
+            [sys.executable, "-m", "llmos.cli", *command],
             cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, check=False,
         )  # fmt: skip
         print(done.stdout, end="", flush=True)

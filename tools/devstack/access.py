@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 
+from llmos.channels import tls_channel as tls_channel  # one copy, shared with the CLI
 from llmos.oauthclient import Issuer, read_client_credentials
 
 
@@ -20,14 +21,6 @@ def admin_token(fields: dict[str, str], scope: str = "") -> str:
     """An access token for the bootstrap admin client (client credentials grant)."""
     _, client_id, secret = read_client_credentials(Path(fields["credentials"]))
     return str(stack_issuer(fields).client_credentials(client_id, secret, scope)["access_token"])
-
-
-def tls_channel(address: str, ca: Path, token: str) -> grpc.Channel:
-    """A TLS channel trusting `ca` that sends `token` as a bearer token with every call."""
-    credentials = grpc.composite_channel_credentials(
-        grpc.ssl_channel_credentials(ca.read_bytes()), grpc.access_token_call_credentials(token)
-    )
-    return grpc.secure_channel(address, credentials)
 
 
 def gateway_channel(fields: dict[str, str], token: str) -> grpc.Channel:

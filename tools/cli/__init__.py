@@ -1,1 +1,0 @@
-"""`llmos`, the command-line client of LLM OS."""
