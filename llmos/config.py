@@ -386,4 +386,10 @@ CLI_VARIABLES: tuple[Variable, ...] = (
         doc="where `llmos login` keeps the session",
         service="CLI",
     ),
+    Variable(
+        "LLMOS_DEBUG",
+        default="off",
+        doc="`1`: a failure prints its Python traceback after the one-line error",
+        service="CLI",
+    ),
 )
