@@ -8,8 +8,11 @@ import re
 import stat
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import RunningStack
 
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
 USAGE = re.compile(r"(\d+) prompt \+ (\d+) completion tokens")
 SAMPLED = ("--temperature", "0.7", "--seed", "3", "--max-tokens", "4")  # never cached
 
