@@ -133,10 +133,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """End what the embedded Triton of a worker killed by a test left (the worker's next
-    start would have); only directories whose worker is dead are touched."""
+    """Nothing a test started outlives the run: processes whose fixture never got to stop
+    them (an interrupted run, a setup that timed out) are stopped here, and what the
+    embedded Triton of a killed worker left is ended (only directories whose worker is
+    dead are touched)."""
     from services.inference_worker.leftovers import sweep
 
+    for process in reversed(list(harness.RUNNING)):
+        process.stop(10)
     sweep(Path(tempfile.gettempdir()))
 
 

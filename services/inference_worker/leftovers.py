@@ -2,9 +2,10 @@
 
 Triton leaves things behind that its own shutdown does not remove: the Python-backend
 stubs (and the multiprocessing helpers they start) survive a Triton server that died —
-when the worker is killed with kill -9, for one — and ignore SIGTERM; and for every model
+when the worker is killed with kill -9, for one — and ignore SIGTERM; for every model
 loaded through its model-control API Triton copies the model into a `/tmp/folderXXXXXX`
-directory that it never deletes, even on a clean stop.
+directory, and its Python backend makes a `/tmp/python_env_XXXXXX` directory, neither
+of which it deletes, even on a clean stop (both ignore TMPDIR).
 
 So each worker's Triton lives in a directory of its own, `<tmp>/llmos-<id>/`, that the
 worker claims with an exclusive `flock` for as long as it lives (the kernel releases it
@@ -12,7 +13,9 @@ when the process dies, however it dies). It records there the model folders Trit
 made. `end()` kills, each by its id, every process running from the directory (and
 what those started), deletes the recorded folders and the directory. A worker ends its
 own at stop; at start it ends the directories whose owner died (`sweep`), which is how a
-restart after kill -9 leaves nothing behind.
+restart after kill -9 leaves nothing behind. (Nothing names the process that made a
+`python_env` directory: the one that appeared while this worker's Triton started its
+first model is taken to be its own.)
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ PREFIX = "llmos-"
 LOCK = "owner.lock"
 FOLDERS = "triton-folders"
 STUB = "triton_python_backend_stub"
+TRITON_TMP = Path("/tmp")  # where Triton makes its directories, whatever TMPDIR says
+PYTHON_ENVS = "python_env_*"
 
 
 class TritonFootprint:
@@ -41,6 +46,8 @@ class TritonFootprint:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._lock: int | None = None
+        #: Triton's python_env directories before this worker's Triton started
+        self._envs_before: set[Path] | None = set(TRITON_TMP.glob(PYTHON_ENVS))
 
     @classmethod
     def create(cls, instance_id: str, root: Path | None = None) -> TritonFootprint:
@@ -80,8 +87,12 @@ class TritonFootprint:
         return [*roots, *(child for pid in roots for child in processes.descendants(pid))]
 
     def note_model_folders(self) -> None:
-        """Record the temporary model folders Triton made for the stubs running now."""
+        """Record the temporary model folders Triton made for the stubs running now (and,
+        the first time, the python_env directory its Python backend made)."""
         folders = set(self._recorded())
+        if self._envs_before is not None:
+            folders |= {str(p) for p in set(TRITON_TMP.glob(PYTHON_ENVS)) - self._envs_before}
+            self._envs_before = None
         for pid in self._processes():
             argv = processes.cmdline(pid)
             if len(argv) > 1 and argv[0].endswith(STUB):
@@ -116,6 +127,7 @@ def sweep(root: Path) -> int:
         if not (directory / LOCK).is_file():
             continue
         footprint = TritonFootprint(directory)
+        footprint._envs_before = None  # a dead worker's: only what it recorded is its own
         if footprint.claim():  # its owner is gone
             count = footprint.end()
             killed += count

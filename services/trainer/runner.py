@@ -209,11 +209,17 @@ class JobRunner:
             await self._finish(attempt, EXIT_STOPPED)
             return
         log_file = (attempt.directory / "program.log").open("ab")
+        scratch = attempt.directory / "tmp"  # torchrun's and the program's temporary files
+        scratch.mkdir(exist_ok=True)
         try:
             attempt.process = await asyncio.create_subprocess_exec(
                 *self._command(attempt, nodes, rendezvous),
                 cwd=ROOT,
-                env={**environment_without_llmos(), "OMP_NUM_THREADS": str(threads)},
+                env={
+                    **environment_without_llmos(),
+                    "OMP_NUM_THREADS": str(threads),
+                    "TMPDIR": str(scratch),  # removed with the attempt's directory
+                },
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 start_new_session=True,  # its own process group: torchrun and its ranks
