@@ -110,12 +110,13 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Pa
 
 
 @pytest.fixture(autouse=True)
-def _stop_what_the_test_started() -> Iterator[None]:
-    """A process a test started (and killed, or forgot) is stopped when the test ends,
-    with what it left behind; module and session fixtures stop their own."""
+def _end_what_crashed_processes_left() -> Iterator[None]:
+    """A process a test started and that exited during it (killed, crashed) has what it
+    left in its process group ended when the test ends. Live ones may belong to a module
+    fixture (a restarted scheduler): their owner stops them, or the session does."""
     before = set(map(id, harness.RUNNING))
     yield
-    for process in [p for p in harness.RUNNING if id(p) not in before]:
+    for process in [p for p in harness.RUNNING if id(p) not in before and not p.alive()]:
         process.stop()
 
 

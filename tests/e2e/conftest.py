@@ -106,7 +106,7 @@ def shared_stack(
         yield running
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def stack(shared_stack: RunningStack) -> RunningStack:
     """The stack a test runs against (modules that disturb it override this)."""
     return shared_stack
