@@ -329,10 +329,3 @@ async def _drain(nc: NATS) -> None:
     """Flush pending publishes and close the NATS connection."""
     with contextlib.suppress(Exception):
         await nc.drain()
-
-
-async def no_api(
-    ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack
-) -> Sequence[str]:
-    """Attach nothing beyond health and reflection (for a service whose API comes later)."""
-    return ()
