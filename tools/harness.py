@@ -246,24 +246,25 @@ def start_service(
     )
 
 
+Server = TypeVar("Server", bound=infra.ManagedServer)
+
+
 @contextlib.contextmanager
-def nats_server(data_dir: Path) -> Iterator[infra.NatsServer]:
+def _running(server: Server) -> Iterator[Server]:
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def nats_server(data_dir: Path) -> contextlib.AbstractContextManager[infra.NatsServer]:
     """A real nats-server with JetStream on a free port, stopped on exit."""
-    server = infra.start_nats(data_dir)
-    try:
-        yield server
-    finally:
-        server.stop()
+    return _running(infra.start_nats(data_dir))
 
 
-@contextlib.contextmanager
-def redis_server(data_dir: Path) -> Iterator[infra.RedisServer]:
+def redis_server(data_dir: Path) -> contextlib.AbstractContextManager[infra.RedisServer]:
     """A real redis-server (password protected) on a free port, stopped on exit."""
-    server = infra.start_redis(data_dir)
-    try:
-        yield server
-    finally:
-        server.stop()
+    return _running(infra.start_redis(data_dir))
 
 
 def python_env(**extra: str) -> dict[str, str]:
