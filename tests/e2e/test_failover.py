@@ -50,6 +50,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Itera
         via_make=True,
         LLMOS_MAX_INFLIGHT="2",
         LLMOS_HEARTBEAT_S="0.5",
+        # a replacement worker may take longer than the default 30 s to start on a busy
+        # machine; work for its model must wait for it, not expire (tested in unit tests)
+        LLMOS_UNSERVED_TIMEOUT_S="180",
     ) as running:
         yield running
 
