@@ -61,9 +61,11 @@ protos:
 docs: setup
 	$(PY) -m tools.envdoc
 
-lint check: setup
+lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+check: lint
 	$(VENV)/bin/mypy
 
 format: setup
@@ -73,9 +75,7 @@ format: setup
 # Every test on both cores (pytest-xdist: a work unit per module or per shared stack, see
 # tests/conftest.py), with mypy checking meanwhile: the suite leaves a core partly idle
 # while it waits on processes, and mypy's minute fits there. Either failing fails the run.
-test: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+test: lint
 	@mkdir -p .mypy_cache
 	@$(VENV)/bin/mypy > .mypy_cache/make-test.txt 2>&1 & types=$$!; \
 	$(VENV)/bin/pytest -n 2 --dist loadgroup; tests=$$?; \

@@ -30,6 +30,8 @@ from llmos.v1 import gateway_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2
 
 KEY = "llmos:deployments:"
 SEPARATOR = "--"
+#: a worker fetching a large version from the registry and loading it takes a while
+DEPLOY_TIMEOUT_S = 600.0
 
 
 def served_name(tenant: str, model: str, version: int) -> str:
@@ -119,6 +121,7 @@ class Deployer:
                 served_as=served, tenant=tenant, model=request.model, version=request.version
             ),
             context,
+            default_timeout_s=DEPLOY_TIMEOUT_S,
         )
         await self._storage.ask(
             "SetAlias",

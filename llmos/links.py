@@ -53,12 +53,15 @@ class ServiceLink:
             return Unavailable(f"the {self._service} service is not reachable right now; retry")
         return relayed_error(exc)
 
-    async def ask(self, method: str, request: Any, context: Any) -> Any:
-        """One unary (or client-streaming: pass an iterator) call."""
+    async def ask(
+        self, method: str, request: Any, context: Any, default_timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> Any:
+        """One unary (or client-streaming: pass an iterator) call, within the caller's
+        deadline (`default_timeout_s` if it set none)."""
         stub = await self.stub()
         try:
             return await getattr(stub, method)(
-                request, timeout=context.time_remaining() or DEFAULT_TIMEOUT_S
+                request, timeout=context.time_remaining() or default_timeout_s
             )
         except grpc.aio.AioRpcError as exc:
             raise await self.failed(exc) from None

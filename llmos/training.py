@@ -206,3 +206,9 @@ def check_memory(needed: int, reserved: int) -> None:
             f"state, activations) but reserves {reserved >> 20} MiB; reserve more or lower "
             "batch_size or seq_len",
         )
+
+
+def attempt_key(job_id: str, attempt: int) -> str:
+    """How a running attempt of a job is named between trainers (their heartbeats list
+    the attempts they run) and schedulers (whose leases read them)."""
+    return f"{job_id}@{attempt}"

@@ -26,7 +26,7 @@ ROOT = harness.ROOT
 
 #: work units that take longest, started first so that none is left alone at the end
 LONG_UNITS = (
-    "training",
+    "tests/integration/test_training_jobs.py",
     "stack",
     "tests/e2e/test_failover.py",
     "tests/integration/test_engine.py",

@@ -33,6 +33,7 @@ from typing import TypeVar
 
 import grpc
 
+from llmos.config import environment_without_llmos
 from llmos.health import SERVING, check_health
 from llmos.ports import free_port
 from llmos.processes import kill_group
@@ -172,15 +173,12 @@ class Process:
         self.stopped = True
         with contextlib.suppress(ValueError):
             RUNNING.remove(self)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        kill_group(self.pid)
-        return self.proc.returncode
+        code = infra.terminate(self.proc, grace_s)
+        # its group's leftovers; a pid reused by another process since (it was reaped
+        # long ago) cannot also name a group that still has members
+        if not Path(f"/proc/{self.pid}").exists():
+            kill_group(self.pid)
+        return code
 
 
 def start_process(
@@ -270,7 +268,7 @@ def redis_server(data_dir: Path) -> contextlib.AbstractContextManager[infra.Redi
 def python_env(**extra: str) -> dict[str, str]:
     """This environment without any LLMOS_* variable (a developer's own settings must
     not leak into a test), plus `extra`."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}, **extra}
+    return {**environment_without_llmos(), **extra}
 
 
 def failure_report() -> list[tuple[str, str]]:

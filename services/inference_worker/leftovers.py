@@ -13,9 +13,13 @@ when the process dies, however it dies). It records there the model folders Trit
 made. `end()` kills, each by its id, every process running from the directory (and
 what those started), deletes the recorded folders and the directory. A worker ends its
 own at stop; at start it ends the directories whose owner died (`sweep`), which is how a
-restart after kill -9 leaves nothing behind. (Nothing names the process that made a
-`python_env` directory: the one that appeared while this worker's Triton started its
-first model is taken to be its own.)
+restart after kill -9 leaves nothing behind. Nothing names the process that made a
+`python_env` directory (Triton's Python backend makes it as it serves its first model),
+so workers on one machine load their first model one at a time (an exclusive lock on the
+temporary directory) and the one that appeared meanwhile is that worker's.
+
+Only directories of this user are touched, and only Triton's own folders directly in the
+temporary directory are deleted: a directory planted there cannot steer the sweep.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from llmos import processes
+from llmos.errors import Unavailable
 
 log = logging.getLogger("llmos.triton")
 
@@ -46,8 +52,8 @@ class TritonFootprint:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._lock: int | None = None
-        #: Triton's python_env directories before this worker's Triton started
-        self._envs_before: set[Path] | None = set(TRITON_TMP.glob(PYTHON_ENVS))
+        self._starting: int | None = None  # the machine-wide start lock, while held
+        self._envs_before: set[Path] = set()
 
     @classmethod
     def create(cls, instance_id: str, root: Path | None = None) -> TritonFootprint:
@@ -56,7 +62,9 @@ class TritonFootprint:
         root = root or Path(tempfile.gettempdir())
         sweep(root)
         footprint = cls(root / f"{PREFIX}{instance_id.rsplit('-', 1)[-1]}")
-        footprint.claim()
+        footprint.directory.mkdir(mode=0o700)
+        if not footprint.claim():
+            raise Unavailable(f"{footprint.directory} is held by another process")
         return footprint
 
     @property
@@ -66,8 +74,8 @@ class TritonFootprint:
 
     def claim(self) -> bool:
         """Hold the directory's lock (False: a live process holds it)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+        fd = os.open(self.directory / LOCK, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -75,6 +83,22 @@ class TritonFootprint:
             return False
         self._lock = fd
         return True
+
+    def starting(self) -> None:
+        """Triton is about to serve its first model: wait for any other worker doing so
+        on this machine, and note Triton's python_env directories as they are."""
+        self._starting = os.open(TRITON_TMP, os.O_RDONLY)
+        fcntl.flock(self._starting, fcntl.LOCK_EX)
+        self._envs_before = set(TRITON_TMP.glob(PYTHON_ENVS))
+
+    def started(self) -> None:
+        """Triton serves its first model: the python_env directory that appeared
+        meanwhile is its own; other workers may go on."""
+        if self._starting is None:
+            return
+        self._record({str(p) for p in set(TRITON_TMP.glob(PYTHON_ENVS)) - self._envs_before})
+        os.close(self._starting)  # releases the lock
+        self._starting = None
 
     def _processes(self) -> list[int]:
         """Processes running a program from this directory, then what they started."""
@@ -87,28 +111,36 @@ class TritonFootprint:
         return [*roots, *(child for pid in roots for child in processes.descendants(pid))]
 
     def note_model_folders(self) -> None:
-        """Record the temporary model folders Triton made for the stubs running now (and,
-        the first time, the python_env directory its Python backend made)."""
-        folders = set(self._recorded())
-        if self._envs_before is not None:
-            folders |= {str(p) for p in set(TRITON_TMP.glob(PYTHON_ENVS)) - self._envs_before}
-            self._envs_before = None
+        """Record the temporary model folders Triton made for the stubs running now."""
+        found = set()
         for pid in self._processes():
             argv = processes.cmdline(pid)
             if len(argv) > 1 and argv[0].endswith(STUB):
                 model_py = Path(argv[1])  # /tmp/folderXXXXXX/<version>/model.py
-                if len(model_py.parts) > 3 and model_py.parents[1].name.startswith("folder"):
-                    folders.add(str(model_py.parents[1]))
-        (self.directory / FOLDERS).write_text("".join(f"{f}\n" for f in sorted(folders)))
+                if len(model_py.parts) > 3:
+                    found.add(str(model_py.parents[1]))
+        self._record(found)
+
+    def _record(self, paths: set[str]) -> None:
+        known = set(self._recorded())
+        if paths <= known:
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        with os.fdopen(os.open(self.directory / FOLDERS, flags, 0o600), "w") as file:
+            file.write("".join(f"{p}\n" for p in sorted(known | paths)))
 
     def _recorded(self) -> list[str]:
+        """What Triton made, as recorded: only its own kind of folder, directly in the
+        temporary directory (the record is in a directory others may have planted)."""
         with contextlib.suppress(OSError):
-            return (self.directory / FOLDERS).read_text().split()
+            listed = (self.directory / FOLDERS).read_text().split()
+            return [p for p in listed if _is_triton_folder(Path(p))]
         return []
 
     def end(self) -> int:
         """Kill what runs from the directory, delete Triton's folders and the directory;
         how many processes were killed."""
+        self.started()  # a start that never finished
         self.note_model_folders()
         killed = processes.kill_each(self._processes())
         for folder in self._recorded():
@@ -120,14 +152,28 @@ class TritonFootprint:
         return killed
 
 
+def _is_triton_folder(path: Path) -> bool:
+    return (
+        path.parent == TRITON_TMP
+        and (path.name.startswith("folder") or path.match(PYTHON_ENVS))
+        and not path.is_symlink()
+    )
+
+
 def sweep(root: Path) -> int:
-    """End the Triton directories under `root` whose worker is dead; processes killed."""
+    """End the Triton directories under `root` whose worker (of this user) is dead;
+    processes killed."""
     killed = 0
     for directory in sorted(root.glob(f"{PREFIX}*")):
+        try:
+            info = directory.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue  # not one a worker of this user made
         if not (directory / LOCK).is_file():
             continue
         footprint = TritonFootprint(directory)
-        footprint._envs_before = None  # a dead worker's: only what it recorded is its own
         if footprint.claim():  # its owner is gone
             count = footprint.end()
             killed += count

@@ -81,8 +81,15 @@ class EmbeddedTriton:
     def serve(self, served: ServedModel) -> None:
         """Bind a model's Triton models (loads them into the running server)."""
         assert self._triton is not None, "start() first"
-        for spec in bindings(served):
-            self._triton.bind(**spec, strict=False)
+        first = not self.served and not self._released
+        if first:  # Triton's Python backend starts with the first model (see leftovers)
+            self.footprint.starting()
+        try:
+            for spec in bindings(served):
+                self._triton.bind(**spec, strict=False)
+        finally:
+            if first:
+                self.footprint.started()
         self.served[served.name] = served
         self.footprint.note_model_folders()
 

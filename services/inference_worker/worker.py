@@ -23,6 +23,7 @@ from llmos.errors import (
     LLMOSError,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
 from llmos.generation import sampling_params_from_proto, sampling_params_to_dict
 from llmos.model.names import MODEL_NAME, has_model
@@ -37,6 +38,9 @@ from services.inference_worker.triton_host import EmbeddedTriton
 from services.inference_worker.triton_models import ServedModel
 
 log = logging.getLogger("llmos.worker")
+
+#: Triton unloads a decoupled model only once nothing is in flight on it
+UNLOAD_TIMEOUT_S = 60.0
 
 
 class InferenceWorker:
@@ -156,14 +160,20 @@ class InferenceWorker:
                 raise NotFound(f"model {model!r} is not loaded on this worker")
             for subscription in subscriptions:
                 await subscription.unsubscribe()
-            await self._advertise()
             for request_id, (served_model, _) in list(self._inflight.items()):
                 if served_model == model:
                     with contextlib.suppress(LLMOSError):
                         await self.client.cancel(model, request_id)
-            await self.client.unload(model)
+            try:  # never hold the worker's lock for ever on a Triton that does not answer
+                await asyncio.wait_for(self.client.unload(model), UNLOAD_TIMEOUT_S)
+            except TimeoutError:
+                raise Unavailable(
+                    f"Triton did not unload {model!r} within {UNLOAD_TIMEOUT_S:g}s; retry"
+                ) from None
             if self.host is not None:
                 await asyncio.to_thread(self.host.release, model)
+            # only now: announced earlier, the model would still read as loadable here
+            await self._advertise()
 
     async def close(self) -> None:
         """Take no new work, cancel what runs, and wait for it to end."""

@@ -103,6 +103,23 @@ class Lease:
     started: bool = False
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """A generation accepted: how many wait for its model (itself included, unless it was
+    dispatched at once), and what to do now."""
+
+    queued: int
+    actions: list[Action]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where a deployed version is (to be) served, and the load to carry out if any."""
+
+    worker: str
+    load: Load | None
+
+
 @dataclass
 class GenerationBoard:
     """Queues, slots, leases and model loads of every model this scheduler dispatches."""
@@ -112,7 +129,6 @@ class GenerationBoard:
     _queues: dict[str, FairShareQueue] = field(default_factory=dict)
     _pools: dict[str, SlotPool] = field(default_factory=dict)
     _leases: dict[str, Lease] = field(default_factory=dict)
-    _busy: Counter[str] = field(default_factory=Counter)  # worker -> generations leased
     _loading: set[str] = field(default_factory=set)
     _unserved_since: dict[str, float] = field(default_factory=dict)
 
@@ -141,15 +157,20 @@ class GenerationBoard:
 
     def submit(
         self, item: WorkItem, model: str, workers: Sequence[WorkerState], now: float
-    ) -> list[Action]:
+    ) -> Submitted:
         """A generation arrived. Raises (the caller answers with the error) if its tenant
         may not use its class, no worker can serve the model, or the queue is full."""
         check_class_allowed(self.options.tenant_classes, item.tenant, item.priority)
-        actions = self._ensure_served(model, workers, now)
+        load = self._load_needed(model, workers, now)
         queue = self._queue(model)
         if item.item_id not in self._leases and item.item_id not in queue:
             queue.push(item)  # a resubmission of what is already here is a no-op
-        return [*actions, *self._dispatch(workers)]
+        queued = len(queue)
+        actions: list[Action] = []
+        if load is not None:  # decided only once the work is in: a refusal loads nothing
+            self._loading.add(model)
+            actions.append(load)
+        return Submitted(queued, [*actions, *self._dispatch(workers)])
 
     def progress(
         self,
@@ -192,16 +213,25 @@ class GenerationBoard:
         return [] if lease is None else [Fail(lease.item.payload, refusal)]
 
     def deploy(
-        self, served: str, source: ModelSource, workers: Sequence[WorkerState]
-    ) -> Load | None:
-        """Serve a registry version as `served`: the least loaded live worker loads it
-        (None: a worker serves it already)."""
-        if any(served in w.loaded for w in workers):
-            return None
+        self, served: str, source: ModelSource, workers: Sequence[WorkerState], now: float
+    ) -> Deployment:
+        """Serve a registry version as `served`: the worker serving it already, else the
+        least loaded live worker, which loads it."""
+        serving = next((w.worker_id for w in workers if served in w.loaded), None)
+        if serving is not None:
+            return Deployment(serving, None)
+        if now - self.started_at < self.options.worker_warmup_s:
+            raise Unavailable(
+                "the scheduler has just started and not heard from every worker yet; retry "
+                "in a few seconds"
+            )
         if not workers:
             raise Unavailable("no inference worker is running to serve the model")
+        if served in self._loading:
+            raise Unavailable(f"{served!r} is being loaded already; retry when it is served")
+        worker = self._least_loaded(workers).worker_id
         self._loading.add(served)
-        return Load(served, self._least_loaded(workers).worker_id, source)
+        return Deployment(worker, Load(served, worker, source))
 
     def loaded(self, model: str, error: LLMOSError | None) -> list[Action]:
         """A load asked for finished; if it failed, the work waiting for it fails too."""
@@ -221,27 +251,31 @@ class GenerationBoard:
 
     # -- rules -------------------------------------------------------------------------
 
-    def _ensure_served(
+    def _load_needed(
         self, model: str, workers: Sequence[WorkerState], now: float
-    ) -> list[Action]:
+    ) -> Load | None:
         """NOT_FOUND unless some live worker has `model` loaded or can load it; in the
-        latter case the least loaded such worker is asked to load it (once at a time)."""
+        latter case the load of the least loaded such worker (once at a time)."""
         if any(model in w.loaded for w in workers) or model in self._loading:
-            return []
+            return None
         candidates = [w for w in workers if model in w.available]
         if not candidates:
             if now - self.started_at < self.options.worker_warmup_s:
-                return []  # not every worker has been heard from yet: queue it meanwhile
+                return None  # not every worker has been heard from yet: queue it meanwhile
             raise NotFound(f"model {model!r} is not available on any worker")
-        self._loading.add(model)
-        return [Load(model, self._least_loaded(candidates).worker_id)]
+        return Load(model, self._least_loaded(candidates).worker_id)
+
+    def _leased(self) -> Counter[str]:
+        """Generations leased to each worker."""
+        return Counter(lease.worker for lease in self._leases.values())
 
     def _least_loaded(self, workers: Iterable[WorkerState]) -> WorkerState:
         """The worker with the smallest share of its slots in use (then the fewest models)."""
+        leased = self._leased()
         return min(
             workers,
             key=lambda w: (
-                (self._busy[w.worker_id] + w.slots - w.free_slots) / max(w.slots, 1),
+                (leased[w.worker_id] + w.slots - w.free_slots) / max(w.slots, 1),
                 len(w.loaded),
                 w.worker_id,
             ),
@@ -266,6 +300,7 @@ class GenerationBoard:
     def _dispatch(self, workers: Sequence[WorkerState]) -> list[Action]:
         """Lease every queued generation that has a worker slot now."""
         actions: list[Action] = []
+        leased = self._leased()
         for model, queue in self._queues.items():
             if not len(queue):
                 continue
@@ -275,7 +310,7 @@ class GenerationBoard:
                     w.slots,
                     # after a restart the worker's own count is the better one until
                     # its running generations (leased by the previous run) finish
-                    busy=max(self._busy[w.worker_id], w.slots - w.free_slots),
+                    busy=max(leased[w.worker_id], w.slots - w.free_slots),
                     models=set(w.loaded),
                 )
                 for w in workers
@@ -290,8 +325,8 @@ class GenerationBoard:
                     queue.requeue_front(item)
                     break
                 chosen.busy += 1
+                leased[chosen.worker_id] += 1
                 self._leases[item.item_id] = Lease(item, model, chosen.worker_id)
-                self._busy[chosen.worker_id] += 1
                 actions.append(Send(item, chosen.worker_id))
         return actions
 
@@ -302,9 +337,6 @@ class GenerationBoard:
         if lease is None or (worker is not None and lease.worker != worker):
             return None
         del self._leases[request_id]
-        self._busy[lease.worker] -= 1
-        if self._busy[lease.worker] <= 0:
-            del self._busy[lease.worker]
         self._pools[lease.model].release(lease.item.tenant, lease.item.priority)
         return lease
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -55,17 +55,11 @@ TICK_S = 0.25
 class InferenceDispatcher:
     """Carries generations between the gateway, the rules and the workers."""
 
-    def __init__(
-        self,
-        ctx: ServiceContext,
-        workers: WorkerTable,
-        options: SchedulerOptions,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, ctx: ServiceContext, workers: WorkerTable, options: SchedulerOptions):
         self._ctx = ctx
         self._workers = workers
-        self._clock = clock
-        self.board = GenerationBoard(options, started_at=clock())
+        self._clock = time.monotonic  # the one the worker table is fed with
+        self.board = GenerationBoard(options, started_at=self._clock())
         self._subscriptions: list[Subscription] = []
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -118,8 +112,9 @@ class InferenceDispatcher:
                 enqueued_at=self._clock(),
                 payload=work,
             )
-            actions = self.board.submit(item, work.model, self._live(), self._clock())
-            reply.queued = self.board.queued(work.model)
+            submitted = self.board.submit(item, work.model, self._live(), self._clock())
+            reply.queued = submitted.queued
+            actions = submitted.actions
         except LLMOSError as exc:
             reply.error.CopyFrom(work_error(exc))
         await msg.respond(reply.SerializeToString())
@@ -152,12 +147,10 @@ class InferenceDispatcher:
 
     async def deploy(self, served: str, source: ModelSource) -> str:
         """Have a worker serve a registry version as `served`; the worker's instance id."""
-        live = self._live()
-        load = self.board.deploy(served, source, live)
-        if load is None:
-            return next(w.worker_id for w in live if served in w.loaded)
-        await self._load(load)
-        return load.worker
+        deployment = self.board.deploy(served, source, self._live(), self._clock())
+        if deployment.load is not None:
+            await self._load(deployment.load)
+        return deployment.worker
 
     # -- actions -------------------------------------------------------------------------
 
@@ -223,7 +216,7 @@ class InferenceDispatcher:
             request.registry_tenant = load.source.tenant
             request.registry_model = load.source.model
             request.registry_version = load.source.version
-        error: LLMOSError | None = None
+        error: LLMOSError | None = Unavailable(f"loading {load.model!r} was interrupted; retry")
         address = self._workers.address(load.worker)
         try:
             if not address:
@@ -233,12 +226,14 @@ class InferenceDispatcher:
                     request, timeout=LOAD_TIMEOUT_S
                 )
             self._workers.loaded(load.worker, described.loaded_models)
+            error = None
         except grpc.aio.AioRpcError as exc:
             error = relayed_error(exc)
         except LLMOSError as exc:
             error = exc
-        if error is not None:
-            log.warning("model load failed", extra={"model": load.model, "error": str(error)})
-        await self._carry_out(self.board.loaded(load.model, error))
+        finally:  # however it ends (a cancelled deployment too): the rules hear of it
+            if error is not None:
+                log.warning("model load failed", extra={"model": load.model, "error": str(error)})
+            self._spawn(self._carry_out(self.board.loaded(load.model, error)))
         if error is not None:
             raise error

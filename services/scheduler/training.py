@@ -200,8 +200,9 @@ class TrainingDispatcher:
     async def _apply(self, report: scheduler_pb2.JobReport) -> bool:
         """Apply a trainer's report; True if that attempt is no longer wanted."""
         job = await self._jobs.current(report.job_id)
-        if job is None or report_is_stale(job, report):
+        if report_is_stale(job, report):
             return True
+        assert job is not None  # a job that is gone makes its reports stale
         replaced = job.checkpoint_blob
         for step in report_steps(job, report):
             if isinstance(step, RecordProgress):

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from llmos.priority import PriorityClass
+from llmos.training import attempt_key
 from llmos.v1 import common_pb2, scheduler_pb2
 from services.scheduler.gang import GangRequest, Holding, TrainerPool, victims_for
 from services.scheduler.options import SchedulerOptions
@@ -127,7 +128,7 @@ class TrainingPlanner:
         """Why the job's lease lapsed, or "" while it holds."""
         if now - self.started_at < self.grace_s:
             return ""  # just started: trainers have not all been heard yet
-        key = f"{job.job_id}@{job.attempt}"
+        key = attempt_key(job.job_id, job.attempt)
         for placed in job.placement:
             status = trainers.get(placed.instance_id)
             if status is None:

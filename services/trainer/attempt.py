@@ -7,8 +7,9 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmos.training import attempt_key
 from llmos.v1 import scheduler_pb2
-from services.trainer.outcome import AttemptState, attempt_key
+from services.trainer.outcome import AttemptState
 
 
 @dataclass
@@ -24,7 +25,6 @@ class Attempt:
     result: str = ""  # the model version a successful job registered
     checkpoint_blob: str = ""  # the checkpoint in storage, and the step it holds
     stored_step: int = 0
-    reported: bool = False  # the final report was answered
 
     @property
     def key(self) -> str:

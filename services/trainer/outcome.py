@@ -31,11 +31,6 @@ AUDIT_OUTCOMES: dict[int, str] = {
 }
 
 
-def attempt_key(job_id: str, attempt: int) -> str:
-    """How a running attempt is named in heartbeats."""
-    return f"{job_id}@{attempt}"
-
-
 def model_name(job_name: str) -> str:
     """A registry name from a job's name (lowercase; other characters become -)."""
     name = re.sub(r"[^a-z0-9._-]+", "-", job_name.lower()).strip("-.") or "trained"

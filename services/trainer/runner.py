@@ -38,11 +38,12 @@ from llmos.config import environment_without_llmos
 from llmos.errors import LLMOSError
 from llmos.modelstore import ModelStore
 from llmos.ports import free_port
+from llmos.training import attempt_key
 from llmos.v1 import common_pb2, scheduler_pb2
 from services.trainer.artifacts import fetch_inputs, register_result
 from services.trainer.attempt import Attempt
 from services.trainer.checkpoints import CheckpointSync
-from services.trainer.outcome import EXIT_STOPPED, attempt_key, outcome
+from services.trainer.outcome import EXIT_STOPPED, outcome
 from services.trainer.reports import REPORT_TIMEOUT_S, Reporter
 
 log = logging.getLogger("llmos.trainer")
@@ -91,9 +92,6 @@ class JobRunner:
         return scheduler_pb2.WorkerStatus(
             slots=slots, free_slots=max(slots - used, 0), running_jobs=sorted(self._attempts)
         )
-
-    def running(self) -> list[str]:
-        return [a.job.job_id for a in self._attempts.values() if not a.reported]
 
     # -- assignments and control ---------------------------------------------------------
 
@@ -274,7 +272,6 @@ class JobRunner:
         await self._reporter.final(
             attempt.report(self._instance.instance_id, end.state, end.reason)
         )
-        attempt.reported = True
         self._attempts.pop(attempt.key, None)
         shutil.rmtree(attempt.directory, ignore_errors=True)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 from tests.conftest import ROOT
 from tools.devstack.access import admin_token, gateway_channel
 from tools.devstack.process import StackProcess
+from tools.harness import python_env
 
 LLMOS = str(Path(sys.executable).parent / "llmos")
 
@@ -53,11 +53,11 @@ class RunningStack:
     def cli_env(self, **extra: str) -> dict[str, str]:
         """Environment in which `llmos` finds this stack (gateway, CA, dev credentials)
         and no one's personal session."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-        env["LLMOS_DATA_DIR"] = str(self.data_dir)
-        env["LLMOS_SESSION"] = str(self.data_dir / "test-session.json")
-        env.update(extra)
-        return env
+        return python_env(
+            LLMOS_DATA_DIR=str(self.data_dir),
+            LLMOS_SESSION=str(self.data_dir / "test-session.json"),
+            **extra,
+        )
 
     def cli(self, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

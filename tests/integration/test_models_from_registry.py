@@ -5,6 +5,7 @@ directory downloads it from storage, byte for byte, and serves it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -24,7 +25,8 @@ async def test_a_worker_with_no_models_loads_the_default_model_from_the_registry
     service_env: dict[str, str], redis_server: RedisServer, model_folder: Path, tmp_path: Path
 ) -> None:
     storage = await asyncio.to_thread(start_storage, service_env, tmp_path / "store")
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(storage.stop)
         registry = ServiceRegistry(aioredis.Redis.from_url(redis_server.url), ttl_s=5)
         store = ModelStore(registry)
         version = await store.publish(DEFAULT_MODEL, model_folder, {"source": "test"})
@@ -44,13 +46,14 @@ async def test_a_worker_with_no_models_loads_the_default_model_from_the_registry
         assert seen.version == 1
 
         empty = tmp_path / "worker-models"
-        await asyncio.to_thread(
+        worker = await asyncio.to_thread(
             start_service,
             "services.inference_worker",
             {**service_env, "LLMOS_MODELS_DIR": str(empty)},
             tmp_path / "logs",
             timeout=240,
-        )  # stopped with whatever it started when the test ends
+        )
+        stack.callback(worker.stop)
         fetched = empty / DEFAULT_MODEL
         assert json.loads((fetched / "registry.json").read_text()) == {
             "model": DEFAULT_MODEL, "version": 1
@@ -58,5 +61,3 @@ async def test_a_worker_with_no_models_loads_the_default_model_from_the_registry
         for name, sha256 in registered.files.items():
             assert file_digest(fetched / name) == sha256 == file_digest(model_folder / name)
         assert not list(empty.glob(".partial-*"))
-    finally:
-        storage.stop()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -18,7 +19,7 @@ import grpc
 import pytest
 
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2
-from tests.integration.conftest import AuditTap
+from tests.integration.conftest import AuditTap, gateway_env
 from tests.integration.storage_client import requests
 from tests.integration.training_cluster import (
     RESERVED_TENANT,
@@ -26,19 +27,31 @@ from tests.integration.training_cluster import (
     Cluster,
     cancel_all,
     checkpointed,
-    cluster,
     get,
     job_events,
     spec,
+    start_cluster,
     submit,
     trainers_alive,
     wait_for,
     wait_state,
 )
-from tools.devstack.infra import NatsServer
+from tools.devstack.infra import NatsServer, RedisServer
 
 S = common_pb2.JobState
-USES = (cluster,)  # the module's fixture, imported for pytest to find
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    nats_server: NatsServer, own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    running = start_cluster(
+        gateway_env(nats_server, own_redis), tmp_path_factory.mktemp("training")
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 async def test_a_job_runs_to_success_with_every_transition_and_its_progress_published(

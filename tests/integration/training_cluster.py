@@ -5,7 +5,7 @@ submit a job, look at it, wait for a state, cancel and wait for the slots to fre
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,16 +13,13 @@ from typing import Any
 import grpc
 import nats
 import nats.errors
-import pytest
 from google.protobuf.struct_pb2 import Struct
 from nats.js.api import DeliverPolicy
 
 from llmos import subjects
 from llmos.ports import free_port
 from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc
-from tests.integration.conftest import gateway_env
 from tests.integration.storage_client import StorageProcess, start_storage
-from tools.devstack.infra import NatsServer, RedisServer
 from tools.harness import ROOT, Process, eventually, start_process, start_service
 
 S = common_pb2.JobState
@@ -69,30 +66,28 @@ class Cluster:
         self.storage.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    nats_server: NatsServer, own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    data_dir = tmp_path_factory.mktemp("training")
+def start_cluster(env: dict[str, str], data_dir: Path) -> Cluster:
+    """A scheduler, a storage service and two trainers on `env`'s NATS and Redis, once
+    the scheduler sees both trainers (stopped by the caller, `Cluster.stop`)."""
     env = {
-        **gateway_env(nats_server, own_redis),
+        **env,
         "LLMOS_DATA_DIR": str(data_dir / "data"),
         "LLMOS_TRAINER_PROCESSES": "2",
         "LLMOS_TRAINER_STOP_GRACE_S": "20",
         "LLMOS_WORKER_WARMUP_S": "0",
         "LLMOS_JOB_RESERVATIONS": f"tenant:{RESERVED_TENANT}=1",
     }
-    logs = data_dir / "logs"
-    cluster = Cluster(env, logs, f"127.0.0.1:{free_port()}")
+    cluster = Cluster(env, data_dir / "logs", f"127.0.0.1:{free_port()}")
     cluster.start_scheduler()
     cluster.storage = start_storage(env, data_dir / "store")
     try:
         cluster.start_trainer()
         cluster.start_trainer()
         cluster.wait_for_trainers(2)
-        yield cluster
-    finally:
+    except BaseException:
         cluster.stop()
+        raise
+    return cluster
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import pytest
 
-from llmos.errors import FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
+from llmos.errors import (
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
 from llmos.priority import PriorityClass
 from services.scheduler.fairshare import WorkItem
 from services.scheduler.generations import (
+    Action,
+    Deployment,
     Fail,
     GenerationBoard,
     Load,
     ModelSource,
     Requeued,
     Send,
+    Submitted,
     WorkerState,
 )
 from services.scheduler.options import SchedulerOptions
@@ -42,16 +51,18 @@ def board(**options: object) -> GenerationBoard:
     return GenerationBoard(SchedulerOptions(**options), started_at=0.0)  # type: ignore[arg-type]
 
 
-def sends(actions: list) -> list[tuple[str, str]]:  # type: ignore[type-arg]
-    return [(a.item.item_id, a.worker) for a in actions if isinstance(a, Send)]
+def sends(actions: Submitted | list[Action]) -> list[tuple[str, str]]:
+    done = actions.actions if isinstance(actions, Submitted) else actions
+    return [(a.item.item_id, a.worker) for a in done if isinstance(a, Send)]
 
 
 def test_a_generation_goes_to_the_least_loaded_worker_that_has_its_model() -> None:
     rules = board()
     busy, idle, other = worker("busy", free=1), worker("idle"), worker("other", loaded=("x",))
-    actions = rules.submit(item(1), "m", [busy, idle, other], now=20.0)
-    assert sends(actions) == [("r1", "idle")]
+    submitted = rules.submit(item(1), "m", [busy, idle, other], now=20.0)
+    assert sends(submitted) == [("r1", "idle")]
     assert rules.lease("r1") is not None and rules.queued("m") == 0
+    assert submitted.queued == 1  # counted before it left the queue: "this one included"
 
 
 def test_work_waits_when_every_slot_is_taken_and_goes_when_one_frees() -> None:
@@ -81,8 +92,8 @@ def test_a_resubmission_of_queued_or_leased_work_is_a_no_op() -> None:
     only = [worker("w", slots=1)]
     rules.submit(item(1), "m", only, now=20.0)
     rules.submit(item(2), "m", only, now=20.0)
-    assert rules.submit(item(1), "m", only, now=20.0) == []  # leased already
-    assert rules.submit(item(2), "m", only, now=20.0) == []  # queued already
+    assert rules.submit(item(1), "m", only, now=20.0).actions == []  # leased already
+    assert rules.submit(item(2), "m", only, now=20.0).actions == []  # queued already
     assert rules.queued("m") == 1
 
 
@@ -103,7 +114,7 @@ def test_a_full_queue_refuses_with_retry_after() -> None:
 
 def test_a_model_nobody_has_is_refused_after_the_warm_up_but_queued_during_it() -> None:
     rules = board(worker_warmup_s=10.0)
-    assert rules.submit(item(1), "ghost", [worker("w")], now=5.0) == []  # workers unheard yet
+    assert rules.submit(item(1), "ghost", [worker("w")], now=5.0).actions == []  # unheard yet
     assert rules.queued("ghost") == 1
     with pytest.raises(NotFound, match="model 'ghost' is not available on any worker"):
         rules.submit(item(2), "ghost", [worker("w")], now=11.0)
@@ -127,9 +138,8 @@ def test_a_model_one_worker_can_load_is_loaded_there_once_and_the_work_waits() -
         worker("idle", slots=4, loaded=("m",), available=("spare",)),
         worker("without", slots=4, loaded=("m",)),
     ]
-    actions = rules.submit(item(1), "spare", workers, now=20.0)
-    assert actions == [Load("spare", "idle")]
-    assert rules.submit(item(2), "spare", workers, now=20.0) == []  # one load at a time
+    assert rules.submit(item(1), "spare", workers, now=20.0).actions == [Load("spare", "idle")]
+    assert rules.submit(item(2), "spare", workers, now=20.0).actions == []  # one at a time
     assert rules.queued("spare") == 2
     assert rules.loaded("spare", None) == []
     now_loaded = [*workers[:1], worker("idle", slots=4, loaded=("m", "spare")), workers[2]]
@@ -139,19 +149,41 @@ def test_a_model_one_worker_can_load_is_loaded_there_once_and_the_work_waits() -
 def test_a_failed_load_fails_the_work_that_waited_for_it() -> None:
     rules = board()
     rules.submit(item(1), "spare", [worker("w", available=("spare",))], now=20.0)
-    failed = rules.loaded("spare", FailedPrecondition("the files are damaged"))
-    assert [(type(a), a.payload, str(a.error)) for a in failed if isinstance(a, Fail)] == [
-        (Fail, "work-1", "the files are damaged")
-    ]
+    (failed,) = rules.loaded("spare", FailedPrecondition("the files are damaged"))
+    assert isinstance(failed, Fail)
+    assert (failed.payload, str(failed.error)) == ("work-1", "the files are damaged")
+    # the model is no longer being loaded: the next generation asks for a load again
+    again = rules.submit(item(2), "spare", [worker("w", available=("spare",))], now=21.0)
+    assert again.actions == [Load("spare", "w")]
+
+
+def test_a_load_is_asked_for_only_once_the_work_is_queued() -> None:
+    """A full queue refuses the generation: no load is started for work that was refused,
+    and the next generation that gets in asks for it."""
+    rules = board(queue_capacity=1, worker_warmup_s=10.0)
+    rules.submit(item(1), "spare", [], now=1.0)  # queued during the warm-up, no worker yet
+    loadable = [worker("w", available=("spare",))]
+    with pytest.raises(ResourceExhausted):
+        rules.submit(item(2), "spare", loadable, now=20.0)
+    rules.cancel("r1")
+    assert rules.submit(item(3), "spare", loadable, now=21.0).actions == [Load("spare", "w")]
 
 
 def test_a_deployment_goes_to_the_least_loaded_worker_unless_one_serves_it() -> None:
-    rules = board()
+    rules = board(worker_warmup_s=10.0)
     source = ModelSource("acme", "tune", 3)
     workers = [worker("full", free=0), worker("free", loaded=("m", "x"))]
-    assert rules.deploy("acme--tune-v3", source, workers) == Load("acme--tune-v3", "free", source)
+    with pytest.raises(Unavailable, match="not heard from every worker yet"):
+        rules.deploy("acme--tune-v3", source, workers, now=5.0)  # one may serve it already
+    deployed = rules.deploy("acme--tune-v3", source, workers, now=20.0)
+    assert deployed == Deployment("free", Load("acme--tune-v3", "free", source))
+    with pytest.raises(Unavailable, match="being loaded already"):
+        rules.deploy("acme--tune-v3", source, workers, now=21.0)
+    assert rules.loaded("acme--tune-v3", None) == []
     serving = [worker("other", loaded=("acme--tune-v3",))]
-    assert rules.deploy("acme--tune-v3", source, serving) is None
+    assert rules.deploy("acme--tune-v3", source, serving, now=22.0) == Deployment("other", None)
+    with pytest.raises(Unavailable, match="no inference worker is running"):
+        rules.deploy("acme--tune-v4", source, [], now=23.0)
 
 
 def test_a_worker_lost_before_streaming_gives_its_work_to_another() -> None:
