@@ -251,9 +251,7 @@ class GenerationBoard:
 
     # -- rules -------------------------------------------------------------------------
 
-    def _load_needed(
-        self, model: str, workers: Sequence[WorkerState], now: float
-    ) -> Load | None:
+    def _load_needed(self, model: str, workers: Sequence[WorkerState], now: float) -> Load | None:
         """NOT_FOUND unless some live worker has `model` loaded or can load it; in the
         latter case the load of the least loaded such worker (once at a time)."""
         if any(model in w.loaded for w in workers) or model in self._loading:
