@@ -53,11 +53,11 @@ class RunningStack:
     def cli_env(self, **extra: str) -> dict[str, str]:
         """Environment in which `llmos` finds this stack (gateway, CA, dev credentials)
         and no one's personal session."""
-        return python_env(
-            LLMOS_DATA_DIR=str(self.data_dir),
-            LLMOS_SESSION=str(self.data_dir / "test-session.json"),
-            **extra,
-        )
+        defaults = {
+            "LLMOS_DATA_DIR": str(self.data_dir),
+            "LLMOS_SESSION": str(self.data_dir / "test-session.json"),
+        }
+        return python_env(**{**defaults, **extra})
 
     def cli(self, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
