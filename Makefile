@@ -81,7 +81,7 @@ format: setup
 test: lint
 	@mkdir -p .mypy_cache
 	@$(VENV)/bin/mypy > .mypy_cache/make-test.txt 2>&1 & types=$$!; \
-	$(VENV)/bin/pytest -n 2 --dist loadgroup; tests=$$?; \
+	$(VENV)/bin/pytest -n 2 --dist loadscope; tests=$$?; \
 	wait $$types; typed=$$?; \
 	echo "$(VENV)/bin/mypy"; cat .mypy_cache/make-test.txt; \
 	exit $$(( tests ? tests : typed ))

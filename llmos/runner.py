@@ -246,10 +246,8 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        names = list(await definition.attach(ctx, server, stack))
-        reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        # bound before the service attaches: what it starts (an embedded Triton picking
+        # free ports) cannot take the port it was told to listen on
         try:
             if prepared.tls:
                 credentials = grpc.ssl_server_credentials([(prepared.tls[1], prepared.tls[0])])
@@ -260,6 +258,10 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         except RuntimeError as exc:
             raise Unavailable(f"cannot listen on {settings.listen}: {exc}") from exc
         instance.address = f"{settings.advertise_host}:{port}"
+        names = list(await definition.attach(ctx, server, stack))
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
         await server.start()
         try:
             for name in ("", *names):

@@ -3,8 +3,9 @@ the report of a failed test (the logs of the processes it ran with); and how the
 is spread over the machine's cores.
 
 `make test` runs pytest-xdist with two workers. A work unit is a test module (its module
-fixtures start once), or every module marked with the same `xdist_group` (they share a
-session fixture, e.g. one whole stack); long units are handed out first.
+fixtures start once), or a whole package listed in SHARED_UNITS (its modules share a
+package fixture, e.g. one whole stack); long units are handed out first. (xdist's own
+`xdist_group` marks do nothing with pytest 9, whose node ids xdist cannot suffix.)
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from tools.devstack.infra import NatsServer, RedisServer
 
 ROOT = harness.ROOT
 
+#: packages whose modules are one work unit: they share a package-scoped fixture
+SHARED_UNITS = ("tests/e2e/shared/",)
 #: work units that take longest, started first so that none is left alone at the end
 LONG_UNITS = (
     "tests/integration/test_training_jobs.py",
-    "stack",
+    "tests/e2e/shared/",
     "tests/e2e/test_failover.py",
     "tests/integration/test_engine.py",
     "tests/integration/test_audit_ingest.py",
@@ -159,21 +162,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def unit_of(item: pytest.Item) -> str:
-    """The work unit a test belongs to: its xdist group, else its module."""
-    marker = item.get_closest_marker("xdist_group")
-    if marker is not None:
-        return str(marker.args[0] if marker.args else marker.kwargs["name"])
-    return item.nodeid.split("::", 1)[0]
+    """The work unit a test belongs to."""
+    return unit_of_nodeid(item.nodeid)
+
+
+def unit_of_nodeid(nodeid: str) -> str:
+    """A package of SHARED_UNITS, or the test's module."""
+    return next((p for p in SHARED_UNITS if nodeid.startswith(p)), nodeid.split("::", 1)[0])
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Schedule by module, or by group for modules that share a group."""
-    from xdist.scheduler import LoadGroupScheduling
+    """Schedule whole work units (see the module docstring)."""
+    from xdist.scheduler import LoadScopeScheduling
 
-    class ModuleOrGroupScheduling(LoadGroupScheduling):  # type: ignore[misc]
+    class WorkUnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.rfind("@") > nodeid.rfind("]"):
-                return nodeid.rsplit("@", 1)[-1]
-            return nodeid.split("::", 1)[0]
+            return unit_of_nodeid(nodeid)
 
-    return ModuleOrGroupScheduling(config, log)
+    return WorkUnitScheduling(config, log)

@@ -1,6 +1,6 @@
-"""The whole stack, started exactly as `make run` starts it: one shared by the modules
-that only use it (`xdist_group("stack")` keeps them on one worker), and stacks of their
-own for the modules that kill or reconfigure things."""
+"""The whole stack, started exactly as `make run` starts it. The modules that only use it
+share one (`tests/e2e/shared/`, one work unit on one worker: see tests/conftest.py); the
+modules that kill or reconfigure things start their own."""
 
 from __future__ import annotations
 
@@ -95,18 +95,3 @@ def running_stack(
         yield RunningStack(launcher, launcher.start(), data_dir)
     finally:
         launcher.stop()
-
-
-@pytest.fixture(scope="session")
-def shared_stack(
-    tmp_path_factory: pytest.TempPathFactory, model_folder: Path
-) -> Iterator[RunningStack]:
-    """One stack for every module that only uses it."""
-    with running_stack(tmp_path_factory, model_folder) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stack(shared_stack: RunningStack) -> RunningStack:
-    """The stack a test runs against (modules that disturb it override this)."""
-    return shared_stack

@@ -30,7 +30,7 @@ from llmos.v1 import (
 from tests.e2e.conftest import RunningStack
 from tools.harness import eventually, eventually_async
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
+pytestmark = pytest.mark.e2e
 
 
 def _issuer(stack: RunningStack) -> Issuer:

@@ -14,7 +14,7 @@ from llmos.ports import port_open
 from llmos.services import REQUIRED_SERVICES
 from tests.e2e.conftest import RunningStack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
+pytestmark = pytest.mark.e2e
 
 
 def test_ready_line_names_every_service_and_the_infrastructure(stack: RunningStack) -> None:

@@ -24,7 +24,7 @@ from llmos.v1 import (
 from tests.e2e.conftest import RunningStack
 from tools.harness import eventually
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
+pytestmark = pytest.mark.e2e
 SPARE_MODEL = "smollm2-spare-copy"
 
 

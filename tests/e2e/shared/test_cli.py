@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.conftest import RunningStack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
+pytestmark = pytest.mark.e2e
 USAGE = re.compile(r"(\d+) prompt \+ (\d+) completion tokens")
 SAMPLED = ("--temperature", "0.7", "--seed", "3", "--max-tokens", "4")  # never cached
 

@@ -1,0 +1,27 @@
+"""One stack for every module in this package: they use it and disturb nothing (the test
+that loads and unloads a model uses a copy of its own), so they share it, on one worker
+(tests/conftest.py schedules this package as one work unit)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import RunningStack, running_stack
+
+
+@pytest.fixture(scope="package")
+def shared_stack(
+    tmp_path_factory: pytest.TempPathFactory, model_folder: Path
+) -> Iterator[RunningStack]:
+    """One stack for the package."""
+    with running_stack(tmp_path_factory, model_folder) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stack(shared_stack: RunningStack) -> RunningStack:
+    """The stack a test runs against (modules that disturb it override this)."""
+    return shared_stack
