@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import TypeVar
@@ -32,6 +33,8 @@ STALL_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 120.0
 #: while queued, how often to check that the scheduler holding the work is alive
 HOLDER_CHECK_S = 1.0
+#: how long accepted work waits for a scheduler to come back before the call fails
+RESUBMIT_FOR_S = 30.0
 
 log = logging.getLogger("llmos.gateway.inference")
 
@@ -125,6 +128,7 @@ class InferenceRouter:
                 return await asyncio.wait_for(chunks.get(), timeout=STALL_TIMEOUT_S)
             except TimeoutError:
                 raise Unavailable("the worker stopped responding; retry the request") from None
+        orphaned_at: float | None = None
         while True:
             try:
                 return await asyncio.wait_for(chunks.get(), timeout=HOLDER_CHECK_S)
@@ -132,7 +136,12 @@ class InferenceRouter:
                 live = {i.instance_id for i in await self._registry.live_instances()}
                 if holder not in live:
                     log.warning("scheduler %s is gone; handing the work to another", holder)
-                    return await self._schedule(scheduled)
+                    orphaned_at = orphaned_at or time.monotonic()
+                    try:
+                        return await self._schedule(scheduled)
+                    except Unavailable:  # none is up yet: a restart takes seconds
+                        if time.monotonic() - orphaned_at > RESUBMIT_FOR_S:
+                            raise
 
     async def _call(self, subject: str, work: Message, result: type[R], what: str, model: str) -> R:
         """One request/reply exchange with a worker serving `model`, whose answer may

@@ -6,11 +6,13 @@ here knows whether Triton is embedded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -29,6 +31,8 @@ from services.inference_worker.triton_models import (
 from services.inference_worker.wire import triton_error
 
 ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
+#: how long Triton may take to end a generation's stream after its last chunk
+STREAM_END_S = 5.0
 
 
 @dataclass
@@ -54,6 +58,12 @@ def _batched_bytes_input(name: str, value: str) -> InferInput:
 
 def _domain_error(exc: InferenceServerException) -> LLMOSError:
     return triton_error(exc.message() or str(exc))
+
+
+async def _drain(stream: Any) -> None:
+    """Read a stream to its end."""
+    async for _ in stream:
+        pass
 
 
 class TritonLLMClient:
@@ -98,6 +108,7 @@ class TritonLLMClient:
             yield {"model_name": triton_name(model, GENERATE), "inputs": inputs, "request_id": key}
 
         stream = self._client.stream_infer(one_request())
+        ended = False
         try:
             async for result, error in stream:
                 if error is not None:
@@ -105,12 +116,22 @@ class TritonLLMClient:
                 chunk = inference_pb2.GenerateChunk.FromString(result.as_numpy("chunk")[0])
                 yield chunk
                 if chunk.done:
-                    return
+                    ended = True
+                    break
         except InferenceServerException as exc:
             raise _domain_error(exc) from None
         finally:
+            if not ended:  # an error, or the caller went away: stop it now
+                stream.cancel()
+        if not ended:
+            raise Unavailable("the inference server closed the stream before the end")
+        # Let Triton end the stream itself, once the model has sent its final flag.
+        # Cancelling first raced with that flag and could leave the request in flight in
+        # Triton for good, and unloading the model then waited for it for ever.
+        try:
+            await asyncio.wait_for(_drain(stream), STREAM_END_S)
+        except (TimeoutError, InferenceServerException, grpc.RpcError):
             stream.cancel()
-        raise Unavailable("the inference server closed the stream before the end")
 
     async def cancel(self, model: str, key: str) -> bool:
         """Stop a running generation; False if it was not running."""
