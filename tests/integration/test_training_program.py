@@ -37,7 +37,8 @@ def start(directory: Path, *launcher: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, *command] if not launcher else command,
         cwd=ROOT,
-        env={**environment_without_llmos(), "OMP_NUM_THREADS": "1"},
+        # TMPDIR: torchrun's own temporary files go with the test's directory
+        env={**environment_without_llmos(), "OMP_NUM_THREADS": "1", "TMPDIR": str(directory)},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
