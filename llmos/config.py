@@ -248,6 +248,9 @@ class ServiceSettings:
 
     service: str
     data_dir: Path
+    #: the trust material this process was given (internal CA, its NATS and Redis
+    #: credentials, the assertion verification key): see llmos.trust
+    secrets_dir: Path
     listen: HostPort
     advertise_host: str
     nats_url: str
@@ -277,9 +280,18 @@ def read_service_settings(service: str, env: EnvReader) -> ServiceSettings:
         doc="gRPC listen address (`:0`: any free port)",
         default_shown="`127.0.0.1:<service port>`",
     )
+    data_dir = Path(env.text("DATA_DIR", "var", doc="where all state lives")).resolve()
     settings = ServiceSettings(
         service=service,
-        data_dir=Path(env.text("DATA_DIR", "var", doc="where all state lives")).resolve(),
+        data_dir=data_dir,
+        secrets_dir=Path(
+            env.text(
+                "SECRETS_DIR",
+                str(data_dir / "secrets"),
+                doc="trust material: internal CA, NATS and Redis credentials, assertion key",
+                default_shown="`<data dir>/secrets`",
+            )
+        ).resolve(),
         listen=listen,
         advertise_host=env.text(
             "ADVERTISE_HOST",

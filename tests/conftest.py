@@ -50,16 +50,23 @@ def infra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def nats_server(infra_dir: Path) -> Iterator[NatsServer]:
+def secrets_dir(infra_dir: Path) -> Path:
+    """The session's trust directory (LLMOS_SECRETS_DIR): the internal CA and every NATS
+    and Redis user's credentials, shared by all servers and services a test starts."""
+    return infra_dir / "secrets"
+
+
+@pytest.fixture(scope="session")
+def nats_server(infra_dir: Path, secrets_dir: Path) -> Iterator[NatsServer]:
     """A real nats-server with JetStream on a free port."""
-    with harness.nats_server(infra_dir) as server:
+    with harness.nats_server(infra_dir, secrets_dir) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def redis_server(infra_dir: Path) -> Iterator[RedisServer]:
+def redis_server(infra_dir: Path, secrets_dir: Path) -> Iterator[RedisServer]:
     """A real redis-server (password protected) on a free port."""
-    with harness.redis_server(infra_dir) as server:
+    with harness.redis_server(infra_dir, secrets_dir) as server:
         yield server
 
 
@@ -70,6 +77,7 @@ def service_env(
     """Environment for starting one service process against the session infrastructure."""
     return harness.python_env(
         LLMOS_DATA_DIR=str(tmp_path / "data"),
+        LLMOS_SECRETS_DIR=str(nats_server.secrets_dir),
         LLMOS_NATS_URL=nats_server.url,
         LLMOS_REDIS_URL=redis_server.url,
         LLMOS_LISTEN_ADDR="127.0.0.1:0",

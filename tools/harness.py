@@ -255,14 +255,20 @@ def _running(server: Server) -> Iterator[Server]:
         server.stop()
 
 
-def nats_server(data_dir: Path) -> contextlib.AbstractContextManager[infra.NatsServer]:
-    """A real nats-server with JetStream on a free port, stopped on exit."""
-    return _running(infra.start_nats(data_dir))
+def nats_server(
+    data_dir: Path, secrets_dir: Path | None = None
+) -> contextlib.AbstractContextManager[infra.NatsServer]:
+    """A real nats-server with JetStream on a free port, stopped on exit; its users'
+    credentials in `secrets_dir` (default `data_dir/secrets`)."""
+    return _running(infra.start_nats(data_dir, secrets_dir=secrets_dir))
 
 
-def redis_server(data_dir: Path) -> contextlib.AbstractContextManager[infra.RedisServer]:
-    """A real redis-server (password protected) on a free port, stopped on exit."""
-    return _running(infra.start_redis(data_dir))
+def redis_server(
+    data_dir: Path, secrets_dir: Path | None = None
+) -> contextlib.AbstractContextManager[infra.RedisServer]:
+    """A real redis-server (per-service ACL users) on a free port, stopped on exit; its
+    users' credentials in `secrets_dir` (default `data_dir/secrets`)."""
+    return _running(infra.start_redis(data_dir, secrets_dir=secrets_dir))
 
 
 def python_env(**extra: str) -> dict[str, str]:

@@ -26,15 +26,16 @@ from tools.harness import ROOT, eventually_async, nats_server, python_env, redis
 
 
 @pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def own_redis(tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path) -> Iterator[RedisServer]:
     """A Redis only this module's gateways use."""
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+    with redis_server(tmp_path_factory.mktemp("redis"), secrets_dir) as server:
         yield server
 
 
 def gateway_env(nats: NatsServer, redis: RedisServer) -> dict[str, str]:
     """Environment of a service (any of them) on the given NATS and Redis."""
     return python_env(
+        LLMOS_SECRETS_DIR=str(nats.secrets_dir),
         LLMOS_NATS_URL=nats.url,
         LLMOS_REDIS_URL=redis.url,
         LLMOS_HEARTBEAT_S="0.5",
@@ -60,9 +61,9 @@ def gw(
 
 
 @pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+def own_nats(tmp_path: Path, secrets_dir: Path) -> Iterator[NatsServer]:
     """A NATS of this test only: its streams hold exactly what the test published."""
-    with nats_server(tmp_path / "nats") as server:
+    with nats_server(tmp_path / "nats", secrets_dir) as server:
         yield server
 
 

@@ -95,7 +95,9 @@ def test_publishers_ride_out_a_nats_outage(
             small.record(record)
         await asyncio.sleep(2)
         during = publisher.published
-        restarted = start_nats(tmp_path / "nats", port=own_nats.port)
+        restarted = start_nats(
+            tmp_path / "nats", port=own_nats.port, secrets_dir=own_nats.secrets_dir
+        )
         own_nats.proc = restarted.proc  # stopped at the end like the first
         await eventually_async(
             lambda: publisher.published >= len(records) and small.published >= 50,

