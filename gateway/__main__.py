@@ -20,5 +20,9 @@ async def _prepare(ctx: ServiceContext, stack: AsyncExitStack) -> Prepared:
 
 if __name__ == "__main__":
     sys.exit(
-        main(ServiceDefinition("gateway", attach, configure=read_gateway_options, prepare=_prepare))
+        main(
+            ServiceDefinition(
+                "gateway", attach, configure=read_gateway_options, prepare=_prepare, public=True
+            )
+        )
     )

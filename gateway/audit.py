@@ -11,8 +11,7 @@ from gateway.auth.principal import Principal
 from gateway.auth.scopes import SYSTEM_TENANT
 from gateway.relay import Route, RoutedRelay, no_tenant
 from llmos.errors import PermissionDenied
-from llmos.links import ServiceLink
-from llmos.registry import ServiceRegistry
+from llmos.links import Links
 from llmos.v1 import audit_pb2_grpc
 
 
@@ -43,5 +42,5 @@ ROUTES: dict[str, Route] = {
 class AuditRelay(RoutedRelay, audit_pb2_grpc.AuditServicer, routes=ROUTES):  # type: ignore[misc]
     """`llmos.v1.Audit` for outside callers, relayed to the internal service."""
 
-    def __init__(self, registry: ServiceRegistry) -> None:
-        super().__init__(ServiceLink(registry, "audit", audit_pb2_grpc.AuditStub))
+    def __init__(self, links: Links) -> None:
+        super().__init__(links.to("audit", audit_pb2_grpc.AuditStub))

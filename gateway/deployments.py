@@ -23,9 +23,8 @@ import redis.asyncio as aioredis
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
 from llmos.errors import FailedPrecondition, InvalidArgument, NotFound
-from llmos.links import ServiceLink
+from llmos.links import Links
 from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, TOKENIZER
-from llmos.registry import ServiceRegistry
 from llmos.v1 import gateway_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 KEY = "llmos:deployments:"
@@ -88,10 +87,10 @@ class Deployer:
     """Implements DeployModel: registry version -> the scheduler has a worker load it ->
     alias `production` -> requests naming the model go there."""
 
-    def __init__(self, registry: ServiceRegistry, deployments: Deployments) -> None:
+    def __init__(self, links: Links, deployments: Deployments) -> None:
         self._deployments = deployments
-        self._storage = ServiceLink(registry, "storage", storage_pb2_grpc.StorageStub)
-        self._scheduler = ServiceLink(registry, "scheduler", scheduler_pb2_grpc.SchedulerStub)
+        self._storage = links.to("storage", storage_pb2_grpc.StorageStub)
+        self._scheduler = links.to("scheduler", scheduler_pb2_grpc.SchedulerStub)
 
     async def deploy(
         self, request: gateway_pb2.DeployModelRequest, context: Any

@@ -10,6 +10,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 
@@ -40,6 +41,10 @@ class GatewayGuard:
         self._audit = audit
         self._token_hint = token_endpoint
         self._policy = policy
+
+    def admit(self, request: Any) -> Any:
+        """Public requests reach their handler as sent (the relays decide their tenant)."""
+        return request
 
     @asynccontextmanager
     async def guard(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:

@@ -22,7 +22,8 @@ from gateway.cache import ResponseCache
 from gateway.guard import GatewayGuard
 from gateway.limits import Admission
 from gateway.options import GatewayOptions
-from llmos.auditing import AuditPublisher
+from gateway.vouching import vouch_with
+from llmos.assertions import AssertionSigner
 from llmos.runner import ServiceContext
 
 log = logging.getLogger("llmos.gateway")
@@ -70,9 +71,9 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
         sync_redis, settings.data_dir, default_limits, options.access_ttl_s + options.leeway_s
     )
 
-    audit = AuditPublisher(ctx.js, "gateway")
-    audit.start()
-    stack.push_async_callback(audit.close)
+    audit = ctx.audit
+    signer = AssertionSigner(settings.secrets_dir, issuer=str(ctx.identity.peer))
+    ctx.links.vouch = vouch_with(signer)
 
     keyring: Keyring | None = None
     issuer = options.issuer_url(settings.advertise_host, options.http_listen.port)

@@ -31,7 +31,6 @@ from gateway.validation import (
 from llmos import subjects
 from llmos.errors import InvalidArgument
 from llmos.health import check_health
-from llmos.links import ServiceLink
 from llmos.log import request_id_var
 from llmos.model.names import DEFAULT_MODEL
 from llmos.priority import PriorityClass
@@ -76,9 +75,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         ca = runtime.options.tls_ca
         self._tls_ca = ca.read_bytes() if ca else None
         self._deployments = Deployments(ctx.redis)
-        self._deployer = Deployer(ctx.registry, self._deployments)
+        self._deployer = Deployer(ctx.links, self._deployments)
         self._router = InferenceRouter(ctx)
-        self._scheduler = ServiceLink(ctx.registry, "scheduler", scheduler_pb2_grpc.SchedulerStub)
+        self._scheduler = ctx.links.to("scheduler", scheduler_pb2_grpc.SchedulerStub)
 
     async def GetSystemStatus(
         self, request: gateway_pb2.GetSystemStatusRequest, context: grpc.aio.ServicerContext
@@ -87,7 +86,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         answers = await asyncio.gather(
             *(
                 check_health(
-                    i.address, timeout_s=HEALTH_TIMEOUT_S, tls_ca=self._tls_ca if i.tls else None
+                    i.address,
+                    timeout_s=HEALTH_TIMEOUT_S,
+                    tls_ca=self._tls_ca if i.tls else None,
+                    identity=None if i.service == "gateway" else self._ctx.identity,
+                    server=i.service,
                 )
                 for i in instances
             )
@@ -344,8 +347,8 @@ async def attach(
     heartbeats = await workers.follow(ctx.nats)
     stack.push_async_callback(heartbeats.unsubscribe)
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx, runtime, workers), server)
-    storage_pb2_grpc.add_StorageServicer_to_server(StorageRelay(ctx.registry), server)
-    audit_pb2_grpc.add_AuditServicer_to_server(AuditRelay(ctx.registry), server)
+    storage_pb2_grpc.add_StorageServicer_to_server(StorageRelay(ctx.links), server)
+    audit_pb2_grpc.add_AuditServicer_to_server(AuditRelay(ctx.links), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(runtime.store, runtime.keyring), server
     )

@@ -14,8 +14,7 @@ from typing import Any
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
 from gateway.relay import Route, RoutedRelay, callers_tenant, named_tenant, no_tenant
-from llmos.links import ServiceLink
-from llmos.registry import ServiceRegistry
+from llmos.links import Links
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 
 
@@ -51,8 +50,8 @@ ROUTES: dict[str, Route] = {
 class StorageRelay(RoutedRelay, storage_pb2_grpc.StorageServicer, routes=ROUTES):  # type: ignore[misc]
     """`llmos.v1.Storage` for outside callers, relayed to the internal service."""
 
-    def __init__(self, registry: ServiceRegistry) -> None:
-        super().__init__(ServiceLink(registry, "storage", storage_pb2_grpc.StorageStub))
+    def __init__(self, links: Links) -> None:
+        super().__init__(links.to("storage", storage_pb2_grpc.StorageStub))
 
     async def UploadBlob(
         self, requests: AsyncIterator[storage_pb2.UploadBlobRequest], context: Any

@@ -251,6 +251,11 @@ class ServiceSettings:
     #: the trust material this process was given (internal CA, its NATS and Redis
     #: credentials, the assertion verification key): see llmos.trust
     secrets_dir: Path
+    #: the operator's certificate, key and CA for this instance (None: issue one from the
+    #: CA under the secrets dir)
+    identity_files: tuple[Path, Path, Path] | None
+    #: lifetime of a certificate issued here (renewed at half of it)
+    identity_ttl_s: float
     listen: HostPort
     advertise_host: str
     nats_url: str
@@ -281,6 +286,22 @@ def read_service_settings(service: str, env: EnvReader) -> ServiceSettings:
         default_shown="`127.0.0.1:<service port>`",
     )
     data_dir = Path(env.text("DATA_DIR", "var", doc="where all state lives")).resolve()
+    identity = [
+        env.text(
+            f"IDENTITY_{part.upper()}",
+            "",
+            doc=f"this instance's internal {what} (PEM); all three or none",
+        )
+        for part, what in (
+            ("cert", "certificate"),
+            ("key", "private key"),
+            ("ca", "CA to trust"),
+        )
+    ]
+    if any(identity) and not all(identity):
+        env.errors.append(
+            "LLMOS_IDENTITY_CERT, LLMOS_IDENTITY_KEY and LLMOS_IDENTITY_CA go together"
+        )
     settings = ServiceSettings(
         service=service,
         data_dir=data_dir,
@@ -292,6 +313,16 @@ def read_service_settings(service: str, env: EnvReader) -> ServiceSettings:
                 default_shown="`<data dir>/secrets`",
             )
         ).resolve(),
+        identity_files=(
+            (Path(identity[0]), Path(identity[1]), Path(identity[2])) if all(identity) else None
+        ),
+        identity_ttl_s=env.number(
+            "IDENTITY_TTL_S",
+            6 * 3600.0,
+            minimum=10.0,
+            maximum=30 * 86400.0,
+            doc="lifetime of an internal certificate issued from the secrets dir's CA",
+        ),
         listen=listen,
         advertise_host=env.text(
             "ADVERTISE_HOST",

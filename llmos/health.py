@@ -5,21 +5,32 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmos.identity import ServiceIdentity, secure_channel
+
 SERVING = "SERVING"
 NOT_SERVING = "NOT_SERVING"
 UNREACHABLE = "UNREACHABLE"
 
 
 async def check_health(
-    address: str, service: str = "", timeout_s: float = 2.0, tls_ca: bytes | None = None
+    address: str,
+    service: str = "",
+    timeout_s: float = 2.0,
+    tls_ca: bytes | None = None,
+    *,
+    identity: ServiceIdentity | None = None,
+    server: str = "",
 ) -> tuple[str, str]:
-    """Ask `address` for its health (over TLS trusting `tls_ca` when given); return
-    (state, sentence) and never raise for I/O."""
-    channel = (
-        grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(tls_ca))
-        if tls_ca is not None
-        else grpc.aio.insecure_channel(address)
-    )
+    """Ask `address` for its health; return (state, sentence) and never raise for I/O.
+
+    An internal server (`server`: its service name) is asked over mutual TLS presenting
+    `identity`; the gateway over TLS trusting `tls_ca` when given."""
+    if identity is not None:
+        channel = secure_channel(identity, address, server)
+    elif tls_ca is not None:
+        channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(tls_ca))
+    else:
+        channel = grpc.aio.insecure_channel(address)
     async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:

@@ -5,45 +5,78 @@ A link finds a live instance of its service in the registry, keeps the channel w
 calls succeed, and looks again after the instance became unreachable (a restarted or
 replaced service). Refusals of the service are relayed as they are; an unreachable one
 becomes UNAVAILABLE with a sentence, never a hang.
+
+Every channel is mutual TLS with this process's identity, and the server must prove it
+is the service looked for (`llmos.identity`); a renewed identity gets new channels. The
+gateway also vouches for each call with a tenant assertion (`Links.vouch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from llmos.errors import Unavailable
+from llmos.identity import ServiceIdentity, secure_channel
 from llmos.registry import ServiceRegistry
 from llmos.rpc import relayed_error
 
 DEFAULT_TIMEOUT_S = 30.0
 
+#: (target service, request) -> metadata to send with the call
+Vouch = Callable[[str, Any], Sequence[tuple[str, str]]]
+
+
+@dataclass
+class Links:
+    """How this process reaches the others: where they are, and who it is."""
+
+    registry: ServiceRegistry
+    identity: ServiceIdentity
+    #: the gateway's tenant assertions; None: calls go in this service's own name
+    vouch: Vouch | None = None
+
+    def to(self, service: str, stub: Callable[[grpc.aio.Channel], Any]) -> ServiceLink:
+        return ServiceLink(self, service, stub)
+
 
 class ServiceLink:
     """Calls into one internal service through whichever instance is alive."""
 
-    def __init__(
-        self, registry: ServiceRegistry, service: str, stub: Callable[[grpc.aio.Channel], Any]
-    ) -> None:
-        self._registry = registry
+    def __init__(self, links: Links, service: str, stub: Callable[[grpc.aio.Channel], Any]) -> None:
+        self._links = links
         self._service = service
         self._make_stub = stub
         self._channel: grpc.aio.Channel | None = None
+        self._generation = -1
 
     async def stub(self) -> Any:
+        identity = self._links.identity
+        if self._channel is not None and self._generation != identity.generation:
+            await self._channel.close(grace=30)  # calls under way finish on the old one
+            self._channel = None
         if self._channel is None:
             instances = [
-                i for i in await self._registry.live_instances() if i.service == self._service
+                i for i in await self._links.registry.live_instances() if i.service == self._service
             ]
             if not instances:
                 raise Unavailable(f"no {self._service} is running")
             address = sorted(i.address for i in instances)[0]
-            self._channel = grpc.aio.insecure_channel(
-                address, options=[("grpc.max_receive_message_length", 16 << 20)]
+            self._generation = identity.generation
+            self._channel = secure_channel(
+                identity,
+                address,
+                self._service,
+                [("grpc.max_receive_message_length", 16 << 20)],
             )
         return self._make_stub(self._channel)
+
+    def _metadata(self, request: Any) -> Sequence[tuple[str, str]] | None:
+        vouch = self._links.vouch
+        return vouch(self._service, request) if vouch else None
 
     async def failed(self, exc: grpc.aio.AioRpcError) -> Exception:
         """The error to answer with; an unreachable service is looked up again next time."""
@@ -61,7 +94,9 @@ class ServiceLink:
         stub = await self.stub()
         try:
             return await getattr(stub, method)(
-                request, timeout=context.time_remaining() or default_timeout_s
+                request,
+                timeout=context.time_remaining() or default_timeout_s,
+                metadata=self._metadata(request),
             )
         except grpc.aio.AioRpcError as exc:
             raise await self.failed(exc) from None
@@ -70,7 +105,10 @@ class ServiceLink:
         """A server-streaming call, relayed message by message."""
         stub = await self.stub()
         try:
-            async for message in getattr(stub, method)(request, timeout=context.time_remaining()):
+            call = getattr(stub, method)(
+                request, timeout=context.time_remaining(), metadata=self._metadata(request)
+            )
+            async for message in call:
                 yield message
         except grpc.aio.AioRpcError as exc:
             raise await self.failed(exc) from None

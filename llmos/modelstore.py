@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos.errors import LLMOSError, NotFound
-from llmos.links import ServiceLink
-from llmos.registry import ServiceRegistry
+from llmos.links import Links
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 
 log = logging.getLogger("llmos.modelstore")
@@ -44,8 +43,8 @@ class ModelStore:
     """Fetches model folders from the registry (as seen by `tenant`: its own models, then
     the shared ones) and publishes imported ones to it."""
 
-    def __init__(self, registry: ServiceRegistry, tenant: str = SYSTEM_TENANT) -> None:
-        self._storage = ServiceLink(registry, "storage", storage_pb2_grpc.StorageStub)
+    def __init__(self, links: Links, tenant: str = SYSTEM_TENANT) -> None:
+        self._storage = links.to("storage", storage_pb2_grpc.StorageStub)
         self._tenant = tenant
 
     async def version(self, model: str) -> storage_pb2.ModelVersion | None:

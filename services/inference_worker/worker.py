@@ -60,7 +60,7 @@ class InferenceWorker:
         self.host = host
         self.compute = compute
         self.models_dir = options.models_root(ctx.settings.data_dir)
-        self.store = ModelStore(ctx.registry)
+        self.store = ModelStore(ctx.links)
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._inflight: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._cancel_subscription: Subscription | None = None
@@ -111,7 +111,7 @@ class InferenceWorker:
             folder = self.models_dir / model
             if not has_model(folder) and source is not None:
                 tenant, registered, number = source
-                await ModelStore(self.ctx.registry, tenant).fetch(
+                await ModelStore(self.ctx.links, tenant).fetch(
                     registered, self.models_dir, number, folder_name=model
                 )
             elif not has_model(folder):

@@ -18,7 +18,6 @@ from google.protobuf.json_format import MessageToDict
 from nats.aio.msg import Msg
 
 from llmos import subjects
-from llmos.auditing import AuditPublisher
 from llmos.errors import InvalidArgument, NotFound
 from llmos.model.names import MODEL_NAME
 from llmos.modelstore import ModelStore
@@ -84,7 +83,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
         priority, config = check_spec(request.spec, self._instances(TRAINER))
         check_class_allowed(self._tenant_classes, request.tenant, priority)
         await check_inputs(
-            ModelStore(self._ctx.registry, request.tenant), config, request.tenant,
+            ModelStore(self._ctx.links, request.tenant), config, request.tenant,
             request.spec.resources.memory_bytes,
         )  # fmt: skip
         job = await self._jobs.create(request.tenant, request.owner, request.spec)
@@ -182,9 +181,7 @@ async def attach(
     inference = InferenceDispatcher(ctx, workers, ctx.options)
     await inference.start()
     stack.push_async_callback(inference.close)
-    audit = AuditPublisher(ctx.js, "scheduler")
-    audit.start()
-    stack.push_async_callback(audit.close)
+    audit = ctx.audit
     jobs = JobStore(ctx.redis, ctx.events, audit)
     training = TrainingDispatcher(ctx, workers, jobs, ctx.options)
     await training.start()

@@ -25,7 +25,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from llmos import subjects
+from llmos.callers import WORKER
 from llmos.errors import LLMOSError, Unavailable
+from llmos.identity import secure_channel
 from llmos.priority import PriorityClass
 from llmos.rpc import relayed_error
 from llmos.runner import ServiceContext
@@ -221,7 +223,7 @@ class InferenceDispatcher:
         try:
             if not address:
                 raise Unavailable(f"worker {load.worker} is gone; retry")
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with secure_channel(self._ctx.identity, address, WORKER) as channel:
                 described = await worker_pb2_grpc.InferenceWorkerStub(channel).LoadModel(
                     request, timeout=LOAD_TIMEOUT_S
                 )

@@ -220,5 +220,5 @@ class TrainingDispatcher:
         if replaced and report.checkpoint_blob and replaced != report.checkpoint_blob:
             # the job now resumes from the new checkpoint: the old one can go
             with contextlib.suppress(LLMOSError):
-                await ModelStore(self._ctx.registry, job.tenant).forget(replaced)
+                await ModelStore(self._ctx.links, job.tenant).forget(replaced)
         return False

@@ -237,9 +237,7 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
     keys = KeyEncryptionKeys(root / "keys", options.kek_file)
     files = BlobFiles(root, metadata, keys)
     await asyncio.to_thread(files.sweep)
-    audit = AuditPublisher(ctx.nats.jetstream(), "storage")
-    audit.start()
-    stack.push_async_callback(audit.close)
+    audit = ctx.audit
     store = Store(files, audit_trail(audit))
     stack.callback(store.close)
     storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(store, options), server)

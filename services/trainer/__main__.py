@@ -6,7 +6,6 @@ from contextlib import AsyncExitStack
 
 import grpc
 
-from llmos.auditing import AuditPublisher
 from llmos.capacity import local_capacity
 from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext, ServiceDefinition, main
@@ -23,9 +22,7 @@ async def attach(
     if options.processes:
         ctx.instance.capacity.processes = options.processes
     data_dir = ctx.settings.data_dir
-    audit = AuditPublisher(ctx.js, "trainer")
-    audit.start()
-    stack.push_async_callback(audit.close)  # after the runner's last reports
+    audit = ctx.audit
     runner = JobRunner(
         ctx.nats,
         ctx.instance,
@@ -33,7 +30,7 @@ async def attach(
         checkpoint_dir=options.checkpoints(data_dir),
         models_dir=options.models(data_dir),
         stop_grace_s=options.stop_grace_s,
-        stores=lambda tenant: ModelStore(ctx.registry, tenant),
+        stores=lambda tenant: ModelStore(ctx.links, tenant),
         audit=audit,
     )
     await runner.start()

@@ -12,6 +12,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from llmos.cli.transfer import file_digest
+from llmos.links import Links
 from llmos.model.names import DEFAULT_MODEL
 from llmos.modelstore import ModelStore
 from llmos.registry import ServiceRegistry
@@ -19,6 +20,7 @@ from llmos.v1 import storage_pb2
 from tests.integration.storage_client import start_storage
 from tools.devstack.infra import RedisServer
 from tools.harness import start_service
+from tools.standin import identity_for
 
 
 async def test_a_worker_with_no_models_loads_the_default_model_from_the_registry(
@@ -28,7 +30,9 @@ async def test_a_worker_with_no_models_loads_the_default_model_from_the_registry
     with contextlib.ExitStack() as stack:
         stack.callback(storage.stop)
         registry = ServiceRegistry(aioredis.Redis.from_url(redis_server.url), ttl_s=5)
-        store = ModelStore(registry)
+        # publishing as the first worker does: in its own name
+        worker = identity_for(redis_server.secrets_dir, "inference-worker")
+        store = ModelStore(Links(registry, worker))
         version = await store.publish(DEFAULT_MODEL, model_folder, {"source": "test"})
         assert version == 1
         assert await store.publish(DEFAULT_MODEL, model_folder, {}) == 0  # there already

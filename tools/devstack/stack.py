@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gateway.auth.bootstrap import credentials_path
 from llmos.health import SERVING, check_health
+from llmos.identity import operator_identity
 from llmos.keyfiles import write_private
 from llmos.ports import LOCALHOST, free_port
 from llmos.processes import kill_group
@@ -181,6 +182,7 @@ class DevStack:
     async def _wait_serving(self) -> None:
         deadline = time.monotonic() + self.options.ready_timeout_s
         pending = {s.name: s for s in self.services}
+        operator = operator_identity(self.data_dir / "secrets", "launcher")
         while pending:
             for name, service in list(pending.items()):
                 assert service.proc is not None
@@ -189,7 +191,13 @@ class DevStack:
                         f"{name} exited with code {service.proc.returncode} while starting; "
                         f"last log lines:\n{service.log_tail()}"
                     )
-                state, _ = await check_health(service.address, timeout_s=1.0, tls_ca=service.tls_ca)
+                state, _ = await check_health(
+                    service.address,
+                    timeout_s=1.0,
+                    tls_ca=service.tls_ca,
+                    identity=None if name == "gateway" else operator,
+                    server=name,
+                )
                 if state == SERVING:
                     del pending[name]
             if not pending:
