@@ -31,8 +31,8 @@ async def test_a_worker_with_no_models_loads_the_default_model_from_the_registry
         stack.callback(storage.stop)
         registry = ServiceRegistry(aioredis.Redis.from_url(redis_server.url), ttl_s=5)
         # publishing as the first worker does: in its own name
-        worker = identity_for(redis_server.secrets_dir, "inference-worker")
-        store = ModelStore(Links(registry, worker))
+        as_worker = identity_for(redis_server.secrets_dir, "inference-worker")
+        store = ModelStore(Links(registry, as_worker))
         version = await store.publish(DEFAULT_MODEL, model_folder, {"source": "test"})
         assert version == 1
         assert await store.publish(DEFAULT_MODEL, model_folder, {}) == 0  # there already
