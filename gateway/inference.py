@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
@@ -77,7 +76,7 @@ class InferenceRouter:
         async def on_chunk(msg: Msg) -> None:
             await chunks.put(inference_pb2.GenerateChunk.FromString(msg.data))
 
-        work.reply_to = f"_INBOX.{uuid.uuid4().hex}"
+        work.reply_to = self._nats.new_inbox()  # the gateway's private prefix: only it may read
         scheduled = inference_pb2.ScheduledGenerate(work=work, cost=cost)
         scheduled.priority = priority  # type: ignore[assignment]
         subscription = await self._nats.subscribe(work.reply_to, cb=on_chunk)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from llmos import subjects
 from llmos.errors import Unavailable
+from llmos.natsperms import inbox_prefix
+from llmos.trust import Credentials
 from llmos.v1 import events_pb2
 
 log = logging.getLogger("llmos.messaging")
@@ -57,9 +60,19 @@ STREAMS = (
 )
 
 
-async def connect_nats(url: str, name: str, timeout_s: float) -> NATS:
-    """Connect, retrying until `timeout_s` so services may start before NATS does."""
+async def connect_nats(
+    url: str, name: str, timeout_s: float, credentials: Credentials | None = None
+) -> NATS:
+    """Connect, retrying until `timeout_s` so services may start before NATS does; as
+    the user `credentials` name (replies then come to that user's private inboxes)."""
     deadline = time.monotonic() + timeout_s
+    login: dict[str, Any] = {}
+    if credentials is not None:
+        login = {
+            "user": credentials.user,
+            "password": credentials.password.reveal(),
+            "inbox_prefix": inbox_prefix(credentials.user),
+        }
     while True:
         try:
             return await nats.connect(
@@ -69,6 +82,7 @@ async def connect_nats(url: str, name: str, timeout_s: float) -> NATS:
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                **login,
             )
         except Exception as exc:  # nats raises several unrelated types for "not there yet"
             if time.monotonic() >= deadline:
@@ -77,8 +91,23 @@ async def connect_nats(url: str, name: str, timeout_s: float) -> NATS:
             await asyncio.sleep(0.5)
 
 
+async def require_streams(js: JetStreamContext) -> None:
+    """Fail (Unavailable, naming it) when a stream LLM OS needs does not exist: services
+    may not create streams; the setup identity does (`ensure_streams`)."""
+    for config in STREAMS:
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            raise Unavailable(
+                f"NATS has no stream {config.name}; the setup identity creates the streams "
+                "(`make run` and `tools.devstack.infra.start_nats` do)"
+            ) from None
+
+
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the streams LLM OS needs, or bring an existing one to the current config."""
+    """Create the streams LLM OS needs, or bring an existing one to the current config
+    (the setup identity only: service users may not)."""
     for config in STREAMS:
         try:
             await js.add_stream(config)

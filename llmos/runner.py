@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -41,16 +42,17 @@ from llmos import subjects
 from llmos.assertions import AssertionVerifier
 from llmos.auditing import AuditPublisher
 from llmos.callers import InternalGuard
-from llmos.config import ConfigError, EnvReader, ServiceSettings, read_service_settings
+from llmos.config import ConfigError, EnvReader, Secret, ServiceSettings, read_service_settings
 from llmos.errors import Unavailable
 from llmos.events import Phase, now, phase_word, service_lifecycle
 from llmos.hotstate import connect_redis
 from llmos.identity import ServiceIdentity
 from llmos.links import Links
 from llmos.log import configure_logging
-from llmos.messaging import EventPublisher, connect_nats, ensure_streams
+from llmos.messaging import EventPublisher, connect_nats, require_streams
 from llmos.registry import ServiceRegistry
 from llmos.rpc import CallContextInterceptor, CallGuard, server_options
+from llmos.trust import Credentials, credentials_file, read_credentials
 from llmos.usage import UsageSampler
 from llmos.v1 import common_pb2, scheduler_pb2
 
@@ -237,10 +239,11 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
     async with AsyncExitStack() as stack:
         redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)
         stack.push_async_callback(redis_client.aclose)
-        nc = await connect_nats(settings.nats_url, instance.instance_id, settings.connect_timeout_s)
+        url, login = nats_login(settings)
+        nc = await connect_nats(url, instance.instance_id, settings.connect_timeout_s, login)
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
-        await ensure_streams(js)
+        await require_streams(js)
         audit = AuditPublisher(js, settings.service)
         audit.start()
         stack.push_async_callback(audit.close)
@@ -316,6 +319,23 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
             await _announce(ctx, Phase.PHASE_STOPPED, signal_.reason or "shutdown")
     log.info("stopped")
     return EXIT_OK
+
+
+def nats_login(settings: ServiceSettings) -> tuple[str, Credentials | None]:
+    """The NATS URL without credentials, and the user to connect as: the one the URL
+    names (an operator's choice), else `<secrets>/nats/<service>.json`."""
+    parts = urllib.parse.urlsplit(settings.nats_url)
+    if parts.username is not None and parts.password is not None:
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        user = urllib.parse.unquote(parts.username)
+        return bare, Credentials(user, Secret(urllib.parse.unquote(parts.password)))
+    if parts.username is not None:  # a token: no user of its own
+        return settings.nats_url, None
+    path = credentials_file(settings.secrets_dir / "nats", settings.service)
+    try:
+        return settings.nats_url, read_credentials(path)
+    except ValueError as exc:
+        raise Unavailable(f"no NATS credentials for {settings.service}: {exc}") from None
 
 
 def _identity(settings: ServiceSettings, instance: common_pb2.ServiceInstance) -> ServiceIdentity:

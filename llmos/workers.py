@@ -84,6 +84,20 @@ class WorkerTable:
         """Feed the table with every heartbeat from now on; the caller unsubscribes."""
 
         async def on_heartbeat(msg: Msg) -> None:
-            self.observe(scheduler_pb2.WorkerStatus.FromString(msg.data), clock())
+            status = scheduler_pb2.WorkerStatus.FromString(msg.data)
+            instance = status.instance
+            # a user may publish only its own service's heartbeat subject: the payload
+            # must be about the instance and service that subject names
+            try:
+                expected = subjects.heartbeat(instance.service, instance.instance_id)
+            except ValueError:
+                expected = ""
+            if msg.subject != expected:
+                log.warning(
+                    "heartbeat ignored: its subject names another instance",
+                    extra={"subject": msg.subject, "instance": instance.instance_id},
+                )
+                return
+            self.observe(status, clock())
 
         return await nc.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)

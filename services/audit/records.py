@@ -64,6 +64,9 @@ def parse(data: bytes, source: str, stream_sequence: Callable[[], int]) -> audit
         )
     if not record.id:
         record.id = f"stream-{stream_sequence()}"
+    # who sent it is the subject, which only that service may publish on; what the
+    # record says about itself is not evidence
+    record.source = source
     return record
 
 

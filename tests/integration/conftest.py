@@ -36,7 +36,7 @@ def gateway_env(nats: NatsServer, redis: RedisServer) -> dict[str, str]:
     """Environment of a service (any of them) on the given NATS and Redis."""
     return python_env(
         LLMOS_SECRETS_DIR=str(nats.secrets_dir),
-        LLMOS_NATS_URL=nats.url,
+        LLMOS_NATS_URL=nats.public_url,
         LLMOS_REDIS_URL=redis.url,
         LLMOS_HEARTBEAT_S="0.5",
         LLMOS_SHUTDOWN_GRACE_S="2",

@@ -51,7 +51,7 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
     nats_server, redis_server = start_nats(workdir), start_redis(workdir)
     env = {
         **environment_without_llmos(),
-        "LLMOS_NATS_URL": nats_server.url,
+        "LLMOS_NATS_URL": nats_server.public_url,
         "LLMOS_REDIS_URL": redis_server.url,
         "LLMOS_DATA_DIR": str(workdir / "data"),
         "LLMOS_LOG_LEVEL": "warning",

@@ -75,7 +75,7 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
         [sys.executable, "-m", "services.storage"],
         env={
             **environment_without_llmos(),
-            "LLMOS_NATS_URL": nats_server.url,
+            "LLMOS_NATS_URL": nats_server.public_url,
             "LLMOS_REDIS_URL": redis_server.url,
             "LLMOS_DATA_DIR": str(workdir / "data"),
             "LLMOS_LISTEN_ADDR": address,

