@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from llmos.errors import PermissionDenied, Unauthenticated
-from llmos.keyfiles import new_private_file, write_private
+from llmos.keyfiles import new_private_file, private_dir, write_private
 
 METADATA_KEY = "x-llmos-assertion"
 DEFAULT_TTL_S = 60.0
@@ -97,7 +97,7 @@ def key_paths(secrets_dir: Path) -> tuple[Path, Path]:
 def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """The signing key at `path`, created (0600) on first use; of two gateways starting
     at once, the first one's key wins."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

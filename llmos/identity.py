@@ -33,7 +33,7 @@ import grpc
 from cryptography import x509
 
 from llmos import pki
-from llmos.keyfiles import write_private
+from llmos.keyfiles import private_dir, write_private
 
 log = logging.getLogger("llmos.identity")
 
@@ -101,7 +101,7 @@ class InternalCA:
     """The internal CA under `<secrets>/ca` (created on first use, key mode 0600)."""
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(directory)
         self.directory = directory
         self._ca = pki.load_or_create_ca(
             directory / "ca.pem", directory / "ca-key.pem", "LLM OS internal CA"

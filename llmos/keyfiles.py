@@ -10,12 +10,21 @@ from pathlib import Path
 from typing import TextIO
 
 
+def private_dir(path: Path) -> Path:
+    """`path` as a directory, creating it and each missing parent only its owner can enter
+    (`mkdir(parents=True, mode=...)` gives the parents the default mode instead)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def ensure_secret(path: Path, nbytes: int = 32) -> str:
     """Return the secret stored at `path`, creating it (mode 0600) on first use.
 
     Creation is exclusive, so two processes racing at first start agree on one value.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -27,7 +36,7 @@ def ensure_secret(path: Path, nbytes: int = 32) -> str:
 
 def write_private(path: Path, text: str) -> None:
     """Write `text` to a file only its owner can read, atomically replacing any old one."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

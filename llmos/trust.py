@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.config import Secret
-from llmos.keyfiles import new_private_file
+from llmos.keyfiles import new_private_file, private_dir
 
 #: the identity that creates streams and users: the launcher, `make run`, the tests
 SETUP_USER = "setup"
@@ -55,7 +55,7 @@ def ensure_credentials(directory: Path, user: str) -> Credentials:
     """`user`'s credentials in `directory`, generated (0600) on first use; two processes
     racing at first start agree on one password."""
     path = credentials_file(directory, user)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(directory)
     try:
         with new_private_file(path) as handle:
             handle.write(json.dumps({"user": user, "password": secrets.token_urlsafe(32)}))

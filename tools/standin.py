@@ -20,6 +20,8 @@ import grpc
 
 from llmos.assertions import METADATA_KEY, AssertionSigner
 from llmos.identity import ServiceIdentity, channel_options
+from llmos.natsperms import inbox_prefix
+from llmos.trust import credentials_file, read_credentials
 
 SYSTEM = "system"
 
@@ -99,3 +101,13 @@ class _Vouching(
 def _peek(requests: Any) -> tuple[Any, Iterator[Any]]:
     iterator = iter(requests)
     return next(iterator, None), iterator
+
+
+def nats_login(secrets_dir: Path, user: str) -> dict[str, Any]:
+    """`nats.connect` keyword arguments to log in as `user` (a service, or "setup")."""
+    creds = read_credentials(credentials_file(secrets_dir / "nats", user))
+    return {
+        "user": creds.user,
+        "password": creds.password.reveal(),
+        "inbox_prefix": inbox_prefix(creds.user),
+    }

@@ -18,6 +18,7 @@ from llmos.v1 import inference_pb2
 from tests.integration.conftest import gateway_env
 from tools.devstack.infra import NatsServer, RedisServer
 from tools.harness import Process, eventually_async, start_service
+from tools.standin import nats_login
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +44,16 @@ def scheduler(
 async def test_work_nobody_serves_is_queued_then_ended_with_unavailable(
     scheduler: Process, nats_server: NatsServer
 ) -> None:
-    nc = await nats.connect(nats_server.url)
+    # as the gateway: the scheduler may answer only into the gateway's private inboxes
+    nc = await nats.connect(
+        nats_server.public_url, **nats_login(nats_server.secrets_dir, "gateway")
+    )
     chunks: list[inference_pb2.GenerateChunk] = []
 
     async def on_chunk(msg: Msg) -> None:
         chunks.append(inference_pb2.GenerateChunk.FromString(msg.data))
 
-    inbox = f"_INBOX.{uuid.uuid4().hex}"
+    inbox = nc.new_inbox()
     await nc.subscribe(inbox, cb=on_chunk)
     work = inference_pb2.GenerateWork(
         request_id=uuid.uuid4().hex, tenant="lab-a", model="ghost", prompt="hi", reply_to=inbox

@@ -18,11 +18,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from nats.aio.msg import Msg
 
 from llmos.health import SERVING, UNREACHABLE, check_health
+from llmos.identity import operator_identity
 from llmos.registry import ServiceRegistry
 from llmos.services import SERVICE_MODULES
 from llmos.v1 import events_pb2
 from tools.devstack.infra import NatsServer, RedisServer
-from tools.harness import start_process
+from tools.harness import secrets_dir_of, start_process
+from tools.standin import internal_channel
 
 Phase = events_pb2.ServiceLifecycle.Phase
 
@@ -60,8 +62,17 @@ async def test_service_lifecycle(
         assert instance.pid == process.pid
         address = instance.address
 
-        assert await check_health(address) == (SERVING, "")
-        reflected = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(address))
+        # internal ports speak mutual TLS only: the check comes with an operator identity
+        secrets = secrets_dir_of(service_env)
+        internal = service != "gateway"
+        operator = operator_identity(secrets, "lifecycle-test") if internal else None
+        assert await check_health(address, identity=operator, server=service) == (SERVING, "")
+        channel = (
+            internal_channel(address, service, secrets, caller="operator", principal=None)
+            if internal
+            else grpc.insecure_channel(address)
+        )
+        reflected = ProtoReflectionDescriptorDatabase(channel)
         assert "grpc.health.v1.Health" in reflected.get_services()
         registered = await ServiceRegistry(redis_client, ttl_s=5).live_instances()
         assert instance.instance_id in {i.instance_id for i in registered}
@@ -71,7 +82,8 @@ async def test_service_lifecycle(
         stopped = await _next_event(events, Phase.PHASE_STOPPED)
         assert stopped.service_lifecycle.instance.instance_id == instance.instance_id
         assert stopped.service_lifecycle.reason == "SIGTERM"
-        assert (await check_health(address, timeout_s=1))[0] == UNREACHABLE
+        gone = await check_health(address, timeout_s=1, identity=operator, server=service)
+        assert gone[0] == UNREACHABLE
         registered = await ServiceRegistry(redis_client, ttl_s=5).live_instances()
         assert instance.instance_id not in {i.instance_id for i in registered}
         said = process.log_path.read_text()

@@ -20,7 +20,8 @@ from llmos import subjects
 from llmos.ports import free_port
 from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.integration.storage_client import StorageProcess, start_storage
-from tools.harness import ROOT, Process, eventually, start_process, start_service
+from tools.harness import ROOT, Process, eventually, secrets_dir_of, start_process, start_service
+from tools.standin import internal_channel
 
 S = common_pb2.JobState
 TEXT = (ROOT / "README.md").read_text()
@@ -52,7 +53,8 @@ class Cluster:
         return trainer
 
     def stub(self) -> scheduler_pb2_grpc.SchedulerStub:
-        return scheduler_pb2_grpc.SchedulerStub(grpc.insecure_channel(self.address))
+        channel = internal_channel(self.address, "scheduler", secrets_dir_of(self.env))
+        return scheduler_pb2_grpc.SchedulerStub(channel)
 
     def wait_for_trainers(self, count: int) -> None:
         stub = self.stub()

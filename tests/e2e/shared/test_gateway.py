@@ -29,6 +29,7 @@ from llmos.v1 import (
 )
 from tests.e2e.conftest import RunningStack
 from tools.harness import eventually, eventually_async
+from tools.standin import nats_login
 
 pytestmark = pytest.mark.e2e
 
@@ -202,8 +203,8 @@ def test_the_cli_shows_the_cluster_live(stack: RunningStack) -> None:
 
 
 async def test_inference_calls_are_audited_with_model_and_tokens(stack: RunningStack) -> None:
-    token = (stack.data_dir / "secrets" / "nats.token").read_text().strip()
-    nc = await nats.connect(stack.fields["nats"], token=token)
+    login = nats_login(stack.data_dir / "secrets", "setup")
+    nc = await nats.connect(stack.fields["nats"], **login)
     records: list[audit_pb2.AuditRecord] = []
 
     async def on_record(msg: Msg) -> None:

@@ -23,6 +23,7 @@ from llmos.v1 import (
 )
 from tests.e2e.conftest import RunningStack
 from tools.harness import eventually
+from tools.standin import internal_channel
 
 pytestmark = pytest.mark.e2e
 SPARE_MODEL = "smollm2-spare-copy"
@@ -37,6 +38,15 @@ def channel(stack: RunningStack) -> Iterator[grpc.Channel]:
 @pytest.fixture(scope="module")
 def gateway(channel: grpc.Channel) -> gateway_pb2_grpc.GatewayStub:
     return gateway_pb2_grpc.GatewayStub(channel)
+
+
+def as_scheduler(stack: RunningStack) -> grpc.Channel:
+    """The worker's port as the scheduler reaches it (only it may load and unload)."""
+    address = stack.fields["inference-worker"]
+    secrets = stack.data_dir / "secrets"
+    return internal_channel(
+        address, "inference-worker", secrets, caller="scheduler", principal=None
+    )
 
 
 def params(**kwargs: object) -> inference_pb2.GenerationParams:
@@ -214,7 +224,7 @@ def test_other_bad_requests_name_the_field(
 def test_a_client_that_goes_away_frees_the_worker(
     stack: RunningStack, gateway: gateway_pb2_grpc.GatewayStub
 ) -> None:
-    with grpc.insecure_channel(stack.fields["inference-worker"]) as worker_channel:
+    with as_scheduler(stack) as worker_channel:
         worker = worker_pb2_grpc.InferenceWorkerStub(worker_channel)
         idle = worker.DescribeWorker(worker_pb2.DescribeWorkerRequest(), timeout=10).free_slots
         call = gateway.Generate(
@@ -279,7 +289,7 @@ def test_a_registered_version_is_deployed_and_answers_without_a_restart(
         assert refused.returncode != 0 and "NOT_FOUND" in refused.stderr
         assert processes() == before  # the same processes serve on: nothing restarted
     finally:
-        with grpc.insecure_channel(stack.fields["inference-worker"]) as worker_channel:
+        with as_scheduler(stack) as worker_channel:
             worker = worker_pb2_grpc.InferenceWorkerStub(worker_channel)
             with contextlib.suppress(grpc.RpcError):
                 worker.UnloadModel(worker_pb2.UnloadModelRequest(model=served), timeout=60)
@@ -300,7 +310,7 @@ def test_models_load_and_unload_on_command_without_a_restart(
         }
 
     try:
-        with grpc.insecure_channel(stack.fields["inference-worker"]) as worker_channel:
+        with as_scheduler(stack) as worker_channel:
             worker = worker_pb2_grpc.InferenceWorkerStub(worker_channel)
             for bad, code in [("../etc", "INVALID_ARGUMENT"), ("not-imported", "NOT_FOUND")]:
                 with pytest.raises(grpc.RpcError) as caught:

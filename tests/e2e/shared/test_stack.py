@@ -45,8 +45,12 @@ def test_cli_finds_the_gateway_from_the_data_dir(stack: RunningStack) -> None:
 
 def test_generated_secrets_are_private_and_never_printed(stack: RunningStack) -> None:
     secrets_dir = stack.data_dir / "secrets"
-    secret_files = sorted(secrets_dir.iterdir())
-    assert {p.name for p in secret_files} >= {"nats.token", "redis.password"}
+    credentials = sorted(p for p in secrets_dir.rglob("*.json") if p.is_file())
+    keys = [secrets_dir / "ca" / "ca-key.pem", secrets_dir / "assertions" / "signing-key.pem"]
+    secret_files = [*credentials, *keys]
+    names = {str(p.relative_to(secrets_dir)) for p in secret_files}
+    users = {"setup", "gateway", "scheduler", "storage", "audit", "trainer", "inference-worker"}
+    assert names >= {f"nats/{user}.json" for user in users}
     assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
     printed = "".join(stack.output) + "".join(
         p.read_text(errors="replace") for p in (stack.data_dir / "logs").iterdir()
