@@ -2,13 +2,17 @@
 configuration by whoever starts it (the setup identity).
 
 Each service connects as its own user (`<secrets>/nats/<service>.json`) and may publish
-and subscribe only to its own subjects. Replies: each user's inboxes carry a private
-prefix (`_INBOX_<user>.`) that only it may subscribe to; a service answering a request
-may publish to that request's reply subject (`allow_responses`), and workers (and the
-scheduler, for failures) stream generations straight to the gateway's inboxes. Only the
-setup user may create, update, purge or delete streams; only the audit service consumes
-the audit stream. Because a user can publish audit records only on
-`llmos.audit.<itself>`, the audit service stamps each record's source from the subject.
+and subscribe only to its own subjects. Workers and trainers, of which many run, get a
+user per instance: each claims a free *slot* (`inference-worker-3`, its own credentials
+file) at start, and may heartbeat, and take work, only on subjects naming its slot.
+
+Replies: each user's inboxes carry a private prefix (`_INBOX_<user>.`) that only it may
+subscribe to; a service answering a request may publish to that request's reply subject
+(`allow_responses`), and workers (and the scheduler, for failures) stream generations
+straight to the gateway's inboxes. Only the setup user may create, update, purge or
+delete streams; only the audit service consumes the audit stream. Because a user can
+publish audit records only on `llmos.audit.<its service>`, the audit service stamps each
+record's source from the subject.
 """
 
 from __future__ import annotations
@@ -51,6 +55,60 @@ class Permissions:
 
 GATEWAY_INBOXES = f"{inbox_prefix('gateway')}.>"
 
+#: services that run as many instances, each with a NATS user (slot) of its own
+SLOTTED = ("inference-worker", "trainer")
+DEFAULT_SLOTS = 8
+
+
+def slot_users(service: str, count: int = DEFAULT_SLOTS) -> list[str]:
+    return [f"{service}-{k}" for k in range(1, count + 1)]
+
+
+def _worker(slot: str) -> Permissions:
+    return Permissions(
+        publish=(
+            *_own("inference-worker"),
+            f"{subjects.HEARTBEAT_PREFIX}.inference-worker.{slot}.*",
+            subjects.WORK_PROGRESS,
+            GATEWAY_INBOXES,
+        ),
+        subscribe=(
+            subjects.CANCEL_WORK,
+            f"{subjects.WORK_PREFIX}.generate.{slot}.*",
+            f"{subjects.WORK_PREFIX}.embed.*",
+            f"{subjects.WORK_PREFIX}.classify.*",
+        ),
+        responds=True,
+    )
+
+
+def _trainer(slot: str) -> Permissions:
+    return Permissions(
+        publish=(
+            *_own("trainer"),
+            f"{subjects.HEARTBEAT_PREFIX}.trainer.{slot}.*",
+            subjects.JOB_REPORT,
+        ),
+        subscribe=(
+            f"{subjects.WORK_PREFIX}.train.{slot}.*",
+            f"{subjects.WORK_PREFIX}.trainctl.{slot}.*",
+        ),
+        responds=True,
+    )
+
+
+def permissions(user: str) -> Permissions:
+    """What `user` (a service, or a slot of a slotted one) may do."""
+    if user in PERMISSIONS:
+        return PERMISSIONS[user]
+    service = user.rpartition("-")[0]
+    if service == "inference-worker":
+        return _worker(user)
+    if service == "trainer":
+        return _trainer(user)
+    raise KeyError(f"no NATS permissions for user {user!r}")
+
+
 PERMISSIONS: Mapping[str, Permissions] = {
     "gateway": Permissions(
         publish=(
@@ -66,9 +124,9 @@ PERMISSIONS: Mapping[str, Permissions] = {
         publish=(
             *_own("scheduler"),
             f"{subjects.EVENTS_PREFIX}.job.>",
-            f"{subjects.WORK_PREFIX}.generate.*",
-            f"{subjects.WORK_PREFIX}.train.*",
-            f"{subjects.WORK_PREFIX}.trainctl.*",
+            f"{subjects.WORK_PREFIX}.generate.>",
+            f"{subjects.WORK_PREFIX}.train.>",
+            f"{subjects.WORK_PREFIX}.trainctl.>",
             GATEWAY_INBOXES,  # a generation that failed before reaching a worker
         ),
         subscribe=(
@@ -79,30 +137,6 @@ PERMISSIONS: Mapping[str, Permissions] = {
             subjects.ALL_HEARTBEATS,
             f"{subjects.EVENTS_PREFIX}.job.>",
         ),
-        responds=True,
-    ),
-    "inference-worker": Permissions(
-        publish=(
-            *_own("inference-worker"),
-            f"{subjects.HEARTBEAT_PREFIX}.inference-worker.*",
-            subjects.WORK_PROGRESS,
-            GATEWAY_INBOXES,
-        ),
-        subscribe=(
-            subjects.CANCEL_WORK,
-            f"{subjects.WORK_PREFIX}.generate.*",
-            f"{subjects.WORK_PREFIX}.embed.*",
-            f"{subjects.WORK_PREFIX}.classify.*",
-        ),
-        responds=True,
-    ),
-    "trainer": Permissions(
-        publish=(
-            *_own("trainer"),
-            f"{subjects.HEARTBEAT_PREFIX}.trainer.*",
-            subjects.JOB_REPORT,
-        ),
-        subscribe=(f"{subjects.WORK_PREFIX}.train.*", f"{subjects.WORK_PREFIX}.trainctl.*"),
         responds=True,
     ),
     "storage": Permissions(publish=tuple(_own("storage")), subscribe=()),
@@ -122,7 +156,8 @@ PERMISSIONS: Mapping[str, Permissions] = {
     ),
 }
 
-SERVICE_USERS = tuple(PERMISSIONS)
+#: every user but setup: the single-instance services, then each slot
+SERVICE_USERS = (*PERMISSIONS, *(u for s in SLOTTED for u in slot_users(s)))
 
 
 def render_users(credentials: Mapping[str, Credentials]) -> str:
@@ -132,14 +167,14 @@ def render_users(credentials: Mapping[str, Credentials]) -> str:
     for name, creds in credentials.items():
         entry: dict[str, object] = {"user": creds.user, "password": creds.password.reveal()}
         if name != SETUP_USER:
-            rules = PERMISSIONS[name]
-            permissions: dict[str, object] = {
+            rules = permissions(name)
+            granted: dict[str, object] = {
                 "publish": {"allow": list(rules.publish)},
                 "subscribe": {"allow": [*rules.subscribe, f"{inbox_prefix(name)}.>"]},
             }
             if rules.responds:
-                permissions["allow_responses"] = _RESPONSES
-            entry["permissions"] = permissions
+                granted["allow_responses"] = _RESPONSES
+            entry["permissions"] = granted
         users.append(entry)
     # nats-server's configuration language reads JSON values
     return f"authorization {{\n  users = {json.dumps(users, indent=2)}\n}}\n"

@@ -50,8 +50,10 @@ from llmos.identity import ServiceIdentity
 from llmos.links import Links
 from llmos.log import configure_logging
 from llmos.messaging import EventPublisher, connect_nats, require_streams
+from llmos.natsperms import SLOTTED
 from llmos.registry import ServiceRegistry
 from llmos.rpc import CallContextInterceptor, CallGuard, server_options
+from llmos.slots import Slot, claim_slot
 from llmos.trust import Credentials, credentials_file, read_credentials
 from llmos.usage import UsageSampler
 from llmos.v1 import common_pb2, scheduler_pb2
@@ -214,10 +216,13 @@ def _run_beside_foreground(launch: _Launch, foreground: Foreground) -> int:
     return code[0]
 
 
-def _new_instance(settings: ServiceSettings) -> common_pb2.ServiceInstance:
+def _new_instance(settings: ServiceSettings, nats_user: str) -> common_pb2.ServiceInstance:
+    """This process's instance; its id starts with its NATS user when that is its own
+    (a worker's slot: the subjects addressed to it name that user, see llmos.subjects)."""
+    prefix = nats_user if nats_user.startswith(f"{settings.service}-") else settings.service
     return common_pb2.ServiceInstance(
         service=settings.service,
-        instance_id=f"{settings.service}-{uuid.uuid4().hex[:12]}",
+        instance_id=f"{prefix}-{uuid.uuid4().hex[:12]}",
         started_at=now(),
         version=llmos.__version__,
         pid=os.getpid(),
@@ -234,12 +239,14 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, signal_.request, sig.name)
 
-    instance = _new_instance(settings)
-    identity = _identity(settings, instance)
+    url, login, slot = nats_login(settings)
     async with AsyncExitStack() as stack:
+        if slot is not None:
+            stack.callback(slot.release)
+        instance = _new_instance(settings, login.user if login else "")
+        identity = _identity(settings, instance)
         redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)
         stack.push_async_callback(redis_client.aclose)
-        url, login = nats_login(settings)
         nc = await connect_nats(url, instance.instance_id, settings.connect_timeout_s, login)
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
@@ -321,20 +328,25 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
     return EXIT_OK
 
 
-def nats_login(settings: ServiceSettings) -> tuple[str, Credentials | None]:
-    """The NATS URL without credentials, and the user to connect as: the one the URL
-    names (an operator's choice), else `<secrets>/nats/<service>.json`."""
+def nats_login(settings: ServiceSettings) -> tuple[str, Credentials | None, Slot | None]:
+    """The NATS URL without credentials, the user to connect as, and the slot claimed
+    for it: the user the URL names (an operator's choice), else a free slot of a
+    worker or trainer, else `<secrets>/nats/<service>.json`."""
     parts = urllib.parse.urlsplit(settings.nats_url)
     if parts.username is not None and parts.password is not None:
         bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         user = urllib.parse.unquote(parts.username)
-        return bare, Credentials(user, Secret(urllib.parse.unquote(parts.password)))
+        return bare, Credentials(user, Secret(urllib.parse.unquote(parts.password))), None
     if parts.username is not None:  # a token: no user of its own
-        return settings.nats_url, None
-    path = credentials_file(settings.secrets_dir / "nats", settings.service)
+        return settings.nats_url, None, None
+    directory = settings.secrets_dir / "nats"
+    slot = claim_slot(directory, settings.service) if settings.service in SLOTTED else None
+    path = credentials_file(directory, slot.user if slot else settings.service)
     try:
-        return settings.nats_url, read_credentials(path)
+        return settings.nats_url, read_credentials(path), slot
     except ValueError as exc:
+        if slot is not None:
+            slot.release()
         raise Unavailable(f"no NATS credentials for {settings.service}: {exc}") from None
 
 

@@ -3,6 +3,10 @@
 Events:  llmos.events.<kind>.<...>   stream LLMOS_EVENTS (durable, for subscribers)
 Audit:   llmos.audit.<source>        stream LLMOS_AUDIT  (durable, for the audit service)
 Witness: llmos.witness.audit.<key>   stream LLMOS_WITNESS (the audit log's newest checkpoints)
+
+Subjects addressed to one worker or trainer instance carry its NATS user (its *slot*,
+`inference-worker-3`) before its instance id, so a permission per slot user can say
+"only your own": an instance id starts with its slot (`inference-worker-3-<random>`).
 """
 
 from __future__ import annotations
@@ -64,19 +68,30 @@ INFERENCE_QUEUE = "inference-workers"
 CANCEL_WORK = f"{WORK_PREFIX}.cancel"
 
 
+def slot_of(instance_id: str) -> str:
+    """The NATS user (slot) an instance id belongs to: the id without its random tail."""
+    slot, sep, _ = instance_id.rpartition("-")
+    return slot if sep and slot else instance_id
+
+
+def _instance(instance_id: str) -> str:
+    """`<slot>.<instance id>`: two tokens, the first one a permission can name."""
+    return f"{_token(slot_of(instance_id))}.{_token(instance_id)}"
+
+
 def worker_generate(instance_id: str) -> str:
     """Where the scheduler sends a generation it placed on one worker."""
-    return f"{WORK_PREFIX}.generate.{_token(instance_id)}"
+    return f"{WORK_PREFIX}.generate.{_instance(instance_id)}"
 
 
 def trainer_assign(instance_id: str) -> str:
     """Where the scheduler hands a trainer its share of a job (request/reply)."""
-    return f"{WORK_PREFIX}.train.{_token(instance_id)}"
+    return f"{WORK_PREFIX}.train.{_instance(instance_id)}"
 
 
 def trainer_control(instance_id: str) -> str:
     """Where the scheduler tells a trainer to preempt, cancel or abort a job."""
-    return f"{WORK_PREFIX}.trainctl.{_token(instance_id)}"
+    return f"{WORK_PREFIX}.trainctl.{_instance(instance_id)}"
 
 
 #: trainer -> scheduler: a job attempt's progress and end (request/reply, retried)
@@ -108,4 +123,4 @@ ALL_HEARTBEATS = f"{HEARTBEAT_PREFIX}.>"
 
 def heartbeat(service: str, instance_id: str) -> str:
     """Where a worker's status goes every heartbeat."""
-    return f"{HEARTBEAT_PREFIX}.{_token(service)}.{_token(instance_id)}"
+    return f"{HEARTBEAT_PREFIX}.{_token(service)}.{_instance(instance_id)}"

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 
 from llmos import subjects
 from llmos.assertions import METADATA_KEY, Assertion, AssertionSigner
-from llmos.natsperms import SERVICE_USERS, inbox_prefix
+from llmos.natsperms import inbox_prefix
 from llmos.v1 import audit_pb2, common_pb2, scheduler_pb2, storage_pb2, storage_pb2_grpc
 from llmos.workers import WorkerTable
 from tests.integration.storage_client import StorageProcess, download, refused, upload
@@ -135,6 +135,9 @@ def test_the_asserted_tenant_wins_over_the_tenant_field(storage: StorageProcess)
 
 # -- NATS: one service's credentials used for another's subjects ---------------------------
 
+#: a worker's NATS user: its slot (each running worker holds one of its own)
+WORKER = "inference-worker-1"
+
 
 class Violations:
     """A connection as one service user, and the permission errors the server sent it."""
@@ -184,7 +187,7 @@ async def _setup(server: NatsServer) -> NATS:
 async def test_a_worker_cannot_read_other_replies(nats_server: NatsServer) -> None:
     """Every answer goes to a private inbox: a worker subscribing to all inboxes, or to
     the gateway's, is refused and hears nothing."""
-    async with Violations(nats_server, "inference-worker") as worker:
+    async with Violations(nats_server, WORKER) as worker:
         assert worker.nc is not None
         heard: list[bytes] = []
 
@@ -203,10 +206,16 @@ async def test_a_worker_cannot_read_other_replies(nats_server: NatsServer) -> No
         assert heard == []
 
 
-async def test_a_worker_cannot_take_another_services_work(nats_server: NatsServer) -> None:
-    async with Violations(nats_server, "inference-worker") as worker:
+async def test_a_worker_cannot_take_another_workers_or_services_work(
+    nats_server: NatsServer,
+) -> None:
+    async with Violations(nats_server, WORKER) as worker:
         assert worker.nc is not None
-        for subject in (subjects.trainer_assign("t-1"), subjects.JOB_REPORT):
+        for subject in (
+            subjects.worker_generate("inference-worker-2-0a1b2c3d4e5f"),
+            subjects.trainer_assign("trainer-1-0a1b2c3d4e5f"),
+            subjects.JOB_REPORT,
+        ):
             await worker.nc.subscribe(subject)
             await worker.refused(subject)
 
@@ -223,7 +232,7 @@ async def test_a_worker_cannot_publish_an_audit_record_as_the_gateway(
     await setup.subscribe(subjects.audit("gateway"), cb=on_record)
     await setup.flush()
     forged = audit_pb2.AuditRecord(id="forged", source="gateway", action="admin.grant")
-    async with Violations(nats_server, "inference-worker") as worker:
+    async with Violations(nats_server, WORKER) as worker:
         assert worker.nc is not None
         await worker.nc.publish(subjects.audit("gateway"), forged.SerializeToString())
         await worker.refused(subjects.audit("gateway"))
@@ -232,12 +241,15 @@ async def test_a_worker_cannot_publish_an_audit_record_as_the_gateway(
     assert seen == []
 
 
-async def test_a_worker_cannot_heartbeat_as_another_service(nats_server: NatsServer) -> None:
-    async with Violations(nats_server, "inference-worker") as worker:
+async def test_a_worker_cannot_heartbeat_as_another_instance(nats_server: NatsServer) -> None:
+    async with Violations(nats_server, WORKER) as worker:
         assert worker.nc is not None
-        subject = subjects.heartbeat("trainer", "trainer-x")
-        await worker.nc.publish(subject, b"")
-        await worker.refused(subject)
+        for subject in (
+            subjects.heartbeat("inference-worker", "inference-worker-2-0a1b2c3d4e5f"),
+            subjects.heartbeat("trainer", "trainer-1-0a1b2c3d4e5f"),
+        ):
+            await worker.nc.publish(subject, b"")
+            await worker.refused(subject)
 
 
 async def test_a_heartbeat_whose_subject_names_another_instance_is_ignored(
@@ -265,22 +277,23 @@ async def test_a_heartbeat_whose_subject_names_another_instance_is_ignored(
         return claimed.SerializeToString()
 
     try:
-        async with Violations(nats_server, "inference-worker") as worker:
+        async with Violations(nats_server, WORKER) as worker:
             assert worker.nc is not None
-            own = subjects.heartbeat("inference-worker", "inference-worker-mine")
-            await worker.nc.publish(own, status("inference-worker-victim"))
-            await worker.nc.publish(own, status("inference-worker-mine"))
+            mine, victim = "inference-worker-1-0a1b2c3d4e5f", "inference-worker-2-0a1b2c3d4e5f"
+            own = subjects.heartbeat("inference-worker", mine)
+            await worker.nc.publish(own, status(victim))
+            await worker.nc.publish(own, status(mine))
             await worker.nc.flush()
-        await eventually_async(
-            lambda: table.address("inference-worker-mine"), 5, what="the honest heartbeat"
-        )
-        assert table.address("inference-worker-victim") == ""
+        await eventually_async(lambda: table.address(mine), 5, what="the honest heartbeat")
+        assert table.address(victim) == ""
     finally:
         await following.unsubscribe()
         await scheduler.close()
 
 
-@pytest.mark.parametrize("user", SERVICE_USERS)
+@pytest.mark.parametrize(
+    "user", ["gateway", "scheduler", "storage", "audit", "inference-worker-1", "trainer-1"]
+)
 async def test_no_service_may_purge_or_delete_a_stream(own_nats: NatsServer, user: str) -> None:
     setup = await _setup(own_nats)
     js = setup.jetstream()

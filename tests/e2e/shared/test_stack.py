@@ -49,7 +49,7 @@ def test_generated_secrets_are_private_and_never_printed(stack: RunningStack) ->
     keys = [secrets_dir / "ca" / "ca-key.pem", secrets_dir / "assertions" / "signing-key.pem"]
     secret_files = [*credentials, *keys]
     names = {str(p.relative_to(secrets_dir)) for p in secret_files}
-    users = {"setup", "gateway", "scheduler", "storage", "audit", "trainer", "inference-worker"}
+    users = {"setup", "gateway", "scheduler", "storage", "audit", "trainer-1", "inference-worker-1"}
     assert names >= {f"nats/{user}.json" for user in users}
     assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
     printed = "".join(stack.output) + "".join(
