@@ -1,9 +1,10 @@
 """`make bench-gateway`: what the gateway adds to a call, measured side by side.
 
 Starts NATS, Redis, the scheduler and a gateway (its own processes, on free ports), then
-alternates the same RPC — GetClusterStatus — called directly on the scheduler and
-through the gateway with a bearer token (verification, scope check, rate-limit admission
-in Redis, audit record, forwarding). Prints one JSON line: median and p99 of each path,
+alternates the same RPC — GetClusterStatus — called directly on the scheduler (mutual
+TLS, as the gateway's certificate) and through the gateway with a bearer token
+(verification, scope check, rate-limit admission in Redis, audit record, a signed tenant
+assertion, forwarding over mutual TLS). Prints one JSON line: median and p99 of each path,
 the added latency and the ratios. Single client, sequential calls, after a warm-up.
 """
 
@@ -27,6 +28,7 @@ from llmos.v1 import gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
 from tools.devstack.infra import start_nats, start_redis, terminate
 from tools.scratch import scratch_directory
+from tools.standin import internal_channel
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -54,6 +56,7 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
         "LLMOS_NATS_URL": nats_server.public_url,
         "LLMOS_REDIS_URL": redis_server.url,
         "LLMOS_DATA_DIR": str(workdir / "data"),
+        "LLMOS_SECRETS_DIR": str(nats_server.secrets_dir),
         "LLMOS_LOG_LEVEL": "warning",
     }
     scheduler_address = f"127.0.0.1:{free_port()}"
@@ -68,7 +71,9 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
         token = gateway.admin_token()
         request = scheduler_pb2.GetClusterStatusRequest()
         with (
-            grpc.insecure_channel(scheduler_address) as direct_channel,
+            internal_channel(
+                scheduler_address, "scheduler", nats_server.secrets_dir, principal=None
+            ) as direct_channel,
             grpc.insecure_channel(gateway.address) as gateway_channel,
         ):
             direct = scheduler_pb2_grpc.SchedulerStub(direct_channel).GetClusterStatus
@@ -97,7 +102,7 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
             "gateway_vs_direct_p50": round(g["p50_ms"] / d["p50_ms"], 2),
             "gateway_vs_direct_p99": round(g["p99_ms"] / d["p99_ms"], 2),
             "gateway_path": "JWT check + scope + one Redis admission script (revocation, deleted "
-            "identities, limits) + audit + forward",
+            "identities, limits) + audit + signed tenant assertion + forward (mutual TLS)",
         }
     finally:
         if gateway is not None:

@@ -24,15 +24,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from llmos.config import environment_without_llmos
 from llmos.health import SERVING, check_health
+from llmos.identity import operator_identity
 from llmos.ports import free_port
 from llmos.usage import peak_resident_mb
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 from tools.devstack.infra import start_nats, start_redis, terminate
 from tools.scratch import scratch_directory
+from tools.standin import internal_channel
 
 MIB = 1 << 20
 
@@ -78,6 +78,7 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
             "LLMOS_NATS_URL": nats_server.public_url,
             "LLMOS_REDIS_URL": redis_server.url,
             "LLMOS_DATA_DIR": str(workdir / "data"),
+            "LLMOS_SECRETS_DIR": str(nats_server.secrets_dir),
             "LLMOS_LISTEN_ADDR": address,
             "LLMOS_LOG_LEVEL": "warning",
         },
@@ -85,14 +86,18 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
     )
     try:
         deadline = time.monotonic() + 60
-        while asyncio.run(check_health(address, timeout_s=1))[0] != SERVING:
+        operator = operator_identity(nats_server.secrets_dir, "bench")
+        while (
+            asyncio.run(check_health(address, timeout_s=1, identity=operator, server="storage"))[0]
+            != SERVING
+        ):
             if time.monotonic() > deadline:
                 raise RuntimeError("storage did not start")
             time.sleep(0.2)
         size = size_mib * MIB
         source = workdir / "source.bin"
         sha256 = _write_file(source, size)
-        with grpc.insecure_channel(address) as channel:
+        with internal_channel(address, "storage", nats_server.secrets_dir) as channel:
             stub = storage_pb2_grpc.StorageStub(channel)
             started = time.perf_counter()
             shutil.copyfile(source, workdir / "copy.bin")
