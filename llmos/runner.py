@@ -239,14 +239,15 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, signal_.request, sig.name)
 
-    url, login, slot = nats_login(settings)
+    slot = _claim_slot(settings)
     async with AsyncExitStack() as stack:
         if slot is not None:
             stack.callback(slot.release)
-        instance = _new_instance(settings, login.user if login else "")
+        instance = _new_instance(settings, slot.user if slot else "")
         identity = _identity(settings, instance)
         redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)
         stack.push_async_callback(redis_client.aclose)
+        url, login = nats_login(settings, slot)
         nc = await connect_nats(url, instance.instance_id, settings.connect_timeout_s, login)
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
@@ -328,25 +329,28 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
     return EXIT_OK
 
 
-def nats_login(settings: ServiceSettings) -> tuple[str, Credentials | None, Slot | None]:
-    """The NATS URL without credentials, the user to connect as, and the slot claimed
-    for it: the user the URL names (an operator's choice), else a free slot of a
-    worker or trainer, else `<secrets>/nats/<service>.json`."""
+def _claim_slot(settings: ServiceSettings) -> Slot | None:
+    """A worker's or trainer's own NATS user, claimed before its instance id is made
+    (the id starts with it); none when the URL names the user (an operator's choice)."""
+    if settings.service not in SLOTTED or "@" in settings.nats_url:
+        return None
+    return claim_slot(settings.secrets_dir / "nats", settings.service)
+
+
+def nats_login(settings: ServiceSettings, slot: Slot | None) -> tuple[str, Credentials | None]:
+    """The NATS URL without credentials, and the user to connect as: the one the URL
+    names, else the claimed slot's, else `<secrets>/nats/<service>.json`."""
     parts = urllib.parse.urlsplit(settings.nats_url)
     if parts.username is not None and parts.password is not None:
         bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         user = urllib.parse.unquote(parts.username)
-        return bare, Credentials(user, Secret(urllib.parse.unquote(parts.password))), None
+        return bare, Credentials(user, Secret(urllib.parse.unquote(parts.password)))
     if parts.username is not None:  # a token: no user of its own
-        return settings.nats_url, None, None
-    directory = settings.secrets_dir / "nats"
-    slot = claim_slot(directory, settings.service) if settings.service in SLOTTED else None
-    path = credentials_file(directory, slot.user if slot else settings.service)
+        return settings.nats_url, None
+    path = credentials_file(settings.secrets_dir / "nats", slot.user if slot else settings.service)
     try:
-        return settings.nats_url, read_credentials(path), slot
+        return settings.nats_url, read_credentials(path)
     except ValueError as exc:
-        if slot is not None:
-            slot.release()
         raise Unavailable(f"no NATS credentials for {settings.service}: {exc}") from None
 
 
