@@ -65,7 +65,7 @@ def nats_server(infra_dir: Path, secrets_dir: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture(scope="session")
 def redis_server(infra_dir: Path, secrets_dir: Path) -> Iterator[RedisServer]:
-    """A real redis-server (password protected) on a free port."""
+    """A real Redis (Valkey) server, one ACL user per service, on a free port."""
     with harness.redis_server(infra_dir, secrets_dir) as server:
         yield server
 

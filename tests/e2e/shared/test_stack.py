@@ -45,8 +45,8 @@ def test_cli_finds_the_gateway_from_the_data_dir(stack: RunningStack) -> None:
 
 def test_generated_secrets_are_private_and_never_printed(stack: RunningStack) -> None:
     secrets_dir = stack.data_dir / "secrets"
-    secret_files = sorted(secrets_dir.iterdir())
-    assert {p.name for p in secret_files} >= {"nats.token", "redis.password"}
+    secret_files = sorted(p for p in secrets_dir.rglob("*") if p.is_file())
+    assert {p.name for p in secret_files} >= {"nats.token", "gateway.json", "setup.json"}
     assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
     printed = "".join(stack.output) + "".join(
         p.read_text(errors="replace") for p in (stack.data_dir / "logs").iterdir()
