@@ -279,7 +279,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         finally:
             await health_servicer.enter_graceful_shutdown()
             with contextlib.suppress(Exception):
-                await ctx.registry.deregister(instance.instance_id)
+                await ctx.registry.deregister(instance)
             await server.stop(settings.shutdown_grace_s)
             await _announce(ctx, Phase.PHASE_STOPPED, signal_.reason or "shutdown")
     log.info("stopped")
