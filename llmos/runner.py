@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import grpc
@@ -39,7 +39,7 @@ from llmos import subjects
 from llmos.config import ConfigError, EnvReader, ServiceSettings, read_service_settings
 from llmos.errors import Unavailable
 from llmos.events import Phase, now, phase_word, service_lifecycle
-from llmos.hotstate import connect_redis
+from llmos.hotstate import connect_redis, service_redis_url
 from llmos.log import configure_logging
 from llmos.messaging import EventPublisher, connect_nats, ensure_streams
 from llmos.registry import ServiceRegistry
@@ -149,6 +149,11 @@ def main(definition: ServiceDefinition, environ: Mapping[str, str] | None = None
     env = EnvReader(environ, service=definition.name)
     settings = read_service_settings(definition.name, env)
     options = definition.configure(env) if definition.configure else None
+    try:
+        redis_url = service_redis_url(settings.redis_url, settings.secrets_dir, definition.name)
+        settings = replace(settings, redis_url=redis_url)
+    except ValueError as exc:
+        env.errors.append(f"LLMOS_REDIS_URL carries no credentials and {exc}")
     try:
         env.raise_if_invalid()
     except ConfigError as exc:

@@ -79,7 +79,7 @@ def service_env(
         LLMOS_DATA_DIR=str(tmp_path / "data"),
         LLMOS_SECRETS_DIR=str(nats_server.secrets_dir),
         LLMOS_NATS_URL=nats_server.url,
-        LLMOS_REDIS_URL=redis_server.url,
+        LLMOS_REDIS_URL=redis_server.public_url,
         LLMOS_LISTEN_ADDR="127.0.0.1:0",
         LLMOS_AUTH_HTTP_ADDR="127.0.0.1:0",
         LLMOS_HEARTBEAT_S="0.5",

@@ -74,9 +74,7 @@ def _start_worker(stack: RunningStack, models: Path, name: str) -> Process:
     nats_url = stack.fields["nats"].replace(
         "nats://", f"nats://{(secrets / 'nats.token').read_text().strip()}@"
     )
-    redis_url = stack.fields["redis"].replace(
-        "redis://", f"redis://:{(secrets / 'redis.password').read_text().strip()}@"
-    )
+    redis_url = stack.fields["redis"]  # its own Redis user is read from <data dir>/secrets
     env = python_env(
         LLMOS_DATA_DIR=str(stack.data_dir),
         LLMOS_NATS_URL=nats_url,
