@@ -36,28 +36,33 @@ class ServiceRegistry:
         self._ttl_ms = int(ttl_s * 1000)
 
     async def register(self, instance: common_pb2.ServiceInstance) -> None:
-        """First heartbeat of a new process; it supersedes any crashed instance of its
-        service that held the same address (a restarted process reuses its port, and the
-        old entry would otherwise borrow the new process's health until its TTL ran out)."""
-        for other in await self._live(instance.service):
-            if other.address == instance.address and other.instance_id != instance.instance_id:
-                await self.deregister(other)
+        """First heartbeat of a new process. It drops its service's expired entries (only
+        its own service's user may), and supersedes any crashed instance of its service
+        that held the same address (a restarted process reuses its port, and the old entry
+        would otherwise borrow the new process's health until its TTL ran out)."""
+        alive, info = alive_key(instance.service), info_key(instance.service)
+        now_ms = int(time.time() * 1000)
+        stale = [i.decode() for i in await self._redis.zrangebyscore(alive, "-inf", now_ms)]
+        stale += [
+            other.instance_id
+            for other in await self._live(instance.service)
+            if other.address == instance.address and other.instance_id != instance.instance_id
+        ]
+        if stale:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(alive, *stale)
+                pipe.hdel(info, *stale)
+                await pipe.execute()
         await self.heartbeat(instance)
 
     async def heartbeat(self, instance: common_pb2.ServiceInstance) -> None:
-        """Announce (or re-announce) that `instance` is alive for another TTL, and drop its
-        service's expired entries (only its own service's user may)."""
+        """Announce (or re-announce) that `instance` is alive for another TTL."""
         if instance.service not in SERVICE_MODULES:
             raise ValueError(f"{instance.service!r} is not an LLM OS service")
-        now_ms = int(time.time() * 1000)
         alive, info = alive_key(instance.service), info_key(instance.service)
-        expired = await self._redis.zrangebyscore(alive, "-inf", now_ms)
         async with self._redis.pipeline(transaction=True) as pipe:
-            if expired:
-                pipe.zremrangebyscore(alive, "-inf", now_ms)
-                pipe.hdel(info, *expired)
             pipe.hset(info, mapping={instance.instance_id: instance.SerializeToString()})
-            pipe.zadd(alive, {instance.instance_id: now_ms + self._ttl_ms})
+            pipe.zadd(alive, {instance.instance_id: int(time.time() * 1000) + self._ttl_ms})
             # a service whose every instance is gone leaves nothing behind
             pipe.pexpire(alive, self._ttl_ms)
             pipe.pexpire(info, self._ttl_ms)
@@ -72,7 +77,7 @@ class ServiceRegistry:
 
     async def live_instances(self) -> list[common_pb2.ServiceInstance]:
         """Instances of every service whose heartbeat has not expired, ordered by service
-        (two round trips, whatever the number of services)."""
+        (one round trip, whatever the number of services)."""
         return await self._live(*SERVICE_MODULES)
 
     async def _live(self, *services: str) -> list[common_pb2.ServiceInstance]:
@@ -80,18 +85,12 @@ class ServiceRegistry:
         async with self._redis.pipeline(transaction=False) as pipe:
             for service in services:
                 pipe.zrangebyscore(alive_key(service), now_ms, "+inf")
-            alive: list[list[bytes]] = await pipe.execute()
-        found = [(service, ids) for service, ids in zip(services, alive, strict=True) if ids]
-        if not found:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for service, ids in found:
-                pipe.hmget(info_key(service), ids)
-            blobs: list[list[bytes | None]] = await pipe.execute()
-        instances = [
-            common_pb2.ServiceInstance.FromString(blob)
-            for per_service in blobs
-            for blob in per_service
-            if blob is not None
-        ]
+                # stale fields are few: each process start prunes its service's
+                pipe.hgetall(info_key(service))
+            replies = await pipe.execute()
+        instances: list[common_pb2.ServiceInstance] = []
+        for ids, blobs in zip(replies[::2], replies[1::2], strict=True):
+            instances.extend(
+                common_pb2.ServiceInstance.FromString(blobs[i]) for i in ids if i in blobs
+            )
         return sorted(instances, key=lambda i: (i.service, i.started_at.seconds, i.instance_id))
