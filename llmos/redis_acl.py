@@ -22,8 +22,10 @@ from llmos.trust import SETUP_USER
 REGISTRY_PREFIX = "llmos:services:"
 
 #: what every service user may run: reading and writing its keys, MULTI/EXEC, its own
-#: connection; never the dangerous commands (KEYS, FLUSHALL, CONFIG, DEBUG, MIGRATE...),
-#: nor listing key names it may not read (SCAN, RANDOMKEY), nor Redis pub/sub
+#: connection; never the dangerous commands (KEYS, FLUSHALL, CONFIG, DEBUG, RESTORE,
+#: CLIENT KILL...), nor listing key names it may not read (SCAN, RANDOMKEY), nor pub/sub;
+#: nor geo commands, which nobody uses and whose GEORADIUS ... STORE escapes the key
+#: patterns before Valkey 8.1.10 (valkey#3971)
 BASE_COMMANDS = (
     "-@all",
     "+@read",
@@ -33,6 +35,7 @@ BASE_COMMANDS = (
     "-@dangerous",
     "-@scripting",
     "-@pubsub",
+    "-@geo",
     "-scan",
     "-randomkey",
 )
@@ -90,7 +93,10 @@ USERS: dict[str, RedisUser] = {
 def acl_lines(passwords: dict[str, str]) -> list[str]:
     """redis.conf lines defining every user in USERS (each password given in clear, kept
     only as its SHA-256) and switching the `default` user off."""
-    lines = ["user default reset off resetchannels -@all"]
+    # Off, with no password, nobody can be `default`. Its rights stay whole because
+    # Valkey before 8.1.10 checks them when it replays MULTI/EXEC from the AOF at start
+    # (valkey#3984): with `-@all` every transaction was silently lost on restart.
+    lines = ["user default reset off ~* &* +@all"]
     for name, user in USERS.items():
         digest = hashlib.sha256(passwords[name].encode()).hexdigest()
         lines.append(" ".join(["user", name, "reset", "on", f"#{digest}", *user.rules()]))

@@ -182,6 +182,9 @@ async def test_the_single_writer_leases_belong_to_their_services(
         ("CONFIG", "GET", "*"),
         ("ACL", "LIST"),
         ("PUBLISH", "llmos", "x"),
+        ("GEORADIUS", "llmos:auth:x", "0", "0", "1", "km", "STORE", "llmos:jobs:x"),
+        ("RESTORE", "llmos:auth:x", "0", "payload"),
+        ("CLIENT", "KILL", "USER", "setup"),
     ],
 )
 async def test_no_service_may_run_server_wide_commands(
@@ -218,3 +221,19 @@ async def test_a_service_connects_as_its_own_user_unless_its_url_names_one(
         await client.aclose()
     operators = Secret(acl_redis.url_for("trainer"))
     assert service_redis_url(operators, acl_redis.secrets_dir, "storage") is operators
+
+
+async def test_what_services_wrote_in_transactions_survives_a_restart(tmp_path: Path) -> None:
+    with harness.redis_server(tmp_path) as server:
+        gateway = aioredis.Redis.from_url(server.url_for("gateway"))
+        async with gateway.pipeline(transaction=True) as pipe:
+            pipe.hset("llmos:auth:tenant:t", "limits", "{}")
+            pipe.sadd("llmos:auth:tenants", "t")
+            await pipe.execute()
+        await gateway.aclose()
+    with harness.redis_server(tmp_path) as server:  # replays the AOF
+        setup = aioredis.Redis.from_url(server.url)
+        try:
+            assert await setup.smembers("llmos:auth:tenants") == {b"t"}
+        finally:
+            await setup.aclose()

@@ -19,6 +19,7 @@ def test_every_service_and_the_setup_identity_has_a_user_and_default_is_off() ->
     lines = _lines()
     assert set(lines) == {*SERVICE_MODULES, SETUP_USER, "default"}
     assert "off" in lines["default"] and "on" not in lines["default"]
+    assert not any(r[0] in ">#" or r == "nopass" for r in lines["default"])  # no password
 
 
 def test_passwords_are_kept_only_as_their_digest() -> None:
