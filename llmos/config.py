@@ -338,7 +338,8 @@ def read_service_settings(service: str, env: EnvReader) -> ServiceSettings:
                 "REDIS_URL",
                 "redis://127.0.0.1:6379/0",
                 ("redis", "rediss"),
-                doc="Redis (may carry a password)",
+                doc="Redis; with no user and password in it, the service's own ACL user"
+                " from `<secrets dir>/redis/<service>.json`",
             )
         ),
         log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS, doc="least severe log level"),

@@ -1,18 +1,34 @@
-"""Redis, the shared hot state (registry, leases, counters): connecting with patience."""
+"""Redis, the shared hot state (registry, leases, counters): connecting as the service's
+own ACL user (llmos/redis_acl.py), with patience."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from llmos.config import Secret
 from llmos.errors import Unavailable
+from llmos.trust import credentials_file, read_credentials
 
 log = logging.getLogger("llmos.hotstate")
+
+
+def service_redis_url(url: Secret[str], secrets_dir: Path, service: str) -> Secret[str]:
+    """The URL `service` connects with: `url` itself when it carries credentials (the
+    operator's choice), else `url` with the service's own user from
+    `<secrets_dir>/redis/<service>.json`; ValueError naming that file (never its content)."""
+    parts = urlsplit(url.reveal())
+    if parts.username or parts.password:
+        return url
+    found = read_credentials(credentials_file(secrets_dir / "redis", service))
+    user, password = quote(found.user, safe=""), quote(found.password.reveal(), safe="")
+    return Secret(urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.netloc}")))
 
 
 async def connect_redis(url: Secret[str], timeout_s: float) -> aioredis.Redis:

@@ -27,7 +27,7 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import grpc
@@ -45,7 +45,7 @@ from llmos.callers import InternalGuard
 from llmos.config import ConfigError, EnvReader, Secret, ServiceSettings, read_service_settings
 from llmos.errors import Unavailable
 from llmos.events import Phase, now, phase_word, service_lifecycle
-from llmos.hotstate import connect_redis
+from llmos.hotstate import connect_redis, service_redis_url
 from llmos.identity import ServiceIdentity
 from llmos.links import Links
 from llmos.log import configure_logging
@@ -168,6 +168,11 @@ def main(definition: ServiceDefinition, environ: Mapping[str, str] | None = None
     env = EnvReader(environ, service=definition.name)
     settings = read_service_settings(definition.name, env)
     options = definition.configure(env) if definition.configure else None
+    try:
+        redis_url = service_redis_url(settings.redis_url, settings.secrets_dir, definition.name)
+        settings = replace(settings, redis_url=redis_url)
+    except ValueError as exc:
+        env.errors.append(f"LLMOS_REDIS_URL carries no credentials and {exc}")
     try:
         env.raise_if_invalid()
     except ConfigError as exc:
@@ -322,7 +327,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         finally:
             await health_servicer.enter_graceful_shutdown()
             with contextlib.suppress(Exception):
-                await ctx.registry.deregister(instance.instance_id)
+                await ctx.registry.deregister(instance)
             await server.stop(settings.shutdown_grace_s)
             await _announce(ctx, Phase.PHASE_STOPPED, signal_.reason or "shutdown")
     log.info("stopped")

@@ -65,7 +65,7 @@ def nats_server(infra_dir: Path, secrets_dir: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture(scope="session")
 def redis_server(infra_dir: Path, secrets_dir: Path) -> Iterator[RedisServer]:
-    """A real redis-server (password protected) on a free port."""
+    """A real Redis (Valkey) server, one ACL user per service, on a free port."""
     with harness.redis_server(infra_dir, secrets_dir) as server:
         yield server
 
@@ -79,7 +79,7 @@ def service_env(
         LLMOS_DATA_DIR=str(tmp_path / "data"),
         LLMOS_SECRETS_DIR=str(nats_server.secrets_dir),
         LLMOS_NATS_URL=nats_server.public_url,
-        LLMOS_REDIS_URL=redis_server.url,
+        LLMOS_REDIS_URL=redis_server.public_url,
         LLMOS_LISTEN_ADDR="127.0.0.1:0",
         LLMOS_AUTH_HTTP_ADDR="127.0.0.1:0",
         LLMOS_HEARTBEAT_S="0.5",

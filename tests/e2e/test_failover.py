@@ -70,11 +70,8 @@ def copy_models(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) ->
 
 def _start_worker(stack: RunningStack, models: Path, name: str) -> Process:
     """One more inference worker on the stack's NATS and Redis, serving COPY."""
-    secrets = stack.data_dir / "secrets"
-    nats_url = stack.fields["nats"]  # it logs in as inference-worker from the secrets dir
-    redis_url = stack.fields["redis"].replace(
-        "redis://", f"redis://:{(secrets / 'redis.password').read_text().strip()}@"
-    )
+    nats_url = stack.fields["nats"]  # its own NATS and Redis users are read from
+    redis_url = stack.fields["redis"]  # <data dir>/secrets
     env = python_env(
         LLMOS_DATA_DIR=str(stack.data_dir),
         LLMOS_NATS_URL=nats_url,

@@ -37,7 +37,7 @@ def gateway_env(nats: NatsServer, redis: RedisServer) -> dict[str, str]:
     return python_env(
         LLMOS_SECRETS_DIR=str(nats.secrets_dir),
         LLMOS_NATS_URL=nats.public_url,
-        LLMOS_REDIS_URL=redis.url,
+        LLMOS_REDIS_URL=redis.public_url,
         LLMOS_HEARTBEAT_S="0.5",
         LLMOS_SHUTDOWN_GRACE_S="2",
         LLMOS_LOGIN_MAX_FAILURES="3",

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from llmos.registry import ALIVE_KEY, INFO_KEY, ServiceRegistry
+from llmos.registry import ServiceRegistry, alive_key, info_key
+from llmos.services import SERVICE_MODULES
 from llmos.v1 import common_pb2
 from tools.devstack.infra import RedisServer
 
@@ -17,11 +18,12 @@ from tools.devstack.infra import RedisServer
 @pytest.fixture
 async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     redis_client = aioredis.Redis.from_url(redis_server.url)
-    await redis_client.delete(ALIVE_KEY, INFO_KEY)
+    keys = [k for s in SERVICE_MODULES for k in (alive_key(s), info_key(s))]
+    await redis_client.delete(*keys)
     try:
         yield redis_client
     finally:
-        await redis_client.delete(ALIVE_KEY, INFO_KEY)
+        await redis_client.delete(*keys)
         await redis_client.aclose()
 
 
@@ -48,14 +50,14 @@ async def test_an_instance_that_stops_heartbeating_drops_out(client: aioredis.Re
     assert len(await registry.live_instances()) == 1
     await asyncio.sleep(0.5)
     assert await registry.live_instances() == []
-    assert await client.hlen(INFO_KEY) == 0  # type: ignore[misc]  # no garbage is left behind
+    assert not await client.exists(info_key("scheduler"))  # no garbage is left behind
 
 
 async def test_deregister_removes_at_once(client: aioredis.Redis) -> None:
     registry = ServiceRegistry(client, ttl_s=30)
     instance = _instance("storage")
     await registry.heartbeat(instance)
-    await registry.deregister(instance.instance_id)
+    await registry.deregister(instance)
     assert await registry.live_instances() == []
 
 

@@ -54,7 +54,7 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
     env = {
         **environment_without_llmos(),
         "LLMOS_NATS_URL": nats_server.public_url,
-        "LLMOS_REDIS_URL": redis_server.url,
+        "LLMOS_REDIS_URL": redis_server.public_url,
         "LLMOS_DATA_DIR": str(workdir / "data"),
         "LLMOS_SECRETS_DIR": str(nats_server.secrets_dir),
         "LLMOS_LOG_LEVEL": "warning",

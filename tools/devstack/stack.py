@@ -130,7 +130,7 @@ class DevStack:
                 **os.environ,
                 "LLMOS_DATA_DIR": str(self.data_dir),
                 "LLMOS_NATS_URL": self.nats.public_url,
-                "LLMOS_REDIS_URL": self.redis.url,
+                "LLMOS_REDIS_URL": self.redis.public_url,
                 "LLMOS_LISTEN_ADDR": address,
                 "LLMOS_SHUTDOWN_GRACE_S": str(self.options.shutdown_grace_s),
                 **(gateway_env if name == "gateway" else {}),

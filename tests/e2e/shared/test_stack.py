@@ -51,6 +51,7 @@ def test_generated_secrets_are_private_and_never_printed(stack: RunningStack) ->
     names = {str(p.relative_to(secrets_dir)) for p in secret_files}
     users = {"setup", "gateway", "scheduler", "storage", "audit", "trainer-1", "inference-worker-1"}
     assert names >= {f"nats/{user}.json" for user in users}
+    assert names >= {f"redis/{user}.json" for user in ("setup", "gateway", "inference-worker")}
     assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
     printed = "".join(stack.output) + "".join(
         p.read_text(errors="replace") for p in (stack.data_dir / "logs").iterdir()
