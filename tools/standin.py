@@ -11,6 +11,7 @@ token. The attack tests use the same pieces to be someone else (`identity_for`).
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from llmos.assertions import METADATA_KEY, AssertionSigner
+from llmos.assertions import METADATA_KEY, Assertion, AssertionSigner
 from llmos.identity import ServiceIdentity, channel_options
 from llmos.natsperms import inbox_prefix
 from llmos.trust import credentials_file, read_credentials
@@ -111,3 +112,20 @@ def nats_login(secrets_dir: Path, user: str) -> dict[str, Any]:
         "password": creds.password.reveal(),
         "inbox_prefix": inbox_prefix(creds.user),
     }
+
+
+def sign_assertion(secrets_dir: Path, **changes: Any) -> str:
+    """An assertion signed with the gateway's key in `secrets_dir`: for alice of tenant
+    acme, to storage, valid a minute, unless `changes` say otherwise (the attack tests
+    forge stale and misdirected ones with it)."""
+    claims: dict[str, Any] = {
+        "tenant": "acme",
+        "principal": "alice",
+        "principal_tenant": "acme",
+        "scopes": frozenset({"inference"}),
+        "request_id": "",
+        "audience": "storage",
+        "expires_at": time.time() + 60,
+    }
+    claims.update(changes)
+    return AssertionSigner(secrets_dir, issuer="test").encode(Assertion(**claims))

@@ -18,30 +18,20 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from llmos import subjects
-from llmos.assertions import METADATA_KEY, Assertion, AssertionSigner
+from llmos.assertions import METADATA_KEY
 from llmos.natsperms import inbox_prefix
 from llmos.v1 import audit_pb2, common_pb2, scheduler_pb2, storage_pb2, storage_pb2_grpc
 from llmos.workers import WorkerTable
 from tests.integration.storage_client import StorageProcess, download, refused, upload
 from tools.devstack.infra import NatsServer
 from tools.harness import eventually_async
-from tools.standin import Principal, internal_channel
+from tools.standin import Principal, internal_channel, sign_assertion
 
 # -- tenant assertions ------------------------------------------------------------------
 
 
 def _assertion(secrets: Path, **changes: Any) -> str:
-    claims: dict[str, Any] = {
-        "tenant": "acme",
-        "principal": "alice",
-        "principal_tenant": "acme",
-        "scopes": frozenset({"admin"}),
-        "request_id": "",
-        "audience": "storage",
-        "expires_at": time.time() + 60,
-    }
-    claims.update(changes)
-    return AssertionSigner(secrets, issuer="test").encode(Assertion(**claims))
+    return sign_assertion(secrets, **{"scopes": frozenset({"admin"}), **changes})
 
 
 def _as_gateway(storage: StorageProcess) -> storage_pb2_grpc.StorageStub:

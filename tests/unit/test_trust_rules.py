@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmos import subjects
-from llmos.assertions import Assertion, AssertionSigner, AssertionVerifier
+from llmos.assertions import AssertionVerifier
 from llmos.callers import POLICY, apply_assertion, decide
 from llmos.config import Secret
 from llmos.errors import PermissionDenied, Unauthenticated
@@ -18,22 +18,13 @@ from llmos.natsperms import SERVICE_USERS, permissions, render_users
 from llmos.trust import Credentials
 from llmos.v1 import scheduler_pb2, storage_pb2
 from services.audit.records import parse
+from tools.standin import sign_assertion
 
 BACKUP = "/llmos.v1.Storage/BackupStorage"
 
 
 def _signed(tmp_path: Path, **changes: object) -> str:
-    claims: dict[str, object] = {
-        "tenant": "acme",
-        "principal": "alice",
-        "principal_tenant": "acme",
-        "scopes": frozenset({"inference"}),
-        "request_id": "r-1",
-        "audience": "storage",
-        "expires_at": time.time() + 30,
-    }
-    claims.update(changes)
-    return AssertionSigner(tmp_path, "test").encode(Assertion(**claims))  # type: ignore[arg-type]
+    return sign_assertion(tmp_path, **{"request_id": "r-1", **changes})
 
 
 def test_every_internal_rpc_of_every_proto_is_in_the_caller_table() -> None:

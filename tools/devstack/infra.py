@@ -200,21 +200,28 @@ def start_nats(
     setup = users[SETUP_USER].password
     server = NatsServer(host, port, setup, proc, log_path, secrets_dir, monitor_port)
 
-    def ready() -> bool:
-        url = f"http://{host}:{monitor_port}/healthz?js-enabled-only=true"
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as reply:
-                return bool(reply.status == 200)
-        except OSError:
-            return False
-
     try:
-        _wait_until(ready, proc, f"nats-server (log: {log_path})", timeout_s=30)
+        _wait_until(
+            lambda: nats_ready(host, monitor_port),
+            proc,
+            f"nats-server (log: {log_path})",
+            timeout_s=30,
+        )
         _in_thread(create_streams(server.url))
     except Exception:
         server.stop(2)
         raise
     return server
+
+
+def nats_ready(host: str, monitor_port: int, timeout_s: float = 0.5) -> bool:
+    """Whether the nats-server monitored at host:monitor_port is up with JetStream."""
+    url = f"http://{host}:{monitor_port}/healthz?js-enabled-only=true"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
 
 
 async def create_streams(url: str) -> None:

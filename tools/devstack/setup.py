@@ -20,20 +20,20 @@ import asyncio
 import os
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.assertions import AssertionSigner
 from llmos.identity import InternalCA
 from llmos.keyfiles import private_dir
-from llmos.trust import SETUP_USER
+from llmos.trust import SETUP_USER, credentials_file, read_credentials
 from tools.devstack.infra import (
     NATS_CLIENT_PORT,
     NATS_MONITOR_PORT,
     REDIS_PORT,
     create_streams,
     nats_binary,
+    nats_ready,
     redis_answers,
     redis_binary,
     write_nats_config,
@@ -108,13 +108,7 @@ def streams(secrets: Path, url: str, timeout_s: float = 120.0) -> None:
 
 def check(server: str, secrets: Path, layout: Layout) -> bool:
     if server == "nats":
-        url = f"http://127.0.0.1:{layout.nats_monitor_port}/healthz?js-enabled-only=true"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                return bool(reply.status == 200)
-        except OSError:
-            return False
-    from llmos.trust import credentials_file, read_credentials
+        return nats_ready("127.0.0.1", layout.nats_monitor_port, timeout_s=2)
 
     setup = read_credentials(credentials_file(secrets / "redis", SETUP_USER))
     return redis_answers("127.0.0.1", layout.redis_port, setup.user, setup.password.reveal())
