@@ -1,7 +1,7 @@
 """`python -m tools.devstack.setup`: the setup identity, for deployments that start NATS
 and Redis themselves (compose): the same trust material `make run` creates.
 
-    init --secrets DIR          the internal CA, the assertion key, every NATS and Redis
+    init --secrets DIR          the internal CA, the assertion keys, every NATS and Redis
                                 user's credentials, and the servers' configuration files
                                 (all 0600)
     run nats|redis --secrets DIR
@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.assertions import AssertionSigner
+from llmos.assertions import key_path
 from llmos.identity import InternalCA
-from llmos.keyfiles import private_dir
+from llmos.keyfiles import ensure_secret, private_dir
+from llmos.services import SERVICE_MODULES
 from llmos.trust import SETUP_USER, credentials_file, read_credentials
 from tools.devstack.infra import (
     NATS_CLIENT_PORT,
@@ -71,7 +72,9 @@ ANY = "0.0.0.0"
 def init(secrets: Path, layout: Layout) -> None:
     """Everything the services and servers need, created once (kept on later runs)."""
     InternalCA(secrets / "ca")
-    AssertionSigner(secrets, issuer="setup")
+    for service in SERVICE_MODULES:  # the gateway signs with these; each service checks its own
+        if service != "gateway":
+            ensure_secret(key_path(secrets, service))
     for store in (layout.nats_store, layout.redis_store):
         private_dir(store)
     write_nats_config(secrets, layout.nats_store, _nats_config(secrets))

@@ -46,7 +46,7 @@ def test_cli_finds_the_gateway_from_the_data_dir(stack: RunningStack) -> None:
 def test_generated_secrets_are_private_and_never_printed(stack: RunningStack) -> None:
     secrets_dir = stack.data_dir / "secrets"
     credentials = sorted(p for p in secrets_dir.rglob("*.json") if p.is_file())
-    keys = [secrets_dir / "ca" / "ca-key.pem", secrets_dir / "assertions" / "signing-key.pem"]
+    keys = [secrets_dir / "ca" / "ca-key.pem", *(secrets_dir / "assertions").glob("*.key")]
     secret_files = [*credentials, *keys]
     names = {str(p.relative_to(secrets_dir)) for p in secret_files}
     users = {"setup", "gateway", "scheduler", "storage", "audit", "trainer-1", "inference-worker-1"}
