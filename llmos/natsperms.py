@@ -87,7 +87,7 @@ def _trainer(slot: str) -> Permissions:
         publish=(
             *_own("trainer"),
             f"{subjects.HEARTBEAT_PREFIX}.trainer.{slot}.*",
-            subjects.JOB_REPORT,
+            f"{subjects.JOB_REPORTS}.{slot}.*",
         ),
         subscribe=(
             f"{subjects.WORK_PREFIX}.train.{slot}.*",
@@ -133,7 +133,7 @@ PERMISSIONS: Mapping[str, Permissions] = {
             subjects.SCHEDULE_GENERATE,
             subjects.WORK_PROGRESS,
             subjects.CANCEL_WORK,
-            subjects.JOB_REPORT,
+            subjects.ALL_JOB_REPORTS,
             subjects.ALL_HEARTBEATS,
             f"{subjects.EVENTS_PREFIX}.job.>",
         ),

@@ -94,8 +94,17 @@ def trainer_control(instance_id: str) -> str:
     return f"{WORK_PREFIX}.trainctl.{_instance(instance_id)}"
 
 
-#: trainer -> scheduler: a job attempt's progress and end (request/reply, retried)
-JOB_REPORT = "llmos.sched.jobreport"
+#: trainer -> scheduler: a job attempt's progress and end (request/reply, retried), on
+#: the trainer's own subject (`job_report`), which only it may publish on
+JOB_REPORTS = "llmos.sched.jobreport"
+ALL_JOB_REPORTS = f"{JOB_REPORTS}.>"
+
+
+def job_report(instance_id: str) -> str:
+    """Where trainer `instance_id` reports on the jobs it runs."""
+    return f"{JOB_REPORTS}.{_instance(instance_id)}"
+
+
 #: schedulers share reports and generations: one of them answers each
 SCHEDULER_QUEUE = "schedulers"
 

@@ -38,9 +38,11 @@ from services.scheduler.training_plan import (
     SetResult,
     TrainingAction,
     TrainingPlanner,
+    from_an_assigned_trainer,
     report_is_stale,
     report_steps,
     requeue_reason,
+    sent_by_its_trainer,
 )
 
 log = logging.getLogger("llmos.scheduler.training")
@@ -73,7 +75,7 @@ class TrainingDispatcher:
 
     async def start(self) -> None:
         self._subscription = await self._ctx.nats.subscribe(
-            subjects.JOB_REPORT, queue=subjects.SCHEDULER_QUEUE, cb=self._on_report
+            subjects.ALL_JOB_REPORTS, queue=subjects.SCHEDULER_QUEUE, cb=self._on_report
         )
         self._task = asyncio.create_task(self._loop())
 
@@ -187,6 +189,14 @@ class TrainingDispatcher:
 
     async def _on_report(self, msg: Msg) -> None:
         report = scheduler_pb2.JobReport.FromString(msg.data)
+        if not sent_by_its_trainer(msg.subject, report):
+            # only that trainer's NATS user may publish on its subject: a report naming
+            # another trainer is forged, and left unanswered
+            log.warning(
+                "job report ignored: its subject names another trainer",
+                extra={"subject": msg.subject, "job": report.job_id},
+            )
+            return
         stop = False
         try:
             stop = await self._apply(report)
@@ -203,6 +213,12 @@ class TrainingDispatcher:
         if report_is_stale(job, report):
             return True
         assert job is not None  # a job that is gone makes its reports stale
+        if not from_an_assigned_trainer(job, report):
+            log.warning(
+                "job report ignored: the job is not placed on its trainer",
+                extra={"job": report.job_id, "trainer": report.instance_id},
+            )
+            return True
         replaced = job.checkpoint_blob
         for step in report_steps(job, report):
             if isinstance(step, RecordProgress):

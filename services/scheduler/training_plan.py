@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from llmos import subjects
 from llmos.priority import PriorityClass
 from llmos.training import attempt_key
 from llmos.v1 import common_pb2, scheduler_pb2
@@ -255,6 +256,21 @@ def report_is_stale(job: scheduler_pb2.Job | None, report: scheduler_pb2.JobRepo
     """Whether a report speaks of an attempt that is no longer wanted (the job is gone,
     ended, requeued, or placed again since): the trainer should stop it."""
     return job is None or job.attempt != report.attempt or job.state not in HOLDING
+
+
+def sent_by_its_trainer(subject: str, report: scheduler_pb2.JobReport) -> bool:
+    """Whether a report arrived on the subject of the trainer it names (permissions let
+    a trainer's NATS user publish only on its own)."""
+    try:
+        return subject == subjects.job_report(report.instance_id)
+    except ValueError:  # an instance id that cannot be a subject token
+        return False
+
+
+def from_an_assigned_trainer(job: scheduler_pb2.Job, report: scheduler_pb2.JobReport) -> bool:
+    """Whether the reporting trainer is one the job's current attempt was placed on: no
+    other trainer may mark it done, fail it or swap its checkpoint."""
+    return any(p.instance_id == report.instance_id for p in job.placement)
 
 
 def report_steps(job: scheduler_pb2.Job, report: scheduler_pb2.JobReport) -> list[ReportStep]:

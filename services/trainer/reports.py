@@ -31,7 +31,9 @@ class Reporter:
     async def send(self, report: scheduler_pb2.JobReport) -> scheduler_pb2.JobReportReply:
         """One report; raises TimeoutError or NoRespondersError if no scheduler answers."""
         msg = await self._nats.request(
-            subjects.JOB_REPORT, report.SerializeToString(), timeout=REPORT_TIMEOUT_S
+            subjects.job_report(self._instance_id),
+            report.SerializeToString(),
+            timeout=REPORT_TIMEOUT_S,
         )
         return scheduler_pb2.JobReportReply.FromString(msg.data)
 

@@ -204,7 +204,7 @@ async def test_a_worker_cannot_take_another_workers_or_services_work(
         for subject in (
             subjects.worker_generate("inference-worker-2-0a1b2c3d4e5f"),
             subjects.trainer_assign("trainer-1-0a1b2c3d4e5f"),
-            subjects.JOB_REPORT,
+            subjects.ALL_JOB_REPORTS,
         ):
             await worker.nc.subscribe(subject)
             await worker.refused(subject)

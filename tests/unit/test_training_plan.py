@@ -16,8 +16,10 @@ from services.scheduler.training_plan import (
     RequeuePreempted,
     SetResult,
     TrainingPlanner,
+    from_an_assigned_trainer,
     report_is_stale,
     report_steps,
+    sent_by_its_trainer,
 )
 
 S = common_pb2.JobState
@@ -205,6 +207,18 @@ def test_a_preempted_report_requeues_the_job_and_a_failure_never_passes_through_
     scheduled = job("j", S.JOB_STATE_SCHEDULED)
     failed = report(S.JOB_STATE_FAILED, reason="the dataset is empty")
     assert report_steps(scheduled, failed) == [Move(S.JOB_STATE_FAILED, "the dataset is empty")]
+
+
+def test_a_report_counts_only_from_a_trainer_the_job_is_placed_on_on_its_own_subject() -> None:
+    placed = job("j", S.JOB_STATE_RUNNING, placed=(("trainer-1-aaaaaaaaaaaa", 1),))
+    mine = report(S.JOB_STATE_SUCCEEDED, instance_id="trainer-1-aaaaaaaaaaaa")
+    other = report(S.JOB_STATE_SUCCEEDED, instance_id="trainer-2-bbbbbbbbbbbb")
+    assert from_an_assigned_trainer(placed, mine)
+    assert not from_an_assigned_trainer(placed, other)
+    own_subject = "llmos.sched.jobreport.trainer-1.trainer-1-aaaaaaaaaaaa"
+    assert sent_by_its_trainer(own_subject, mine)
+    assert not sent_by_its_trainer(own_subject, other)  # trainer 1 posing as trainer 2
+    assert not sent_by_its_trainer(own_subject, report(S.JOB_STATE_RUNNING, instance_id="a.b"))
 
 
 def test_a_report_about_another_attempt_or_an_ended_job_is_stale() -> None:
