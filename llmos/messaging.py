@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -60,15 +61,35 @@ STREAMS = (
 )
 
 
+#: the name in NATS's certificate (issued by the internal CA), which clients check
+NATS_SERVER_NAME = "nats.llmos.internal"
+
+
+def nats_tls(url: str, ca: bytes) -> dict[str, Any]:
+    """`nats.connect` arguments for a `tls://` URL: trust the internal CA, check the
+    server is NATS; none for a plaintext URL."""
+    if not url.startswith("tls://"):
+        return {}
+    return {
+        "tls": ssl.create_default_context(cadata=ca.decode()),
+        "tls_hostname": NATS_SERVER_NAME,
+    }
+
+
 async def connect_nats(
-    url: str, name: str, timeout_s: float, credentials: Credentials | None = None
+    url: str,
+    name: str,
+    timeout_s: float,
+    credentials: Credentials | None = None,
+    ca: bytes | None = None,
 ) -> NATS:
     """Connect, retrying until `timeout_s` so services may start before NATS does; as
-    the user `credentials` name (replies then come to that user's private inboxes)."""
+    the user `credentials` name (replies then come to that user's private inboxes); over
+    TLS checked against the internal CA `ca` for a `tls://` URL."""
     deadline = time.monotonic() + timeout_s
-    login: dict[str, Any] = {}
+    login: dict[str, Any] = nats_tls(url, ca) if ca is not None else {}
     if credentials is not None:
-        login = {
+        login |= {
             "user": credentials.user,
             "password": credentials.password.reveal(),
             "inbox_prefix": inbox_prefix(credentials.user),

@@ -253,7 +253,9 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)
         stack.push_async_callback(redis_client.aclose)
         url, login = nats_login(settings, slot)
-        nc = await connect_nats(url, instance.instance_id, settings.connect_timeout_s, login)
+        nc = await connect_nats(
+            url, instance.instance_id, settings.connect_timeout_s, login, identity.material.ca
+        )
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
         await require_streams(js)

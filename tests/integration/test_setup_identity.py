@@ -1,20 +1,40 @@
 """The setup identity as compose runs it (`python -m tools.devstack.setup`): it creates
 the trust material once, the bundled NATS and Valkey run from its configuration, it
 creates the streams, and a service started with nothing but the secrets dir and
-credential-less URLs serves, reachable only over mutual TLS."""
+credential-less URLs serves, reachable only over mutual TLS; NATS speaks only TLS."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import nats
+
 from llmos.ports import free_port
 from tools.harness import ROOT, python_env, start_process, start_service
+from tools.standin import nats_login
 
 SETUP = [sys.executable, "-m", "tools.devstack.setup"]
+
+
+async def _plaintext_refused(url: str, secrets: Path) -> bool:
+    """Whether NATS refuses a client (with the right password) that will not do TLS."""
+    try:
+        nc = await nats.connect(
+            url,
+            **nats_login(secrets, "setup"),
+            connect_timeout=2,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+        )
+    except Exception:
+        return True
+    await nc.close()
+    return False
 
 
 def test_a_service_runs_on_what_the_setup_identity_created(tmp_path: Path) -> None:
@@ -45,7 +65,8 @@ def test_a_service_runs_on_what_the_setup_identity_created(tmp_path: Path) -> No
     try:
         nats.wait_ready(lambda: ready("nats"), 60)
         redis.wait_ready(lambda: ready("redis"), 60)
-        nats_url = f"nats://127.0.0.1:{nats_port}"
+        nats_url = f"tls://127.0.0.1:{nats_port}"
+        assert asyncio.run(_plaintext_refused(f"nats://127.0.0.1:{nats_port}", secrets))
         subprocess.run(
             [*SETUP, "streams", *layout, "--nats", nats_url],
             env=env,

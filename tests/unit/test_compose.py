@@ -55,7 +55,7 @@ def test_infrastructure_runs_on_what_the_setup_identity_created(
     assert services["streams"]["command"][:4] == [*SETUP, "streams"]
     # no credential anywhere in the file: services read theirs from the secrets volume
     env = compose["x-llmos-env"]
-    assert env["LLMOS_NATS_URL"] == "nats://nats:4222"
+    assert env["LLMOS_NATS_URL"] == "tls://nats:4222"  # NATS speaks TLS between containers
     assert env["LLMOS_REDIS_URL"] == "redis://redis:6379/0"
     assert env["LLMOS_SECRETS_DIR"] == "/secrets"
     assert "${" not in COMPOSE.read_text()

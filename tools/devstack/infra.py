@@ -11,6 +11,7 @@ and by the test fixtures alike.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import importlib.util
 import os
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import nats
+from cryptography import x509
 
 from llmos.config import Secret
-from llmos.keyfiles import write_private
-from llmos.messaging import ensure_streams
+from llmos.identity import InternalCA
+from llmos.keyfiles import private_dir, write_private
+from llmos.messaging import ensure_streams, nats_tls
 from llmos.natsperms import SERVICE_USERS, render_users
 from llmos.ports import LOCALHOST, free_port
 from llmos.redis_acl import USERS, acl_lines
@@ -168,15 +171,40 @@ def nats_binary() -> Path:
     return binary
 
 
-def write_nats_config(secrets_dir: Path, store: Path, config: Path) -> dict[str, Credentials]:
+#: how long the NATS server's own certificate lives (nats-server reads it at start)
+NATS_CERT_DAYS = 365
+
+
+def write_nats_config(
+    secrets_dir: Path, store: Path, config: Path, tls: bool = False
+) -> dict[str, Credentials]:
     """Every NATS user's credentials (created on first use) and nats-server's 0600
-    configuration: those users with their permissions, JetStream storing in `store`."""
+    configuration: those users with their permissions, JetStream storing in `store`, and
+    with `tls` a certificate of the internal CA (clients connect to `tls://`)."""
     users = {
         user: ensure_credentials(secrets_dir / "nats", user)
         for user in (SETUP_USER, *SERVICE_USERS)
     }
-    write_private(config, render_users(users) + f'jetstream {{ store_dir: "{store}" }}\n')
+    text = render_users(users) + f'jetstream {{ store_dir: "{store}" }}\n'
+    if tls:
+        cert, key, ca = nats_certificate(secrets_dir)
+        text += f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}" }}\n'
+    write_private(config, text)
     return users
+
+
+def nats_certificate(secrets_dir: Path) -> tuple[Path, Path, Path]:
+    """NATS's certificate (naming `nats.llmos.internal`), issued once by the internal CA
+    and issued again when less than a month is left."""
+    directory = secrets_dir / "nats" / "tls"
+    cert = directory / "cert.pem"
+    if cert.exists():
+        expires = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+        if expires - datetime.datetime.now(datetime.UTC) > datetime.timedelta(days=30):
+            return cert, directory / "key.pem", directory / "ca.pem"
+    ca = InternalCA(secrets_dir / "ca")
+    material = ca.issue("nats", "server", datetime.timedelta(days=NATS_CERT_DAYS))
+    return ca.write(material, private_dir(directory))
 
 
 def start_nats(
@@ -224,9 +252,11 @@ def nats_ready(host: str, monitor_port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-async def create_streams(url: str) -> None:
-    """Declare the streams LLM OS relies on, as the setup user."""
-    nc = await nats.connect(servers=[url], connect_timeout=5)
+async def create_streams(url: str, ca: bytes | None = None) -> None:
+    """Declare the streams LLM OS relies on, as the setup user (over TLS trusting the
+    internal CA `ca` for a `tls://` URL)."""
+    tls = nats_tls(url, ca) if ca is not None else {}
+    nc = await nats.connect(servers=[url], connect_timeout=5, **tls)
     try:
         await ensure_streams(nc.jetstream())
     finally:

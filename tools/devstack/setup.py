@@ -77,7 +77,7 @@ def init(secrets: Path, layout: Layout) -> None:
             ensure_secret(key_path(secrets, service))
     for store in (layout.nats_store, layout.redis_store):
         private_dir(store)
-    write_nats_config(secrets, layout.nats_store, _nats_config(secrets))
+    write_nats_config(secrets, layout.nats_store, _nats_config(secrets), tls=True)
     write_redis_config(secrets, layout.redis_store, ANY, layout.redis_port, _redis_config(secrets))
 
 
@@ -96,12 +96,13 @@ def streams(secrets: Path, url: str, timeout_s: float = 120.0) -> None:
     from tools.standin import nats_login
 
     login = nats_login(secrets, SETUP_USER)
-    credentials = f"{login['user']}:{login['password']}@"
-    with_user = url.replace("nats://", f"nats://{credentials}", 1)
+    scheme, _, rest = url.partition("://")
+    with_user = f"{scheme}://{login['user']}:{login['password']}@{rest}"
+    ca = (secrets / "ca" / "ca.pem").read_bytes()
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            asyncio.run(create_streams(with_user))
+            asyncio.run(create_streams(with_user, ca))
             return
         except Exception:
             if time.monotonic() > deadline:
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("init", "run", "streams", "check"))
     parser.add_argument("server", nargs="?", choices=("nats", "redis"))
     parser.add_argument("--secrets", type=Path, required=True)
-    parser.add_argument("--nats", default="nats://nats:4222", help="NATS, for `streams`")
+    parser.add_argument("--nats", default="tls://nats:4222", help="NATS, for `streams`")
     parser.add_argument("--nats-store", type=Path, default=NATS_STORE)
     parser.add_argument("--redis-store", type=Path, default=REDIS_STORE)
     parser.add_argument("--nats-port", type=int, default=NATS_CLIENT_PORT)
