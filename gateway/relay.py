@@ -2,8 +2,9 @@
 who may call it, whose tenant it acts for and what its audit record names, and one
 generic relay that applies the entry and forwards the call.
 
-The internal services trust the tenant on a request (they are not reachable from
-outside), so the rule an entry names is what keeps a tenant to its own objects. Refusals
+The rule an entry names decides the tenant a request acts on; the gateway then vouches
+for exactly that tenant in the call's signed assertion (`gateway/vouching.py`), and the
+internal service acts on the assertion, not on the request's field. Refusals
 of the internal service are relayed as they are (`llmos.links.ServiceLink`). An RPC that
 needs more than a table entry says (an upload stream, say) stays a method of its own.
 """

@@ -154,8 +154,22 @@ class AssertionVerifier:
     """A service's side: checks the MAC with its own key, the audience and the expiry."""
 
     def __init__(self, secrets_dir: Path, audience: str) -> None:
-        self._key = ensure_secret(key_path(secrets_dir, audience)).encode()
+        self._path = key_path(secrets_dir, audience)
+        self._key: bytes | None = None
         self._audience = audience
+
+    def _own_key(self) -> bytes:
+        """This service's key, read once: the setup identity creates it, and a service
+        that was not given one refuses every assertion, saying so."""
+        if self._key is None:
+            try:
+                self._key = self._path.read_text().strip().encode()
+            except OSError:
+                raise Unauthenticated(
+                    f"{self._audience} has no assertion key ({self._path}); the setup "
+                    "identity creates it"
+                ) from None
+        return self._key
 
     def verify(self, token: str, now: float | None = None) -> Assertion:
         """The assertion `token` carries; Unauthenticated with the reason when it is not
@@ -172,7 +186,7 @@ class AssertionVerifier:
                 f"the tenant assertion is meant for {assertion.audience!r}, not {self._audience!r}"
             )
         try:
-            valid = hmac.compare_digest(_unb64(signature), _mac(self._key, body))
+            valid = hmac.compare_digest(_unb64(signature), _mac(self._own_key(), body))
         except (binascii.Error, ValueError):
             valid = False
         if not valid:  # tampered with, or signed with another key

@@ -24,7 +24,7 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -32,7 +32,7 @@ import grpc
 from llmos.assertions import METADATA_KEY, Assertion, AssertionVerifier
 from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import LLMOSError, PermissionDenied, Unauthenticated
-from llmos.identity import Peer, peer_of
+from llmos.identity import OPERATOR, Peer, peer_of
 
 log = logging.getLogger("llmos.callers")
 
@@ -53,39 +53,53 @@ class Allowed:
     for_users: frozenset[str] = frozenset()
     as_service: frozenset[str] = frozenset()
     system_admin: bool = False
+    #: services calling in their own name that may act on these tenants only
+    service_tenants: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def _allowed(
-    for_users: tuple[str, ...] = (), as_service: tuple[str, ...] = (), system_admin: bool = False
+    for_users: tuple[str, ...] = (),
+    as_service: tuple[str, ...] = (),
+    system_admin: bool = False,
+    service_tenants: Mapping[str, frozenset[str]] | None = None,
 ) -> Allowed:
-    return Allowed(frozenset(for_users), frozenset(as_service), system_admin)
+    return Allowed(
+        frozenset(for_users), frozenset(as_service), system_admin, dict(service_tenants or {})
+    )
 
 
 USERS = _allowed(for_users=(GATEWAY,))
 SYSTEM_ADMINS = _allowed(for_users=(GATEWAY,), system_admin=True)
 #: reading the registry and blobs: the gateway for users; services fetching models
 READ_MODELS = _allowed(for_users=(GATEWAY,), as_service=(SCHEDULER, TRAINER, WORKER))
-#: publishing models, checkpoints: the gateway for users; trainers and workers (which
-#: publish the bundled default model) in their own name
-WRITE_MODELS = _allowed(for_users=(GATEWAY,), as_service=(TRAINER, WORKER))
-DESCRIBE = _allowed(as_service=(GATEWAY, SCHEDULER, "operator"))
+#: a worker writes only the bundled default model, which belongs to the system tenant
+_WORKER_SYSTEM_ONLY = {WORKER: frozenset({SYSTEM_TENANT})}
+#: storing checkpoints and results: trainers; the bundled model: workers
+WRITE_MODELS = _allowed(
+    for_users=(GATEWAY,), as_service=(TRAINER, WORKER), service_tenants=_WORKER_SYSTEM_ONLY
+)
+DESCRIBE = _allowed(as_service=(GATEWAY, SCHEDULER, OPERATOR))
 
 #: Full method name -> who may call it. A method not listed is refused to everyone.
 POLICY: Mapping[str, Allowed] = {
     # storage
-    "/llmos.v1.Storage/GetStorageStats": USERS,
+    "/llmos.v1.Storage/GetStorageStats": SYSTEM_ADMINS,
     "/llmos.v1.Storage/UploadBlob": WRITE_MODELS,
-    "/llmos.v1.Storage/GetUpload": WRITE_MODELS,
+    "/llmos.v1.Storage/GetUpload": USERS,
     "/llmos.v1.Storage/DownloadBlob": READ_MODELS,
-    "/llmos.v1.Storage/DeleteBlob": WRITE_MODELS,
+    # the scheduler deletes the checkpoints a newer one replaced
+    "/llmos.v1.Storage/DeleteBlob": _allowed(for_users=(GATEWAY,), as_service=(SCHEDULER,)),
     "/llmos.v1.Storage/CreateDataset": USERS,
     "/llmos.v1.Storage/GetDataset": _allowed(for_users=(GATEWAY,), as_service=(SCHEDULER, TRAINER)),
     "/llmos.v1.Storage/ListDatasets": USERS,
     "/llmos.v1.Storage/DeleteDataset": USERS,
     "/llmos.v1.Storage/CreateModelVersion": WRITE_MODELS,
     "/llmos.v1.Storage/GetModelVersion": READ_MODELS,
-    "/llmos.v1.Storage/ListModelVersions": READ_MODELS,
-    "/llmos.v1.Storage/SetAlias": WRITE_MODELS,
+    "/llmos.v1.Storage/ListModelVersions": USERS,
+    # the bundled model's `production` alias; users' deployments come through the gateway
+    "/llmos.v1.Storage/SetAlias": _allowed(
+        for_users=(GATEWAY,), as_service=(WORKER,), service_tenants=_WORKER_SYSTEM_ONLY
+    ),
     "/llmos.v1.Storage/DeleteModelVersion": USERS,
     "/llmos.v1.Storage/SetStorageQuota": SYSTEM_ADMINS,
     "/llmos.v1.Storage/RotateStorageKey": SYSTEM_ADMINS,
@@ -119,6 +133,22 @@ class Caller:
 
     peer: Peer
     assertion: Assertion | None
+    rule: Allowed = field(default_factory=Allowed)
+
+    def admit(self, request: Any) -> None:
+        """Make `request` act on the asserted tenant; refuse a service acting in its own
+        name on a tenant its rule does not give it."""
+        if self.assertion is not None:
+            apply_assertion(request, self.assertion)
+            return
+        tenants = self.rule.service_tenants.get(self.peer.service)
+        if tenants is not None:
+            for tenant in request_tenants(request):
+                if tenant not in tenants:
+                    raise PermissionDenied(
+                        f"{self.peer.service} may act only on tenant(s) "
+                        f"{', '.join(sorted(tenants))}, not {tenant!r}"
+                    )
 
 
 _current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
@@ -154,7 +184,7 @@ def decide(
         and ADMIN_SCOPE in assertion.scopes
     ):
         raise PermissionDenied(f"{method.rsplit('/', 1)[-1]} is for admins of the system tenant")
-    return Caller(peer, assertion)
+    return Caller(peer, assertion, rule)
 
 
 def _token(context: grpc.aio.ServicerContext) -> str | None:
@@ -189,10 +219,15 @@ class InternalGuard:
                 _current.reset(token)
 
     def admit(self, request: Any) -> Any:
-        """The request acting on the asserted tenant (and owner), whatever it said."""
+        """The request acting on the asserted tenant (and owner), whatever it said; a
+        service's own request only on the tenants its rule gives it (refusals audited)."""
         caller = _current.get()
-        if caller is not None and caller.assertion is not None:
-            apply_assertion(request, caller.assertion)
+        if caller is not None:
+            try:
+                caller.admit(request)
+            except LLMOSError as refusal:
+                self._record_refusal(type(request).__name__, caller.peer, refusal)
+                raise
         return request
 
     def _record_refusal(self, method: str, peer: Peer | None, refusal: LLMOSError) -> None:
@@ -207,10 +242,28 @@ class InternalGuard:
         )
 
 
+def _tenant_holders(request: Any) -> list[Any]:
+    """The request and the sub-messages it carries that name a tenant (an upload's
+    `start`), one level down."""
+    holders = [request]
+    for field_ in request.DESCRIPTOR.fields:
+        if (
+            field_.type == field_.TYPE_MESSAGE
+            and not field_.is_repeated
+            and request.HasField(field_.name)
+        ):
+            holders.append(getattr(request, field_.name))
+    return [h for h in holders if "tenant" in h.DESCRIPTOR.fields_by_name]
+
+
+def request_tenants(request: Any) -> list[str]:
+    """The tenants a request names."""
+    return [holder.tenant for holder in _tenant_holders(request)]
+
+
 def apply_assertion(request: Any, assertion: Assertion) -> None:
-    """Set the request's `tenant` (and a job's `owner`) from the assertion."""
-    fields = request.DESCRIPTOR.fields_by_name
-    if "tenant" in fields:
-        request.tenant = assertion.tenant
-    if "owner" in fields:
+    """Set every `tenant` the request names (and a job's `owner`) from the assertion."""
+    for holder in _tenant_holders(request):
+        holder.tenant = assertion.tenant
+    if "owner" in request.DESCRIPTOR.fields_by_name:
         request.owner = assertion.principal

@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from llmos import pki
 from llmos.keyfiles import private_dir, write_private
@@ -163,9 +164,12 @@ class ServiceIdentity:
         """The operator's files, re-read every few seconds (a renewal is a new file)."""
 
         def load() -> Material:
-            text = cert.read_bytes()
+            text, key_text = cert.read_bytes(), key.read_bytes()
             parsed = x509.load_pem_x509_certificate(text)
-            return Material(ca.read_bytes(), text, key.read_bytes(), parsed.not_valid_after_utc)
+            private = serialization.load_pem_private_key(key_text, password=None)
+            if private.public_key().public_numbers() != parsed.public_key().public_numbers():  # type: ignore[union-attr]
+                raise ValueError(f"{key} is not the key of {cert} (a renewal half written?)")
+            return Material(ca.read_bytes(), text, key_text, parsed.not_valid_after_utc)
 
         return cls(service, instance, load, CHECK_FILES_EVERY_S)
 
@@ -173,7 +177,7 @@ class ServiceIdentity:
         """Load the material again; True (and a new generation) when it changed."""
         fresh = self._load()
         with self._lock:
-            if fresh.cert == self.material.cert and fresh.key == self.material.key:
+            if fresh == self.material:
                 return False
             self.material = fresh
             self.generation += 1

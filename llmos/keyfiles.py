@@ -37,8 +37,8 @@ def ensure_secret(path: Path, nbytes: int = 32) -> str:
 def write_private(path: Path, text: str) -> None:
     """Write `text` to a file only its owner can read, atomically replacing any old one."""
     private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     tmp.replace(path)

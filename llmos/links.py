@@ -13,6 +13,7 @@ gateway also vouches for each call with a tenant assertion (`Links.vouch`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from llmos.registry import ServiceRegistry
 from llmos.rpc import relayed_error
 
 DEFAULT_TIMEOUT_S = 30.0
+RETIRE_GRACE_S = 300.0
 
 #: (target service, request) -> metadata to send with the call
 Vouch = Callable[[str, Any], Sequence[tuple[str, str]]]
@@ -52,11 +54,19 @@ class ServiceLink:
         self._make_stub = stub
         self._channel: grpc.aio.Channel | None = None
         self._generation = -1
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Close `channel` in the background: calls under way (a long download) get
+        RETIRE_GRACE_S to finish on it, while new calls use the new one at once."""
+        task = asyncio.create_task(channel.close(grace=RETIRE_GRACE_S))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def stub(self) -> Any:
         identity = self._links.identity
         if self._channel is not None and self._generation != identity.generation:
-            await self._channel.close(grace=30)  # calls under way finish on the old one
+            self._retire(self._channel)  # a renewed certificate: a new channel presents it
             self._channel = None
         if self._channel is None:
             instances = [
@@ -65,13 +75,14 @@ class ServiceLink:
             if not instances:
                 raise Unavailable(f"no {self._service} is running")
             address = sorted(i.address for i in instances)[0]
-            self._generation = identity.generation
-            self._channel = secure_channel(
-                identity,
-                address,
-                self._service,
-                [("grpc.max_receive_message_length", 16 << 20)],
-            )
+            if self._channel is None:  # another call may have opened one meanwhile
+                self._generation = identity.generation
+                self._channel = secure_channel(
+                    identity,
+                    address,
+                    self._service,
+                    [("grpc.max_receive_message_length", 16 << 20)],
+                )
         return self._make_stub(self._channel)
 
     def _metadata(self, request: Any) -> Sequence[tuple[str, str]] | None:

@@ -8,7 +8,9 @@ TLS inside, `llmos.identity`), and the dev stack's local CA for the gateway's pu
 from __future__ import annotations
 
 import datetime
+import fcntl
 import ipaddress
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from llmos.keyfiles import write_private
+from llmos.keyfiles import private_dir, write_private
 
 CA_DAYS = 3650
 
@@ -29,7 +31,21 @@ def now() -> datetime.datetime:
 def load_or_create_ca(
     cert_path: Path, key_path: Path, common_name: str
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """The CA at these paths, created on first use (a new key gets a new certificate)."""
+    """The CA at these paths, created on first use (a new key gets a new certificate).
+    Processes starting together (the dev stack's six services) agree on one CA: each
+    holds a lock on the directory while it looks and creates."""
+    private_dir(key_path.parent)
+    fd = os.open(key_path.parent / ".ca.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _load_or_create_ca(cert_path, key_path, common_name)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _load_or_create_ca(
+    cert_path: Path, key_path: Path, common_name: str
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     if key_path.exists():
         loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
@@ -67,7 +83,7 @@ def load_or_create_ca(
         )
         .sign(key, hashes.SHA256())
     )
-    tmp = cert_path.with_name(f".{cert_path.name}.tmp")
+    tmp = cert_path.with_name(f".{cert_path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(cert_pem(cert))
     tmp.replace(cert_path)
     return cert, key

@@ -248,7 +248,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
     async with AsyncExitStack() as stack:
         if slot is not None:
             stack.callback(slot.release)
-        instance = _new_instance(settings, slot.user if slot else "")
+        instance = _new_instance(settings, slot.user if slot else _url_user(settings))
         identity = _identity(settings, instance)
         redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)
         stack.push_async_callback(redis_client.aclose)
@@ -342,6 +342,11 @@ def _claim_slot(settings: ServiceSettings) -> Slot | None:
     if settings.service not in SLOTTED or "@" in settings.nats_url:
         return None
     return claim_slot(settings.secrets_dir / "nats", settings.service)
+
+
+def _url_user(settings: ServiceSettings) -> str:
+    """The NATS user the URL names ("" if none): a worker's own, when an operator gives it."""
+    return urllib.parse.unquote(urllib.parse.urlsplit(settings.nats_url).username or "")
 
 
 def nats_login(settings: ServiceSettings, slot: Slot | None) -> tuple[str, Credentials | None]:

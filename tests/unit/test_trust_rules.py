@@ -151,3 +151,46 @@ def test_the_audit_source_is_the_subject_not_what_the_record_claims() -> None:
     claimed = audit_pb2.AuditRecord(id="x", source="gateway", action="admin.grant")
     record = parse(claimed.SerializeToString(), "inference-worker", lambda: 1)
     assert record.source == "inference-worker"
+
+
+def test_a_service_in_its_own_name_acts_only_on_the_tenants_its_rule_gives_it(
+    tmp_path: Path,
+) -> None:
+    """A worker publishes the bundled model, which is the system tenant's, and nothing
+    else; the scheduler may delete replaced checkpoints of any tenant."""
+    verifier = AssertionVerifier(tmp_path, "storage")
+    worker = decide("/llmos.v1.Storage/SetAlias", Peer("inference-worker", "w"), None, verifier)
+    assert worker is not None
+    worker.admit(storage_pb2.SetAliasRequest(tenant="system", model="m"))
+    with pytest.raises(PermissionDenied, match="inference-worker may act only on tenant"):
+        worker.admit(storage_pb2.SetAliasRequest(tenant="acme", model="m"))
+    upload = storage_pb2.UploadBlobRequest(start=storage_pb2.UploadStart(tenant="acme"))
+    uploading = decide(
+        "/llmos.v1.Storage/UploadBlob", Peer("inference-worker", "w"), None, verifier
+    )
+    assert uploading is not None
+    with pytest.raises(PermissionDenied):
+        uploading.admit(upload)
+    scheduler = decide("/llmos.v1.Storage/DeleteBlob", Peer("scheduler", "s"), None, verifier)
+    assert scheduler is not None
+    scheduler.admit(storage_pb2.DownloadBlobRequest(tenant="acme", sha256="0" * 64))
+    with pytest.raises(PermissionDenied, match="trainer may not call DeleteBlob"):
+        decide("/llmos.v1.Storage/DeleteBlob", Peer("trainer", "t"), None, verifier)
+
+
+def test_the_asserted_tenant_replaces_the_one_an_upload_names_in_its_start(
+    tmp_path: Path,
+) -> None:
+    assertion = AssertionVerifier(tmp_path, "storage").verify(_signed(tmp_path))
+    upload = storage_pb2.UploadBlobRequest(start=storage_pb2.UploadStart(tenant="system"))
+    apply_assertion(upload, assertion)
+    assert upload.start.tenant == "acme"
+    data = storage_pb2.UploadBlobRequest(data=b"x")
+    apply_assertion(data, assertion)  # a data message names no tenant
+    assert not data.HasField("start")
+
+
+def test_a_service_without_its_assertion_key_refuses_and_says_why(tmp_path: Path) -> None:
+    token = _signed(tmp_path / "gateway-side")
+    with pytest.raises(Unauthenticated, match="has no assertion key"):
+        AssertionVerifier(tmp_path / "service-side", "storage").verify(token)

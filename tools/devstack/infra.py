@@ -30,13 +30,15 @@ from typing import Any, ClassVar
 import nats
 from cryptography import x509
 
+from llmos.assertions import key_path
 from llmos.config import Secret
 from llmos.identity import InternalCA
-from llmos.keyfiles import private_dir, write_private
+from llmos.keyfiles import ensure_secret, private_dir, write_private
 from llmos.messaging import ensure_streams, nats_tls
 from llmos.natsperms import SERVICE_USERS, render_users
 from llmos.ports import LOCALHOST, free_port
 from llmos.redis_acl import USERS, acl_lines
+from llmos.services import SERVICE_MODULES
 from llmos.trust import (
     SETUP_USER,
     Credentials,
@@ -171,21 +173,34 @@ def nats_binary() -> Path:
     return binary
 
 
+def ensure_trust(secrets_dir: Path) -> None:
+    """What the setup identity creates before any service starts: the internal CA, and
+    the key of each service's tenant assertions (the gateway signs with them)."""
+    InternalCA(secrets_dir / "ca")
+    for service in SERVICE_MODULES:
+        if service != "gateway":
+            ensure_secret(key_path(secrets_dir, service))
+
+
 #: how long the NATS server's own certificate lives (nats-server reads it at start)
 NATS_CERT_DAYS = 365
 
 
 def write_nats_config(
-    secrets_dir: Path, store: Path, config: Path, tls: bool = False
+    secrets_dir: Path, store: Path, config: Path, tls: bool = False, monitor: str = ""
 ) -> dict[str, Credentials]:
     """Every NATS user's credentials (created on first use) and nats-server's 0600
-    configuration: those users with their permissions, JetStream storing in `store`, and
-    with `tls` a certificate of the internal CA (clients connect to `tls://`)."""
+    configuration: those users with their permissions, JetStream storing in `store`,
+    with `tls` a certificate of the internal CA (clients connect to `tls://`), and the
+    plain-HTTP monitoring endpoint on `monitor` (host:port) when given."""
+    ensure_trust(secrets_dir)
     users = {
         user: ensure_credentials(secrets_dir / "nats", user)
         for user in (SETUP_USER, *SERVICE_USERS)
     }
     text = render_users(users) + f'jetstream {{ store_dir: "{store}" }}\n'
+    if monitor:
+        text += f'http: "{monitor}"\n'
     if tls:
         cert, key, ca = nats_certificate(secrets_dir)
         text += f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}" }}\n'

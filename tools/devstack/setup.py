@@ -23,10 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.assertions import key_path
-from llmos.identity import InternalCA
-from llmos.keyfiles import ensure_secret, private_dir
-from llmos.services import SERVICE_MODULES
+from llmos.keyfiles import private_dir
 from llmos.trust import SETUP_USER, credentials_file, read_credentials
 from tools.devstack.infra import (
     NATS_CLIENT_PORT,
@@ -71,13 +68,11 @@ ANY = "0.0.0.0"
 
 def init(secrets: Path, layout: Layout) -> None:
     """Everything the services and servers need, created once (kept on later runs)."""
-    InternalCA(secrets / "ca")
-    for service in SERVICE_MODULES:  # the gateway signs with these; each service checks its own
-        if service != "gateway":
-            ensure_secret(key_path(secrets, service))
     for store in (layout.nats_store, layout.redis_store):
         private_dir(store)
-    write_nats_config(secrets, layout.nats_store, _nats_config(secrets), tls=True)
+    # monitoring (plain HTTP) only inside the container, for its health check
+    monitor = f"127.0.0.1:{layout.nats_monitor_port}"
+    write_nats_config(secrets, layout.nats_store, _nats_config(secrets), tls=True, monitor=monitor)
     write_redis_config(secrets, layout.redis_store, ANY, layout.redis_port, _redis_config(secrets))
 
 
@@ -86,8 +81,7 @@ def run(server: str, secrets: Path, layout: Layout) -> None:
     if server == "nats":
         binary = str(nats_binary())
         config = str(_nats_config(secrets))
-        ports = ["-p", str(layout.nats_port), "-m", str(layout.nats_monitor_port)]
-        os.execv(binary, [binary, "-c", config, "-a", ANY, *ports])
+        os.execv(binary, [binary, "-c", config, "-a", ANY, "-p", str(layout.nats_port)])
     binary = str(redis_binary())
     os.execv(binary, [binary, str(_redis_config(secrets))])
 
