@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from llmos.assertions import METADATA_KEY, Assertion, AssertionSigner
+from llmos.callers import request_tenants
 from llmos.identity import ServiceIdentity, channel_options
 from llmos.natsperms import inbox_prefix
 from llmos.trust import credentials_file, read_credentials
@@ -77,8 +78,9 @@ class _Vouching(
         self._principal = principal
 
     def _details(self, details: Any, request: Any) -> Any:
+        named = request_tenants(request) if request is not None else []
         token = self._signer.sign(
-            tenant=getattr(request, "tenant", self._principal.tenant),
+            tenant=named[0] if named else self._principal.tenant,
             principal=self._principal.subject,
             principal_tenant=self._principal.tenant,
             scopes=self._principal.scopes,
