@@ -7,8 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from google.protobuf.message import Message
+
 from gateway.auth.principal import call_record
 from llmos.assertions import METADATA_KEY, AssertionSigner
+from llmos.callers import request_tenants
 from llmos.links import Vouch
 from llmos.log import request_id_var
 from llmos.rpc import REQUEST_ID_KEY
@@ -16,8 +19,9 @@ from llmos.rpc import REQUEST_ID_KEY
 
 def vouch_with(signer: AssertionSigner) -> Vouch:
     """Metadata for a call to `service`: the request id, and an assertion when the call
-    acts for an authenticated principal (the tenant the relay rule put in the request, or
-    the principal's own for a request stream, which the relay stamps the same way)."""
+    acts for an authenticated principal: for the tenant the relay rule put in the
+    request (where the receiver reads it: `llmos.callers.request_tenants`), or the
+    principal's own for a request stream, which the relay stamps the same way."""
 
     def metadata(service: str, request: Any) -> Sequence[tuple[str, str]]:
         rid = request_id_var.get() or ""
@@ -25,9 +29,9 @@ def vouch_with(signer: AssertionSigner) -> Vouch:
         principal = call_record().principal
         if principal is None:  # the gateway's own business: in its own name
             return sent
-        tenant = request.tenant if hasattr(request, "tenant") else principal.tenant
+        named = request_tenants(request) if isinstance(request, Message) else []
         token = signer.sign(
-            tenant=tenant,
+            tenant=named[0] if named else principal.tenant,
             principal=principal.subject,
             principal_tenant=principal.tenant,
             scopes=principal.scopes,
