@@ -106,7 +106,7 @@ def _peek(requests: Any) -> tuple[Any, Iterator[Any]]:
     return next(iterator, None), iterator
 
 
-def nats_login(secrets_dir: Path, user: str) -> dict[str, Any]:
+def nats_login_as(secrets_dir: Path, user: str) -> dict[str, Any]:
     """`nats.connect` keyword arguments to log in as `user` (a service, or "setup")."""
     creds = read_credentials(credentials_file(secrets_dir / "nats", user))
     return {

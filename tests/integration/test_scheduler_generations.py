@@ -18,7 +18,7 @@ from llmos.v1 import inference_pb2
 from tests.integration.conftest import gateway_env
 from tools.devstack.infra import NatsServer, RedisServer
 from tools.harness import Process, eventually_async, start_service
-from tools.standin import nats_login
+from tools.standin import nats_login_as
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ async def test_work_nobody_serves_is_queued_then_ended_with_unavailable(
 ) -> None:
     # as the gateway: the scheduler may answer only into the gateway's private inboxes
     nc = await nats.connect(
-        nats_server.public_url, **nats_login(nats_server.secrets_dir, "gateway")
+        nats_server.public_url, **nats_login_as(nats_server.secrets_dir, "gateway")
     )
     chunks: list[inference_pb2.GenerateChunk] = []
 

@@ -16,7 +16,7 @@ import nats
 
 from llmos.ports import free_port
 from tools.harness import ROOT, python_env, start_process, start_service
-from tools.standin import nats_login
+from tools.standin import nats_login_as
 
 SETUP = [sys.executable, "-m", "tools.devstack.setup"]
 
@@ -26,7 +26,7 @@ async def _plaintext_refused(url: str, secrets: Path) -> bool:
     try:
         nc = await nats.connect(
             url,
-            **nats_login(secrets, "setup"),
+            **nats_login_as(secrets, "setup"),
             connect_timeout=2,
             max_reconnect_attempts=0,
             allow_reconnect=False,

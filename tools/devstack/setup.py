@@ -87,9 +87,9 @@ def run(server: str, secrets: Path, layout: Layout) -> None:
 
 
 def streams(secrets: Path, url: str, timeout_s: float = 120.0) -> None:
-    from tools.standin import nats_login
+    from tools.standin import nats_login_as
 
-    login = nats_login(secrets, SETUP_USER)
+    login = nats_login_as(secrets, SETUP_USER)
     scheme, _, rest = url.partition("://")
     with_user = f"{scheme}://{login['user']}:{login['password']}@{rest}"
     ca = (secrets / "ca" / "ca.pem").read_bytes()

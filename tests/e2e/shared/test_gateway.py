@@ -29,7 +29,7 @@ from llmos.v1 import (
 )
 from tests.e2e.conftest import RunningStack
 from tools.harness import eventually, eventually_async
-from tools.standin import nats_login
+from tools.standin import nats_login_as
 
 pytestmark = pytest.mark.e2e
 
@@ -203,7 +203,7 @@ def test_the_cli_shows_the_cluster_live(stack: RunningStack) -> None:
 
 
 async def test_inference_calls_are_audited_with_model_and_tokens(stack: RunningStack) -> None:
-    login = nats_login(stack.data_dir / "secrets", "setup")
+    login = nats_login_as(stack.data_dir / "secrets", "setup")
     nc = await nats.connect(stack.fields["nats"], **login)
     records: list[audit_pb2.AuditRecord] = []
 
