@@ -101,8 +101,8 @@ class Material:
 class InternalCA:
     """The internal CA under `<secrets>/ca` (created on first use, key mode 0600)."""
 
-    def __init__(self, directory: Path) -> None:
-        private_dir(directory)
+    def __init__(self, secrets_dir: Path) -> None:
+        directory = private_dir(secrets_dir / "ca")
         self.directory = directory
         self._ca = pki.load_or_create_ca(
             directory / "ca.pem", directory / "ca-key.pem", "LLM OS internal CA"
@@ -150,10 +150,10 @@ class ServiceIdentity:
 
     @classmethod
     def self_issued(
-        cls, ca_dir: Path, service: str, instance: str, lifetime_s: float
+        cls, secrets_dir: Path, service: str, instance: str, lifetime_s: float = 3600.0
     ) -> ServiceIdentity:
-        """An identity issued here from the CA in `ca_dir`, renewed at half its lifetime."""
-        ca = InternalCA(ca_dir)
+        """An identity issued here from the secrets dir's CA, renewed at half its lifetime."""
+        ca = InternalCA(secrets_dir)
         lifetime = datetime.timedelta(seconds=lifetime_s)
         return cls(service, instance, lambda: ca.issue(service, instance, lifetime), lifetime_s / 2)
 
@@ -237,4 +237,4 @@ def secure_channel(
 
 def operator_identity(secrets_dir: Path, name: str = "cli") -> ServiceIdentity:
     """A short-lived identity for a tool outside the services (status, probes, launcher)."""
-    return ServiceIdentity.self_issued(secrets_dir / "ca", OPERATOR, name, lifetime_s=3600)
+    return ServiceIdentity.self_issued(secrets_dir, OPERATOR, name)

@@ -373,7 +373,7 @@ def _identity(settings: ServiceSettings, instance: common_pb2.ServiceInstance) -
             cert, key, ca = settings.identity_files
             return ServiceIdentity.from_files(cert, key, ca, settings.service, instance.instance_id)
         return ServiceIdentity.self_issued(
-            settings.secrets_dir / "ca",
+            settings.secrets_dir,
             settings.service,
             instance.instance_id,
             settings.identity_ttl_s,

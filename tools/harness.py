@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import functools
 import inspect
 import os
 import signal
@@ -35,7 +37,7 @@ import grpc
 
 from llmos.config import environment_without_llmos
 from llmos.health import SERVING, check_health
-from llmos.identity import operator_identity
+from llmos.identity import ServiceIdentity, operator_identity
 from llmos.ports import free_port
 from llmos.processes import kill_group
 from llmos.services import SERVICE_MODULES
@@ -44,6 +46,9 @@ from tools.standin import internal_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+#: the harness's own certificate is issued again when less than this is left
+RENEW_OPERATOR = datetime.timedelta(minutes=10)
 
 #: processes started and not yet stopped, for the failure report
 RUNNING: list[Process] = []
@@ -235,12 +240,26 @@ def secrets_dir_of(env: dict[str, str]) -> Path:
     return Path(env.get("LLMOS_DATA_DIR", "var")) / "secrets"
 
 
+@functools.cache
+def _issued_operator(secrets: Path) -> ServiceIdentity:
+    return operator_identity(secrets, "harness")
+
+
+def _operator(secrets: Path) -> ServiceIdentity:
+    """The harness's operator identity for one secrets dir, issued once and again near
+    its end (a start polls health every 0.1 s)."""
+    identity = _issued_operator(secrets)
+    if identity.material.not_after - datetime.datetime.now(datetime.UTC) < RENEW_OPERATOR:
+        identity.refresh()
+    return identity
+
+
 def serving(
     address: str, tls_ca: bytes | None = None, service: str = "", secrets: Path | None = None
 ) -> bool:
     """Whether the gRPC server at `address` answers its health check with SERVING (an
     internal `service` over mutual TLS, with an operator identity from `secrets`)."""
-    identity = operator_identity(secrets, "harness") if secrets and service != "gateway" else None
+    identity = _operator(secrets) if secrets and service != "gateway" else None
     state, _ = asyncio.run(
         check_health(address, timeout_s=1, tls_ca=tls_ca, identity=identity, server=service)
     )

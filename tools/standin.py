@@ -39,7 +39,7 @@ class Principal:
 
 def identity_for(secrets_dir: Path, service: str, instance: str = "test") -> ServiceIdentity:
     """A certificate of `service` from the secrets dir's CA (for a test: anyone's)."""
-    return ServiceIdentity.self_issued(secrets_dir / "ca", service, instance, lifetime_s=3600)
+    return ServiceIdentity.self_issued(secrets_dir, service, instance)
 
 
 def internal_channel(

@@ -176,7 +176,7 @@ def nats_binary() -> Path:
 def ensure_trust(secrets_dir: Path) -> None:
     """What the setup identity creates before any service starts: the internal CA, and
     the key of each service's tenant assertions (the gateway signs with them)."""
-    InternalCA(secrets_dir / "ca")
+    InternalCA(secrets_dir)
     for service in SERVICE_MODULES:
         if service != "gateway":
             ensure_secret(key_path(secrets_dir, service))
@@ -217,7 +217,7 @@ def nats_certificate(secrets_dir: Path) -> tuple[Path, Path, Path]:
         expires = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
         if expires - datetime.datetime.now(datetime.UTC) > datetime.timedelta(days=30):
             return cert, directory / "key.pem", directory / "ca.pem"
-    ca = InternalCA(secrets_dir / "ca")
+    ca = InternalCA(secrets_dir)
     material = ca.issue("nats", "server", datetime.timedelta(days=NATS_CERT_DAYS))
     return ca.write(material, private_dir(directory))
 
