@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -242,18 +243,27 @@ class InternalGuard:
         )
 
 
+@functools.cache
+def _tenant_fields(descriptor: Any) -> tuple[bool, tuple[str, ...]]:
+    """For one message type: whether it names a tenant itself, and its singular
+    sub-message fields whose type does (an upload's `start`). Worked out once per type:
+    every internal call asks."""
+    nested = tuple(
+        f.name
+        for f in descriptor.fields
+        if f.type == f.TYPE_MESSAGE
+        and not f.is_repeated
+        and "tenant" in f.message_type.fields_by_name
+    )
+    return "tenant" in descriptor.fields_by_name, nested
+
+
 def _tenant_holders(request: Any) -> list[Any]:
-    """The request and the sub-messages it carries that name a tenant (an upload's
-    `start`), one level down."""
-    holders = [request]
-    for field_ in request.DESCRIPTOR.fields:
-        if (
-            field_.type == field_.TYPE_MESSAGE
-            and not field_.is_repeated
-            and request.HasField(field_.name)
-        ):
-            holders.append(getattr(request, field_.name))
-    return [h for h in holders if "tenant" in h.DESCRIPTOR.fields_by_name]
+    """The request and the sub-messages it carries that name a tenant, one level down."""
+    own, nested = _tenant_fields(request.DESCRIPTOR)
+    holders = [request] if own else []
+    holders += [getattr(request, name) for name in nested if request.HasField(name)]
+    return holders
 
 
 def request_tenants(request: Any) -> list[str]:

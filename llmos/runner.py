@@ -338,26 +338,35 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
 
 def _claim_slot(settings: ServiceSettings) -> Slot | None:
     """A worker's or trainer's own NATS user, claimed before its instance id is made
-    (the id starts with it); none when the URL names the user (an operator's choice)."""
-    if settings.service not in SLOTTED or "@" in settings.nats_url:
+    (the id starts with it); none when the URL logs in itself (an operator's choice)."""
+    if settings.service not in SLOTTED or urllib.parse.urlsplit(settings.nats_url).username:
         return None
     return claim_slot(settings.secrets_dir / "nats", settings.service)
 
 
+def _url_login(settings: ServiceSettings) -> tuple[str, Credentials] | None:
+    """The NATS URL without the user and password it names, and those (None when it
+    names none: a bare URL, or a token, which stays in the URL)."""
+    parts = urllib.parse.urlsplit(settings.nats_url)
+    if parts.username is None or parts.password is None:
+        return None
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    user = urllib.parse.unquote(parts.username)
+    return bare, Credentials(user, Secret(urllib.parse.unquote(parts.password)))
+
+
 def _url_user(settings: ServiceSettings) -> str:
     """The NATS user the URL names ("" if none): a worker's own, when an operator gives it."""
-    return urllib.parse.unquote(urllib.parse.urlsplit(settings.nats_url).username or "")
+    named = _url_login(settings)
+    return named[1].user if named else ""
 
 
 def nats_login(settings: ServiceSettings, slot: Slot | None) -> tuple[str, Credentials | None]:
     """The NATS URL without credentials, and the user to connect as: the one the URL
     names, else the claimed slot's, else `<secrets>/nats/<service>.json`."""
-    parts = urllib.parse.urlsplit(settings.nats_url)
-    if parts.username is not None and parts.password is not None:
-        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-        user = urllib.parse.unquote(parts.username)
-        return bare, Credentials(user, Secret(urllib.parse.unquote(parts.password)))
-    if parts.username is not None:  # a token: no user of its own
+    if (named := _url_login(settings)) is not None:
+        return named
+    if urllib.parse.urlsplit(settings.nats_url).username is not None:  # a token
         return settings.nats_url, None
     path = credentials_file(settings.secrets_dir / "nats", slot.user if slot else settings.service)
     try:
