@@ -17,6 +17,8 @@ from gateway.auth.identities import Client, IdentityStore, Limits, User
 from gateway.auth.keys import Keyring
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import check_known
+from gateway.blocks import BlocklistAdmin
+from gateway.firewall import Firewall
 from llmos.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from llmos.v1 import admin_pb2, admin_pb2_grpc
 
@@ -51,8 +53,11 @@ def _user(record: User) -> admin_pb2.User:
     return admin_pb2.User(username=record.username, tenant=record.tenant, scopes=record.scopes)
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
-    def __init__(self, store: IdentityStore, keyring: Keyring | None) -> None:
+class AdminServicer(BlocklistAdmin, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    def __init__(
+        self, store: IdentityStore, keyring: Keyring | None, firewall: Firewall, block_s: int
+    ) -> None:
+        BlocklistAdmin.__init__(self, firewall, block_s)
         self._store = store
         self._keyring = keyring
 

@@ -1,8 +1,14 @@
-"""The gateway's policy around every public RPC: verify the bearer token, check the RPC's
-scope, admit the call (not revoked, identity not deleted, under the rate limits: one
-Redis round trip), then (whatever happened) charge the model tokens it used and publish
-its audit record. Plugged into the one call
-interceptor (`llmos.rpc.CallContextInterceptor`) every LLM OS server has."""
+"""The gateway's policy around every public RPC: refuse a blocked address or principal,
+verify the bearer token, check the RPC's scope, admit the call (not blocked, not
+revoked, identity not deleted, under the rate limits: one Redis round trip), then
+(whatever happened) charge the model tokens it used, count what intrusion detection
+watches for, and publish its audit record. Plugged into the one call interceptor
+(`llmos.rpc.CallContextInterceptor`) every LLM OS server has.
+
+A caller refused by a block costs the gateway little: a block this replica saw in the
+last seconds refuses the call before the token is even read; otherwise the block is
+found by the admission script, or by one GET when the token itself is bad. Those
+refusals are not audited one by one (a flood would flood the log); the block is."""
 
 from __future__ import annotations
 
@@ -17,9 +23,11 @@ import grpc
 from gateway.auth.principal import CallRecord, current_call
 from gateway.auth.scopes import required_scope
 from gateway.auth.verifier import TokenVerifier
+from gateway.firewall import Blocked, address_target, grpc_peer_address, principal_target
+from gateway.intrusion import IntrusionDetector, Signal
 from gateway.limits import Admission
 from llmos.auditing import AuditPublisher, new_record
-from llmos.errors import PermissionDenied, Unauthenticated
+from llmos.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 from llmos.log import request_id_var
 from llmos.redaction import RedactionPolicy
 from llmos.rpc import outcome_of
@@ -35,9 +43,12 @@ class GatewayGuard:
         audit: AuditPublisher,
         token_endpoint: str,
         policy: RedactionPolicy,
+        detector: IntrusionDetector,
     ) -> None:
         self._verifier = verifier
         self._admission = admission
+        self._detector = detector
+        self._firewall = detector.firewall
         self._audit = audit
         self._token_hint = token_endpoint
         self._policy = policy
@@ -56,22 +67,47 @@ class GatewayGuard:
         token = current_call.set(record)
         started = time.monotonic()
         failure: BaseException | None = None
+        address = grpc_peer_address(context.peer() or "")
+        door = None if self._firewall.exempt(address) else address_target(address)
+        signal: Signal | None = None
         try:
-            principal = await self._verifier.verify(self._bearer(context))
+            if door is not None:
+                self._firewall.refuse_if_remembered(door)
+            try:
+                principal = await self._verifier.verify(self._bearer(context))
+            except Unauthenticated:
+                signal = Signal.BAD_TOKEN
+                if door is not None:
+                    await self._firewall.check(door)  # a blocked address hears so
+                raise
             record.principal = principal
+            self._firewall.refuse_if_remembered(principal_target(principal))
             if scope not in principal.scopes:
                 granted = ", ".join(sorted(principal.scopes)) or "none"
                 raise PermissionDenied(
                     f"this call needs scope {scope!r}; the token grants: {granted}"
                 )
-            await self._admission.admit(principal)
+            try:
+                await self._admission.admit(principal, door)
+            except ResourceExhausted:
+                signal = Signal.RATE_LIMITED
+                raise
             yield
         except BaseException as exc:
             failure = exc
             raise
         finally:
             current_call.reset(token)
-            await self._finish(method, context, record, failure, time.monotonic() - started)
+            # refused at the door: counted and audited when the block was set
+            if not isinstance(failure, Blocked):
+                await self._observe(signal or _signal_of(failure), address, record)
+                await self._finish(method, context, record, failure, time.monotonic() - started)
+
+    async def _observe(self, signal: Signal | None, address: str, call: CallRecord) -> None:
+        """Tell intrusion detection about a failed call; it must not fail the call."""
+        if signal is not None:
+            with contextlib.suppress(Exception):
+                await self._detector.observe(signal, address, call.principal)
 
     def _bearer(self, context: grpc.aio.ServicerContext) -> str:
         for key, value in context.invocation_metadata() or ():
@@ -114,3 +150,14 @@ class GatewayGuard:
         record.prompt = self._policy.content_text(call.prompt)
         record.output = self._policy.content_text(call.output)
         self._audit.record(record)
+
+
+def _signal_of(failure: BaseException | None) -> Signal | None:
+    """What intrusion detection counts for a call that ended with `failure`."""
+    if isinstance(failure, Unauthenticated):
+        return Signal.BAD_TOKEN
+    if isinstance(failure, PermissionDenied):
+        return Signal.DENIED
+    if isinstance(failure, InvalidArgument):
+        return Signal.MALFORMED
+    return None

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from gateway.auth.identities import PREFIX, Limits, deleted_key, revoked_key
 from gateway.auth.principal import Principal
+from gateway.firewall import Firewall, Target, principal_target
 from llmos.errors import ResourceExhausted, Unauthenticated
 
 WINDOW_S = 60
@@ -25,11 +26,17 @@ WINDOW_S = 60
 NEVER = f"{PREFIX}never"
 
 #: KEYS: revoked-token, deleted-client, deleted-user, client record, tenant record, then
-#: the four windows (client rpm, tenant rpm, client tpm, tenant tpm).
+#: the four windows (client rpm, tenant rpm, client tpm, tenant tpm), then the blocks of
+#: the caller's address and of the principal (gateway/firewall.py).
 #: ARGV: window, default tenant rpm, default tenant tpm.
 #: Returns {1} admitted; {2} revoked; {3} client deleted; {4} user deleted;
-#: {0, window index (1-4), retry-after s, limit} refused by a limit.
+#: {0, window index (1-4), retry-after s, limit} refused by a limit;
+#: {5, block key index (10-11), block entry} blocked at the door.
 _ADMIT = """
+for i = 10, 11 do
+  local block = redis.call('GET', KEYS[i])
+  if block then return {5, i, block} end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {4} end
@@ -98,14 +105,20 @@ return 1
 class Admission:
     """Whether a verified principal's call may proceed now; token charging afterwards."""
 
-    def __init__(self, redis: aioredis.Redis, default_tenant_limits: Limits) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, default_tenant_limits: Limits, firewall: Firewall
+    ) -> None:
         self._admit = redis.register_script(_ADMIT)
         self._charge = redis.register_script(_CHARGE)
         self._defaults = default_tenant_limits
+        self._firewall = firewall
 
-    async def admit(self, principal: Principal) -> None:
-        """UNAUTHENTICATED if the token was revoked or its client/user deleted;
-        RESOURCE_EXHAUSTED (with retry-after) if a limit is full; else count the call."""
+    async def admit(self, principal: Principal, address: Target | None) -> None:
+        """PERMISSION_DENIED (`Blocked`) if the caller's address (None: not blockable) or
+        the principal is blocked; UNAUTHENTICATED if the token was revoked or its
+        client/user deleted; RESOURCE_EXHAUSTED (with retry-after) if a limit is full;
+        else count the call."""
+        who = principal_target(principal)
         keys = [
             revoked_key(principal.token_id) if principal.token_id else NEVER,
             deleted_key("client", principal.client_id),
@@ -113,9 +126,15 @@ class Admission:
             f"{PREFIX}client:{principal.client_id}",
             f"{PREFIX}tenant:{principal.tenant}",
             *_windows(principal),
+            address.key if address else NEVER,
+            who.key,
         ]
         args = [WINDOW_S, self._defaults.requests_per_minute, self._defaults.tokens_per_minute]
-        answer = [int(x) for x in await self._admit(keys=keys, args=args)]
+        raw = await self._admit(keys=keys, args=args)
+        if int(raw[0]) == 5:
+            target = address if int(raw[1]) == 10 and address else who
+            self._firewall.refuse_stored(target, raw[2])
+        answer = [int(x) for x in raw]
         if answer[0] == 1:
             return
         if answer[0] == 2:

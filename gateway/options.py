@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.auth.verifier import ASYMMETRIC_ALGORITHMS
+from gateway.intrusion import IntrusionPolicy, read_intrusion_policy
 from llmos.config import EnvReader, HostPort
 from llmos.redaction import RedactionPolicy, read_redaction_policy
 
@@ -39,6 +40,8 @@ class GatewayOptions:
     #: whether prompts and outputs go into audit records (redacted), as the audit service
     #: is told too: content the policy drops never leaves the gateway
     audit_policy: RedactionPolicy
+    #: intrusion detection, the firewall at the door and the sign-in throttle
+    intrusion: IntrusionPolicy
 
     @property
     def tls(self) -> bool:
@@ -190,4 +193,5 @@ def read_gateway_options(env: EnvReader) -> GatewayOptions:
         tls_key=Path(key).resolve() if key else None,
         tls_ca=Path(ca).resolve() if ca else None,
         audit_policy=read_redaction_policy(env),
+        intrusion=read_intrusion_policy(env),
     )

@@ -19,7 +19,9 @@ from gateway.auth.keys import Keyring
 from gateway.auth.server import LLMOSAuthorizationServer, ServerPolicy
 from gateway.auth.verifier import TokenVerifier, VerifierSettings
 from gateway.cache import ResponseCache
+from gateway.firewall import Firewall
 from gateway.guard import GatewayGuard
+from gateway.intrusion import IntrusionDetector
 from gateway.limits import Admission
 from gateway.options import GatewayOptions
 from gateway.vouching import vouch_with
@@ -38,6 +40,7 @@ class GatewayRuntime:
     store: IdentityStore
     keyring: Keyring | None
     guard: GatewayGuard
+    firewall: Firewall
     cache: ResponseCache
     issuer: str
     credentials_path: Path | None
@@ -72,6 +75,15 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
     )
 
     audit = ctx.audit
+    firewall = Firewall(ctx.redis, options.intrusion.allowlist)
+    detector = IntrusionDetector(
+        ctx.redis,
+        firewall,
+        options.intrusion,
+        ctx.events,
+        audit,
+        gateway=ctx.instance.instance_id,
+    )
     signer = AssertionSigner(settings.secrets_dir, issuer=str(ctx.identity.peer))
     ctx.links.vouch = vouch_with(signer)
 
@@ -94,7 +106,7 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
         )
         server = LLMOSAuthorizationServer(store, keyring, policy)
         runner, port = await start_http(
-            OAuthHttp(server, audit).app(),
+            OAuthHttp(server, audit, detector).app(),
             options.http_listen.host,
             options.http_listen.port,
             server_tls(options),
@@ -119,16 +131,18 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
     stack.push_async_callback(verifier.close)
     guard = GatewayGuard(
         verifier,
-        Admission(ctx.redis, default_limits),
+        Admission(ctx.redis, default_limits, firewall),
         audit,
         f"{issuer}/token",
         options.audit_policy,
+        detector,
     )
     return GatewayRuntime(
         options=options,
         store=store,
         keyring=keyring,
         guard=guard,
+        firewall=firewall,
         cache=ResponseCache(ctx.redis, options.cache_ttl_s),
         issuer=issuer,
         credentials_path=credentials,

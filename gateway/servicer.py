@@ -350,7 +350,13 @@ async def attach(
     storage_pb2_grpc.add_StorageServicer_to_server(StorageRelay(ctx.links), server)
     audit_pb2_grpc.add_AuditServicer_to_server(AuditRelay(ctx.links), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(runtime.store, runtime.keyring), server
+        AdminServicer(
+            runtime.store,
+            runtime.keyring,
+            runtime.firewall,
+            runtime.options.intrusion.block_s,
+        ),
+        server,
     )
     return [
         gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,

@@ -113,6 +113,7 @@ PERMISSIONS: Mapping[str, Permissions] = {
     "gateway": Permissions(
         publish=(
             *_own("gateway"),
+            subjects.INTRUSION,
             subjects.SCHEDULE_GENERATE,
             subjects.CANCEL_WORK,
             f"{subjects.WORK_PREFIX}.embed.*",

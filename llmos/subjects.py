@@ -24,7 +24,7 @@ ALL_AUDIT = f"{AUDIT_PREFIX}.>"
 ALL_WITNESS = f"{WITNESS_PREFIX}.>"
 
 #: Every kind of event, the second token of its subject.
-EVENT_KINDS = ("service", "job", "model")
+EVENT_KINDS = ("service", "job", "model", "security")
 
 
 def service_lifecycle(service: str, phase: str) -> str:
@@ -35,6 +35,10 @@ def service_lifecycle(service: str, phase: str) -> str:
 def job_event(job_id: str) -> str:
     """Subject of a job's state changes and progress."""
     return f"{EVENTS_PREFIX}.job.{_token(job_id)}"
+
+
+#: intrusion detection's blocks (published by the gateway; system events)
+INTRUSION = f"{EVENTS_PREFIX}.security.intrusion"
 
 
 def audit(source: str) -> str:

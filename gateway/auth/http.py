@@ -1,6 +1,11 @@
 """The authorization server's HTTP face (aiohttp): token, revocation, introspection,
 JWKS and metadata. authlib is synchronous, so each OAuth call runs on a worker thread
-and the event loop that serves gRPC never waits on password hashing."""
+and the event loop that serves gRPC never waits on password hashing.
+
+Every endpoint is behind the door (`door_middleware`): a blocked address is refused
+before its request is read, and the OAuth endpoints (which hash secrets, 16 MiB each)
+take a bounded rate of requests per address and a bounded number at once. Their
+failures feed intrusion detection."""
 
 from __future__ import annotations
 
@@ -15,13 +20,20 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
 from gateway.auth.oauth_request import HttpCall
 from gateway.auth.server import LLMOSAuthorizationServer
+from gateway.firewall import Blocked, address_target
+from gateway.intrusion import IntrusionDetector, Signal
 from llmos.auditing import AuditPublisher, new_record
+from llmos.errors import ResourceExhausted
 
 #: Form bodies of OAuth calls are small; anything larger is refused unread.
 MAX_BODY_BYTES = 16 * 1024
 #: Caller-chosen names are cut to this length in audit records.
 FIELD_MAX = 128
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+#: the endpoints that verify a secret, behind the per-address sign-in rate
+SIGNIN_PATHS = frozenset({"/token", "/revoke", "/introspect"})
+#: OAuth errors that say a credential was wrong (the rest say the request was malformed)
+CREDENTIAL_ERRORS = frozenset({"invalid_client", "invalid_grant", "unauthorized_client"})
 
 Endpoint = Callable[[HttpCall], tuple[int, dict[str, Any], dict[str, str]]]
 
@@ -29,12 +41,21 @@ Endpoint = Callable[[HttpCall], tuple[int, dict[str, Any], dict[str, str]]]
 class OAuthHttp:
     """Routes of the built-in issuer."""
 
-    def __init__(self, server: LLMOSAuthorizationServer, audit: AuditPublisher) -> None:
+    def __init__(
+        self,
+        server: LLMOSAuthorizationServer,
+        audit: AuditPublisher,
+        detector: IntrusionDetector,
+    ) -> None:
         self._server = server
         self._audit = audit
+        self._detector = detector
+        self._hashing = asyncio.Semaphore(detector.policy.signin_concurrency)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(
+            client_max_size=MAX_BODY_BYTES, middlewares=[door_middleware(self._detector)]
+        )
         metadata = self._metadata
         app.router.add_get("/.well-known/openid-configuration", metadata)
         app.router.add_get("/.well-known/oauth-authorization-server", metadata)
@@ -63,8 +84,16 @@ class OAuthHttp:
                 headers=dict(request.headers),
                 form=form,
             )
-            status, body, headers = await asyncio.to_thread(endpoint, call)
+            async with self._hashing:
+                status, body, headers = await asyncio.to_thread(endpoint, call)
             self._record(action, request, form, status, body, time.monotonic() - started)
+            if status >= 400:
+                signal = (
+                    Signal.SIGNIN_FAILED
+                    if body.get("error") in CREDENTIAL_ERRORS or status == 401
+                    else Signal.MALFORMED
+                )
+                await self._detector.observe(signal, request.remote or "", None)
             headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
             return web.json_response(body, status=status, headers={**headers, **NO_STORE})
 
@@ -90,6 +119,38 @@ class OAuthHttp:
         record.latency_ms = elapsed_s * 1000
         record.client_address = request.remote or ""
         self._audit.record(record)
+
+
+def door_middleware(detector: IntrusionDetector) -> Any:
+    """Refuse blocked addresses on every endpoint (403, saying until when) and addresses
+    over the sign-in rate on the OAuth endpoints (429), before reading the request."""
+
+    @web.middleware
+    async def door(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        address = request.remote or ""
+        try:
+            if request.path in SIGNIN_PATHS:
+                await detector.signin_door(address)
+            else:
+                await detector.firewall.check(address_target(address))
+        except Blocked as exc:
+            return _refusal(403, "access_denied", str(exc), exc.block.retry_after_s())
+        except ResourceExhausted as exc:
+            retry = int(exc.retry_after_s or 60)
+            return _refusal(429, "temporarily_unavailable", str(exc), retry)
+        return await handler(request)
+
+    return door
+
+
+def _refusal(status: int, error: str, sentence: str, retry_after_s: int) -> web.Response:
+    return web.json_response(
+        {"error": error, "error_description": sentence},
+        status=status,
+        headers={"Retry-After": str(retry_after_s), **NO_STORE},
+    )
 
 
 async def start_http(

@@ -92,6 +92,9 @@ RPC_SCOPES: dict[str, str] = {
             "DeleteUser",
             "SetScopes",
             "RotateSigningKey",
+            "ListBlocks",
+            "Block",
+            "Unblock",
         )
     },
 }

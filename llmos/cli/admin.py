@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import typer
 from google.protobuf.message import Message
 
+from llmos.cli import blocks
 from llmos.cli.connection import Connection, connection
 from llmos.cli.errors import CommandError
 from llmos.cli.identity import claims
@@ -25,6 +26,7 @@ app = typer.Typer(
     help="Manage tenants, clients, users, quotas, keys and storage backups.",
     no_args_is_help=True,
 )
+app.add_typer(blocks.app, name="blocks")
 
 Rpm = Annotated[int | None, typer.Option(help="requests per minute (0: unlimited)")]
 Tpm = Annotated[int | None, typer.Option(help="model tokens per minute (0: unlimited)")]

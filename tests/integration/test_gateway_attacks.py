@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -17,12 +17,36 @@ from joserfc.jwk import RSAKey
 
 from llmos.oauthclient import OAuthError
 from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from tests.integration.conftest import AuditTap, forge, hs256_with_public_key, unsigned
-from tools.devstack.gateway_process import GatewayProcess, bearer
-from tools.devstack.infra import NatsServer
+from tests.integration.conftest import (
+    AuditTap,
+    forge,
+    gateway_env,
+    hs256_with_public_key,
+    unsigned,
+)
+from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
+from tools.devstack.infra import NatsServer, RedisServer
 
 Forger = Callable[[GatewayProcess], str]
 HOUR = 3600
+
+
+@pytest.fixture(scope="module")
+def gw(
+    nats_server: NatsServer, own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """One gateway; every attack here comes from 127.0.0.1, far more often than intrusion
+    detection allows, so that address is on its allowlist: these tests are about each
+    refusal, test_intrusion.py about blocking the attacker."""
+    gateway = start_gateway(
+        gateway_env(nats_server, own_redis),
+        tmp_path_factory.mktemp("gw") / "data",
+        extra={"LLMOS_INTRUSION_ALLOWLIST": "127.0.0.1"},
+    )
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 def _revoked(gw: GatewayProcess) -> str:

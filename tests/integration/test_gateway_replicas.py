@@ -20,6 +20,7 @@ from joserfc.jwk import ECKey
 
 from gateway.auth.identities import Limits
 from gateway.auth.principal import Principal
+from gateway.firewall import Allowlist, Firewall
 from gateway.limits import Admission
 from llmos.errors import ResourceExhausted
 from llmos.oauthclient import Issuer
@@ -262,7 +263,7 @@ async def test_admission_allows_exactly_the_limit_and_says_when_to_retry(
     own_redis: RedisServer,
 ) -> None:
     client = aioredis.Redis.from_url(own_redis.url)
-    admission = Admission(client, Limits())
+    admission = Admission(client, Limits(), Firewall(client, Allowlist(())))
     who = _principal(uuid.uuid4().hex[:8])
     await client.hset(
         f"llmos:auth:tenant:{who.tenant}",
@@ -270,9 +271,9 @@ async def test_admission_allows_exactly_the_limit_and_says_when_to_retry(
         json.dumps({"requests_per_minute": 3, "tokens_per_minute": 0}),
     )
     for _ in range(3):
-        await admission.admit(who)
+        await admission.admit(who, None)
     with pytest.raises(ResourceExhausted) as caught:
-        await admission.admit(who)
+        await admission.admit(who, None)
     assert f"tenant '{who.tenant}' may use 3 requests per minute" in str(caught.value)
     assert caught.value.retry_after_s is not None and 55 <= caught.value.retry_after_s <= 60
     await client.aclose()
@@ -280,17 +281,17 @@ async def test_admission_allows_exactly_the_limit_and_says_when_to_retry(
 
 async def test_token_quota_admits_until_spent_then_refuses(own_redis: RedisServer) -> None:
     client = aioredis.Redis.from_url(own_redis.url)
-    admission = Admission(client, Limits())
+    admission = Admission(client, Limits(), Firewall(client, Allowlist(())))
     who, other = _principal(uuid.uuid4().hex[:8]), _principal(uuid.uuid4().hex[:8])
     for principal in (who, other):
         record = {"limits": {"requests_per_minute": 0, "tokens_per_minute": 100}}
         await client.set(f"llmos:auth:client:{principal.client_id}", json.dumps(record))
-    await admission.admit(who)
+    await admission.admit(who, None)
     await admission.charge_tokens(who, 60)
-    await admission.admit(who)  # 60 of 100 used: still room
+    await admission.admit(who, None)  # 60 of 100 used: still room
     await admission.charge_tokens(who, 60)
     with pytest.raises(ResourceExhausted) as caught:
-        await admission.admit(who)
+        await admission.admit(who, None)
     assert f"client '{who.client_id}' may use 100 model tokens per minute" in str(caught.value)
-    await admission.admit(other)  # others are unaffected
+    await admission.admit(other, None)  # others are unaffected
     await client.aclose()
