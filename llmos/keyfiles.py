@@ -9,6 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+#: Every LLM OS process creates its files for its own user only: the data directory
+#: holds password hashes (Redis' append-only file), cached outputs, training text and
+#: model weights, none of them for other local users. Children (Redis, NATS, Triton,
+#: training programs) inherit it.
+PRIVATE_UMASK = 0o077
+
+
+def private_files() -> None:
+    """From now on, this process and its children create files readable by the owner
+    only (mode 0600, directories 0700)."""
+    os.umask(PRIVATE_UMASK)
+
 
 def private_dir(path: Path) -> Path:
     """`path` as a directory, creating it and each missing parent only its owner can enter

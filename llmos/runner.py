@@ -47,6 +47,7 @@ from llmos.errors import Unavailable
 from llmos.events import Phase, now, phase_word, service_lifecycle
 from llmos.hotstate import connect_redis, service_redis_url
 from llmos.identity import ServiceIdentity
+from llmos.keyfiles import private_files
 from llmos.links import Links
 from llmos.log import configure_logging
 from llmos.messaging import EventPublisher, connect_nats, require_streams
@@ -165,6 +166,7 @@ class StopSignal:
 
 def main(definition: ServiceDefinition, environ: Mapping[str, str] | None = None) -> int:
     """Run a service until SIGTERM/SIGINT; return the process exit code."""
+    private_files()
     env = EnvReader(environ, service=definition.name)
     settings = read_service_settings(definition.name, env)
     options = definition.configure(env) if definition.configure else None

@@ -38,6 +38,7 @@ import grpc
 from llmos.config import environment_without_llmos
 from llmos.health import SERVING, check_health
 from llmos.identity import ServiceIdentity, operator_identity
+from llmos.keyfiles import PRIVATE_UMASK
 from llmos.ports import free_port
 from llmos.processes import kill_group
 from llmos.services import SERVICE_MODULES
@@ -219,6 +220,7 @@ def start_process(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=PRIVATE_UMASK,
         )
     process = Process(name, proc, log_path, env, address)
     RUNNING.append(process)

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from llmos.keyfiles import private_files
 from llmos.log import configure_logging
 from tools.devstack.infra import InfraError, exit_with_parent
 from tools.devstack.process import format_ready_line
@@ -96,6 +97,7 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parent = os.getppid()  # before anything else: the parent to exit with
+    private_files()
     configure_logging("devstack", "info", "text")
     args = parse_args(argv)
     args.parent = parent

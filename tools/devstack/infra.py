@@ -33,7 +33,7 @@ from cryptography import x509
 from llmos.assertions import key_path
 from llmos.config import Secret
 from llmos.identity import InternalCA
-from llmos.keyfiles import ensure_secret, private_dir, write_private
+from llmos.keyfiles import PRIVATE_UMASK, ensure_secret, private_dir, write_private
 from llmos.messaging import ensure_streams, nats_tls
 from llmos.natsperms import SERVICE_USERS, render_users
 from llmos.ports import LOCALHOST, free_port
@@ -78,6 +78,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            umask=PRIVATE_UMASK,
             preexec_fn=functools.partial(exit_with_parent, os.getpid()),
         )
 

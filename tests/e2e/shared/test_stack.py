@@ -59,3 +59,20 @@ def test_generated_secrets_are_private_and_never_printed(stack: RunningStack) ->
     for path in secret_files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert path.read_text().strip() not in printed
+
+
+def test_nothing_under_the_data_dir_is_open_to_other_users(stack: RunningStack) -> None:
+    """Redis' append-only file holds password hashes and cached outputs, storage's
+    metadata and blobs hold training text: no file or directory any service, Redis, NATS
+    or Triton made under the data directory may be read by group or others."""
+    stack.cli("status", "--json")  # something has been written by now: logs, AOF, blobs
+    found = [stack.data_dir, *stack.data_dir.rglob("*")]
+    open_to_others = [
+        f"{path.relative_to(stack.data_dir)} {stat.filemode(path.lstat().st_mode)}"
+        for path in found
+        if not path.is_symlink() and path.lstat().st_mode & 0o077
+    ]
+    assert len(found) > 20
+    assert any(p.name == "appendonly.aof" or p.suffix == ".aof" for p in found)
+    assert any(p.name == "metadata.sqlite" for p in found)
+    assert open_to_others == []

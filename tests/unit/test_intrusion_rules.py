@@ -1,0 +1,66 @@
+"""The pure parts of intrusion detection: reading thresholds and the allowlist, naming
+targets, and reading a gRPC peer's address."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from gateway.auth.principal import Principal
+from gateway.firewall import Allowlist, Block, grpc_peer_address, principal_target
+from gateway.intrusion import Rule, Signal, parse_rules
+
+
+def test_rules_override_the_defaults_one_signal_at_a_time() -> None:
+    rules = parse_rules("denied=5/10")
+    assert rules[Signal.DENIED] == Rule(5, 10)
+    assert rules[Signal.SIGNIN_FAILED] == Rule(20, 300)
+    assert set(rules) == set(Signal)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("typo=5/10", "unknown signal 'typo'"),
+        ("denied=5", "is not signal=count/window_s"),
+        ("denied=0/10", "count 1..1000000"),
+        ("denied=-1/10", "is not signal=count/window_s"),
+    ],
+)
+def test_bad_rules_are_refused_with_the_part_that_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        parse_rules(text)
+
+
+def test_the_allowlist_takes_addresses_and_networks_of_both_families() -> None:
+    allow = Allowlist.parse("10.0.0.0/8, 192.168.1.7 ,::1")
+    assert allow.allows("10.200.3.4") and allow.allows("192.168.1.7") and allow.allows("::1")
+    assert not allow.allows("192.168.1.8") and not allow.allows("not-an-address")
+    with pytest.raises(ValueError, match=re.escape("'10.0.0.0/33' is not an address or network")):
+        Allowlist.parse("10.0.0.0/33")
+
+
+def test_grpc_peers_become_addresses() -> None:
+    assert grpc_peer_address("ipv4:127.0.0.2:51234") == "127.0.0.2"
+    assert grpc_peer_address("ipv6:[::1]:51234") == "::1"
+    assert grpc_peer_address("unix:/run/llmos.sock") == "unix:/run/llmos.sock"
+
+
+def test_people_are_blocked_by_name_and_programs_by_client() -> None:
+    person = Principal("ada", "acme", "llmos-cli", frozenset(), is_user=True)
+    program = Principal("svc-1", "acme", "svc-1", frozenset())
+    assert principal_target(person).value == "user:ada"
+    assert principal_target(program).value == "client:svc-1"
+
+
+def test_a_block_says_what_until_when_and_why() -> None:
+    block = Block(until=time.time() + 90, since=time.time(), reason="20 x", signal="s", by="d")
+    sentence = block.sentence(
+        principal_target(Principal("ada", "t", "c", frozenset(), is_user=True))
+    )
+    assert sentence.startswith("principal user:ada is blocked until ")
+    assert "UTC (20 x)" in sentence and "llmos admin blocks unblock" in sentence
+    assert 89 <= block.retry_after_s() <= 91
+    assert Block.decode(block.encode()) == block
