@@ -6,11 +6,17 @@ TLS, as the gateway's certificate) and through the gateway with a bearer token
 (verification, scope check, rate-limit admission in Redis, audit record, a signed tenant
 assertion, forwarding over mutual TLS). Prints one JSON line: median and p99 of each path,
 the added latency and the ratios. Single client, sequential calls, after a warm-up.
+
+Then, in the same run, what the door costs: `/token` requests signing a person in with a
+wrong password (hashed with scrypt, 16 MiB), a program with a wrong secret, the same
+from a blocked address (refused at the door), and correct ones; alternated, one
+connection each, from allowlisted addresses except the blocked one.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
@@ -24,7 +30,7 @@ import grpc
 
 from llmos.config import environment_without_llmos
 from llmos.ports import free_port
-from llmos.v1 import gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
 from tools.devstack.infra import start_nats, start_redis, terminate
 from tools.scratch import scratch_directory
@@ -58,6 +64,8 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
         "LLMOS_DATA_DIR": str(workdir / "data"),
         "LLMOS_SECRETS_DIR": str(nats_server.secrets_dir),
         "LLMOS_LOG_LEVEL": "warning",
+        "LLMOS_INTRUSION_ALLOWLIST": f"{HASHED_FROM},127.0.0.1",
+        "LLMOS_SIGNIN_RPM_PER_ADDRESS": "1000000",
     }
     scheduler_address = f"127.0.0.1:{free_port()}"
     scheduler = subprocess.Popen(
@@ -91,6 +99,7 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
                     if index >= warmup:
                         timings[name].append((time.perf_counter() - started) * 1000)
         d, g = _summary(timings["direct"]), _summary(timings["gateway"])
+        door = _door(gateway, max(50, calls // 10))
         return {
             "bench": "gateway",
             "rpc": "GetClusterStatus",
@@ -103,6 +112,7 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
             "gateway_vs_direct_p99": round(g["p99_ms"] / d["p99_ms"], 2),
             "gateway_path": "JWT check + scope + one Redis admission script (revocation, deleted "
             "identities, limits) + audit + signed tenant assertion + forward (mutual TLS)",
+            "door": door,
         }
     finally:
         if gateway is not None:
@@ -110,6 +120,59 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
         terminate(scheduler, 10)
         redis_server.stop()
         nats_server.stop()
+
+
+HASHED_FROM, BLOCKED = "127.0.0.5", "127.0.0.6"
+
+
+def _token_ms(gateway: GatewayProcess, source: str, body: str) -> float:
+    """One POST /token from `source` on a new connection, in milliseconds."""
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", gateway.http_port, timeout=30, source_address=(source, 0)
+    )
+    try:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        connection.request("POST", "/token", body, headers)
+        connection.getresponse().read()
+    finally:
+        connection.close()
+    return (time.perf_counter() - started) * 1000
+
+
+def _door(gateway: GatewayProcess, calls: int) -> dict[str, Any]:
+    """/token: a wrong secret (hashed), a blocked address, a right secret; alternated."""
+    client_id, secret = gateway.admin_credentials()
+    with grpc.insecure_channel(gateway.address) as channel:
+        admin_pb2_grpc.AdminStub(channel).Block(
+            admin_pb2.BlockRequest(target=admin_pb2.BlockTarget(address=BLOCKED)),
+            metadata=bearer(gateway.admin_token()),
+            timeout=10,
+        )
+    program = f"grant_type=client_credentials&client_id={client_id}&client_secret="
+    person = "grant_type=password&client_id=llmos-cli&password=wrong&totp=123456&username="
+    kinds = {
+        "wrong_password": (HASHED_FROM, person),  # + a new name each time: never locked
+        "wrong_secret": (HASHED_FROM, program + "wrong"),
+        "blocked_address": (BLOCKED, program + secret),
+        "right_secret": ("127.0.0.1", program + secret),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in kinds}
+    for index in range(calls + 10):
+        for name, (source, body) in kinds.items():
+            if name == "wrong_password":
+                body += f"nobody{index}"
+            elapsed = _token_ms(gateway, source, body)
+            if index >= 10:
+                timings[name].append(elapsed)
+    summary = {name: _summary(samples) for name, samples in timings.items()}
+    blocked = summary["blocked_address"]["p50_ms"]
+    return {
+        "calls_per_kind": calls,
+        **summary,
+        "blocked_vs_wrong_password_p50": round(blocked / summary["wrong_password"]["p50_ms"], 3),
+        "blocked_vs_wrong_secret_p50": round(blocked / summary["wrong_secret"]["p50_ms"], 3),
+    }
 
 
 def _wait_for(call: Any, timeout_s: float = 30.0) -> None:
