@@ -62,6 +62,7 @@ class OAuthHttp:
                 url=f"{self._server.policy.issuer}{request.path}",
                 headers=dict(request.headers),
                 form=form,
+                remote=request.remote or "",
             )
             status, body, headers = await asyncio.to_thread(endpoint, call)
             self._record(action, request, form, status, body, time.monotonic() - started)
