@@ -20,6 +20,8 @@ class GatewayOptions:
     http_listen: HostPort  # AUTH_HTTP_ADDR: the OAuth endpoints
     issuer: str  # AUTH_ISSUER: empty -> this gateway's own URL
     builtin_issuer: bool  # AUTH_BUILTIN: host the authorization server here
+    #: AUTH_ISSUER_MAY_GRANT_SYSTEM: an external issuer's tokens may name the system tenant
+    external_system_tenant: bool
     jwks_url: str  # AUTH_JWKS_URL: empty -> from the issuer's metadata
     audience: str
     algorithms: tuple[str, ...]
@@ -42,6 +44,13 @@ class GatewayOptions:
     audit_policy: RedactionPolicy
     #: intrusion detection, the firewall at the door and the sign-in throttle
     intrusion: IntrusionPolicy
+
+    @property
+    def trust_system_tenant(self) -> bool:
+        """Whether tokens naming the `system` tenant are believed: the built-in issuer
+        grants it only to the operators' own identities; an external IdP's tenant claim
+        may be user-editable, so only if the operator said so."""
+        return self.builtin_issuer or self.external_system_tenant
 
     @property
     def tls(self) -> bool:
@@ -107,6 +116,13 @@ def read_gateway_options(env: EnvReader) -> GatewayOptions:
         ),
         issuer=issuer,
         builtin_issuer=builtin,
+        external_system_tenant=env.choice(
+            "AUTH_ISSUER_MAY_GRANT_SYSTEM",
+            "off",
+            ("on", "off"),
+            doc="an external issuer's tokens may name the `system` tenant (system admins)",
+        )
+        == "on",
         jwks_url=env.url(
             "AUTH_JWKS_URL",
             "",

@@ -124,6 +124,7 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
             algorithms=options.algorithms,
             leeway_s=options.leeway_s,
             tenant_claim=options.tenant_claim,
+            trust_system_tenant=options.trust_system_tenant,
             jwks_url=options.jwks_url,
         ),
         client_tls(options),

@@ -413,6 +413,13 @@ CLI_VARIABLES: tuple[Variable, ...] = (
         service="CLI",
     ),
     Variable(
+        "LLMOS_INSECURE",
+        default="off",
+        doc="`1`: allow credentials in plaintext to a gateway or issuer on this machine "
+        "(`--insecure`)",
+        service="CLI",
+    ),
+    Variable(
         "LLMOS_TOKEN",
         default="none",
         doc="an access token to send as is (`--token`)",

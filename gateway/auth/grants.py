@@ -1,8 +1,9 @@
 """The grants the token endpoint accepts, and signing people in for them.
 
 `client_credentials` for programs (they must prove a secret); `password` for people,
-which here always needs a TOTP code as well (multi-factor) and locks an account out after
-repeated failures; `refresh_token`, rotated on use (the old one is deleted).
+which here always needs a TOTP code as well (multi-factor) and locks an account out (for
+the address the failures came from) after repeated failures; `refresh_token`, rotated on
+use within its sign-in's chain (`gateway.auth.refresh_chains`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gateway.auth import hashing
 from gateway.auth.discovery import CLIENT_AUTH_METHODS
 from gateway.auth.identities import USERNAME, IdentityStore
 from gateway.auth.oauth_models import OAuthUser, TokenRecord
+from gateway.auth.oauth_request import CallRequest
 
 if TYPE_CHECKING:
     from gateway.auth.server import LLMOSAuthorizationServer, ServerPolicy
@@ -32,17 +34,27 @@ class TooManyAttempts(OAuth2Error):  # type: ignore[misc]
     status_code = 429
 
 
+#: The one answer to every wrong credential: which of password or code was wrong is not
+#: said, or a wrong code would confirm a guessed password.
+WRONG_CREDENTIALS = "Wrong user name, password or one-time code."
+
+
 def login(
-    store: IdentityStore, policy: ServerPolicy, username: str, password: str, code: str
+    store: IdentityStore,
+    policy: ServerPolicy,
+    username: str,
+    password: str,
+    code: str,
+    remote: str,
 ) -> OAuthUser:
-    """Password + TOTP, with lock-out after repeated failures."""
+    """Password + TOTP, with lock-out after repeated failures from the address `remote`."""
     if not USERNAME.match(username):
-        raise InvalidGrantError("Wrong user name or password.")
+        raise InvalidGrantError(WRONG_CREDENTIALS)
     if not code:
         raise InvalidRequestError(
             "Missing 'totp': sign-in needs the current code from your authenticator app."
         )
-    locked_for = store.lockout_remaining_s(username, policy.max_login_failures)
+    locked_for = store.lockout_remaining_s(username, remote, policy.max_login_failures)
     if locked_for:
         raise TooManyAttempts(
             f"Too many failed sign-ins for this account; try again in {locked_for} s."
@@ -51,20 +63,13 @@ def login(
     password_ok = hashing.check_password(
         password, user.password_hash if user else hashing.DUMMY_PASSWORD_HASH
     )
-    if user is None or not password_ok:
-        _failed(store, policy, username)
-        raise InvalidGrantError("Wrong user name or password.")
-    if not store.accept_totp(user, code):
-        _failed(store, policy, username)
-        raise InvalidGrantError("The one-time code is wrong, expired or was already used.")
-    store.clear_failures(username)
+    if user is None or not password_ok or not store.accept_totp(user, code):
+        store.record_failure(
+            username, remote, policy.max_login_failures, policy.failure_window_s, policy.lockout_s
+        )
+        raise InvalidGrantError(WRONG_CREDENTIALS)
+    store.clear_failures(username, remote)
     return OAuthUser(user)
-
-
-def _failed(store: IdentityStore, policy: ServerPolicy, username: str) -> None:
-    store.record_failure(
-        username, policy.max_login_failures, policy.failure_window_s, policy.lockout_s
-    )
 
 
 class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]
@@ -80,13 +85,20 @@ class PasswordWithTotp(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[m
 
     def authenticate_user(self, username: str, password: str) -> OAuthUser:
         server: LLMOSAuthorizationServer = self.server
+        request: CallRequest = self.request
         return login(
-            server.store, server.policy, username, password, self.request.form.get("totp", "")
+            server.store,
+            server.policy,
+            username,
+            password,
+            request.form.get("totp", ""),
+            request.remote,
         )
 
 
 class Refresh(RefreshTokenGrant):  # type: ignore[misc]
-    """A person's session continued: a refresh token traded for new tokens, once."""
+    """A person's session continued: a refresh token traded for new tokens, once. The
+    token is spent, and its successor saved, atomically in `server.save_token`."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
@@ -95,11 +107,13 @@ class Refresh(RefreshTokenGrant):  # type: ignore[misc]
         server: LLMOSAuthorizationServer = self.server
         return server.tokens.find(refresh_token, "refresh_token")
 
-    def authenticate_user(self, credential: TokenRecord) -> OAuthUser | None:
+    def authenticate_user(self, credential: TokenRecord) -> OAuthUser:
+        """The person the token was issued to: the same one, not merely the same name."""
         server: LLMOSAuthorizationServer = self.server
         user = server.store.find_user(credential.subject)
-        return OAuthUser(user) if user else None
+        if user is None or user.user_id != credential.user_id:
+            raise InvalidGrantError("The user this refresh token was issued to no longer exists.")
+        return OAuthUser(user)
 
     def revoke_old_credential(self, credential: TokenRecord) -> None:
-        server: LLMOSAuthorizationServer = self.server
-        server.store.delete_refresh(credential.raw)
+        """Nothing left to do: saving the new token spent the old one."""

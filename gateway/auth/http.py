@@ -83,6 +83,7 @@ class OAuthHttp:
                 url=f"{self._server.policy.issuer}{request.path}",
                 headers=dict(request.headers),
                 form=form,
+                remote=request.remote or "",
             )
             async with self._hashing:
                 status, body, headers = await asyncio.to_thread(endpoint, call)

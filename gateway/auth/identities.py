@@ -23,6 +23,7 @@ import redis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.auth import hashing
+from gateway.auth.refresh_chains import RefreshChains
 from llmos.errors import AlreadyExists, InvalidArgument, NotFound
 from llmos.keyfiles import ensure_secret
 
@@ -85,17 +86,9 @@ class User:
     scopes: list[str]
     password_hash: str
     totp_sealed: str
-
-
-@dataclass
-class RefreshGrant:
-    """What a refresh token stands for (the token itself is stored only as a hash)."""
-
-    username: str
-    client_id: str
-    tenant: str
-    scope: str
-    expires_at: float
+    #: who this is, beyond the name: a name deleted and created again is another person,
+    #: whose refresh tokens are not the old ones' ("" for users stored before it existed)
+    user_id: str = ""
 
 
 def check_tenant_name(name: str, field_name: str = "tenant") -> None:
@@ -127,6 +120,7 @@ class IdentityStore:
         key_text = ensure_secret(data_dir / "gateway" / "totp.key")
         self._aead = AESGCM(hashlib.sha256(key_text.encode()).digest())
         self._accept_step = self._r.register_script(_ACCEPT_TOTP_STEP)
+        self.refresh_chains = RefreshChains(self._r, PREFIX)
         #: a deleted identity's tokens are refused for as long as any of them can live
         self._tombstone_s = int(token_lifetime_s) + 60
 
@@ -244,6 +238,7 @@ class IdentityStore:
             scopes=scopes,
             password_hash=hashing.hash_password(password),
             totp_sealed=self._seal(totp_secret),
+            user_id=secrets.token_hex(12),
         )
         if not self._r.set(PREFIX + f"user:{username}", _dump(user), nx=True):
             raise AlreadyExists(f"user {username!r} exists already")
@@ -269,6 +264,7 @@ class IdentityStore:
         self._r.set(deleted_key("user", username), "1", ex=self._tombstone_s)
         self._r.delete(PREFIX + f"user:{username}", PREFIX + f"totp-step:{username}")
         self._r.srem(PREFIX + f"users:{user.tenant}", username)
+        self.refresh_chains.revoke_user(username)
 
     def set_user_scopes(self, username: str, scopes: list[str]) -> None:
         user = self.user(username)
@@ -290,36 +286,29 @@ class IdentityStore:
         return False
 
     # -- brute-force protection ----------------------------------------------------------
+    # Failures are counted per account *and* client address: someone guessing (or locking
+    # out) an account from their addresses does not lock its owner out of theirs. Blocking
+    # addresses that try many accounts is the gateway's intrusion detection's part.
 
-    def lockout_remaining_s(self, username: str, max_failures: int) -> int:
-        """Seconds until `username` may try again; 0 if not locked out."""
-        key = PREFIX + f"login-failures:{username}"
+    def lockout_remaining_s(self, username: str, remote: str, max_failures: int) -> int:
+        """Seconds until `username` may try again from `remote`; 0 if not locked out."""
+        key = _failures_key(username, remote)
         failures = int(self._r.get(key) or 0)
         return max(int(self._r.ttl(key)), 1) if failures >= max_failures else 0
 
     def record_failure(
-        self, username: str, max_failures: int, window_s: int, lockout_s: int
+        self, username: str, remote: str, max_failures: int, window_s: int, lockout_s: int
     ) -> None:
-        """Count a failed login; the `max_failures`-th within `window_s` locks the account."""
-        key = PREFIX + f"login-failures:{username}"
+        """Count a failed login; the `max_failures`-th within `window_s` from one address
+        locks the account for that address."""
+        key = _failures_key(username, remote)
         failures = int(self._r.incr(key))
         self._r.expire(key, lockout_s if failures >= max_failures else window_s)
 
-    def clear_failures(self, username: str) -> None:
-        self._r.delete(PREFIX + f"login-failures:{username}")
+    def clear_failures(self, username: str, remote: str) -> None:
+        self._r.delete(_failures_key(username, remote))
 
     # -- tokens ------------------------------------------------------------------------
-
-    def save_refresh(self, token: str, grant: RefreshGrant) -> None:
-        ttl = max(int(grant.expires_at - time.time()), 1)
-        self._r.set(PREFIX + f"refresh:{hashing.hash_secret(token)}", _dump(grant), ex=ttl)
-
-    def find_refresh(self, token: str) -> RefreshGrant | None:
-        raw = self._r.get(PREFIX + f"refresh:{hashing.hash_secret(token)}")
-        return RefreshGrant(**json.loads(raw)) if raw is not None else None
-
-    def delete_refresh(self, token: str) -> None:
-        self._r.delete(PREFIX + f"refresh:{hashing.hash_secret(token)}")
 
     def revoke_access(self, jti: str, expires_at: float) -> None:
         """Remember a revoked access token until it would have expired anyway."""
@@ -342,6 +331,10 @@ class IdentityStore:
     def _open(self, sealed: str) -> str:
         raw = bytes.fromhex(sealed)
         return self._aead.decrypt(raw[:12], raw[12:], b"totp").decode()
+
+
+def _failures_key(username: str, remote: str) -> str:
+    return PREFIX + f"login-failures:{username}:{remote or 'unknown'}"
 
 
 def deleted_key(kind: str, name: str) -> str:

@@ -71,6 +71,9 @@ class TokenRecord(TokenMixin):  # type: ignore[misc]
     issued_at: float = 0.0
     jti: str = ""
     revoked: bool = False
+    #: a refresh token's sign-in chain and the identity of the user it was issued to
+    chain: str = ""
+    user_id: str = ""
 
     def check_client(self, client: OAuthClient) -> bool:
         return bool(client.get_client_id() == self.client_id)

@@ -20,6 +20,8 @@ class HttpCall:
     url: str
     headers: dict[str, str]
     form: dict[str, str]
+    #: the client's address (the TCP peer): failed sign-ins are counted per address
+    remote: str
 
 
 class FormPayload(OAuth2Payload):  # type: ignore[misc]
@@ -47,6 +49,7 @@ class CallRequest(OAuth2Request):  # type: ignore[misc]
         super().__init__(method=call.method, uri=call.url, headers=call.headers)
         self.payload = FormPayload(call.form)
         self._form = call.form
+        self.remote = call.remote
 
     @property
     def args(self) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """Taking a token back (RFC 7009 revocation) and saying what a token is (RFC 7662
 introspection).
 
-A revoked access token is remembered by its `jti` until it would have expired; a revoked
-refresh token is deleted. A client may introspect its own tokens; an `admin` client any.
+A revoked access token is remembered by its `jti` until it would have expired; revoking a
+refresh token ends its whole sign-in session (every refresh and access token of its chain).
+A client may introspect its own tokens; an `admin` client any.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         if token.kind == "access_token":
             server.store.revoke_access(token.jti, token.expires_at)
         else:
-            server.store.delete_refresh(token.raw)
+            server.store.refresh_chains.revoke(token.chain)
 
 
 class Introspection(IntrospectionEndpoint):  # type: ignore[misc]

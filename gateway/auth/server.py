@@ -15,16 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Request
+from authlib.oauth2.rfc6749.errors import InvalidGrantError
 
 from gateway.auth.discovery import server_metadata
 from gateway.auth.grants import ClientCredentials, PasswordWithTotp, Refresh
-from gateway.auth.identities import IdentityStore, RefreshGrant, User
+from gateway.auth.identities import IdentityStore, User
 from gateway.auth.keys import Keyring
-from gateway.auth.oauth_models import OAuthClient
+from gateway.auth.oauth_models import OAuthClient, TokenRecord
 from gateway.auth.oauth_request import CallRequest, HttpCall
+from gateway.auth.refresh_chains import RefreshGrant, new_chain
 from gateway.auth.revocation import Introspection, Revocation
 from gateway.auth.scopes import SCOPES
-from gateway.auth.tokens import Tokens
+from gateway.auth.tokens import Tokens, minted_claims
 
 #: What an endpoint answers: HTTP status, JSON body, headers.
 Answer = tuple[int, dict[str, Any], dict[str, str]]
@@ -66,19 +68,32 @@ class LLMOSAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         return OAuthClient(record) if record else None
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        """Keep a person's new refresh token in its sign-in chain: a new chain at sign-in;
+        at refresh the presented token's, which is spent in the same atomic step (if it
+        was spent already, by a parallel or replayed refresh, nothing is handed out)."""
         refresh = token.get("refresh_token")
-        if refresh and request.user is not None:
-            user: User = request.user.record
-            self.store.save_refresh(
-                refresh,
-                RefreshGrant(
-                    username=user.username,
-                    client_id=request.client.get_client_id(),
-                    tenant=user.tenant,
-                    scope=token["scope"],
-                    expires_at=time.time() + self.policy.refresh_ttl_s,
-                ),
-            )
+        if not refresh or request.user is None:
+            return
+        user: User = request.user.record
+        presented = getattr(request, "refresh_token", None)
+        spent = presented if isinstance(presented, TokenRecord) else None
+        grant = RefreshGrant(
+            username=user.username,
+            user_id=user.user_id,
+            client_id=request.client.get_client_id(),
+            tenant=user.tenant,
+            scope=token["scope"],
+            expires_at=time.time() + self.policy.refresh_ttl_s,
+            chain=spent.chain if spent else new_chain(),
+        )
+        access = minted_claims(token["access_token"])
+        jti, exp = str(access["jti"]), float(access["exp"])
+        chains = self.store.refresh_chains
+        if spent is None:
+            chains.start(refresh, grant, jti, exp)
+        elif not chains.rotate(spent.raw, refresh, grant, jti, exp):
+            self.store.revoke_access(jti, exp)
+            raise InvalidGrantError("This refresh token has been used already or revoked.")
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         """authlib's hook for observers; nothing listens."""

@@ -9,6 +9,8 @@ found again for refresh, revocation and introspection: an access token by its si
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -104,7 +106,7 @@ class Tokens:
                     jti=str(c.get("jti", "")),
                     revoked=self._store.is_revoked(str(c.get("jti", ""))),
                 )
-        grant = self._store.find_refresh(raw)
+        grant = self._store.refresh_chains.find(raw)
         if grant is None:
             return None
         return TokenRecord(
@@ -115,4 +117,13 @@ class Tokens:
             tenant=grant.tenant,
             scope=grant.scope,
             expires_at=grant.expires_at,
+            chain=grant.chain,
+            user_id=grant.user_id,
         )
+
+
+def minted_claims(access_token: str) -> dict[str, Any]:
+    """The claims of an access token this server has just signed (read without checking
+    the signature: it has not left the process)."""
+    payload = access_token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))

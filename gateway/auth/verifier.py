@@ -1,7 +1,11 @@
 """The resource server's half of OAuth: is this bearer token good, and whose is it?
 
 Works against any issuer that publishes RFC 8414 / OpenID metadata and a JWKS, so a
-real IdP (Keycloak, Auth0, Okta) can replace the built-in server by configuration.
+real IdP (Keycloak, Auth0, Okta) can replace the built-in server by configuration. Only
+access tokens in the RFC 9068 profile are accepted (header `typ: at+jwt`): an ID token,
+signed by the same issuer, is proof of a sign-in to some client, not a grant to call this
+API. A tenant claim must be a tenant name, and `system` (the operators' tenant) is believed
+only from the built-in issuer unless configured otherwise.
 Keys are cached and refetched when a token names an unknown `kid` (at most once per
 `refetch_interval_s`, so forged kids cannot make the gateway hammer the issuer).
 """
@@ -24,13 +28,17 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet
 
+from gateway.auth.identities import TENANT_NAME
 from gateway.auth.principal import Principal
+from gateway.auth.scopes import SYSTEM_TENANT
 from llmos.errors import PermissionDenied, Unauthenticated, Unavailable
 
 #: Algorithms a verifier may ever be configured with: asymmetric only, so the key a
 #: verifier holds can never mint tokens (and "none" is never an algorithm).
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
 CACHE_SIZE = 10_000
+#: The `typ` header values of an RFC 9068 access token (section 2.1).
+ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,9 @@ class VerifierSettings:
     algorithms: tuple[str, ...]
     leeway_s: float
     tenant_claim: str
+    #: whether the issuer may name the `system` tenant (whose admins manage every tenant):
+    #: the built-in issuer, or an external one the operator said so of
+    trust_system_tenant: bool = False
     jwks_url: str = ""  # empty: discovered from the issuer's metadata
     jwks_ttl_s: float = 300.0
     refetch_interval_s: float = 1.0
@@ -80,6 +91,12 @@ class TokenVerifier:
             raise Unauthenticated(
                 f"token algorithm {alg!r} is not accepted; allowed: {', '.join(self._s.algorithms)}"
             )
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+            raise Unauthenticated(
+                f"token is not an access token (header typ {typ!r}; RFC 9068 requires "
+                "'at+jwt'): ID tokens and other JWTs are not accepted"
+            )
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("token header has no 'kid' naming its signing key")
@@ -111,12 +128,7 @@ class TokenVerifier:
         nbf = _number(claims, "nbf", required=False)
         if nbf and now + leeway < nbf:
             raise Unauthenticated(f"token is not valid before {_iso(nbf)}")
-        tenant = claims.get(self._s.tenant_claim)
-        if not isinstance(tenant, str) or not tenant:
-            raise PermissionDenied(
-                f"token has no {self._s.tenant_claim!r} claim; every principal must belong to "
-                "a tenant"
-            )
+        tenant = self._tenant(claims)
         scope = claims.get("scope", claims.get("scp", ""))
         scopes = scope.split() if isinstance(scope, str) else [str(s) for s in scope or ()]
         subject = str(claims.get("sub", ""))
@@ -129,6 +141,25 @@ class TokenVerifier:
             expires_at=exp,
             is_user="amr" in claims,
         )
+
+    def _tenant(self, claims: dict[str, Any]) -> str:
+        """The tenant claim, if it names a tenant this issuer may name."""
+        name = self._s.tenant_claim
+        tenant = claims.get(name)
+        if not isinstance(tenant, str) or not tenant:
+            raise PermissionDenied(
+                f"token has no {name!r} claim; every principal must belong to a tenant"
+            )
+        if not TENANT_NAME.match(tenant):
+            raise PermissionDenied(
+                f"token claim {name!r} is not a tenant name (1-63 lowercase letters, digits or '-')"
+            )
+        if tenant == SYSTEM_TENANT and not self._s.trust_system_tenant:
+            raise PermissionDenied(
+                f"token claim {name!r} names the {SYSTEM_TENANT!r} tenant, which this issuer is "
+                "not trusted to grant (LLMOS_AUTH_ISSUER_MAY_GRANT_SYSTEM)"
+            )
+        return tenant
 
     def _remember(self, token: str, principal: Principal) -> None:
         self._verified[token] = principal

@@ -47,12 +47,21 @@ def options(
     issuer: Annotated[
         str | None, typer.Option(help="OAuth issuer URL, for login ($LLMOS_ISSUER)")
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="allow sending credentials in plaintext to a gateway or issuer on this "
+            "machine (loopback only; $LLMOS_INSECURE=1)",
+        ),
+    ] = False,
 ) -> None:
     """Client of LLM OS: inference, chat, models, datasets, training jobs, audit and
     administration, through the gateway."""
     conn = ctx.ensure_object(Connection)
     conn.gateway, conn.timeout, conn.token = gateway, timeout, token
     conn.credentials, conn.ca_file, conn.issuer = credentials, ca_file, issuer
+    conn.insecure = insecure
     ctx.call_on_close(conn.close)
 
 

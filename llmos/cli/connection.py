@@ -2,7 +2,8 @@
 
 The gateway address comes from --gateway, else $LLMOS_GATEWAY, else the stack file the
 dev launcher writes (<data dir>/stack.json), else 127.0.0.1:50051. How the command
-authenticates is described in `llmos.cli.session`.
+authenticates is described in `llmos.cli.session`; where it may send credentials, in
+`llmos.cli.transport` (TLS, or plaintext to this machine with --insecure).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import typer
 from llmos.channels import plaintext_channel, tls_channel
 from llmos.cli.errors import CommandError
 from llmos.cli.session import access_token, ca_file, stack_info
+from llmos.cli.transport import Transport
 from llmos.oauthclient import Issuer
 from llmos.v1 import admin_pb2_grpc, audit_pb2_grpc, gateway_pb2_grpc, storage_pb2_grpc
 
@@ -42,6 +44,7 @@ class Connection:
     credentials: str | None = None
     ca_file: str | None = None
     issuer: str | None = None
+    insecure: bool = False
     _bearer: str | None = field(default=None, repr=False)
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
@@ -54,15 +57,22 @@ class Connection:
         """The CA that signed the gateway's certificate (None: plaintext)."""
         return ca_file(self.ca_file)
 
+    def transport(self) -> Transport:
+        """Where credentials may go: TLS, or plaintext to this machine with --insecure."""
+        insecure = self.insecure or os.environ.get("LLMOS_INSECURE") == "1"
+        return Transport(self.ca(), insecure)
+
     def bearer(self) -> str:
         """The access token every call carries."""
         if self._bearer is None:
-            self._bearer = access_token(self.token, self.credentials, self.ca())
+            self._bearer = access_token(self.token, self.credentials, self.transport())
         return self._bearer
 
     def channel(self) -> grpc.Channel:
-        """A channel to the gateway (TLS when a CA is known, as call credentials need)."""
+        """A channel to the gateway (TLS when a CA is known, as call credentials need;
+        plaintext only where `llmos.cli.transport` allows it)."""
         if self._channel is None:
+            self.transport().require_gateway_secure(self.address)
             ca, token = self.ca(), self.bearer()
             if ca is None:
                 self._channel = plaintext_channel(self.address, token)
@@ -102,7 +112,7 @@ class Connection:
         url = self.issuer_url()
         if not url:
             raise CommandError("which issuer? pass --issuer URL or set LLMOS_ISSUER")
-        return Issuer(url, self.ca())
+        return self.transport().issuer(url)
 
 
 def connection(ctx: typer.Context) -> Connection:

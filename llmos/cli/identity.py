@@ -13,7 +13,7 @@ from llmos.cli.connection import connection
 from llmos.cli.errors import CommandError
 from llmos.cli.prompts import secret_lines
 from llmos.cli.session import Session, session_from_token, session_path, talking_to
-from llmos.oauthclient import CLI_CLIENT_ID, Issuer, OAuthError
+from llmos.oauthclient import CLI_CLIENT_ID, OAuthError
 
 
 def claims(token: str) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def logout(ctx: typer.Context) -> None:
     if session is None:
         print("not signed in")
         return
-    issuer = Issuer(session.issuer, connection(ctx).ca())
+    issuer = connection(ctx).transport().issuer(session.issuer)
     for token in (session.refresh_token, session.access_token):
         if token:
             try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos.cli.errors import CommandError, NotSignedIn, unreachable
+from llmos.cli.transport import Transport
 from llmos.keyfiles import write_private
 from llmos.oauthclient import CLI_CLIENT_ID, Issuer, OAuthError, read_client_credentials
 
@@ -112,26 +113,26 @@ def session_from_token(issuer: Issuer, username: str, token: dict[str, Any]) -> 
     )
 
 
-def access_token(explicit_token: str | None, credentials: str | None, ca: Path | None) -> str:
+def access_token(explicit_token: str | None, credentials: str | None, transport: Transport) -> str:
     """An access token by the rules in the module docstring."""
     token = explicit_token or os.environ.get("LLMOS_TOKEN")
     if token:
         return token
     path = credentials or os.environ.get("LLMOS_CREDENTIALS")
     if path:
-        return client_token(Path(path), ca)
+        return client_token(Path(path), transport)
     session = Session.load(session_path())
     if session is not None:
-        return _session_token(session, ca)
+        return _session_token(session, transport)
     dev_credentials = stack_info().get("credentials")
     if dev_credentials and Path(dev_credentials).exists():
-        return client_token(Path(dev_credentials), ca)
+        return client_token(Path(dev_credentials), transport)
     raise NotSignedIn(
         "not signed in: run `llmos login`, or pass --credentials FILE (a client id and secret)"
     )
 
 
-def client_token(path: Path, ca: Path | None) -> str:
+def client_token(path: Path, transport: Transport) -> str:
     """A token for the client whose credentials file is at `path`."""
     try:
         issuer, client_id, secret = read_client_credentials(path)
@@ -142,17 +143,17 @@ def client_token(path: Path, ca: Path | None) -> str:
             f"the credentials file {path} is not a JSON object with issuer, client_id and "
             f"client_secret ({type(exc).__name__}: {exc})"
         ) from None
-    issuer = Issuer(issuer.url, ca)
+    issuer = transport.issuer(issuer.url)
     with talking_to(issuer):
         return str(issuer.client_credentials(client_id, secret)["access_token"])
 
 
-def _session_token(session: Session, ca: Path | None) -> str:
+def _session_token(session: Session, transport: Transport) -> str:
     if time.time() < session.expires_at - EXPIRY_MARGIN_S:
         return session.access_token
     if not session.refresh_token:
         raise NotSignedIn("the session has expired: run `llmos login` again")
-    issuer = Issuer(session.issuer, ca)
+    issuer = transport.issuer(session.issuer)
     try:
         with talking_to(issuer):
             token = issuer.refresh(session.client_id, session.refresh_token)

@@ -83,6 +83,8 @@ class Filters:
 
     since_ns: int = 0
     until_ns: int = 0
+    #: always exact: it is the boundary between tenants, and a non-admin's comes from
+    #: their token, so no text in it may widen what matches
     tenant: str = ""
     principal: str = ""
     action: str = ""  # exact, or a prefix ending in "*"
@@ -101,7 +103,7 @@ class StoredRecord:
 def _match(column: str, value: str, where: list[str], args: list[object]) -> None:
     if not value:
         return
-    if value.endswith("*"):
+    if value.endswith("*") and column != "tenant":
         prefix = value[:-1]
         where.append(f"substr({column}, 1, ?) = ?")
         args.extend([len(prefix), prefix])

@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,12 +152,41 @@ def forge(
     gateway: GatewayProcess,
     key: RSAKey | None = None,
     kid: str | None = None,
+    typ: str = "at+jwt",
     **claims: Any,
 ) -> str:
     """A token signed with `key` (default: the gateway's real key) and these claims."""
     real_kid, real_key = signing_key(gateway)
-    header = {"alg": "RS256", "kid": kid or real_kid, "typ": "at+jwt"}
+    header = {"alg": "RS256", "kid": kid or real_kid, "typ": typ}
     return jwt.encode(header, claims_for(gateway, **claims), key or real_key)
+
+
+def login_from(
+    gateway: GatewayProcess, source: str, username: str, password: str, code: str
+) -> tuple[int, dict[str, Any]]:
+    """A password + TOTP sign-in sent from the local address `source` (a loopback
+    address other than 127.0.0.1 is another client as the gateway sees it): status, body."""
+    form = {
+        "grant_type": "password",
+        "client_id": "llmos-cli",
+        "username": username,
+        "password": password,
+        "totp": code,
+    }
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", gateway.http_port, timeout=30, source_address=(source, 0)
+    )
+    try:
+        connection.request(
+            "POST",
+            "/token",
+            urllib.parse.urlencode(form),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        reply = connection.getresponse()
+        return reply.status, dict(json.loads(reply.read()))
+    finally:
+        connection.close()
 
 
 def _b64(data: bytes) -> str:

@@ -15,6 +15,7 @@ import pyotp
 import pytest
 from joserfc.jwk import RSAKey
 
+from gateway.auth.grants import WRONG_CREDENTIALS
 from llmos.oauthclient import OAuthError
 from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import (
@@ -22,6 +23,7 @@ from tests.integration.conftest import (
     forge,
     gateway_env,
     hs256_with_public_key,
+    login_from,
     unsigned,
 )
 from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
@@ -108,6 +110,14 @@ ATTACKS: list[tuple[str, Forger, grpc.StatusCode, str]] = [
         grpc.StatusCode.UNAUTHENTICATED,
         "audience 'some-other-api' does not include 'llmos'",
     ),
+    (
+        "ID token (typ JWT)",
+        lambda gw: forge(
+            gw, typ="JWT", aud=["llmos", "llmos-cli"], azp="llmos-cli", nonce="n-0S6", at_hash="x"
+        ),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "token is not an access token (header typ 'JWT'; RFC 9068 requires 'at+jwt')",
+    ),
     ("revoked", _revoked, grpc.StatusCode.UNAUTHENTICATED, "token has been revoked"),
     (
         "missing scope",
@@ -120,6 +130,12 @@ ATTACKS: list[tuple[str, Forger, grpc.StatusCode, str]] = [
         lambda gw: forge(gw, tenant=None),
         grpc.StatusCode.PERMISSION_DENIED,
         "no 'tenant' claim",
+    ),
+    (
+        "tenant that is a pattern",
+        lambda gw: forge(gw, tenant="x*"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "token claim 'tenant' is not a tenant name",
     ),
 ]
 
@@ -263,15 +279,15 @@ async def test_wrong_and_replayed_totp_codes_are_refused(
             gw.issuer.password_login("llmos-cli", "totp-user", password, wrong)
         record = await audit.wait_for(action="oauth.token", principal="totp-user")
     assert caught.value.error == "invalid_grant"
-    assert "one-time code is wrong" in caught.value.description
-    assert record.outcome == "invalid_grant" and "one-time code" in record.detail
+    assert caught.value.description == WRONG_CREDENTIALS
+    assert record.outcome == "invalid_grant" and record.detail == WRONG_CREDENTIALS
 
     code = totp.now()
     token = gw.issuer.password_login("llmos-cli", "totp-user", password, code)
     assert token["refresh_token"]
     with pytest.raises(OAuthError) as caught:
         gw.issuer.password_login("llmos-cli", "totp-user", password, code)
-    assert "already used" in caught.value.description
+    assert caught.value.description == WRONG_CREDENTIALS  # a replayed code: no hint either
 
     with pytest.raises(OAuthError) as caught:
         gw.issuer.password_login("llmos-cli", "totp-user", password, "")
@@ -279,26 +295,43 @@ async def test_wrong_and_replayed_totp_codes_are_refused(
     assert "totp" in caught.value.description
 
 
-async def test_brute_force_locks_the_account_and_not_the_others(
+def test_a_wrong_code_is_answered_like_a_wrong_password(gw: GatewayProcess) -> None:
+    """Otherwise a wrong code would confirm that a guessed password is right."""
+    password, totp = _new_user(gw, "two-factor")
+    wrong_code = f"{(int(totp.now()) + 1) % 1_000_000:06d}"
+    answers = []
+    for guess, code in [("not-the-password", totp.now()), (password, wrong_code)]:
+        with pytest.raises(OAuthError) as caught:
+            gw.issuer.password_login("llmos-cli", "two-factor", guess, code)
+        answers.append((caught.value.status, caught.value.error, caught.value.description))
+    assert answers[0] == answers[1] == (400, "invalid_grant", WRONG_CREDENTIALS)
+
+
+async def test_brute_force_locks_the_account_out_of_that_address_only(
     gw: GatewayProcess, nats_server: NatsServer
 ) -> None:
+    """Guesses from one address lock the account for that address: its owner still signs
+    in from theirs, so nobody can keep someone else's account locked."""
     password, totp = _new_user(gw, "target")
     other_password, other_totp = _new_user(gw, "bystander")
+    attacker = "127.0.0.2"  # the gateway listens on 127.0.0.1; all of 127/8 is loopback
     async with AuditTap(nats_server.url) as audit:
         for attempt in range(3):  # LLMOS_LOGIN_MAX_FAILURES=3 for this gateway
-            with pytest.raises(OAuthError) as caught:
-                gw.issuer.password_login("llmos-cli", "target", f"guess-{attempt}", totp.now())
-            assert caught.value.description == "Wrong user name or password."
-        with pytest.raises(OAuthError) as caught:  # now even the right answer is refused
-            gw.issuer.password_login("llmos-cli", "target", password, totp.now())
-        assert caught.value.status == 429
-        assert "Too many failed sign-ins" in caught.value.description
+            status, body = login_from(gw, attacker, "target", f"guess-{attempt}", totp.now())
+            assert (status, body["error_description"]) == (400, WRONG_CREDENTIALS)
+        # now even the right answer is refused from there
+        status, body = login_from(gw, attacker, "target", password, totp.now())
+        assert status == 429
+        assert "Too many failed sign-ins" in body["error_description"]
         record = await audit.wait_for(
             action="oauth.token", principal="target", outcome="invalid_grant"
         )
-        assert "Wrong user name or password" in record.detail
+        assert record.detail == WRONG_CREDENTIALS
+        assert record.client_address == attacker
         assert password not in record.SerializeToString().decode(errors="replace")
-    # another person signs in normally meanwhile
+    # the owner signs in from their own address, and another person normally
+    token = gw.issuer.password_login("llmos-cli", "target", password, totp.now())
+    assert token["access_token"]
     token = gw.issuer.password_login("llmos-cli", "bystander", other_password, other_totp.now())
     assert token["access_token"]
 
@@ -306,7 +339,7 @@ async def test_brute_force_locks_the_account_and_not_the_others(
 def test_unknown_user_costs_the_same_as_a_known_one_and_is_refused(gw: GatewayProcess) -> None:
     with pytest.raises(OAuthError) as caught:
         gw.issuer.password_login("llmos-cli", "nobody-here", "whatever-password", "123456")
-    assert caught.value.description == "Wrong user name or password."
+    assert caught.value.description == WRONG_CREDENTIALS
 
 
 async def test_oversized_requests_are_refused_and_audited(

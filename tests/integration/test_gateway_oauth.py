@@ -10,6 +10,8 @@ import stat
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import nats
@@ -141,13 +143,91 @@ def test_a_person_signs_in_with_password_and_totp_and_refreshes(gw: GatewayProce
         )
     refreshed = gw.issuer.refresh("llmos-cli", token["refresh_token"])
     assert refreshed["refresh_token"] != token["refresh_token"]
-    with pytest.raises(OAuthError) as caught:  # refresh tokens rotate: the old one is spent
-        gw.issuer.refresh("llmos-cli", token["refresh_token"])
-    assert caught.value.error == "invalid_grant"
-    # revoking the refresh token ends the session
+    # revoking the refresh token ends the session: its access token is refused too
     gw.issuer.revoke(refreshed["refresh_token"], client_id="llmos-cli")
-    with pytest.raises(OAuthError):
+    with pytest.raises(OAuthError) as caught:
         gw.issuer.refresh("llmos-cli", refreshed["refresh_token"])
+    assert caught.value.error == "invalid_grant"
+    _assert_refused(gw, refreshed["access_token"], "token has been revoked")
+
+
+def _assert_refused(gw: GatewayProcess, access_token: str, sentence: str) -> None:
+    with grpc.insecure_channel(gw.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        gateway_pb2_grpc.GatewayStub(channel).ListModels(
+            gateway_pb2.ListModelsRequest(), metadata=bearer(access_token), timeout=10
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert sentence in (caught.value.details() or "")
+
+
+def _signed_in(gw: GatewayProcess, username: str) -> dict[str, Any]:
+    """A new person's first sign-in: the token response."""
+    password = f"pw-{uuid.uuid4().hex}"
+    with grpc.insecure_channel(gw.address) as channel:
+        created = _admin(gw, channel).CreateUser(
+            admin_pb2.CreateUserRequest(
+                username=username, password=password, scopes=["models:read"]
+            ),
+            metadata=bearer(gw.admin_token()),
+        )
+    code = pyotp.TOTP(created.totp_secret).now()
+    return gw.issuer.password_login("llmos-cli", username, password, code)
+
+
+def test_a_reused_refresh_token_ends_the_whole_sign_in(gw: GatewayProcess) -> None:
+    """Two parties hold one refresh token (one of them stole it): the server cannot tell
+    which is which, so every token of that sign-in stops working, the newest included."""
+    first = _signed_in(gw, "reuser")
+    second = gw.issuer.refresh("llmos-cli", first["refresh_token"])
+    newest = gw.issuer.refresh("llmos-cli", second["refresh_token"])
+    with pytest.raises(OAuthError) as caught:
+        gw.issuer.refresh("llmos-cli", first["refresh_token"])
+    assert caught.value.error == "invalid_grant"
+    with pytest.raises(OAuthError) as caught:
+        gw.issuer.refresh("llmos-cli", newest["refresh_token"])
+    assert caught.value.error == "invalid_grant"
+    _assert_refused(gw, newest["access_token"], "token has been revoked")
+
+
+def test_of_two_parallel_refreshes_with_one_token_exactly_one_gets_tokens(
+    gw: GatewayProcess,
+) -> None:
+    def refresh(refresh_token: str) -> dict[str, Any] | OAuthError:
+        try:
+            return gw.issuer.refresh("llmos-cli", refresh_token)
+        except OAuthError as exc:
+            return exc
+
+    for round_ in range(3):  # the two requests meet at a different point each round
+        token = _signed_in(gw, f"racer-{round_}")
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(refresh, [token["refresh_token"]] * 2))
+        granted = [a for a in answers if isinstance(a, dict)]
+        refused = [a for a in answers if isinstance(a, OAuthError)]
+        assert len(granted) == 1 and len(refused) == 1, answers
+        assert refused[0].error == "invalid_grant"
+        # the second use looks like a replay: the sign-in is over for both
+        with pytest.raises(OAuthError):
+            gw.issuer.refresh("llmos-cli", granted[0]["refresh_token"])
+
+
+def test_a_user_created_again_under_a_deleted_name_inherits_no_session(
+    gw: GatewayProcess,
+) -> None:
+    old = _signed_in(gw, "phoenix")
+    with grpc.insecure_channel(gw.address) as channel:
+        admin = _admin(gw, channel)
+        system = bearer(gw.admin_token())
+        admin.DeleteUser(admin_pb2.DeleteUserRequest(username="phoenix"), metadata=system)
+        admin.CreateUser(
+            admin_pb2.CreateUserRequest(
+                username="phoenix", password=f"pw-{uuid.uuid4().hex}", scopes=["models:read"]
+            ),
+            metadata=system,
+        )
+    with pytest.raises(OAuthError) as caught:
+        gw.issuer.refresh("llmos-cli", old["refresh_token"])
+    assert caught.value.error == "invalid_grant"
 
 
 def test_changed_scopes_and_deleted_identities_take_effect(gw: GatewayProcess) -> None:

@@ -36,13 +36,14 @@ from tools.devstack.tls import ensure_dev_tls
 def replicas(
     nats_server: NatsServer, own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    """Two gateways on one Redis: the first hosts the issuer, the second trusts it."""
+    """Two gateways on one Redis: the first hosts the issuer, the second trusts it (with
+    the operators' `system` tenant too: it is this deployment's own issuer)."""
     env = gateway_env(nats_server, own_redis)
     first = start_gateway(env, tmp_path_factory.mktemp("replica-a") / "data")
     second = start_gateway(
         env,
         tmp_path_factory.mktemp("replica-b") / "data",
-        {"LLMOS_AUTH_ISSUER": first.issuer.url},
+        {"LLMOS_AUTH_ISSUER": first.issuer.url, "LLMOS_AUTH_ISSUER_MAY_GRANT_SYSTEM": "on"},
     )
     try:
         yield first, second
@@ -155,7 +156,7 @@ class _IndependentIdP:
 
         return Handler
 
-    def token(self, **overrides: Any) -> str:
+    def token(self, typ: str = "at+jwt", **overrides: Any) -> str:
         now = int(time.time())
         claims = {
             "iss": self.url,
@@ -169,7 +170,7 @@ class _IndependentIdP:
             "jti": uuid.uuid4().hex,
             **overrides,
         }
-        return jwt.encode({"alg": "ES256", "kid": "idp-key-1", "typ": "JWT"}, claims, self.key)
+        return jwt.encode({"alg": "ES256", "kid": "idp-key-1", "typ": typ}, claims, self.key)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -198,6 +199,9 @@ def test_an_external_idp_replaces_the_built_in_issuer(
                 (replicas[0].admin_token(), "unknown key"),  # signed by the built-in issuer
                 (idp.token(aud="account"), "does not include 'llmos'"),
                 (idp.token(org=None), "no 'org' claim"),
+                (idp.token(typ="JWT", nonce="n-0S6"), "token is not an access token"),  # ID token
+                (idp.token(org="system"), "names the 'system' tenant, which this issuer is not"),
+                (idp.token(org="acme*"), "token claim 'org' is not a tenant name"),
             ]:
                 with pytest.raises(grpc.RpcError) as caught:
                     stub.ListModels(gateway_pb2.ListModelsRequest(), metadata=bearer(token))

@@ -114,6 +114,7 @@ def cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
             sys.executable,
             "-m",
             "llmos.cli",
+            "--insecure",
             "--gateway",
             gw.address,
             "--token",

@@ -63,7 +63,7 @@ def credentials(gateway: GatewayProcess, tmp: Path, tenant: str, scopes: list[st
 
 def llmos(gateway: GatewayProcess, creds: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "llmos.cli", "--gateway", gateway.address,
+        [sys.executable, "-m", "llmos.cli", "--gateway", gateway.address, "--insecure",
          "--credentials", str(creds), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

@@ -276,6 +276,13 @@ def test_queries_filter_and_page(audit_log: AuditLog) -> None:
     assert [r.sequence for r in window] == list(range(10, 20))
 
 
+def test_a_tenant_filter_is_an_exact_name_never_a_pattern(audit_log: AuditLog) -> None:
+    """A tenant's own name is its filter (from its token): `lab*` must not reach `lab-a`."""
+    assert audit_log.query(Filters(tenant="lab*"), after=0, limit=10) == []
+    assert audit_log.query(Filters(tenant="*"), after=0, limit=10) == []
+    assert len(audit_log.query(Filters(tenant="lab-a"), after=0, limit=10)) == 10
+
+
 def test_offline_verification_exit_status(
     audit_log: AuditLog, audit_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -27,7 +27,9 @@ from llmos.oauthclient import Issuer, credentials_json, read_client_credentials
 from llmos.v1 import gateway_pb2
 
 ESC = "\x1b["
-OFFLINE = ["--gateway", "127.0.0.1:1", "--token", "t", "--issuer", "https://issuer.invalid"]
+OFFLINE = [
+    "--gateway", "127.0.0.1:1", "--token", "t", "--issuer", "https://issuer.invalid", "--insecure",
+]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -154,6 +156,47 @@ def test_client_create_leaves_no_file_when_the_gateway_is_unreachable(
     assert capsys.readouterr().err.startswith("llmos: gateway at 127.0.0.1:1 is unreachable")
 
 
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (
+            ["--gateway", "10.1.2.3:50051", "--insecure"],
+            "refusing to send credentials in plaintext to the gateway at 10.1.2.3:50051: use TLS",
+        ),
+        (
+            ["--gateway", "127.0.0.1:1"],
+            "refusing to send credentials in plaintext to the gateway at 127.0.0.1:1: give its "
+            "CA with --ca-file for TLS, or pass --insecure",
+        ),
+    ],
+    ids=["another machine, even with --insecure", "this machine without --insecure"],
+)
+def test_a_token_is_never_sent_in_plaintext_unasked_or_off_this_machine(
+    args: list[str], sentence: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([*args, "--token", "secret-token", "status"])
+    err = capsys.readouterr().err
+    assert code == EXIT_REFUSED
+    assert err.startswith(f"llmos: {sentence}") and err.count("\n") == 1
+    assert "secret-token" not in err
+
+
+def test_a_client_secret_is_never_sent_to_a_plaintext_issuer_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "job.json"
+    path.write_text(credentials_json("http://10.1.2.3:50050", "client-1", "s3cret"))
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used: nothing is sent")
+    code = main(["--gateway", "10.1.2.3:50051", "--ca-file", str(ca), "--credentials", str(path),
+                 "status"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == EXIT_REFUSED
+    assert err.startswith(
+        "llmos: refusing to send credentials in plaintext to the issuer at http://10.1.2.3:50050"
+    )
+
+
 def test_a_chat_transcript_sends_every_turn_with_the_system_message_first() -> None:
     transcript = Transcript(system="Be brief.")
     transcript.ask("Hi, I am Ada.")
@@ -214,7 +257,7 @@ def test_a_malformed_credentials_file_is_refused_in_one_line(
 ) -> None:
     path = tmp_path / "creds.json"
     path.write_text("{not json")
-    assert main(["--credentials", str(path), "status"]) == EXIT_REFUSED
+    assert main(["--insecure", "--credentials", str(path), "status"]) == EXIT_REFUSED
     err = capsys.readouterr().err
     assert err.startswith(f"llmos: the credentials file {path}") and err.count("\n") == 1
 
