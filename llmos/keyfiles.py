@@ -56,6 +56,14 @@ def write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def open_private(path: Path) -> TextIO:
+    """`path` opened for writing (created or emptied), readable by its owner only, even
+    if it existed with wider permissions: for exports of audit records and the like."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 @contextlib.contextmanager
 def new_private_file(path: Path) -> Iterator[TextIO]:
     """A file that must not exist yet (FileExistsError if it does), only its owner can

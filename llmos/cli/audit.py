@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from llmos.cli.connection import connection
 from llmos.cli.errors import EXIT_FAILED
 from llmos.errors import InvalidArgument
+from llmos.keyfiles import open_private
 from llmos.v1 import audit_pb2, audit_pb2_grpc
 
 app = typer.Typer(help="Query (JSON Lines) or verify the audit log.", no_args_is_help=True)
@@ -94,7 +95,9 @@ def query(
     newest_first: Annotated[
         bool, typer.Option("--newest-first", help="newest records first")
     ] = False,
-    output: Annotated[Path | None, _opt("write the JSON Lines to this file (an export)")] = None,
+    output: Annotated[
+        Path | None, _opt("write the JSON Lines to this file (an export, readable by you only)")
+    ] = None,
 ) -> None:
     """Records matching the filters, as JSON Lines (needs scope audit:read)."""
     request = audit_pb2.QueryAuditRequest(
@@ -108,9 +111,7 @@ def query(
     conn = connection(ctx)
     stub = conn.audit_stub()
     with contextlib.ExitStack() as stack:
-        out: TextIO = (
-            stack.enter_context(output.open("w", encoding="utf-8")) if output else sys.stdout
-        )
+        out: TextIO = stack.enter_context(open_private(output)) if output else sys.stdout
         count = 0
         for record in records(stub, request, limit, conn.timeout):
             out.write(json_line(record) + "\n")

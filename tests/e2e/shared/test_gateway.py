@@ -4,6 +4,7 @@ authenticate, inference is authorized, cached per tenant, metered and audited.""
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import time
 import uuid
@@ -282,6 +283,7 @@ def test_the_audit_log_answers_who_did_what_and_proves_it(stack: RunningStack) -
     )
     assert exported.returncode == 0, exported.stderr
     assert len(export.read_text().splitlines()) >= len(lines)
+    assert stat.S_IMODE(export.stat().st_mode) == 0o600  # audit records: yours only
 
     verified = stack.cli("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
