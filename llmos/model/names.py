@@ -22,6 +22,10 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 GENERATION_CONFIG = "generation_config.json"
 REQUIRED_FILES = (CONFIG, WEIGHTS, TOKENIZER, TOKENIZER_CONFIG)
 
+#: The file a training job resumes from: written by the program, moved through storage
+#: by the trainer (safetensors only, never a pickle: `services/trainer/checkpoint_file`).
+CHECKPOINT = "checkpoint.safetensors"
+
 
 def has_model(folder: Path) -> bool:
     """Whether `folder` holds a complete model (from the registry, or an import)."""

@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmos.model.llama import LlamaConfig, LlamaForCausalLM
+from llmos.model.names import CHECKPOINT
 from llmos.training import TrainingConfig
-from services.trainer import lora
+from services.trainer import checkpoint_file, lora
+from services.trainer.checkpoint_file import Checkpoint
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
-CHECKPOINT = "checkpoint.pt"
 
 
 def say(event: str, **fields: Any) -> None:
@@ -201,16 +202,16 @@ def save_checkpoint(
     if rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        torch.save(
-            {
-                "step": step,
-                "samples": samples,
-                "model": _unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": torch.get_rng_state(),
-            },
+        checkpoint_file.write(
             partial,
+            Checkpoint(
+                step=step,
+                samples=samples,
+                model=_unwrap(model).state_dict(),
+                optimizer=optimizer.state_dict(),
+                schedule=schedule.state_dict(),
+                rng=torch.get_rng_state(),
+            ),
         )
         partial.replace(path)
     if world() > 1:
@@ -250,12 +251,12 @@ def train(job_dir: Path) -> int:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     step = 0
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
+        state = checkpoint_file.read(checkpoint)  # never unpickled: see checkpoint_file
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        schedule.load_state_dict(state.schedule)
+        torch.set_rng_state(state.rng)
+        step = state.step
         say("resumed", step=step)
     trained: nn.Module = model
     if world() > 1:
