@@ -24,18 +24,22 @@ from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
 from llmos.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmos.links import Links
-from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, TOKENIZER
+from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, SERVED_SEPARATOR, TOKENIZER, visible_to
 from llmos.v1 import gateway_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 KEY = "llmos:deployments:"
-SEPARATOR = "--"
 #: a worker fetching a large version from the registry and loading it takes a while
 DEPLOY_TIMEOUT_S = 600.0
 
 
 def served_name(tenant: str, model: str, version: int) -> str:
-    """The name workers serve a deployed version under."""
-    name = f"{tenant}{SEPARATOR}{re.sub(r'[^a-z0-9_-]', '_', model)}-v{version}"
+    """The name workers serve a deployed version under. The tenant is what comes before
+    the name's last separator (tenant names may hold "--"), so the model's part never
+    holds one, nor starts or ends with "-": otherwise tenant `lab` deploying `evil--foo` and tenant
+    `lab--evil` deploying `foo` would share a served name, one tenant's model answering
+    for the other's."""
+    part = re.sub(r"^-|-(?=-|$)", "_", re.sub(r"[^a-z0-9_-]", "_", model))
+    name = f"{tenant}{SERVED_SEPARATOR}{part}-v{version}"
     if not MODEL_NAME.match(name):
         raise InvalidArgument(
             "model", f"{model!r} is too long to serve (tenant + model + version <= 63)"
@@ -78,8 +82,7 @@ class Deployments:
     def check_reachable(tenant: str, name: str) -> None:
         """A served deployment name may be called directly only by its own tenant (or
         anyone, for the system tenant's)."""
-        owner, separator, _ = name.partition(SEPARATOR)
-        if separator and owner not in (tenant, SYSTEM_TENANT):
+        if not visible_to(name, tenant):
             raise NotFound(f"model {name!r} is not served")
 
 
