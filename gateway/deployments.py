@@ -19,11 +19,13 @@ import re
 from typing import Any
 
 import redis.asyncio as aioredis
+from google.protobuf.json_format import MessageToDict
 
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
 from llmos.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmos.links import Links
+from llmos.model.limits import check_model_config
 from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, SERVED_SEPARATOR, TOKENIZER, visible_to
 from llmos.v1 import gateway_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2, storage_pb2_grpc
 
@@ -45,6 +47,19 @@ def served_name(tenant: str, model: str, version: int) -> str:
             "model", f"{model!r} is too long to serve (tenant + model + version <= 63)"
         )
     return name
+
+
+def shape_of(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The config sizes storage read into a version's metadata, under config.json's
+    names (numbers only: metadata a caller wrote by hand may say anything)."""
+    names = {"hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
+             "vocab_size": "vocab_size", "context_length": "max_position_embeddings"}  # fmt: skip
+    shape: dict[str, Any] = {}
+    for key, name in names.items():
+        value = metadata.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            shape[name] = value
+    return shape
 
 
 class Deployments:
@@ -111,6 +126,7 @@ class Deployer:
         )
         if found.tenant != tenant:
             raise NotFound(f"tenant {tenant!r} has no model {request.model!r}")
+        check_model_config(shape_of(MessageToDict(found.metadata)))
         if TOKENIZER not in found.files:
             raise FailedPrecondition(
                 f"{request.model}@{request.version} has no {TOKENIZER} (a model trained from "

@@ -27,7 +27,8 @@ from llmos.errors import (
     Unavailable,
 )
 from llmos.generation import sampling_params_from_proto, sampling_params_to_dict
-from llmos.model.names import MODEL_NAME, has_model
+from llmos.model.limits import read_folder_config
+from llmos.model.names import CONFIG, MODEL_NAME, has_model
 from llmos.modelstore import ModelStore, fetched_from
 from llmos.runner import ServiceContext, report_status
 from llmos.v1 import inference_pb2
@@ -119,6 +120,8 @@ class InferenceWorker:
                     f"model {model!r} is neither in the worker's models directory nor in the "
                     "registry"
                 )
+            # a config claiming absurd sizes is refused before the engine allocates them
+            await asyncio.to_thread(read_folder_config, folder / CONFIG)
             if self.host is not None and not self.host.can_serve(model):
                 raise FailedPrecondition(
                     f"model {model!r} was unloaded from this worker's embedded Triton; "

@@ -167,15 +167,36 @@ def test_the_registry_numbers_versions_moves_aliases_and_keeps_lineage(
             grpc.StatusCode.INVALID_ARGUMENT,
             "metadata: is larger than 65536 bytes",
         ),
+        (
+            {"config": b'{"model_type": "llama", "max_position_embeddings": 17179869184}'},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config.max_position_embeddings: is 17179869184; at most 1048576 is accepted",
+        ),
+        (
+            {"config": b'{"model_type": "llama", "notes": "' + b"x" * (2 << 20) + b'"}'},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "files[config.json]: is 2097188 bytes or more; a config.json may be at most "
+            "1048576 bytes",
+        ),
     ],
-    ids=["traversal", "file traversal", "unknown blob", "no files", "oversized metadata"],
+    ids=[
+        "traversal",
+        "file traversal",
+        "unknown blob",
+        "no files",
+        "oversized metadata",
+        "absurd context length",
+        "oversized config",
+    ],
 )
 def test_bad_model_versions_are_refused(
     storage: StorageProcess, change: dict[str, object], code: grpc.StatusCode, sentence: str
 ) -> None:
     stub = storage.stub()
     request = storage_pb2.CreateModelVersionRequest(tenant="lab-x", model="good")
-    files = change.get("files", {"config.json": upload(stub, "lab-x", b"{}").sha256})
+    config = change.get("config", b"{}")
+    assert isinstance(config, bytes)
+    files = change.get("files", {"config.json": upload(stub, "lab-x", config).sha256})
     assert isinstance(files, dict)
     request.files.update(files)
     if "model" in change:
