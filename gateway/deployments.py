@@ -19,28 +19,47 @@ import re
 from typing import Any
 
 import redis.asyncio as aioredis
+from google.protobuf.json_format import MessageToDict
 
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
 from llmos.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmos.links import Links
-from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, TOKENIZER
+from llmos.model.limits import check_model_config
+from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, SERVED_SEPARATOR, TOKENIZER, visible_to
 from llmos.v1 import gateway_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 KEY = "llmos:deployments:"
-SEPARATOR = "--"
 #: a worker fetching a large version from the registry and loading it takes a while
 DEPLOY_TIMEOUT_S = 600.0
 
 
 def served_name(tenant: str, model: str, version: int) -> str:
-    """The name workers serve a deployed version under."""
-    name = f"{tenant}{SEPARATOR}{re.sub(r'[^a-z0-9_-]', '_', model)}-v{version}"
+    """The name workers serve a deployed version under. The tenant is what comes before
+    the name's last separator (tenant names may hold "--"), so the model's part never
+    holds one, nor starts or ends with "-": otherwise tenant `lab` deploying `evil--foo` and tenant
+    `lab--evil` deploying `foo` would share a served name, one tenant's model answering
+    for the other's."""
+    part = re.sub(r"^-|-(?=-|$)", "_", re.sub(r"[^a-z0-9_-]", "_", model))
+    name = f"{tenant}{SERVED_SEPARATOR}{part}-v{version}"
     if not MODEL_NAME.match(name):
         raise InvalidArgument(
             "model", f"{model!r} is too long to serve (tenant + model + version <= 63)"
         )
     return name
+
+
+def shape_of(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The config sizes storage read into a version's metadata, under config.json's
+    names (numbers only: metadata a caller wrote by hand may say anything)."""
+    names = {"hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
+             "vocab_size": "vocab_size", "context_length": "max_position_embeddings"}  # fmt: skip
+    shape: dict[str, Any] = {}
+    for key, name in names.items():
+        value = metadata.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            shape[name] = value
+    return shape
 
 
 class Deployments:
@@ -78,8 +97,7 @@ class Deployments:
     def check_reachable(tenant: str, name: str) -> None:
         """A served deployment name may be called directly only by its own tenant (or
         anyone, for the system tenant's)."""
-        owner, separator, _ = name.partition(SEPARATOR)
-        if separator and owner not in (tenant, SYSTEM_TENANT):
+        if not visible_to(name, tenant):
             raise NotFound(f"model {name!r} is not served")
 
 
@@ -108,6 +126,7 @@ class Deployer:
         )
         if found.tenant != tenant:
             raise NotFound(f"tenant {tenant!r} has no model {request.model!r}")
+        check_model_config(shape_of(MessageToDict(found.metadata)))
         if TOKENIZER not in found.files:
             raise FailedPrecondition(
                 f"{request.model}@{request.version} has no {TOKENIZER} (a model trained from "

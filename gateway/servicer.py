@@ -32,7 +32,7 @@ from llmos import subjects
 from llmos.errors import InvalidArgument
 from llmos.health import check_health
 from llmos.log import request_id_var
-from llmos.model.names import DEFAULT_MODEL
+from llmos.model.names import DEFAULT_MODEL, visible_to
 from llmos.priority import PriorityClass
 from llmos.runner import ServiceContext
 from llmos.services import REQUIRED_SERVICES
@@ -270,10 +270,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListModelsResponse:
+        principal = caller()
         served = Counter(
             model
             for worker in self._workers.alive(time.monotonic(), INFERENCE_WORKER)
             for model in worker.loaded_models
+            if principal.is_system_admin or visible_to(model, principal.tenant)
         )
         return gateway_pb2.ListModelsResponse(
             models=[

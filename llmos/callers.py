@@ -162,6 +162,11 @@ def current_caller() -> Caller | None:
     return _current.get()
 
 
+def for_system_admin(assertion: Assertion) -> bool:
+    """Whether the call acts for an admin of the system tenant (who sees every tenant)."""
+    return assertion.principal_tenant == SYSTEM_TENANT and ADMIN_SCOPE in assertion.scopes
+
+
 def decide(
     method: str, peer: Peer | None, token: str | None, verifier: AssertionVerifier
 ) -> Caller | None:
@@ -179,11 +184,7 @@ def decide(
             f"{method.rsplit('/', 1)[-1]} acts for a tenant: it needs the gateway's "
             f"signed tenant assertion ({METADATA_KEY})"
         )
-    if rule.system_admin and not (
-        assertion is not None
-        and assertion.principal_tenant == SYSTEM_TENANT
-        and ADMIN_SCOPE in assertion.scopes
-    ):
+    if rule.system_admin and not (assertion is not None and for_system_admin(assertion)):
         raise PermissionDenied(f"{method.rsplit('/', 1)[-1]} is for admins of the system tenant")
     return Caller(peer, assertion, rule)
 

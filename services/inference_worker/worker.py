@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -26,8 +27,9 @@ from llmos.errors import (
     Unavailable,
 )
 from llmos.generation import sampling_params_from_proto, sampling_params_to_dict
-from llmos.model.names import MODEL_NAME, has_model
-from llmos.modelstore import ModelStore
+from llmos.model.limits import read_folder_config
+from llmos.model.names import CONFIG, MODEL_NAME, has_model
+from llmos.modelstore import ModelStore, fetched_from
 from llmos.runner import ServiceContext, report_status
 from llmos.v1 import inference_pb2
 from llmos.work import work_error
@@ -109,11 +111,8 @@ class InferenceWorker:
             if model in self._subscriptions:
                 return
             folder = self.models_dir / model
-            if not has_model(folder) and source is not None:
-                tenant, registered, number = source
-                await ModelStore(self.ctx.links, tenant).fetch(
-                    registered, self.models_dir, number, folder_name=model
-                )
+            if source is not None:
+                await self._fetch_deployed(folder, *source)
             elif not has_model(folder):
                 await self.store.fetch(model, self.models_dir)
             if not has_model(folder):
@@ -121,6 +120,8 @@ class InferenceWorker:
                     f"model {model!r} is neither in the worker's models directory nor in the "
                     "registry"
                 )
+            # a config claiming absurd sizes is refused before the engine allocates them
+            await asyncio.to_thread(read_folder_config, folder / CONFIG)
             if self.host is not None and not self.host.can_serve(model):
                 raise FailedPrecondition(
                     f"model {model!r} was unloaded from this worker's embedded Triton; "
@@ -151,6 +152,20 @@ class InferenceWorker:
             ]
             await self._advertise()
             log.info("serving model", extra={"model": model})
+
+    async def _fetch_deployed(self, folder: Path, tenant: str, model: str, number: int) -> None:
+        """Make `folder` hold version `number` of `tenant`'s `model`, as that tenant sees
+        the registry: a folder there already is used only if it was fetched from exactly
+        that version (its origin note), never because it merely has the right name."""
+        note = await asyncio.to_thread(fetched_from, folder)
+        wanted = {"tenant": tenant, "model": model, "version": number}
+        if has_model(folder) and {k: note.get(k) for k in wanted} == wanted:
+            return
+        store = ModelStore(self.ctx.links, tenant)
+        version = await store.resolve(model, number)
+        if version is None or version.tenant != tenant:
+            raise NotFound(f"tenant {tenant!r} has no version {number} of model {model!r}")
+        await store.fetch_version(version, folder)
 
     async def unload(self, model: str) -> None:
         """Stop serving `model`; its running generations end as cancelled."""

@@ -18,6 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from nats.aio.msg import Msg
 
 from llmos import subjects
+from llmos.callers import current_caller, for_system_admin
 from llmos.errors import InvalidArgument, NotFound
 from llmos.model.names import MODEL_NAME
 from llmos.modelstore import ModelStore
@@ -25,6 +26,7 @@ from llmos.runner import ServiceContext
 from llmos.training import TrainingConfig, check_memory, memory_needed
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from llmos.workers import TRAINER, WorkerTable
+from services.scheduler.cluster_view import cluster_seen_by
 from services.scheduler.fairshare import check_class_allowed
 from services.scheduler.generations import ModelSource
 from services.scheduler.inference import InferenceDispatcher
@@ -57,12 +59,19 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
         self, request: scheduler_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ClusterStatus:
         board = self._inference.board
-        return scheduler_pb2.ClusterStatus(
+        active = await self._jobs.active()
+        status = scheduler_pb2.ClusterStatus(
             workers=self._workers.alive(time.monotonic()),
             queued_requests=board.queued(),
-            queued_jobs=await self._jobs.count_queued(),
+            queued_jobs=sum(j.state == common_pb2.JOB_STATE_QUEUED for j in active),
             tokens_served_by_tenant=dict(board.served_tokens()),
         )
+        internal = current_caller()
+        viewer = internal.assertion if internal is not None else None
+        if viewer is None or for_system_admin(viewer):  # a service, or a system admin
+            return status
+        own = {job.job_id for job in active if job.tenant == viewer.tenant}
+        return cluster_seen_by(status, viewer.tenant, own)
 
     async def DeployModel(
         self, request: scheduler_pb2.DeployVersionRequest, context: grpc.aio.ServicerContext

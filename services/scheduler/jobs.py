@@ -229,9 +229,6 @@ class JobStore:
             raws = await pipe.execute()
         return [scheduler_pb2.Job.FromString(raw) for raw in raws if raw is not None]
 
-    async def count_queued(self) -> int:
-        return sum(j.state == S.JOB_STATE_QUEUED for j in await self.active())
-
     async def current(self, job_id: str) -> scheduler_pb2.Job | None:
         """The job as stored now, whoever owns it (for the scheduler's own use)."""
         raw = await self._redis.hget(_key(job_id), "data")  # type: ignore[misc]

@@ -11,10 +11,10 @@ shipped default model lives there); changes touch the caller's own only.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from llmos.errors import FailedPrecondition, InvalidArgument, NotFound
+from llmos.model.limits import MAX_CONFIG_BYTES, parse_config, too_large
 from llmos.training import parameter_count
 from services.storage.checks import (
     check_document,
@@ -25,6 +25,8 @@ from services.storage.checks import (
 )
 from services.storage.metadata import VersionRow
 from services.storage.store import SYSTEM_TENANT, Store
+
+CONFIG_FIELD = "files[config.json]"
 
 
 class Registry:
@@ -62,7 +64,17 @@ class Registry:
         return self._version(tenant, model, version)
 
     def _describe(self, tenant: str, config_sha256: str) -> dict[str, Any]:
-        return describe(b"".join(self._store.data(tenant, config_sha256)))
+        """Read the config blob no further than MAX_CONFIG_BYTES: its size is the
+        tenant's to choose, this service's memory is everyone's."""
+        blob = self._store.meta.blob(tenant, config_sha256)
+        if blob is not None and blob.size > MAX_CONFIG_BYTES:
+            raise InvalidArgument(CONFIG_FIELD, too_large(blob.size))
+        raw = bytearray()
+        for chunk in self._store.data(tenant, config_sha256):
+            raw += chunk
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise InvalidArgument(CONFIG_FIELD, too_large(len(raw)))
+        return describe(bytes(raw))
 
     def _version(self, tenant: str, model: str, version: int) -> VersionRow:
         row = self._store.meta.version(tenant, model, version)
@@ -149,13 +161,9 @@ class Registry:
 
 
 def describe(raw: bytes) -> dict[str, Any]:
-    """Metadata read from a Hugging Face config.json."""
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        raise InvalidArgument("files[config.json]", "is not JSON") from None
-    if not isinstance(config, dict):
-        raise InvalidArgument("files[config.json]", "is not a JSON object")
+    """Metadata read from a Hugging Face config.json, whose sizes are checked first
+    (`llmos.model.limits`): a version no worker could load is refused now."""
+    config = parse_config(raw, CONFIG_FIELD)
     hidden = config.get("hidden_size")
     layers = config.get("num_hidden_layers")
     vocab = config.get("vocab_size")

@@ -1,10 +1,15 @@
 """What a job reads and what it leaves: its dataset and base model, fetched from the
 tenant's storage before it runs, and its trained weights, registered afterwards as a new
-model version with its lineage."""
+model version with its lineage.
+
+A base model is looked up as the job's tenant sees the registry (its own, then the
+`system` tenant's) and cached per owner, version and content (`cache_folder`): another
+tenant's private model of the same name is, to this job, a model that does not exist,
+and no job can read or overwrite what another tenant's job fetched."""
 
 from __future__ import annotations
 
-import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +17,24 @@ from google.protobuf.json_format import MessageToDict
 
 from llmos.errors import DataLoss, NotFound
 from llmos.model.names import has_model
-from llmos.modelstore import ModelStore
+from llmos.modelstore import ModelStore, cache_folder
 from llmos.v1 import scheduler_pb2
 from services.trainer.outcome import model_name
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """Where the program finds what the job reads ("" for what it does not use)."""
+
+    text_file: str = ""
+    base_model_dir: str = ""
+
+
 async def fetch_inputs(
     job: scheduler_pb2.Job, store: ModelStore, directory: Path, models_dir: Path
-) -> str:
+) -> Inputs:
     """Fetch the job's dataset (into its directory) and base model (into the models
-    directory, if not there yet); returns the dataset's path or ""."""
+    directory's cache, if not there yet)."""
     config = MessageToDict(job.spec.config)
     text_file = ""
     if config.get("dataset"):
@@ -31,11 +44,15 @@ async def fetch_inputs(
             raise DataLoss(f"dataset {dataset.name!r} did not match its digest")
         text_file = str(target)
     base = str(config.get("base_model", ""))
-    if base and not has_model(models_dir / base):
-        await asyncio.to_thread(models_dir.mkdir, parents=True, exist_ok=True)
-        if not await store.fetch(base, models_dir):
-            raise NotFound(f"model {base!r} is not in the registry")
-    return text_file
+    if not base:
+        return Inputs(text_file)
+    version = await store.resolve(base)
+    if version is None:  # the same answer whether it is absent or another tenant's
+        raise NotFound(f"model {base!r} is not in the registry")
+    folder = models_dir / cache_folder(version)
+    if not has_model(folder):
+        await store.fetch_version(version, folder)
+    return Inputs(text_file, str(folder))
 
 
 async def register_result(job: scheduler_pb2.Job, store: ModelStore, output: Path) -> str:

@@ -1,7 +1,7 @@
 """Checkpoints travel through storage, so a job resumes on any trainer, not only where
 this disk is: restored before an attempt starts, uploaded as the program writes them.
 
-The program writes `<checkpoint dir>/<job>/checkpoint.pt` (node 0's is the one kept); a
+The program writes `<checkpoint dir>/<job>/checkpoint.safetensors` (node 0's is the one kept); a
 `.sha256` marker beside it names the blob in storage that holds the same bytes.
 """
 
@@ -13,13 +13,13 @@ import os
 from pathlib import Path
 
 from llmos.errors import DataLoss, LLMOSError
+from llmos.model.names import CHECKPOINT
 from llmos.modelstore import ModelStore
 from llmos.v1 import scheduler_pb2
 from services.trainer.attempt import Attempt
 
 log = logging.getLogger("llmos.trainer")
 
-CHECKPOINT = "checkpoint.pt"
 SYNC_EVERY_S = 1.0
 
 

@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmos.model.llama import LlamaConfig, LlamaForCausalLM
+from llmos.model.names import CHECKPOINT
 from llmos.training import TrainingConfig
-from services.trainer import lora
+from services.trainer import checkpoint_file, lora
+from services.trainer.checkpoint_file import Checkpoint
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
-CHECKPOINT = "checkpoint.pt"
 
 
 def say(event: str, **fields: Any) -> None:
@@ -102,15 +103,18 @@ def lr_factor(config: TrainingConfig) -> Callable[[int], float]:
 
 
 def build(
-    config: TrainingConfig, models_dir: Path
+    config: TrainingConfig, base_model_dir: str
 ) -> tuple[LlamaForCausalLM, Callable[[str], list[int]]]:
-    """The model to train and its tokenizer (bytes for a model trained from scratch)."""
+    """The model to train and its tokenizer (bytes for a model trained from scratch);
+    a base model is read from the folder the trainer fetched for this job's tenant."""
     torch.manual_seed(config.seed)
     if config.base_model:
         from llmos.model.folder import load_model
         from llmos.model.text import TextCodec
 
-        folder = models_dir / config.base_model
+        if not base_model_dir:
+            raise ValueError(f"the trainer did not fetch the base model {config.base_model!r}")
+        folder = Path(base_model_dir)
         model = load_model(folder)
         if config.seq_len > model.config.max_position_embeddings:
             raise ValueError(
@@ -201,16 +205,16 @@ def save_checkpoint(
     if rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        torch.save(
-            {
-                "step": step,
-                "samples": samples,
-                "model": _unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": torch.get_rng_state(),
-            },
+        checkpoint_file.write(
             partial,
+            Checkpoint(
+                step=step,
+                samples=samples,
+                model=_unwrap(model).state_dict(),
+                optimizer=optimizer.state_dict(),
+                schedule=schedule.state_dict(),
+                rng=torch.get_rng_state(),
+            ),
         )
         partial.replace(path)
     if world() > 1:
@@ -230,7 +234,7 @@ def train(job_dir: Path) -> int:
     torch.set_num_threads(max(1, int(spec.get("threads", 1))))
     global DEVICE
     DEVICE = training_device()
-    model, encode = build(config, Path(spec.get("models_dir", ".")))
+    model, encode = build(config, str(spec.get("base_model_dir", "")))
     model.to(DEVICE)
     text = config.text or Path(spec["text_file"]).read_text(encoding="utf-8", errors="replace")
     corpus = Corpus(encode(text), config)
@@ -250,12 +254,12 @@ def train(job_dir: Path) -> int:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     step = 0
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
+        state = checkpoint_file.read(checkpoint)  # never unpickled: see checkpoint_file
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        schedule.load_state_dict(state.schedule)
+        torch.set_rng_state(state.rng)
+        step = state.step
         say("resumed", step=step)
     trained: nn.Module = model
     if world() > 1:
@@ -320,25 +324,21 @@ def train(job_dir: Path) -> int:
     if config.method == "lora":
         lora.merge(model)
     if rank() == 0 and spec.get("output_dir"):
-        write_result(
-            model.to("cpu"), config, Path(spec["output_dir"]), Path(spec.get("models_dir", "."))
-        )
+        write_result(model.to("cpu"), Path(spec["output_dir"]), str(spec.get("base_model_dir", "")))
     say("done", step=step, loss=total, val_loss=val)
     return EXIT_DONE
 
 
-def write_result(
-    model: LlamaForCausalLM, config: TrainingConfig, folder: Path, models_dir: Path
-) -> None:
+def write_result(model: LlamaForCausalLM, folder: Path, base_model_dir: str) -> None:
     """The trained weights as a Hugging Face folder (with the base model's tokenizer
     files when fine-tuning; a from-scratch model reads bytes and has none)."""
     from llmos.model.folder import save_model
     from llmos.model.names import GENERATION_CONFIG, TOKENIZER, TOKENIZER_CONFIG
 
     save_model(model, folder)
-    if config.base_model:
+    if base_model_dir:
         for name in (TOKENIZER, TOKENIZER_CONFIG, GENERATION_CONFIG):
-            source = models_dir / config.base_model / name
+            source = Path(base_model_dir) / name
             if source.is_file():
                 (folder / name).write_bytes(source.read_bytes())
 

@@ -40,7 +40,7 @@ from llmos.modelstore import ModelStore
 from llmos.ports import free_port
 from llmos.training import attempt_key
 from llmos.v1 import common_pb2, scheduler_pb2
-from services.trainer.artifacts import fetch_inputs, register_result
+from services.trainer.artifacts import Inputs, fetch_inputs, register_result
 from services.trainer.attempt import Attempt
 from services.trainer.checkpoints import CheckpointSync
 from services.trainer.outcome import EXIT_STOPPED, outcome
@@ -173,7 +173,7 @@ class JobRunner:
             *program,
         ]  # fmt: skip
 
-    def _write_job_file(self, attempt: Attempt, text_file: str, threads: int) -> None:
+    def _write_job_file(self, attempt: Attempt, inputs: Inputs, threads: int) -> None:
         """What the program reads: the job, its inputs, and where to write."""
         job = attempt.job
         output = str(attempt.directory / "output") if attempt.node_rank == 0 else ""
@@ -181,10 +181,10 @@ class JobRunner:
             "job_id": job.job_id,
             "attempt": job.attempt,
             "config": MessageToDict(job.spec.config),
-            "text_file": text_file,
+            "text_file": inputs.text_file,
+            "base_model_dir": inputs.base_model_dir,
             "output_dir": output,
             "checkpoint_dir": str(self._checkpoints.job_directory(job)),
-            "models_dir": str(self._models_dir),
             "threads": threads,
             "trainer_pid": os.getpid(),
         }
@@ -196,13 +196,13 @@ class JobRunner:
         threads = max(1, job.spec.resources.cpu_millicores // 1000)
         store = self._stores(job.tenant)
         try:
-            text_file = await fetch_inputs(job, store, attempt.directory, self._models_dir)
+            inputs = await fetch_inputs(job, store, attempt.directory, self._models_dir)
             await self._checkpoints.restore(attempt, store)
         except LLMOSError as exc:
             attempt.state.failure = f"the job's inputs could not be fetched: {exc}"
             await self._finish(attempt, 1)
             return
-        self._write_job_file(attempt, text_file, threads)
+        self._write_job_file(attempt, inputs, threads)
         if attempt.state.requested:  # stopped before it started
             await self._finish(attempt, EXIT_STOPPED)
             return

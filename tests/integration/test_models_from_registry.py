@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from llmos.cli.transfer import file_digest
 from llmos.links import Links
 from llmos.model.names import DEFAULT_MODEL
-from llmos.modelstore import ModelStore
+from llmos.modelstore import ModelStore, content_digest
 from llmos.registry import ServiceRegistry
 from llmos.v1 import storage_pb2
 from tests.integration.storage_client import start_storage
@@ -60,7 +60,8 @@ async def test_a_worker_with_no_models_loads_the_default_model_from_the_registry
         stack.callback(worker.stop)
         fetched = empty / DEFAULT_MODEL
         assert json.loads((fetched / "registry.json").read_text()) == {
-            "model": DEFAULT_MODEL, "version": 1
+            "tenant": "system", "model": DEFAULT_MODEL, "version": 1,
+            "digest": content_digest(registered),
         }  # fmt: skip
         for name, sha256 in registered.files.items():
             assert file_digest(fetched / name) == sha256 == file_digest(model_folder / name)

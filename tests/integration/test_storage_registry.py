@@ -15,10 +15,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf.struct_pb2 import Struct
 
-from llmos.v1 import storage_pb2
+from llmos.errors import NotFound
+from llmos.links import Links
+from llmos.modelstore import ModelStore
+from llmos.registry import ServiceRegistry
+from llmos.v1 import scheduler_pb2, storage_pb2
 from services.storage.blobs import tenant_directory
+from services.trainer.artifacts import Inputs, fetch_inputs
 from tests.integration.storage_client import (
     MIB,
     StorageProcess,
@@ -29,6 +35,8 @@ from tests.integration.storage_client import (
     start_storage,
     upload,
 )
+from tools.devstack.infra import RedisServer
+from tools.standin import identity_for
 
 
 def test_datasets_are_described_listed_isolated_and_really_deleted(storage: StorageProcess) -> None:
@@ -159,15 +167,36 @@ def test_the_registry_numbers_versions_moves_aliases_and_keeps_lineage(
             grpc.StatusCode.INVALID_ARGUMENT,
             "metadata: is larger than 65536 bytes",
         ),
+        (
+            {"config": b'{"model_type": "llama", "max_position_embeddings": 17179869184}'},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config.max_position_embeddings: is 17179869184; at most 1048576 is accepted",
+        ),
+        (
+            {"config": b'{"model_type": "llama", "notes": "' + b"x" * (2 << 20) + b'"}'},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "files[config.json]: is 2097188 bytes or more; a config.json may be at most "
+            "1048576 bytes",
+        ),
     ],
-    ids=["traversal", "file traversal", "unknown blob", "no files", "oversized metadata"],
+    ids=[
+        "traversal",
+        "file traversal",
+        "unknown blob",
+        "no files",
+        "oversized metadata",
+        "absurd context length",
+        "oversized config",
+    ],
 )
 def test_bad_model_versions_are_refused(
     storage: StorageProcess, change: dict[str, object], code: grpc.StatusCode, sentence: str
 ) -> None:
     stub = storage.stub()
     request = storage_pb2.CreateModelVersionRequest(tenant="lab-x", model="good")
-    files = change.get("files", {"config.json": upload(stub, "lab-x", b"{}").sha256})
+    config = change.get("config", b"{}")
+    assert isinstance(config, bytes)
+    files = change.get("files", {"config.json": upload(stub, "lab-x", config).sha256})
     assert isinstance(files, dict)
     request.files.update(files)
     if "model" in change:
@@ -245,3 +274,38 @@ def test_kill_9_mid_upload_and_mid_registry_change_leaves_old_or_new_state(
         assert on_disk == {*files.values(), blob.sha256}  # no orphan or partial blob file
     finally:
         process.stop()
+
+
+async def test_a_trainer_fetches_each_tenants_base_model_and_never_anothers(
+    storage: StorageProcess, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Two tenants' private models of one name are two models: a fine-tune of each starts
+    from its own tenant's weights, in a cache folder of its own, and a tenant without such
+    a model is told there is none."""
+    stub = storage.stub()
+    weights = {}
+    for tenant, seed in (("lab-a", 1), ("lab-b", 2)):
+        files = model_files(stub, tenant, seed)  # complete: a cached copy would be used
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            files[name] = upload(stub, tenant, b"{}").sha256
+        weights[tenant] = download(stub, tenant, files["model.safetensors"])
+        stub.CreateModelVersion(
+            storage_pb2.CreateModelVersionRequest(tenant=tenant, model="same-name", files=files)
+        )
+    registry = ServiceRegistry(aioredis.Redis.from_url(own_redis.url), ttl_s=5)
+    links = Links(registry, identity_for(own_redis.secrets_dir, "trainer"))
+    models = tmp_path / "models"
+
+    async def fetch(tenant: str) -> Inputs:
+        config = Struct()
+        config.update({"base_model": "same-name"})
+        job = scheduler_pb2.Job(tenant=tenant, spec=scheduler_pb2.JobSpec(config=config))
+        return await fetch_inputs(job, ModelStore(links, tenant), tmp_path, models)
+
+    folders = {tenant: Path((await fetch(tenant)).base_model_dir) for tenant in weights}
+    assert folders["lab-a"] != folders["lab-b"]
+    for tenant, folder in folders.items():
+        assert (folder / "model.safetensors").read_bytes() == weights[tenant]
+        assert models in folder.parents
+    with pytest.raises(NotFound, match=r"^model 'same-name' is not in the registry$"):
+        await fetch("lab-c")

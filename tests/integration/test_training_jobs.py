@@ -20,7 +20,7 @@ import pytest
 
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2
 from tests.integration.conftest import AuditTap, gateway_env
-from tests.integration.storage_client import requests
+from tests.integration.storage_client import model_files, requests
 from tests.integration.training_cluster import (
     RESERVED_TENANT,
     TEXT,
@@ -134,6 +134,11 @@ def test_a_job_trains_on_a_dataset_from_storage(cluster: Cluster) -> None:
         ("lab-e", {"dataset": "readme"}, "tenant 'lab-e' has no dataset 'readme'"),
         ("lab-d", {"dataset": "empty"}, "spec.config.dataset: 'empty' is empty"),
         ("lab-d", {"base_model": "ghost", "text": "x"}, "no model 'ghost' is in the registry"),
+        (  # another tenant's private model is, to this one, a model that does not exist
+            "lab-e",
+            {"base_model": "private-base", "text": "x"},
+            "spec.config.base_model: no model 'private-base' is in the registry",
+        ),
         ("lab-d", {"learning_rate": 0, "text": "x"}, "spec.config.learning_rate: must be above 0"),
         ("lab-d", {"seq_len": 4096, "text": "x"}, "above the model's context of 512"),
         (
@@ -148,6 +153,7 @@ def test_a_job_trains_on_a_dataset_from_storage(cluster: Cluster) -> None:
         "another tenant's",
         "empty",
         "unknown base",
+        "another tenant's base",
         "lr 0",
         "seq_len",
         "batch too big for its memory",
@@ -161,6 +167,12 @@ def test_bad_training_inputs_are_refused_at_submit(
     with contextlib.suppress(grpc.RpcError):  # made by an earlier case
         storage.CreateDataset(
             storage_pb2.CreateDatasetRequest(tenant="lab-d", name="empty", sha256=empty.sha256)
+        )
+    if config.get("base_model") == "private-base":
+        storage.CreateModelVersion(
+            storage_pb2.CreateModelVersionRequest(
+                tenant="lab-d", model="private-base", files=model_files(storage, "lab-d", 1)
+            )
         )
     job_spec = spec(steps=10)
     del job_spec.config.fields["text"]
@@ -200,6 +212,13 @@ def test_a_reservation_is_honoured(cluster: Cluster) -> None:
     time.sleep(2)
     states = [get(stub, "lab-a", j).state for j in others]
     assert states.count(S.JOB_STATE_QUEUED) == 1  # the reserved slot stays free for lab-r
+    # which jobs run where is each tenant's own business; a system admin sees them all
+    as_admin = {j.partition("@")[0] for w in trainers_alive(stub) for j in w.running_jobs}
+    as_lab_a = {j.partition("@")[0] for w in trainers_alive(cluster.stub("lab-a"))
+                for j in w.running_jobs}  # fmt: skip
+    as_lab_b = [j for w in trainers_alive(cluster.stub("lab-b")) for j in w.running_jobs]
+    assert as_admin == as_lab_a and as_admin <= set(others) and as_admin
+    assert as_lab_b == []
     reserved = submit(stub, RESERVED_TENANT, spec(steps=1_000_000))
     wait_state(stub, RESERVED_TENANT, reserved, S.JOB_STATE_RUNNING, timeout=30)
     assert [get(stub, "lab-a", j).state for j in others].count(S.JOB_STATE_QUEUED) == 1

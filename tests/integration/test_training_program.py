@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from llmos.config import environment_without_llmos
+from llmos.model.names import CHECKPOINT
 from llmos.ports import free_port
 from tests.conftest import ROOT
 
@@ -147,7 +148,47 @@ def test_a_nan_loss_fails_the_job_and_keeps_the_last_good_checkpoint(
     assert failed[0]["reason"] == (
         "the loss became nan at step 7; the last good checkpoint is step 5"
     )
-    assert torch.load(directory / "ck" / "checkpoint.pt", weights_only=False)["step"] == 5
+    from services.trainer import checkpoint_file
+
+    assert checkpoint_file.read(directory / "ck" / CHECKPOINT).step == 5
+
+
+class _WritesAMarker:
+    """A pickle whose loading would run code: it would create `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_pickled_checkpoint_is_refused_and_never_unpickled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint blob from storage is restored where the program resumes from: one that
+    is a pickle (torch.save's format) must fail the job, never run on the trainer."""
+    import torch
+
+    from services.trainer import program
+
+    directory = job_dir(tmp_path, "pickled", steps=10)
+    marker = tmp_path / "code-ran"
+    (directory / "ck").mkdir()
+    torch.save({"step": 5, "model": _WritesAMarker(marker)}, directory / "ck" / CHECKPOINT)
+    threads = torch.get_num_threads()
+    try:
+        assert program.main([str(directory)]) == program.EXIT_FAILED
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    (failed,) = events(lines, "failed")
+    assert failed["reason"] == (
+        f"{CHECKPOINT} is not a safetensors checkpoint (a pickle or another format); "
+        "it is refused unread, never unpickled"
+    )
+    assert not marker.exists()
+    assert not events(lines, "progress")  # nothing trained on top of it either
 
 
 def test_two_ddp_processes_train_like_one_with_the_same_global_batch(

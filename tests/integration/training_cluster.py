@@ -21,7 +21,7 @@ from llmos.ports import free_port
 from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.integration.storage_client import StorageProcess, start_storage
 from tools.harness import ROOT, Process, eventually, secrets_dir_of, start_process, start_service
-from tools.standin import internal_channel
+from tools.standin import Principal, internal_channel
 
 S = common_pb2.JobState
 TEXT = (ROOT / "README.md").read_text()
@@ -52,8 +52,15 @@ class Cluster:
         self.trainers.append(trainer)
         return trainer
 
-    def stub(self) -> scheduler_pb2_grpc.SchedulerStub:
-        channel = internal_channel(self.address, "scheduler", secrets_dir_of(self.env))
+    def stub(self, tenant: str = "") -> scheduler_pb2_grpc.SchedulerStub:
+        """The scheduler as the gateway calls it for a system admin, or for a user of
+        `tenant`."""
+        principal = (
+            Principal(tenant=tenant, scopes=frozenset({"training"})) if tenant else Principal()
+        )
+        channel = internal_channel(
+            self.address, "scheduler", secrets_dir_of(self.env), principal=principal
+        )
         return scheduler_pb2_grpc.SchedulerStub(channel)
 
     def wait_for_trainers(self, count: int) -> None:
