@@ -263,7 +263,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
                 labels=request.labels,
             )
         )
-        answer = gateway_pb2.ClassifyResponse(scores=result.scores, model=model)
+        call_record().tokens = result.prompt_tokens
+        answer = gateway_pb2.ClassifyResponse(
+            scores=result.scores,
+            model=model,
+            usage=inference_pb2.Usage(prompt_tokens=result.prompt_tokens),
+        )
         await self._cache.put(key, answer)
         return answer
 

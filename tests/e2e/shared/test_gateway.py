@@ -160,6 +160,31 @@ def test_token_quota_refuses_once_spent(stack: RunningStack) -> None:
     assert 0 < float(trailers["retry-after"]) <= 60
 
 
+@pytest.mark.parametrize(
+    ("call", "request_"),
+    [
+        ("Embed", gateway_pb2.EmbedRequest(inputs=["The cat sat on the mat."])),
+        (
+            "Classify",
+            gateway_pb2.ClassifyRequest(text="Stir the onions.", labels=["cooking", "sports"]),
+        ),
+    ],
+)
+def test_embeddings_and_classifications_are_charged_to_the_token_quota(
+    stack: RunningStack, call: str, request_: Any
+) -> None:
+    token = _new_client(stack, f"metered-{call.lower()}", ["inference"], tokens_per_minute=10)
+    with stack.channel(token) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        reply = getattr(stub, call)(request_, timeout=60)  # admitted: nothing used yet
+        assert reply.usage.prompt_tokens > 10  # both run a whole text through the model
+        # the tenant's minute now holds those tokens: the next call waits for room
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(stub, call)(request_, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "10 model tokens per minute" in (caught.value.details() or "")
+
+
 def test_deadlines_are_honoured(stack: RunningStack) -> None:
     with stack.channel() as channel:
         call = gateway_pb2_grpc.GatewayStub(channel).Generate(
