@@ -176,10 +176,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         )
         whole = gateway_pb2.GenerateResponse(model=model)
         prompt_chars = len(work.prompt) + sum(len(m.content) for m in work.chat.messages)
+        prompt_estimate = max(1, prompt_chars // CHARS_PER_TOKEN)
         generation = self._router.generate(
             work,
             priority=int(priority),
-            cost=prompt_chars // CHARS_PER_TOKEN + sampling.max_tokens,
+            cost=prompt_estimate + sampling.max_tokens,
         )
         async for chunk in generation:
             response = gateway_pb2.GenerateResponse(
@@ -194,6 +195,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             whole.text += chunk.text
             call.output = whole.text
             whole.token_ids.extend(chunk.token_ids)
+            # kept current as tokens arrive, so a caller who goes away before the last
+            # chunk (which alone carries the exact usage) still pays for what it used
+            call.tokens = prompt_estimate + len(whole.token_ids)
             if chunk.done:
                 call.tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
                 whole.MergeFrom(

@@ -185,6 +185,38 @@ def test_embeddings_and_classifications_are_charged_to_the_token_quota(
     assert "10 model tokens per minute" in (caught.value.details() or "")
 
 
+def test_a_stream_cancelled_before_its_end_is_charged_for_its_tokens(
+    stack: RunningStack,
+) -> None:
+    token = _new_client(stack, "cancels-late", ["inference"], tokens_per_minute=40)
+    with stack.channel(token) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        stream = stub.Generate(
+            gateway_pb2.GenerateRequest(
+                prompt="Count from one to one hundred.",
+                params=inference_pb2.GenerationParams(max_tokens=64, ignore_eos=True),
+            ),
+            timeout=120,
+        )
+        received = 0
+        for response in stream:
+            received += len(response.token_ids)
+            if received >= 48:  # near the end, before the final chunk's usage
+                break
+        stream.cancel()
+        assert received >= 48
+
+        def refused() -> bool:
+            # an empty prompt is admitted (or not) and then refused: it costs no tokens
+            try:
+                stub.Generate(gateway_pb2.GenerateRequest(prompt=""), timeout=10).next()
+            except grpc.RpcError as exc:
+                return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            return False
+
+        eventually(refused, timeout=10, what="the cancelled stream's tokens to be charged")
+
+
 def test_deadlines_are_honoured(stack: RunningStack) -> None:
     with stack.channel() as channel:
         call = gateway_pb2_grpc.GatewayStub(channel).Generate(
