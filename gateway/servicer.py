@@ -18,6 +18,7 @@ from gateway.auth.principal import call_record, caller
 from gateway.cache import ResponseCache
 from gateway.deployments import Deployer, Deployments
 from gateway.inference import InferenceRouter
+from gateway.priorities import check_priority, needs_grant
 from gateway.runtime import GatewayRuntime
 from gateway.status import service_status, system_status
 from gateway.storage import StorageRelay
@@ -72,6 +73,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         self._ctx = ctx
         self._workers = workers  # from the workers' heartbeats, as the scheduler's
         self._cache = runtime.cache
+        self._identities = runtime.store
         ca = runtime.options.tls_ca
         self._tls_ca = ca.read_bytes() if ca else None
         self._deployments = Deployments(ctx.redis)
@@ -142,6 +144,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         call_record().resource = f"model/{model}"
         return model
 
+    async def _check_priority(self, priority: PriorityClass, field: str) -> None:
+        """PERMISSION_DENIED naming `field` unless the caller's tenant may use `priority`."""
+        principal = caller()
+        granted = needs_grant(principal, priority) and await asyncio.to_thread(
+            self._identities.may_use_critical, principal.tenant
+        )
+        check_priority(principal, priority, granted, field)
+
     async def DeployModel(
         self, request: gateway_pb2.DeployModelRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.Deployment:
@@ -154,6 +164,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         Greedy generations are deterministic, so they are cached (per tenant)."""
         sampling = checked_params(params)
         priority = PriorityClass.parse(request.priority)
+        await self._check_priority(priority, "priority")
         model = await self._model(request.model)
         call = call_record()
         chat = source.get("chat")
@@ -306,6 +317,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     ) -> scheduler_pb2.Job:
         principal = caller()
         request.tenant, request.owner = principal.tenant, principal.subject
+        await self._check_priority(
+            PriorityClass.parse(request.spec.priority, "spec.priority"), "spec.priority"
+        )
         job: scheduler_pb2.Job = await self._ask_scheduler("SubmitJob", request, context)
         call_record().resource = f"job/{job.job_id}"
         return job

@@ -22,6 +22,7 @@ from llmos.v1 import (
     admin_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    common_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     inference_pb2,
@@ -215,6 +216,37 @@ def test_a_stream_cancelled_before_its_end_is_charged_for_its_tokens(
             return False
 
         eventually(refused, timeout=10, what="the cancelled stream's tokens to be charged")
+
+
+def test_critical_priority_needs_a_grant_from_a_system_admin(stack: RunningStack) -> None:
+    token = _new_client(stack, "wants-critical", ["inference", "training"])
+    critical = common_pb2.PRIORITY_CRITICAL
+    request = gateway_pb2.GenerateRequest(
+        prompt="Hi", priority=critical, params=inference_pb2.GenerationParams(max_tokens=2)
+    )
+    with stack.channel(token) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.Generate(request, timeout=60))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (caught.value.details() or "").startswith("priority:")
+        with pytest.raises(grpc.RpcError) as caught:  # nor may its jobs preempt others'
+            stub.SubmitJob(
+                scheduler_pb2.SubmitJobRequest(
+                    spec=scheduler_pb2.JobSpec(name="j", kind="training", priority=critical)
+                ),
+                timeout=30,
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (caught.value.details() or "").startswith("spec.priority:")
+    with stack.channel() as channel:
+        granted = admin_pb2_grpc.AdminStub(channel).SetPriorityGrant(
+            admin_pb2.SetPriorityGrantRequest(tenant="wants-critical", critical=True), timeout=10
+        )
+    assert granted.critical_priority
+    with stack.channel(token) as channel:
+        answer = list(gateway_pb2_grpc.GatewayStub(channel).Generate(request, timeout=60))
+    assert answer[-1].done
 
 
 def test_deadlines_are_honoured(stack: RunningStack) -> None:
