@@ -212,7 +212,7 @@ def test_a_stream_cancelled_before_its_end_is_charged_for_its_tokens(
             try:
                 stub.Generate(gateway_pb2.GenerateRequest(prompt=""), timeout=10).next()
             except grpc.RpcError as exc:
-                return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                return bool(exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
             return False
 
         eventually(refused, timeout=10, what="the cancelled stream's tokens to be charged")
