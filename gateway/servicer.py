@@ -77,7 +77,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         ca = runtime.options.tls_ca
         self._tls_ca = ca.read_bytes() if ca else None
         self._deployments = Deployments(ctx.redis)
-        self._deployer = Deployer(ctx.links, self._deployments)
+        self._deployer = Deployer(
+            ctx.links, self._deployments, max_per_tenant=runtime.options.max_deployments
+        )
         self._router = InferenceRouter(ctx)
         self._scheduler = ctx.links.to("scheduler", scheduler_pb2_grpc.SchedulerStub)
 

@@ -18,6 +18,8 @@ class SchedulerOptions:
     queue_capacity: int = 1000
     #: the fraction of a model's queue one tenant may fill, so others are still admitted
     tenant_queue_share: float = 0.5
+    #: jobs not yet ended one tenant may have
+    tenant_max_active_jobs: int = 100
     #: worker slots per model kept free for `critical` requests
     critical_headroom: int = 0
     #: queued work for a model no live worker serves fails after this long
@@ -78,6 +80,13 @@ def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
             minimum=0.001,
             maximum=1.0,
             doc="fraction of a model's generation queue one tenant may fill",
+        ),
+        tenant_max_active_jobs=env.integer(
+            "TENANT_MAX_ACTIVE_JOBS",
+            100,
+            minimum=1,
+            maximum=1_000_000,
+            doc="training jobs queued or running one tenant may have before RESOURCE_EXHAUSTED",
         ),
         critical_headroom=env.integer(
             "CRITICAL_HEADROOM",
