@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pyotp
 
-from gateway.auth.identities import Client, IdentityStore, Limits, User
+from gateway.auth.identities import Client, IdentityStore, Limits, Tenant, User
 from gateway.auth.keys import Keyring
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import check_known
@@ -37,6 +37,14 @@ def _limits(quota: admin_pb2.Quota, field: str) -> Limits:
     if quota.tokens_per_minute < 0:
         raise InvalidArgument(f"{field}.tokens_per_minute", "must be >= 0 (0: unlimited)")
     return Limits(quota.requests_per_minute, quota.tokens_per_minute)
+
+
+def _tenant(record: Tenant) -> admin_pb2.Tenant:
+    return admin_pb2.Tenant(
+        name=record.name,
+        quota=_quota(record.limits),
+        critical_priority=record.critical_priority,
+    )
 
 
 def _client(record: Client) -> admin_pb2.Client:
@@ -88,7 +96,7 @@ class AdminServicer(BlocklistAdmin, admin_pb2_grpc.AdminServicer):  # type: igno
         limits = _limits(request.quota, "quota") if request.HasField("quota") else None
         call_record().resource = f"tenant/{request.name}"
         tenant = await self._run(self._store.create_tenant, request.name, limits)
-        return admin_pb2.Tenant(name=tenant.name, quota=_quota(tenant.limits))
+        return _tenant(tenant)
 
     async def ListTenants(
         self, request: admin_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext
@@ -96,11 +104,7 @@ class AdminServicer(BlocklistAdmin, admin_pb2_grpc.AdminServicer):  # type: igno
         principal = caller()
         tenants = await self._run(self._store.tenants)
         return admin_pb2.ListTenantsResponse(
-            tenants=[
-                admin_pb2.Tenant(name=t.name, quota=_quota(t.limits))
-                for t in tenants
-                if principal.may_manage(t.name)
-            ]
+            tenants=[_tenant(t) for t in tenants if principal.may_manage(t.name)]
         )
 
     async def SetQuota(
@@ -121,6 +125,17 @@ class AdminServicer(BlocklistAdmin, admin_pb2_grpc.AdminServicer):  # type: igno
         else:
             raise InvalidArgument("target", "name a tenant or a client_id")
         return _quota(limits)
+
+    async def SetPriorityGrant(
+        self, request: admin_pb2.SetPriorityGrantRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Tenant:
+        call_record().resource = f"tenant/{request.tenant}"
+        if not caller().is_system_admin:
+            raise PermissionDenied("only admins of tenant 'system' may grant priority classes")
+        tenant = await self._run(
+            self._store.set_critical_priority, request.tenant, request.critical
+        )
+        return _tenant(tenant)
 
     async def CreateClient(
         self, request: admin_pb2.CreateClientRequest, context: grpc.aio.ServicerContext

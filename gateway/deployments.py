@@ -23,7 +23,7 @@ from google.protobuf.json_format import MessageToDict
 
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
-from llmos.errors import FailedPrecondition, InvalidArgument, NotFound
+from llmos.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from llmos.links import Links
 from llmos.model.limits import check_model_config
 from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, SERVED_SEPARATOR, TOKENIZER, visible_to
@@ -90,6 +90,17 @@ class Deployments:
             raise InvalidArgument("model", "must be lowercase letters, digits, - and _")
         return name
 
+    async def check_room(self, tenant: str, model: str, limit: int) -> None:
+        """RESOURCE_EXHAUSTED if deploying `model` would give `tenant` more than `limit`
+        deployed models (a new version of a deployed model replaces it: always room)."""
+        if await self._redis.hexists(KEY + tenant, model):  # type: ignore[misc]
+            return
+        if await self._redis.hlen(KEY + tenant) >= limit:  # type: ignore[misc]
+            raise ResourceExhausted(
+                f"tenant {tenant!r} already has {limit} models deployed, its limit; "
+                "deploy new versions of those instead"
+            )
+
     async def record(self, tenant: str, model: str, served: str) -> None:
         await self._redis.hset(KEY + tenant, model, served)  # type: ignore[misc]
 
@@ -105,8 +116,9 @@ class Deployer:
     """Implements DeployModel: registry version -> the scheduler has a worker load it ->
     alias `production` -> requests naming the model go there."""
 
-    def __init__(self, links: Links, deployments: Deployments) -> None:
+    def __init__(self, links: Links, deployments: Deployments, max_per_tenant: int = 10) -> None:
         self._deployments = deployments
+        self._max_per_tenant = max_per_tenant
         self._storage = links.to("storage", storage_pb2_grpc.StorageStub)
         self._scheduler = links.to("scheduler", scheduler_pb2_grpc.SchedulerStub)
 
@@ -127,6 +139,7 @@ class Deployer:
         if found.tenant != tenant:
             raise NotFound(f"tenant {tenant!r} has no model {request.model!r}")
         check_model_config(shape_of(MessageToDict(found.metadata)))
+        await self._deployments.check_room(tenant, request.model, self._max_per_tenant)
         if TOKENIZER not in found.files:
             raise FailedPrecondition(
                 f"{request.model}@{request.version} has no {TOKENIZER} (a model trained from "

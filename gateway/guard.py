@@ -12,6 +12,7 @@ refusals are not audited one by one (a flood would flood the log); the block is.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -131,9 +132,10 @@ class GatewayGuard:
     ) -> None:
         principal = call.principal
         if principal is not None and call.tokens:
-            # quota accounting must not turn a served call into an error
+            # quota accounting must not turn a served call into an error; shielded so a
+            # call cancelled again while finishing (the caller went away) is still charged
             with contextlib.suppress(Exception):
-                await self._admission.charge_tokens(principal, call.tokens)
+                await asyncio.shield(self._admission.charge_tokens(principal, call.tokens))
         code, detail = outcome_of(failure)
         record = new_record("gateway", method)
         record.request_id = request_id_var.get()

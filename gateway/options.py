@@ -36,6 +36,8 @@ class GatewayOptions:
     default_tpm: int
     cache_ttl_s: int
     max_request_bytes: int
+    #: models one tenant may have deployed (each holds a worker's memory)
+    max_deployments: int
     tls_cert: Path | None
     tls_key: Path | None
     tls_ca: Path | None  # trusted to verify a TLS issuer (JWKS); empty: system CAs
@@ -196,6 +198,13 @@ def read_gateway_options(env: EnvReader) -> GatewayOptions:
             minimum=0,
             maximum=7 * 86_400,
             doc="lifetime of a cached response, seconds (0: no cache)",
+        ),
+        max_deployments=env.integer(
+            "TENANT_MAX_DEPLOYMENTS",
+            10,
+            minimum=1,
+            maximum=100_000,
+            doc="models one tenant may have deployed before DeployModel is RESOURCE_EXHAUSTED",
         ),
         max_request_bytes=env.integer(
             "MAX_REQUEST_BYTES",

@@ -18,6 +18,7 @@ from gateway.auth.principal import call_record, caller
 from gateway.cache import ResponseCache
 from gateway.deployments import Deployer, Deployments
 from gateway.inference import InferenceRouter
+from gateway.priorities import check_priority, needs_grant
 from gateway.runtime import GatewayRuntime
 from gateway.status import service_status, system_status
 from gateway.storage import StorageRelay
@@ -72,10 +73,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         self._ctx = ctx
         self._workers = workers  # from the workers' heartbeats, as the scheduler's
         self._cache = runtime.cache
+        self._identities = runtime.store
         ca = runtime.options.tls_ca
         self._tls_ca = ca.read_bytes() if ca else None
         self._deployments = Deployments(ctx.redis)
-        self._deployer = Deployer(ctx.links, self._deployments)
+        self._deployer = Deployer(
+            ctx.links, self._deployments, max_per_tenant=runtime.options.max_deployments
+        )
         self._router = InferenceRouter(ctx)
         self._scheduler = ctx.links.to("scheduler", scheduler_pb2_grpc.SchedulerStub)
 
@@ -142,6 +146,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         call_record().resource = f"model/{model}"
         return model
 
+    async def _check_priority(self, priority: PriorityClass, field: str) -> None:
+        """PERMISSION_DENIED naming `field` unless the caller's tenant may use `priority`."""
+        principal = caller()
+        granted = needs_grant(principal, priority) and await asyncio.to_thread(
+            self._identities.may_use_critical, principal.tenant
+        )
+        check_priority(principal, priority, granted, field)
+
     async def DeployModel(
         self, request: gateway_pb2.DeployModelRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.Deployment:
@@ -154,6 +166,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         Greedy generations are deterministic, so they are cached (per tenant)."""
         sampling = checked_params(params)
         priority = PriorityClass.parse(request.priority)
+        await self._check_priority(priority, "priority")
         model = await self._model(request.model)
         call = call_record()
         chat = source.get("chat")
@@ -176,10 +189,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         )
         whole = gateway_pb2.GenerateResponse(model=model)
         prompt_chars = len(work.prompt) + sum(len(m.content) for m in work.chat.messages)
+        prompt_estimate = max(1, prompt_chars // CHARS_PER_TOKEN)
         generation = self._router.generate(
             work,
             priority=int(priority),
-            cost=prompt_chars // CHARS_PER_TOKEN + sampling.max_tokens,
+            cost=prompt_estimate + sampling.max_tokens,
         )
         async for chunk in generation:
             response = gateway_pb2.GenerateResponse(
@@ -194,6 +208,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             whole.text += chunk.text
             call.output = whole.text
             whole.token_ids.extend(chunk.token_ids)
+            # kept current as tokens arrive, so a caller who goes away before the last
+            # chunk (which alone carries the exact usage) still pays for what it used
+            call.tokens = prompt_estimate + len(whole.token_ids)
             if chunk.done:
                 call.tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
                 whole.MergeFrom(
@@ -263,7 +280,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
                 labels=request.labels,
             )
         )
-        answer = gateway_pb2.ClassifyResponse(scores=result.scores, model=model)
+        call_record().tokens = result.prompt_tokens
+        answer = gateway_pb2.ClassifyResponse(
+            scores=result.scores,
+            model=model,
+            usage=inference_pb2.Usage(prompt_tokens=result.prompt_tokens),
+        )
         await self._cache.put(key, answer)
         return answer
 
@@ -299,6 +321,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     ) -> scheduler_pb2.Job:
         principal = caller()
         request.tenant, request.owner = principal.tenant, principal.subject
+        await self._check_priority(
+            PriorityClass.parse(request.spec.priority, "spec.priority"), "spec.priority"
+        )
         job: scheduler_pb2.Job = await self._ask_scheduler("SubmitJob", request, context)
         call_record().resource = f"job/{job.job_id}"
         return job

@@ -19,6 +19,9 @@ MAX_EMBED_INPUTS = 64
 MAX_EMBED_CHARS = 20_000
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 200
+#: classification scores the whole text once per label, so its text is held far shorter
+#: than a prompt (the worker also bounds it in tokens: engine/scoring.py)
+MAX_CLASSIFY_TEXT_CHARS = 4_000
 
 
 def checked_params(params: inference_pb2.GenerationParams) -> SamplingParams:
@@ -72,11 +75,18 @@ def check_embed_inputs(inputs: list[str]) -> None:
 
 
 def check_classification(text: str, labels: list[str]) -> None:
-    """A text and 2..32 distinct, non-empty labels."""
+    """A text of at most 4,000 characters and 2..32 distinct labels of 1..200 characters.
+
+    Over-long text is refused, not truncated: a cut text would be classified on what it
+    no longer says. Its cost is text x labels, hence the tighter bound than a prompt's."""
     if not text.strip():
         raise InvalidArgument("text", "must not be empty")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InvalidArgument("text", f"is longer than {MAX_PROMPT_CHARS} characters")
+    if len(text) > MAX_CLASSIFY_TEXT_CHARS:
+        raise InvalidArgument(
+            "text",
+            f"is {len(text)} characters; classification accepts at most "
+            f"{MAX_CLASSIFY_TEXT_CHARS} (it scores the text once per label)",
+        )
     if not 2 <= len(labels) <= MAX_LABELS:
         raise InvalidArgument("labels", f"give between 2 and {MAX_LABELS} labels")
     for index, label in enumerate(labels):

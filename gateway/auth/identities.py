@@ -59,6 +59,9 @@ class Limits:
 class Tenant:
     name: str
     limits: Limits = field(default_factory=Limits)
+    #: may use priority class `critical` (it preempts other tenants' jobs): granted by
+    #: a system admin, never by default
+    critical_priority: bool = False
 
 
 @dataclass
@@ -142,10 +145,10 @@ class IdentityStore:
         self._r.sadd(PREFIX + "tenants", name)
 
     def tenant(self, name: str) -> Tenant:
-        raw = self._r.hget(PREFIX + f"tenant:{name}", "limits")
+        raw, critical = self._r.hmget(PREFIX + f"tenant:{name}", "limits", "critical")
         if raw is None:
             raise NotFound(f"tenant {name!r} does not exist")
-        return Tenant(name, Limits(**json.loads(raw)))
+        return Tenant(name, Limits(**json.loads(raw)), critical_priority=critical == b"1")
 
     def tenants(self) -> list[Tenant]:
         return [self.tenant(n.decode()) for n in sorted(self._r.smembers(PREFIX + "tenants"))]
@@ -153,6 +156,16 @@ class IdentityStore:
     def set_tenant_limits(self, name: str, limits: Limits) -> None:
         self.tenant(name)
         self._r.hset(PREFIX + f"tenant:{name}", "limits", json.dumps(asdict(limits)))
+
+    def set_critical_priority(self, name: str, granted: bool) -> Tenant:
+        """Grant or withdraw the tenant's use of priority class `critical`."""
+        self.tenant(name)
+        self._r.hset(PREFIX + f"tenant:{name}", "critical", "1" if granted else "0")
+        return self.tenant(name)
+
+    def may_use_critical(self, name: str) -> bool:
+        """Whether the tenant was granted priority class `critical`."""
+        return bool(self._r.hget(PREFIX + f"tenant:{name}", "critical") == b"1")
 
     # -- clients -----------------------------------------------------------------------
 

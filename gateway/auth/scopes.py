@@ -84,6 +84,7 @@ RPC_SCOPES: dict[str, str] = {
             "CreateTenant",
             "ListTenants",
             "SetQuota",
+            "SetPriorityGrant",
             "CreateClient",
             "ListClients",
             "DeleteClient",

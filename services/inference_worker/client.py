@@ -160,8 +160,11 @@ class TritonLLMClient:
             result.as_numpy("tokens")[0][0]
         )
 
-    async def score_label(self, model: str, text: str, labels: Sequence[str], label: str) -> float:
-        """log P(label | text, labels): one pair, batched with concurrent calls by Triton."""
+    async def score_label(
+        self, model: str, text: str, labels: Sequence[str], label: str
+    ) -> tuple[float, int]:
+        """log P(label | text, labels) and the tokens it took: one pair, batched with
+        concurrent calls by Triton."""
         inputs = [
             _batched_bytes_input("text", text),
             _batched_bytes_input("labels_json", json.dumps(list(labels))),
@@ -171,7 +174,7 @@ class TritonLLMClient:
             result = await self._client.infer(triton_name(model, CLASSIFY), inputs)
         except InferenceServerException as exc:
             raise _domain_error(exc) from None
-        return float(result.as_numpy("log_likelihood")[0][0])
+        return float(result.as_numpy("log_likelihood")[0][0]), int(result.as_numpy("tokens")[0][0])
 
     async def _control(self, action: str, call: Callable[..., Awaitable[Any]], model: str) -> None:
         """Apply a model-control call to each of a model's Triton models."""

@@ -31,6 +31,11 @@ from llmos.model.text import TextCodec
 from llmos.v1 import inference_pb2
 from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.engine.engine import Engine, RequestHandle, TokenEvent
+from services.inference_worker.engine.scoring import (
+    check_classification_tokens,
+    classification_prompt,
+    label_log_likelihoods,
+)
 from services.inference_worker.wire import encode_error
 
 Array = NDArray[Any]
@@ -178,39 +183,28 @@ class ServedModel:
         embedding, tokens = self.compute.call(lambda: self._embed(sequences)).result()
         return {"embedding": embedding, "tokens": tokens.astype(np.int64)}
 
-    def _label_log_likelihoods(
-        self, prompts: list[list[int]], labels: list[list[int]]
-    ) -> list[float]:
-        hidden, _ = self._hidden([p + lab for p, lab in zip(prompts, labels, strict=True)])
-        logprobs = torch.log_softmax(self.model.lm_head(hidden), dim=-1)
-        scores = []
-        for row, (prompt, label_ids) in enumerate(zip(prompts, labels, strict=True)):
-            # the logits at position i predict token i + 1
-            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(label_ids))
-            scores.append(float(logprobs[row, positions, torch.tensor(label_ids)].sum()))
-        return scores
-
-    def classification_prompt(self, text: str, labels: list[str]) -> list[int]:
-        """The prompt a label's likelihood is measured after."""
-        question = (
-            "Classify the text into one of these labels: "
-            + ", ".join(labels)
-            + f".\nText: {text}\nAnswer with the label only."
-        )
-        return self.codec.encode(self.codec.render_chat([{"role": "user", "content": question}]))
-
     @batch
     def classify(self, text: Array, labels_json: Array, label: Array) -> dict[str, Array]:
-        """log P(label | text, all labels) for each (text, label) pair of the batch."""
+        """log P(label | text, all labels) for each (text, label) pair of the batch, and the
+        tokens each pair ran through the model (what the caller is charged)."""
         prompts = [
-            self.classification_prompt(t.decode("utf-8"), json.loads(ls.decode("utf-8")))
+            classification_prompt(self.codec, t.decode("utf-8"), json.loads(ls.decode("utf-8")))
             for t, ls in zip(text.reshape(-1), labels_json.reshape(-1), strict=True)
         ]
         labels = [self.codec.encode(item.decode("utf-8")) for item in label.reshape(-1)]
-        if any(not ids for ids in labels):
-            raise ModelError(encode_error(InvalidArgument("labels", "must not be empty")))
-        scores = self.compute.call(lambda: self._label_log_likelihoods(prompts, labels)).result()
-        return {"log_likelihood": np.array(scores, dtype=np.float64).reshape(-1, 1)}
+        try:
+            for prompt, label_ids in zip(prompts, labels, strict=True):
+                check_classification_tokens(prompt, label_ids, self.engine.max_context)
+        except InvalidArgument as exc:
+            raise ModelError(encode_error(exc)) from None
+        scores = self.compute.call(
+            lambda: label_log_likelihoods(self.model, prompts, labels)
+        ).result()
+        tokens = [len(prompt) + len(ids) for prompt, ids in zip(prompts, labels, strict=True)]
+        return {
+            "log_likelihood": np.array(scores, dtype=np.float64).reshape(-1, 1),
+            "tokens": np.array(tokens, dtype=np.int64).reshape(-1, 1),
+        }
 
 
 def _generate_response(events: list[TokenEvent]) -> dict[str, Array]:
@@ -280,7 +274,10 @@ def bindings(served: ServedModel) -> list[dict[str, Any]]:
                 Tensor(name="labels_json", **text),
                 Tensor(name="label", **text),
             ],
-            "outputs": [Tensor(name="log_likelihood", dtype=np.float64, shape=(1,))],
+            "outputs": [
+                Tensor(name="log_likelihood", dtype=np.float64, shape=(1,)),
+                Tensor(name="tokens", dtype=np.int64, shape=(1,)),
+            ],
             "config": ModelConfig(max_batch_size=32, batcher=batcher),
         },
     ]

@@ -307,7 +307,7 @@ class InferenceWorker:
         work = inference_pb2.ClassifyWork.FromString(msg.data)
         labels = list(work.labels)
         try:
-            scores = await asyncio.gather(
+            answers = await asyncio.gather(
                 *(self.client.score_label(work.model, work.text, labels, label) for label in labels)
             )
         except LLMOSError as exc:
@@ -315,6 +315,7 @@ class InferenceWorker:
                 inference_pb2.ClassifyResult(error=work_error(exc)).SerializeToString()
             )
             return
+        scores = [score for score, _ in answers]
         top = max(scores)
         weights = [math.exp(s - top) for s in scores]
         total = sum(weights)
@@ -323,6 +324,7 @@ class InferenceWorker:
             scores=[
                 inference_pb2.LabelScore(label=label, log_likelihood=score, probability=w / total)
                 for label, score, w in ranked
-            ]
+            ],
+            prompt_tokens=sum(tokens for _, tokens in answers),
         )
         await msg.respond(result.SerializeToString())

@@ -191,7 +191,9 @@ async def attach(
     await inference.start()
     stack.push_async_callback(inference.close)
     audit = ctx.audit
-    jobs = JobStore(ctx.redis, ctx.events, audit)
+    jobs = JobStore(
+        ctx.redis, ctx.events, audit, max_active_per_tenant=ctx.options.tenant_max_active_jobs
+    )
     training = TrainingDispatcher(ctx, workers, jobs, ctx.options)
     await training.start()
     stack.push_async_callback(training.close)

@@ -10,12 +10,18 @@ returning from idle starts at V rather than cashing in credit for the time it wa
 Costs are estimates at dispatch (prompt + max new tokens); `settle` corrects a tenant's
 clock by the difference once the true count is known.
 
+Fair share decides who goes first, not who may wait: one tenant sending fast could still
+fill the bounded queue and have everyone else refused. So each tenant may hold at most a
+share of the queue's places (`tenant_share`, default half), and another tenant is still
+admitted while that tenant is at its share.
+
 Pure logic: no I/O, no clocks; the caller supplies times. Not thread-safe.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+import math
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,10 +77,16 @@ class FairShareQueue:
         capacity: int,
         weights: dict[str, float] | None = None,
         allowed_classes: dict[str, set[PriorityClass]] | None = None,
+        tenant_share: float = 0.5,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if not 0 < tenant_share <= 1:
+            raise ValueError("tenant_share must be in (0, 1]")
         self._capacity = capacity
+        #: the most places one tenant may hold (at least one, so a tiny queue still serves)
+        self.tenant_limit = max(1, math.floor(capacity * tenant_share))
+        self._held: Counter[str] = Counter()
         self._weights = dict(weights or {})
         self._allowed = dict(allowed_classes or {})
         self._classes = {p: _ClassQueue() for p in PriorityClass}
@@ -109,6 +121,12 @@ class FairShareQueue:
                 f"the scheduler's queue is full ({self._capacity} waiting); retry later",
                 retry_after_s=1.0,
             )
+        if self._held[item.tenant] >= self.tenant_limit:
+            raise ResourceExhausted(
+                f"tenant {item.tenant!r} already has {self.tenant_limit} requests waiting for "
+                f"this model, its share of the queue's {self._capacity} places; retry later",
+                retry_after_s=1.0,
+            )
         if item.item_id in self._index:
             raise InvalidArgument("id", f"{item.item_id!r} is already queued")
         queue = self._classes[item.priority]
@@ -116,6 +134,7 @@ class FairShareQueue:
         lane.items.append(item)
         queue.active.add(item.tenant)
         self._index[item.item_id] = item
+        self._held[item.tenant] += 1
 
     def peek_class(self) -> PriorityClass | None:
         """The highest class with queued work."""
@@ -148,6 +167,7 @@ class FairShareQueue:
             if not lane.items:
                 queue.active.discard(tenant)
             del self._index[item.item_id]
+            self._release(tenant)
             self.served[(tenant, priority)] += item.cost
             return item
         return None
@@ -169,6 +189,7 @@ class FairShareQueue:
         lane.items.appendleft(item)
         queue.active.add(item.tenant)
         self._index[item.item_id] = item
+        self._held[item.tenant] += 1
         self.served[(item.tenant, item.priority)] -= item.cost
 
     def settle(self, tenant: str, priority: PriorityClass, estimated: int, actual: int) -> None:
@@ -190,7 +211,13 @@ class FairShareQueue:
         lane.items.remove(item)
         if not lane.items:
             queue.active.discard(item.tenant)
+        self._release(item.tenant)
         return item
+
+    def _release(self, tenant: str) -> None:
+        self._held[tenant] -= 1
+        if self._held[tenant] <= 0:
+            del self._held[tenant]
 
     def queued(self) -> Iterator[WorkItem]:
         """Every queued item (no particular order)."""

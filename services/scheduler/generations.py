@@ -282,7 +282,9 @@ class GenerationBoard:
     def _queue(self, model: str) -> FairShareQueue:
         queue = self._queues.get(model)
         if queue is None:
-            queue = self._queues[model] = FairShareQueue(self.options.queue_capacity)
+            queue = self._queues[model] = FairShareQueue(
+                self.options.queue_capacity, tenant_share=self.options.tenant_queue_share
+            )
             self._pools[model] = SlotPool(0, self._reservations())
         return queue
 

@@ -29,6 +29,7 @@ from llmos.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from llmos.events import new_event
@@ -75,6 +76,21 @@ LIMITS = {  # per process: anything above is a typo, not a request
 }
 PREFIX = "llmos:jobs:"
 PAGE_DEFAULT, PAGE_MAX = 100, 1000
+#: jobs not yet ended that one tenant may have (each one is leader work on every tick)
+MAX_ACTIVE_PER_TENANT = 100
+
+#: Create a job only if its tenant has fewer than ARGV[5] active ones: the count and the
+#: creation are one atomic step, so concurrent submissions cannot all slip under the cap.
+#: KEYS: job hash, tenant's job index, all active jobs, tenant's active jobs.
+#: ARGV: state, data, created-at score, job id, cap. Returns 1, or 0 when at the cap.
+_CREATE = """
+if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[5]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'data', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[4])
+return 1
+"""
 
 #: KEYS[1] job hash. ARGV: new state, new bytes, then the allowed current states.
 _TRANSITION = """
@@ -151,16 +167,23 @@ class JobStore:
     """Jobs in Redis, with lifecycle-checked transitions and their events."""
 
     def __init__(
-        self, redis: aioredis.Redis, events: EventPublisher, audit: AuditPublisher | None = None
+        self,
+        redis: aioredis.Redis,
+        events: EventPublisher,
+        audit: AuditPublisher | None = None,
+        max_active_per_tenant: int = MAX_ACTIVE_PER_TENANT,
     ) -> None:
         self._redis = redis
         self._events = events
         self._audit = audit
+        self._max_active = max_active_per_tenant
         self._transition = redis.register_script(_TRANSITION)
+        self._create = redis.register_script(_CREATE)
 
     async def create(
         self, tenant: str, owner: str, spec: scheduler_pb2.JobSpec
     ) -> scheduler_pb2.Job:
+        """Store a new QUEUED job; RESOURCE_EXHAUSTED if the tenant is at its cap."""
         job = scheduler_pb2.Job(
             job_id=f"job-{uuid.uuid4().hex[:16]}",
             tenant=tenant,
@@ -171,13 +194,15 @@ class JobStore:
             created_at=_now(),
             updated_at=_now(),
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                _key(job.job_id), mapping={"state": job.state, "data": job.SerializeToString()}
+        keys = [_key(job.job_id), f"{PREFIX}tenant:{tenant}", f"{PREFIX}active", _active(tenant)]
+        args: list[bytes | str | float] = [
+            job.state, job.SerializeToString(), time.time(), job.job_id, self._max_active,
+        ]  # fmt: skip
+        if not await self._create(keys=keys, args=args):
+            raise ResourceExhausted(
+                f"tenant {tenant!r} already has {self._max_active} jobs queued or running, "
+                "its limit; wait for some to end or cancel some"
             )
-            pipe.zadd(f"{PREFIX}tenant:{tenant}", {job.job_id: time.time()})
-            pipe.sadd(f"{PREFIX}active", job.job_id)
-            await pipe.execute()
         await self._announce(job, S.JOB_STATE_UNSPECIFIED)
         return job
 
@@ -260,7 +285,10 @@ class JobStore:
             del updated.placement[:]
         await self._write(updated, allowed_from)
         if to in TERMINAL:
-            await self._redis.srem(f"{PREFIX}active", job.job_id)  # type: ignore[misc]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(f"{PREFIX}active", job.job_id)
+                pipe.srem(_active(job.tenant), job.job_id)
+                await pipe.execute()
         await self._announce(updated, previous)
         return updated
 
@@ -322,3 +350,8 @@ class JobStore:
 
 def _key(job_id: str) -> str:
     return f"{PREFIX}{job_id}"
+
+
+def _active(tenant: str) -> str:
+    """The tenant's jobs not yet ended (what its cap counts)."""
+    return f"{PREFIX}active-of:{tenant}"

@@ -16,6 +16,10 @@ class SchedulerOptions:
     tenant_classes: dict[str, set[PriorityClass]] = field(default_factory=dict)
     #: generations waiting per model before RESOURCE_EXHAUSTED
     queue_capacity: int = 1000
+    #: the fraction of a model's queue one tenant may fill, so others are still admitted
+    tenant_queue_share: float = 0.5
+    #: jobs not yet ended one tenant may have
+    tenant_max_active_jobs: int = 100
     #: worker slots per model kept free for `critical` requests
     critical_headroom: int = 0
     #: queued work for a model no live worker serves fails after this long
@@ -69,6 +73,20 @@ def read_scheduler_options(env: EnvReader) -> SchedulerOptions:
             minimum=1,
             maximum=1_000_000,
             doc="generations waiting per model before RESOURCE_EXHAUSTED",
+        ),
+        tenant_queue_share=env.number(
+            "TENANT_QUEUE_SHARE",
+            0.5,
+            minimum=0.001,
+            maximum=1.0,
+            doc="fraction of a model's generation queue one tenant may fill",
+        ),
+        tenant_max_active_jobs=env.integer(
+            "TENANT_MAX_ACTIVE_JOBS",
+            100,
+            minimum=1,
+            maximum=1_000_000,
+            doc="training jobs queued or running one tenant may have before RESOURCE_EXHAUSTED",
         ),
         critical_headroom=env.integer(
             "CRITICAL_HEADROOM",

@@ -12,6 +12,8 @@ This module is the transport only: it turns requests into calls of the plain log
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -33,6 +35,8 @@ from services.storage.registry import Registry
 from services.storage.store import AuditTrail, Store
 from services.storage.transfers import Transfers, UploadChunk, UploadPart, UploadStart
 
+log = logging.getLogger("llmos.storage")
+
 
 class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
     """`llmos.v1.Storage` over one open store."""
@@ -40,7 +44,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
     def __init__(self, store: Store, options: StorageOptions) -> None:
         self._store = store
         self._quotas = Quotas(store, options.tenant_quota_bytes)
-        self._transfers = Transfers(store, self._quotas)
+        #: public: the service's upload expiry sweeps the same uploads
+        self.transfers = self._transfers = Transfers(store, self._quotas)
         self._datasets = Datasets(store)
         self._registry = Registry(store)
         self._operations = StoreOperations(store, options.kek_file)
@@ -215,6 +220,20 @@ def _model_version(row: VersionRow) -> storage_pb2.ModelVersion:
     return message
 
 
+async def _expire_uploads(transfers: Transfers, idle_s: float) -> None:
+    """Release abandoned uploads (quota reservation and file) now and then: often enough
+    that one is gone soon after it has been idle `idle_s`, at most every minute."""
+    while True:
+        await asyncio.sleep(min(idle_s / 4, 60.0))
+        try:
+            expired = await transfers.expire_idle(idle_s)
+        except Exception:  # a failed sweep is retried at the next one
+            log.exception("expiring idle uploads failed")
+            continue
+        if expired:
+            log.info("idle uploads expired", extra={"count": len(expired)})
+
+
 def audit_trail(audit: AuditPublisher) -> AuditTrail:
     """The store's changes as `storage` audit records on `audit`."""
 
@@ -240,5 +259,16 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
     audit = ctx.audit
     store = Store(files, audit_trail(audit))
     stack.callback(store.close)
-    storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(store, options), server)
+    servicer = StorageServicer(store, options)
+    expiry = asyncio.create_task(
+        _expire_uploads(servicer.transfers, options.upload_idle_s), name="upload-expiry"
+    )
+
+    async def stop_expiry() -> None:
+        expiry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiry
+
+    stack.push_async_callback(stop_expiry)
+    storage_pb2_grpc.add_StorageServicer_to_server(servicer, server)
     return [storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name]

@@ -141,6 +141,11 @@ class Metadata:
         row = self._one("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE tenant=?", tenant)
         return int(row[0]) if row else 0
 
+    def uploading_bytes(self, tenant: str) -> int:
+        """Bytes declared by the tenant's uploads in progress (reserved against its quota)."""
+        row = self._one("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE tenant=?", tenant)
+        return int(row[0]) if row else 0
+
     def quota(self, tenant: str, default: int) -> int:
         row = self._one("SELECT bytes FROM quotas WHERE tenant=?", tenant)
         return int(row[0]) if row else default

@@ -16,6 +16,8 @@ class StorageOptions:
     kek_file: Path | None
     #: bytes a tenant may store unless its quota says otherwise
     tenant_quota_bytes: int
+    #: an upload nobody has written to for this long is discarded (reservation and file)
+    upload_idle_s: float = 86_400.0
 
     def root(self, data_dir: Path) -> Path:
         return self.directory or data_dir / "storage"
@@ -46,5 +48,14 @@ def read_storage_options(env: EnvReader) -> StorageOptions:
             maximum=1 << 50,
             doc="bytes a tenant may store unless its own quota says otherwise",
             default_shown="100 GiB",
+        ),
+        upload_idle_s=env.number(
+            "STORAGE_UPLOAD_IDLE_S",
+            86_400.0,
+            minimum=1.0,
+            maximum=365 * 86_400.0,
+            doc="seconds an unfinished upload may sit idle before it is discarded and its "
+            "quota reservation released",
+            default_shown="1 day",
         ),
     )

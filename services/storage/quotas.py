@@ -2,7 +2,10 @@
 
 The limit is checked when an upload starts (its declared size counts in full), not as
 bytes arrive, so an upload that was admitted is never cut off half way; a resumed upload
-was admitted already and is not checked again.
+was admitted already and is not checked again. An upload in progress keeps its declared
+size reserved until it becomes a blob, is discarded, or expires idle: otherwise several
+uploads started together would each see the same free room and all be admitted. (The
+check and the reservation are one step: `Transfers` admits uploads one at a time.)
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ class Quotas:
     def make_room(self, tenant: str, size: int) -> None:
         """Refuse a new upload of `size` bytes that would take `tenant` over its quota."""
         meta = self._store.meta
-        used = meta.tenant_bytes(tenant)
+        stored, reserved = meta.tenant_bytes(tenant), meta.uploading_bytes(tenant)
         limit = meta.quota(tenant, self._default)
-        if used + size > limit:
+        if stored + reserved + size > limit:
             raise ResourceExhausted(
-                f"tenant {tenant!r} would store {used + size} bytes, over its quota of {limit}"
+                f"tenant {tenant!r} would store {stored + reserved + size} bytes, over its "
+                f"quota of {limit} ({stored} stored, {reserved} reserved by uploads in "
+                f"progress, {size} asked for)"
             )
 
     def set(self, tenant: str, limit: int) -> int:

@@ -4,11 +4,14 @@ nothing uses.
 An upload is a start (tenant, id, size, optional digest) followed by chunks at their
 offsets. Bad data (a chunk out of order, a digest that does not match) discards the whole
 upload; a broken stream keeps what was written so the client resumes from `received`.
+An upload nobody resumes holds its quota reservation and its file until it has been idle
+for the configured time (`expire_idle`), then both are released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -66,6 +69,11 @@ class Transfers:
     def __init__(self, store: Store, quotas: Quotas) -> None:
         self._store = store
         self._quotas = quotas
+        #: one upload admitted at a time: the quota check and the reservation (the row of
+        #: the upload in progress) are then one step, and expiry never races a resume
+        self._admitting = asyncio.Lock()
+        #: (tenant, upload id) of the uploads whose stream is open now: never expired
+        self._streaming: set[tuple[str, str]] = set()
 
     async def upload(self, parts: AsyncIterable[UploadPart]) -> StoredBlob:
         """Receive one upload stream and store its blob once it is complete and verified."""
@@ -76,6 +84,7 @@ class Transfers:
                     upload = await self._begin(part)
                     continue
                 await self._receive(upload, part)
+            return await self._finish(upload)
         except InvalidArgument:
             if upload is not None:  # bad data: nothing of it stays
                 upload.close()
@@ -87,6 +96,12 @@ class Transfers:
             if upload is not None:
                 upload.close()
             raise
+        finally:
+            if upload is not None:
+                self._streaming.discard((upload.row.tenant, upload.row.upload_id))
+
+    async def _finish(self, upload: Upload | None) -> StoredBlob:
+        """Store the blob of an upload whose stream ended."""
         if upload is None:
             raise InvalidArgument("start", "the stream was empty: send an UploadStart first")
         row = upload.row
@@ -111,18 +126,21 @@ class Transfers:
         check_blob_size(start.size, "start.size")
         if start.sha256:
             check_sha256(start.sha256, "start.sha256")
-        existing = self._store.meta.upload(tenant, start.upload_id)
-        if existing is not None and (
-            existing.size != start.size or existing.expected_sha256 != start.sha256
-        ):
-            raise FailedPrecondition(
-                f"upload {start.upload_id!r} was started with another size or digest"
+        async with self._admitting:
+            existing = self._store.meta.upload(tenant, start.upload_id)
+            if existing is not None and (
+                existing.size != start.size or existing.expected_sha256 != start.sha256
+            ):
+                raise FailedPrecondition(
+                    f"upload {start.upload_id!r} was started with another size or digest"
+                )
+            if existing is None:
+                self._quotas.make_room(tenant, start.size)
+            upload = await asyncio.to_thread(
+                self._store.files.begin, tenant, start.upload_id, start.size, start.sha256
             )
-        if existing is None:
-            self._quotas.make_room(tenant, start.size)
-        return await asyncio.to_thread(
-            self._store.files.begin, tenant, start.upload_id, start.size, start.sha256
-        )
+            self._streaming.add((tenant, start.upload_id))
+            return upload
 
     async def _receive(self, upload: Upload, chunk: UploadPart) -> None:
         if not isinstance(chunk, UploadChunk):
@@ -138,6 +156,26 @@ class Transfers:
             await asyncio.to_thread(self._store.files.write, upload, chunk.data)
         except ValueError as exc:
             raise InvalidArgument("data", str(exc)) from None
+
+    async def expire_idle(self, idle_s: float, now: float | None = None) -> list[tuple[str, str]]:
+        """Discard uploads no stream has written to for `idle_s` seconds (their file's last
+        write), releasing their quota reservation and file; the (tenant, id) of each."""
+        now = time.time() if now is None else now
+        expired = []
+        async with self._admitting:
+            for row in self._store.meta.uploads():
+                key = (row.tenant, row.upload_id)
+                path = self._store.files.upload_path(row.tenant, row.upload_id)
+                last = path.stat().st_mtime if path.exists() else 0.0
+                if key in self._streaming or now - last < idle_s:
+                    continue
+                await asyncio.to_thread(self._store.files.discard, row.tenant, row.upload_id)
+                self._store.record(
+                    row.tenant, "storage.upload.expire", f"upload/{row.upload_id}",
+                    f"idle for over {idle_s:.0f} s; {row.size} bytes released",
+                )  # fmt: skip
+                expired.append(key)
+        return expired
 
     async def progress(self, tenant: str, upload_id: str) -> tuple[int, int]:
         """How far an upload in progress got: (bytes received, bytes declared)."""

@@ -19,6 +19,11 @@ from llmos.model.folder import load_model
 from llmos.model.text import TextCodec
 from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.engine.engine import Engine, GenerationMetrics, TokenEvent
+from services.inference_worker.engine.scoring import (
+    check_classification_tokens,
+    classification_prompt,
+    label_log_likelihoods,
+)
 from tests.reference import load_reference
 from tools.harness import eventually
 
@@ -255,3 +260,40 @@ def test_bad_requests_are_refused_naming_the_field(
         engine.submit([1] * prompt_len, params, Stream())
     assert caught.value.field == field_name
     assert engine.load[1] == 0  # nothing was queued
+
+
+def test_classification_runs_the_lm_head_only_on_label_tokens(
+    engine: Engine, codec: TextCodec
+) -> None:
+    labels = ["cooking", "sports"]
+    prompt = classification_prompt(codec, "Stir the onions until golden.", labels)
+    label_ids = [codec.encode(label) for label in labels]
+    head_rows: list[int] = []
+    hook = engine.model.lm_head.register_forward_hook(
+        lambda _m, args, _out: head_rows.append(args[0].shape[-2])
+    )
+    try:
+        scores = label_log_likelihoods(engine.model, [prompt, prompt], label_ids)
+    finally:
+        hook.remove()
+    # logits exist for each label's own tokens only, not for every position x vocabulary
+    assert head_rows == [len(ids) for ids in label_ids]
+    with torch.inference_mode():
+        for score, ids in zip(scores, label_ids, strict=True):
+            logprobs = torch.log_softmax(engine.model(torch.tensor([prompt + ids]))[0], dim=-1)
+            whole = sum(float(logprobs[len(prompt) - 1 + i, t]) for i, t in enumerate(ids))
+            assert score == pytest.approx(whole, abs=1e-3)
+    assert scores[0] > scores[1]  # and the answer still makes sense
+
+
+def test_a_30k_character_text_with_32_labels_is_refused_naming_text(
+    engine: Engine, codec: TextCodec
+) -> None:
+    labels = [f"label {i}" for i in range(32)]
+    prompt = classification_prompt(codec, "word " * 6_000, labels)
+    with pytest.raises(InvalidArgument) as caught:
+        check_classification_tokens(prompt, codec.encode(labels[0]), engine.max_context)
+    assert caught.value.field == "text"
+    assert f"at most {engine.max_context - len(codec.encode(labels[0]))} tokens" in str(
+        caught.value
+    )

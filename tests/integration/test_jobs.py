@@ -246,11 +246,11 @@ def test_a_class_the_tenant_may_not_use_is_refused(cluster: JobCluster) -> None:
     with channel:
         with pytest.raises(grpc.RpcError) as caught:
             stub.SubmitJob(
-                scheduler_pb2.SubmitJobRequest(spec=_spec(priority=common_pb2.PRIORITY_CRITICAL)),
+                scheduler_pb2.SubmitJobRequest(spec=_spec(priority=common_pb2.PRIORITY_HIGH)),
                 metadata=limited,
             )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "may not use priority class 'critical' (allowed: batch)" in (
+        assert "may not use priority class 'high' (allowed: batch)" in (
             caught.value.details() or ""
         )
         job = stub.SubmitJob(

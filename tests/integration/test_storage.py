@@ -10,17 +10,26 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
 
+from llmos.errors import ResourceExhausted
 from llmos.usage import peak_resident_mb
 from llmos.v1 import storage_pb2
-from services.storage.blobs import tenant_directory
+from services.storage.blobs import BlobFiles, tenant_directory
+from services.storage.crypto import KeyEncryptionKeys
+from services.storage.metadata import Metadata
+from services.storage.quotas import Quotas
+from services.storage.store import Store
+from services.storage.transfers import Transfers, UploadChunk, UploadPart, UploadStart
 from tests.integration.storage_client import (
     MIB,
     StorageProcess,
@@ -30,7 +39,7 @@ from tests.integration.storage_client import (
     start_storage,
     upload,
 )
-from tools.harness import ROOT
+from tools.harness import ROOT, eventually
 
 
 def test_a_blob_round_trips_encrypted_and_is_stored_once_per_tenant(
@@ -141,6 +150,56 @@ def test_a_quota_is_enforced_before_any_byte_is_stored(storage: StorageProcess) 
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "tenant 'lab-q' would store 1572864 bytes, over its quota of 1048576",
     )
+
+
+def test_uploads_in_flight_reserve_their_size_so_only_one_of_three_fits(
+    storage: StorageProcess,
+) -> None:
+    stub = storage.stub()
+    stub.SetStorageQuota(storage_pb2.SetStorageQuotaRequest(tenant="lab-r", bytes=MIB))
+    go = threading.Event()
+
+    def held(data: bytes) -> Iterator[storage_pb2.UploadBlobRequest]:
+        messages = requests("lab-r", data)
+        yield next(messages)  # the start declares (and reserves) the size...
+        go.wait(30)  # ...long before the bytes arrive
+        yield from messages
+
+    with ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(stub.UploadBlob, held(os.urandom(MIB)), timeout=60) for _ in range(3)]
+        eventually(lambda: sum(c.done() for c in calls) == 2, what="two uploads refused")
+        go.set()
+        outcomes = [c.exception(timeout=60) or c.result() for c in calls]
+    stored = [o for o in outcomes if isinstance(o, storage_pb2.Blob)]
+    assert len(stored) == 1 and stored[0].size == MIB
+    for refusal in (o for o in outcomes if isinstance(o, grpc.RpcError)):
+        assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "over its quota of 1048576" in (refusal.details() or "")
+
+
+async def test_an_abandoned_upload_expires_and_releases_its_reservation(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    files = BlobFiles(root, Metadata(root / "metadata.sqlite"), KeyEncryptionKeys(root / "keys"))
+    store = Store(files, lambda *record: None)
+    quotas = Quotas(store, default_bytes=MIB)
+    transfers = Transfers(store, quotas)
+
+    async def broken_stream() -> AsyncIterator[UploadPart]:
+        yield UploadStart("lab-x", "abandoned", MIB, "")
+        yield UploadChunk(0, os.urandom(300_000))
+        raise ConnectionResetError("the client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await transfers.upload(broken_stream())
+    with pytest.raises(ResourceExhausted, match="1048576 reserved by uploads in progress"):
+        quotas.make_room("lab-x", 1)
+    assert await transfers.expire_idle(idle_s=3600) == []  # idle, but not for long yet
+    expired = await transfers.expire_idle(idle_s=3600, now=time.time() + 3601)
+    assert expired == [("lab-x", "abandoned")]
+    assert not files.upload_path("lab-x", "abandoned").exists()
+    assert store.meta.upload("lab-x", "abandoned") is None
+    quotas.make_room("lab-x", MIB)  # the whole quota is free again
+    store.close()
 
 
 def test_a_flipped_byte_on_disk_is_data_loss_and_never_served(storage: StorageProcess) -> None:

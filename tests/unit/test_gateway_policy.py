@@ -7,7 +7,9 @@ import pytest
 from gateway.auth import hashing
 from gateway.auth.principal import Principal
 from gateway.auth.scopes import RPC_SCOPES, SCOPES, narrow_scopes, required_scope
+from gateway.priorities import check_priority, needs_grant
 from llmos.errors import PermissionDenied
+from llmos.priority import PriorityClass
 from llmos.v1 import admin_pb2, gateway_pb2
 
 
@@ -58,3 +60,13 @@ def test_password_hashes_are_salted_and_checkable() -> None:
     secret = hashing.new_client_secret()
     assert hashing.check_secret(secret, hashing.hash_secret(secret))
     assert not hashing.check_secret(secret + "x", hashing.hash_secret(secret))
+
+
+def test_critical_priority_needs_a_grant_unless_the_caller_is_a_system_admin() -> None:
+    tenant = _principal("acme", "inference", "admin")
+    with pytest.raises(PermissionDenied, match=r"^priority: tenant 'acme' may not"):
+        check_priority(tenant, PriorityClass.CRITICAL, granted=False)
+    check_priority(tenant, PriorityClass.CRITICAL, granted=True)
+    check_priority(tenant, PriorityClass.HIGH, granted=False)  # other classes are open
+    check_priority(_principal("system", "admin"), PriorityClass.CRITICAL, granted=False)
+    assert not needs_grant(_principal("system", "admin"), PriorityClass.CRITICAL)

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from gateway.validation import (
+    MAX_CLASSIFY_TEXT_CHARS,
+    MAX_LABEL_CHARS,
+    MAX_LABELS,
     check_classification,
     check_embed_inputs,
     check_messages,
@@ -64,6 +67,21 @@ def test_request_checks_name_the_field() -> None:
         with pytest.raises(errors.InvalidArgument) as caught:
             check()
         assert caught.value.field == field
+
+
+def test_a_long_classification_text_is_refused_with_its_limit_before_any_work() -> None:
+    labels = [f"label {i}" for i in range(MAX_LABELS)]
+    with pytest.raises(errors.InvalidArgument) as caught:
+        check_classification("word " * 6_000, labels)  # 30,000 characters
+    assert caught.value.field == "text"
+    assert f"at most {MAX_CLASSIFY_TEXT_CHARS}" in str(caught.value)
+    check_classification("w" * MAX_CLASSIFY_TEXT_CHARS, labels)  # the limit itself is fine
+    with pytest.raises(errors.InvalidArgument) as caught:
+        check_classification("text", [*labels, "one more"])
+    assert caught.value.field == "labels"
+    with pytest.raises(errors.InvalidArgument) as caught:
+        check_classification("text", ["a", "b" * (MAX_LABEL_CHARS + 1)])
+    assert caught.value.field == "labels[1]"
 
 
 @pytest.mark.parametrize(

@@ -39,13 +39,32 @@ def test_a_tenant_may_be_limited_to_some_classes() -> None:
 
 def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
     queue = FairShareQueue(2)
-    queue.push(item(1))
-    queue.push(item(2))
-    with pytest.raises(ResourceExhausted) as caught:
-        queue.push(item(3))
+    queue.push(item(1, "a"))
+    queue.push(item(2, "b"))
+    with pytest.raises(ResourceExhausted, match="queue is full") as caught:
+        queue.push(item(3, "c"))
     assert caught.value.retry_after_s is not None
     with pytest.raises(InvalidArgument, match="cost: must be at least 1 token"):
         FairShareQueue(5).push(item(4, cost=0))
+
+
+def test_one_tenant_fills_only_its_share_and_another_is_still_admitted() -> None:
+    queue = FairShareQueue(10, tenant_share=0.5)
+    for n in range(5):
+        queue.push(item(n, "flood"))
+    with pytest.raises(ResourceExhausted, match="'flood' already has 5 requests") as caught:
+        queue.push(item(5, "flood"))
+    assert caught.value.retry_after_s is not None
+    queue.push(item(6, "quiet"))  # the flood did not take the others' places
+    assert len(queue) == 6
+    served = queue.pop()  # one of the flood's is served: its place is free again
+    assert served is not None and served.tenant == "flood"
+    queue.push(item(7, "flood"))
+    with pytest.raises(ResourceExhausted):
+        queue.push(item(8, "flood"))
+    queue.remove("i1-flood")  # and so is a cancelled one's
+    queue.push(item(8, "flood"))
+    assert FairShareQueue(1, tenant_share=0.5).tenant_limit == 1  # a tiny queue still serves
 
 
 def test_higher_classes_go_first_whatever_the_arrival_order() -> None:

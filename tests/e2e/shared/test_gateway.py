@@ -23,6 +23,7 @@ from llmos.v1 import (
     admin_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    common_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     inference_pb2,
@@ -160,6 +161,94 @@ def test_token_quota_refuses_once_spent(stack: RunningStack) -> None:
     assert "20 model tokens per minute" in (caught.value.details() or "")
     trailers = dict(caught.value.trailing_metadata() or ())
     assert 0 < float(trailers["retry-after"]) <= 60
+
+
+@pytest.mark.parametrize(
+    ("call", "request_"),
+    [
+        ("Embed", gateway_pb2.EmbedRequest(inputs=["The cat sat on the mat."])),
+        (
+            "Classify",
+            gateway_pb2.ClassifyRequest(text="Stir the onions.", labels=["cooking", "sports"]),
+        ),
+    ],
+)
+def test_embeddings_and_classifications_are_charged_to_the_token_quota(
+    stack: RunningStack, call: str, request_: Any
+) -> None:
+    token = _new_client(stack, f"metered-{call.lower()}", ["inference"], tokens_per_minute=5)
+    with stack.channel(token) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        reply = getattr(stub, call)(request_, timeout=60)  # admitted: nothing used yet
+        assert reply.usage.prompt_tokens > 5  # both run a whole text through the model
+        # the tenant's minute now holds those tokens: the next call waits for room
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(stub, call)(request_, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "5 model tokens per minute" in (caught.value.details() or "")
+
+
+def test_a_stream_cancelled_before_its_end_is_charged_for_its_tokens(
+    stack: RunningStack,
+) -> None:
+    token = _new_client(stack, "cancels-late", ["inference"], tokens_per_minute=40)
+    with stack.channel(token) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        stream = stub.Generate(
+            gateway_pb2.GenerateRequest(
+                prompt="Count from one to one hundred.",
+                params=inference_pb2.GenerationParams(max_tokens=64, ignore_eos=True),
+            ),
+            timeout=120,
+        )
+        received = 0
+        for response in stream:
+            received += len(response.token_ids)
+            if received >= 48:  # near the end, before the final chunk's usage
+                break
+        stream.cancel()
+        assert received >= 48
+
+        def refused() -> bool:
+            # an empty prompt is admitted (or not) and then refused: it costs no tokens
+            try:
+                stub.Generate(gateway_pb2.GenerateRequest(prompt=""), timeout=10).next()
+            except grpc.RpcError as exc:
+                return bool(exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+            return False
+
+        eventually(refused, timeout=10, what="the cancelled stream's tokens to be charged")
+
+
+def test_critical_priority_needs_a_grant_from_a_system_admin(stack: RunningStack) -> None:
+    token = _new_client(stack, "wants-critical", ["inference", "training"])
+    critical = common_pb2.PRIORITY_CRITICAL
+    request = gateway_pb2.GenerateRequest(
+        prompt="Hi", priority=critical, params=inference_pb2.GenerationParams(max_tokens=2)
+    )
+    with stack.channel(token) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.Generate(request, timeout=60))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (caught.value.details() or "").startswith("priority:")
+        with pytest.raises(grpc.RpcError) as caught:  # nor may its jobs preempt others'
+            stub.SubmitJob(
+                scheduler_pb2.SubmitJobRequest(
+                    spec=scheduler_pb2.JobSpec(name="j", kind="training", priority=critical)
+                ),
+                timeout=30,
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (caught.value.details() or "").startswith("spec.priority:")
+    with stack.channel() as channel:
+        granted = admin_pb2_grpc.AdminStub(channel).SetPriorityGrant(
+            admin_pb2.SetPriorityGrantRequest(tenant="wants-critical", critical=True), timeout=10
+        )
+    assert granted.critical_priority
+    with stack.channel(token) as channel:
+        answer = list(gateway_pb2_grpc.GatewayStub(channel).Generate(request, timeout=60))
+    assert answer[-1].done
 
 
 def test_deadlines_are_honoured(stack: RunningStack) -> None:

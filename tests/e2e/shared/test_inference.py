@@ -208,6 +208,13 @@ def test_non_utf8_prompt_is_invalid_argument_naming_the_field(channel: grpc.Chan
         ("Embed", gateway_pb2.EmbedRequest(inputs=["ok", ""]), "inputs[1]"),
         ("Classify", gateway_pb2.ClassifyRequest(text="x", labels=["only"]), "labels"),
         ("Classify", gateway_pb2.ClassifyRequest(text="", labels=["a", "b"]), "text"),
+        (  # scored once per label: 30,000 characters x 32 labels would take tens of GB
+            "Classify",
+            gateway_pb2.ClassifyRequest(
+                text="word " * 6_000, labels=[f"label {i}" for i in range(32)]
+            ),
+            "text",
+        ),
     ],
 )
 def test_other_bad_requests_name_the_field(

@@ -1,0 +1,67 @@
+"""Per-tenant caps on what a tenant keeps alive in the system (active jobs, deployed
+models), against a real Redis as the scheduler and the gateway use it (their own ACL users)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.deployments import Deployments
+from llmos.errors import ResourceExhausted
+from llmos.v1 import common_pb2, events_pb2, scheduler_pb2
+from services.scheduler.jobs import JobStore
+from tools.devstack.infra import RedisServer
+
+
+class _Events:
+    """Job events go nowhere here: the cap is what is under test."""
+
+    async def publish(self, subject: str, event: events_pb2.Event) -> None:
+        return None
+
+
+async def test_a_thousand_fast_submissions_admit_exactly_the_tenants_cap(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url_for("scheduler"))
+    events: Any = _Events()
+    store = JobStore(client, events, max_active_per_tenant=100)
+    tenant, other = f"busy-{uuid.uuid4().hex[:8]}", f"calm-{uuid.uuid4().hex[:8]}"
+    spec = scheduler_pb2.JobSpec(name="j", kind="training")
+    try:
+        answers = await asyncio.gather(
+            *(store.create(tenant, "o", spec) for _ in range(1000)), return_exceptions=True
+        )
+        admitted = [a for a in answers if isinstance(a, scheduler_pb2.Job)]
+        refused = [a for a in answers if isinstance(a, ResourceExhausted)]
+        assert len(admitted) == 100 and len(refused) == 900
+        assert f"tenant {tenant!r} already has 100 jobs queued or running" in str(refused[0])
+        await store.create(other, "o", spec)  # another tenant is not held back
+        # a job that ends frees its place
+        await store.move(admitted[0], common_pb2.JOB_STATE_CANCELLED, "cancelled")
+        await store.create(tenant, "o", spec)
+        with pytest.raises(ResourceExhausted):
+            await store.create(tenant, "o", spec)
+    finally:
+        await client.aclose()
+
+
+async def test_a_tenant_may_deploy_only_its_cap_of_models_but_new_versions_always(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url_for("gateway"))
+    deployments = Deployments(client)
+    tenant = f"deployer-{uuid.uuid4().hex[:8]}"
+    try:
+        for n in range(3):
+            await deployments.check_room(tenant, f"m{n}", limit=3)
+            await deployments.record(tenant, f"m{n}", f"{tenant}--m{n}-v1")
+        with pytest.raises(ResourceExhausted, match="already has 3 models deployed"):
+            await deployments.check_room(tenant, "m3", limit=3)
+        await deployments.check_room(tenant, "m0", limit=3)  # a new version of a deployed one
+    finally:
+        await client.aclose()
