@@ -77,12 +77,30 @@ def tenant_list(ctx: typer.Context, output: OutputOption = "table") -> None:
     """Tenants with their limits."""
     conn = connection(ctx)
     reply = conn.admin_stub().ListTenants(admin_pb2.ListTenantsRequest(), timeout=conn.timeout)
-    listing = Listing(("TENANT", "REQUESTS/MIN", "TOKENS/MIN"))
+    listing = Listing(("TENANT", "REQUESTS/MIN", "TOKENS/MIN", "CRITICAL"))
     for t in reply.tenants:
         listing.rows.append(
-            (t.name, _limit(t.quota.requests_per_minute), _limit(t.quota.tokens_per_minute))
+            (
+                t.name,
+                _limit(t.quota.requests_per_minute),
+                _limit(t.quota.tokens_per_minute),
+                "granted" if t.critical_priority else "-",
+            )
         )
     show(reply, listing, output)
+
+
+@app.command("critical-grant")
+def critical_grant(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Argument(help="the tenant")],
+    withdraw: Annotated[bool, typer.Option(help="take the grant away instead")] = False,
+) -> None:
+    """Let a tenant use priority class critical, which overtakes every queue and preempts
+    other tenants' training jobs (admins of `system` only)."""
+    conn = connection(ctx)
+    request = admin_pb2.SetPriorityGrantRequest(tenant=tenant, critical=not withdraw)
+    _print(conn.admin_stub().SetPriorityGrant(request, timeout=conn.timeout))
 
 
 def _credentials_issuer(conn: Connection) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import pytest
 
+from llmos.oauthclient import Issuer
+from llmos.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import ROOT
 from tools.devstack.access import admin_token, gateway_channel
 from tools.devstack.process import StackProcess
@@ -45,6 +47,25 @@ class RunningStack:
     def admin_token(self, scope: str = "") -> str:
         """A token for the bootstrap admin client (client credentials grant)."""
         return admin_token(self.fields, scope)
+
+    def client_token(self, tenant: str, scopes: list[str], **quota: int) -> str:
+        """A token of a new client (in `tenant`, created if needed) with those scopes."""
+        with self.channel() as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            try:
+                admin.CreateTenant(
+                    admin_pb2.CreateTenantRequest(name=tenant, quota=admin_pb2.Quota(**quota)),
+                    timeout=10,
+                )
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.ALREADY_EXISTS
+            created = admin.CreateClient(
+                admin_pb2.CreateClientRequest(tenant=tenant, name="e2e", scopes=scopes),
+                timeout=10,
+            )
+        issuer = Issuer(self.fields["issuer"], self.ca)
+        token = issuer.client_credentials(created.client.client_id, created.client_secret)
+        return str(token["access_token"])
 
     def channel(self, token: str | None = None) -> grpc.Channel:
         """A TLS channel to the gateway carrying `token` (default: the admin's)."""

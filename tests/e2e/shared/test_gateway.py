@@ -19,8 +19,6 @@ from nats.aio.msg import Msg
 
 from llmos.oauthclient import Issuer
 from llmos.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     common_pb2,
@@ -38,24 +36,6 @@ pytestmark = pytest.mark.e2e
 
 def _issuer(stack: RunningStack) -> Issuer:
     return Issuer(stack.fields["issuer"], stack.ca)
-
-
-def _new_client(stack: RunningStack, tenant: str, scopes: list[str], **quota: int) -> str:
-    """A token of a new client (in `tenant`, created if needed) with those scopes."""
-    with stack.channel() as channel:
-        admin = admin_pb2_grpc.AdminStub(channel)
-        try:
-            admin.CreateTenant(
-                admin_pb2.CreateTenantRequest(name=tenant, quota=admin_pb2.Quota(**quota)),
-                timeout=10,
-            )
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.ALREADY_EXISTS
-        created = admin.CreateClient(
-            admin_pb2.CreateClientRequest(tenant=tenant, name="e2e", scopes=scopes), timeout=10
-        )
-    token = _issuer(stack).client_credentials(created.client.client_id, created.client_secret)
-    return str(token["access_token"])
 
 
 def _generate(
@@ -86,7 +66,7 @@ def test_ready_line_names_the_issuer_and_the_credentials(stack: RunningStack) ->
 
 
 def test_a_program_with_client_credentials_calls_generate(stack: RunningStack) -> None:
-    token = _new_client(stack, "programs", ["inference"])
+    token = stack.client_token("programs", ["inference"])
     responses = _generate(stack, token, "The capital of France is", max_tokens=6)
     assert responses[-1].done
     assert responses[-1].usage.completion_tokens == 6
@@ -130,8 +110,8 @@ def test_a_person_logs_in_with_password_and_totp_through_the_cli(stack: RunningS
 
 
 def test_greedy_answers_are_cached_per_tenant(stack: RunningStack) -> None:
-    mine = _new_client(stack, "cache-a", ["inference"])
-    theirs = _new_client(stack, "cache-b", ["inference"])
+    mine = stack.client_token("cache-a", ["inference"])
+    theirs = stack.client_token("cache-b", ["inference"])
     prompt = f"List three colours ({uuid.uuid4().hex[:6]}):"
     first = _generate(stack, mine, prompt, max_tokens=8)
     again = _generate(stack, mine, prompt, max_tokens=8)
@@ -153,7 +133,7 @@ def test_greedy_answers_are_cached_per_tenant(stack: RunningStack) -> None:
 
 
 def test_token_quota_refuses_once_spent(stack: RunningStack) -> None:
-    token = _new_client(stack, "small-quota", ["inference"], tokens_per_minute=20)
+    token = stack.client_token("small-quota", ["inference"], tokens_per_minute=20)
     _generate(stack, token, "Once upon a time", max_tokens=24)  # admitted: nothing used yet
     with pytest.raises(grpc.RpcError) as caught:
         _generate(stack, token, "And then", max_tokens=4)
@@ -176,7 +156,7 @@ def test_token_quota_refuses_once_spent(stack: RunningStack) -> None:
 def test_embeddings_and_classifications_are_charged_to_the_token_quota(
     stack: RunningStack, call: str, request_: Any
 ) -> None:
-    token = _new_client(stack, f"metered-{call.lower()}", ["inference"], tokens_per_minute=5)
+    token = stack.client_token(f"metered-{call.lower()}", ["inference"], tokens_per_minute=5)
     with stack.channel(token) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         reply = getattr(stub, call)(request_, timeout=60)  # admitted: nothing used yet
@@ -191,7 +171,7 @@ def test_embeddings_and_classifications_are_charged_to_the_token_quota(
 def test_a_stream_cancelled_before_its_end_is_charged_for_its_tokens(
     stack: RunningStack,
 ) -> None:
-    token = _new_client(stack, "cancels-late", ["inference"], tokens_per_minute=40)
+    token = stack.client_token("cancels-late", ["inference"], tokens_per_minute=40)
     with stack.channel(token) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         stream = stub.Generate(
@@ -221,7 +201,7 @@ def test_a_stream_cancelled_before_its_end_is_charged_for_its_tokens(
 
 
 def test_critical_priority_needs_a_grant_from_a_system_admin(stack: RunningStack) -> None:
-    token = _new_client(stack, "wants-critical", ["inference", "training"])
+    token = stack.client_token("wants-critical", ["inference", "training"])
     critical = common_pb2.PRIORITY_CRITICAL
     request = gateway_pb2.GenerateRequest(
         prompt="Hi", priority=critical, params=inference_pb2.GenerationParams(max_tokens=2)
@@ -241,11 +221,9 @@ def test_critical_priority_needs_a_grant_from_a_system_admin(stack: RunningStack
             )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert (caught.value.details() or "").startswith("spec.priority:")
-    with stack.channel() as channel:
-        granted = admin_pb2_grpc.AdminStub(channel).SetPriorityGrant(
-            admin_pb2.SetPriorityGrantRequest(tenant="wants-critical", critical=True), timeout=10
-        )
-    assert granted.critical_priority
+    granted = stack.cli("admin", "critical-grant", "wants-critical")
+    assert granted.returncode == 0, granted.stderr
+    assert json.loads(granted.stdout)["critical_priority"] is True
     with stack.channel(token) as channel:
         answer = list(gateway_pb2_grpc.GatewayStub(channel).Generate(request, timeout=60))
     assert answer[-1].done
@@ -331,7 +309,7 @@ async def test_inference_calls_are_audited_with_model_and_tokens(stack: RunningS
 def test_the_audit_log_answers_who_did_what_and_proves_it(stack: RunningStack) -> None:
     """`llmos audit query` and `llmos audit verify` against the running stack; a tenant
     sees its own records only; prompts are not stored under the default policy."""
-    token = _new_client(stack, "audit-lab", ["inference", "audit:read"])
+    token = stack.client_token("audit-lab", ["inference", "audit:read"])
     prompt = f"Audit trail {uuid.uuid4().hex[:8]}"
     _generate(stack, token, prompt, max_tokens=2)
     with stack.channel(token) as channel, pytest.raises(grpc.RpcError) as denied:

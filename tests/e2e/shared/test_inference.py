@@ -295,12 +295,42 @@ def test_a_registered_version_is_deployed_and_answers_without_a_restart(
         refused = stack.cli("models", "deploy", "my-tune", "7")
         assert refused.returncode != 0 and "NOT_FOUND" in refused.stderr
         assert processes() == before  # the same processes serve on: nothing restarted
+        another_tenant_cannot_reach(stack, "my-tune", served)
     finally:
         with as_scheduler(stack) as worker_channel:
             worker = worker_pb2_grpc.InferenceWorkerStub(worker_channel)
             with contextlib.suppress(grpc.RpcError):
                 worker.UnloadModel(worker_pb2.UnloadModelRequest(model=served), timeout=60)
         shutil.rmtree(model_folder.parent / served, ignore_errors=True)  # shared folder
+
+
+def another_tenant_cannot_reach(stack: RunningStack, model: str, served: str) -> None:
+    """Tenant `system`'s private `model`, served as `served`: another tenant neither sees
+    it listed, nor generates with it (by its name or its served name), nor deploys it."""
+    token = stack.client_token("other-lab", ["inference", "models:read", "models:write"])
+    with stack.channel(token) as other_channel:
+        other = gateway_pb2_grpc.GatewayStub(other_channel)
+        listed = other.ListModels(gateway_pb2.ListModelsRequest(), timeout=30)
+        names = {m.name for m in listed.models}
+        assert model not in names and served not in names
+        for name in (model, served):
+            with pytest.raises(grpc.RpcError) as caught:
+                list(
+                    other.Generate(
+                        gateway_pb2.GenerateRequest(
+                            model=name, prompt="Hi", params=params(max_tokens=2)
+                        ),
+                        timeout=60,
+                    )
+                )
+            assert caught.value.code() in (
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.PERMISSION_DENIED,
+            ), caught.value.details()
+        with pytest.raises(grpc.RpcError) as caught:
+            other.DeployModel(gateway_pb2.DeployModelRequest(model=model, version=1), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "has no model" in (caught.value.details() or "")
 
 
 def test_models_load_and_unload_on_command_without_a_restart(
