@@ -18,8 +18,7 @@ from llmos.config import environment_without_llmos
 from llmos.model.names import CHECKPOINT
 from llmos.ports import free_port
 from tests.conftest import ROOT
-
-TEXT = (ROOT / "README.md").read_text() * 2
+from tests.corpus import TEXT
 
 
 def job_dir(tmp_path: Path, name: str, **config: Any) -> Path:

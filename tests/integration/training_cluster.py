@@ -19,12 +19,12 @@ from nats.js.api import DeliverPolicy
 from llmos import subjects
 from llmos.ports import free_port
 from llmos.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc
+from tests.corpus import TEXT
 from tests.integration.storage_client import StorageProcess, start_storage
-from tools.harness import ROOT, Process, eventually, secrets_dir_of, start_process, start_service
+from tools.harness import Process, eventually, secrets_dir_of, start_process, start_service
 from tools.standin import Principal, internal_channel
 
 S = common_pb2.JobState
-TEXT = (ROOT / "README.md").read_text()
 RESERVED_TENANT = "lab-r"  # 1 trainer slot is reserved for it
 
 
