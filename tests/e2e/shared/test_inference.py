@@ -269,9 +269,9 @@ def test_the_worker_still_serves_after_all_that(gateway: gateway_pb2_grpc.Gatewa
 def test_a_registered_version_is_deployed_and_answers_without_a_restart(
     stack: RunningStack, model_folder: Path
 ) -> None:
-    """A version in the registry (here the default model's files, as a fine-tune's would
-    be) is deployed; the worker fetches and serves it; requests naming the model reach it;
-    nothing restarted."""
+    """A version in tenant lab-a's registry (the default model's files, as a fine-tune's
+    would be) is deployed; the worker fetches and serves it; lab-a's requests naming the
+    model reach it; nothing restarted; other tenants cannot reach it."""
 
     def processes() -> set[tuple[str, int]]:
         return {
@@ -279,20 +279,22 @@ def test_a_registered_version_is_deployed_and_answers_without_a_restart(
         }
 
     before = processes()
-    registered = stack.cli("models", "register", str(model_folder), "my-tune", "--quiet")
+    owner = stack.client_token("lab-a", ["inference", "models:read", "models:write", "datasets"])
+    as_owner = ("--token", owner)
+    registered = stack.cli(*as_owner, "models", "register", str(model_folder), "my-tune", "--quiet")
     assert registered.returncode == 0, registered.stderr
     assert json.loads(registered.stdout)["version"] == "1"
-    deployed = stack.cli("models", "deploy", "my-tune", "1")
-    served = "system--my-tune-v1"
+    deployed = stack.cli(*as_owner, "models", "deploy", "my-tune", "1")
+    served = "lab-a--my-tune-v1"
     try:
         assert deployed.returncode == 0, deployed.stderr
         assert deployed.stdout.strip() == f"my-tune@1 is served as {served}"
-        answer = stack.cli("generate", "--model", "my-tune", "--max-tokens", "8", "Hello")
+        answer = stack.cli(*as_owner, "generate", "--model", "my-tune", "--max-tokens", "8", "Hi")
         assert answer.returncode == 0, answer.stderr
         assert answer.stdout.strip()
-        listed = stack.cli("models", "versions", "my-tune")
+        listed = stack.cli(*as_owner, "models", "versions", "my-tune")
         assert listed.stdout.splitlines()[1].split()[:2] == ["my-tune@1", "production"]
-        refused = stack.cli("models", "deploy", "my-tune", "7")
+        refused = stack.cli(*as_owner, "models", "deploy", "my-tune", "7")
         assert refused.returncode != 0 and "NOT_FOUND" in refused.stderr
         assert processes() == before  # the same processes serve on: nothing restarted
         another_tenant_cannot_reach(stack, "my-tune", served)
@@ -305,7 +307,7 @@ def test_a_registered_version_is_deployed_and_answers_without_a_restart(
 
 
 def another_tenant_cannot_reach(stack: RunningStack, model: str, served: str) -> None:
-    """Tenant `system`'s private `model`, served as `served`: another tenant neither sees
+    """Tenant lab-a's private `model`, served as `served`: another tenant neither sees
     it listed, nor generates with it (by its name or its served name), nor deploys it."""
     token = stack.client_token("other-lab", ["inference", "models:read", "models:write"])
     with stack.channel(token) as other_channel:
@@ -330,7 +332,7 @@ def another_tenant_cannot_reach(stack: RunningStack, model: str, served: str) ->
         with pytest.raises(grpc.RpcError) as caught:
             other.DeployModel(gateway_pb2.DeployModelRequest(model=model, version=1), timeout=60)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-        assert "has no model" in (caught.value.details() or "")
+        assert (caught.value.details() or "") == f"model {model!r} has no version 1"  # as if none
 
 
 def test_models_load_and_unload_on_command_without_a_restart(
