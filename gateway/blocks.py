@@ -9,12 +9,13 @@ import re
 import grpc
 
 from gateway.auth.principal import call_record, caller
-from gateway.firewall import Block, Firewall, Target
+from gateway.firewall import Block, Firewall, Target, address_target
 from llmos.errors import InvalidArgument, PermissionDenied
 from llmos.v1 import admin_pb2
 
-#: how a principal is named in a block: `user:<username>` or `client:<client_id>`
-PRINCIPAL = re.compile(r"^(user|client):[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+#: how a principal is named in a block: `user:<subject>` or `client:<client_id>`; an
+#: external IdP's subjects may hold any printable character (`auth0|5f...`)
+PRINCIPAL = re.compile(r"^(user|client):[^\s\x00-\x1f\x7f]{1,255}$")
 MAX_BLOCK_S = 30 * 86_400
 MAX_REASON = 200
 
@@ -24,15 +25,16 @@ def target_of(request: admin_pb2.BlockTarget, field: str) -> Target:
     kind = request.WhichOneof("target")
     if kind == "address":
         try:
-            return Target("address", str(ipaddress.ip_address(request.address.strip())))
+            ipaddress.ip_address(request.address.strip())
         except ValueError:
             raise InvalidArgument(
                 f"{field}.address", f"{request.address[:64]!r} is not an IPv4 or IPv6 address"
             ) from None
+        return address_target(request.address)
     if kind == "principal":
         if not PRINCIPAL.match(request.principal):
             raise InvalidArgument(
-                f"{field}.principal", "must be `user:<username>` or `client:<client_id>`"
+                f"{field}.principal", "must be `user:<subject>` or `client:<client_id>`"
             )
         return Target("principal", request.principal)
     raise InvalidArgument(field, "name an address or a principal")

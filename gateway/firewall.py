@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -57,15 +58,32 @@ class Target:
         return f"{self.kind} {self.value}"
 
 
+def canonical_address(raw: str) -> str:
+    """One spelling per address, whoever reports it: gRPC percent-encodes IPv6 brackets
+    (`%5B::1%5D`), aiohttp does not; an IPv4 client of a dual-stack listener appears as
+    `::ffff:1.2.3.4` and is counted, blocked and allowlisted as `1.2.3.4`. Anything
+    that is no IP address (a Unix socket) is returned as given."""
+    text = urllib.parse.unquote(raw).strip().strip("[]")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return raw
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def address_target(address: str) -> Target:
-    return Target("address", address)
+    return Target("address", canonical_address(address))
 
 
 def principal_target(principal: Principal) -> Target:
-    """People are blocked by user name, programs by client id (a user's tokens carry the
-    id of the app they signed in with, which other people share)."""
-    who = f"user:{principal.subject}" if principal.is_user else f"client:{principal.client_id}"
-    return Target("principal", who)
+    """A program is blocked by its client id; anyone else by their subject: a person's
+    tokens carry the id of the app they signed in with, which other people share (and an
+    external IdP's user tokens may not say they are a person's)."""
+    if principal.subject == principal.client_id and not principal.is_user:
+        return Target("principal", f"client:{principal.client_id}")
+    return Target("principal", f"user:{principal.subject}")
 
 
 @dataclass(frozen=True)
@@ -133,19 +151,18 @@ class Allowlist:
 
     def allows(self, address: str) -> bool:
         try:
-            ip = ipaddress.ip_address(address)
+            ip = ipaddress.ip_address(canonical_address(address))
         except ValueError:
             return False
         return any(ip in network for network in self.networks)
 
 
 def grpc_peer_address(peer: str) -> str:
-    """`ipv4:1.2.3.4:5678` / `ipv6:[::1]:5678` -> the address; anything else unchanged."""
+    """`ipv4:1.2.3.4:5678` / `ipv6:%5B::1%5D:5678` -> the address (canonical); anything
+    else unchanged."""
     kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0]
-    if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
+    if kind in ("ipv4", "ipv6"):
+        return canonical_address(rest.rpartition(":")[0])
     return peer
 
 
@@ -208,6 +225,7 @@ class Firewall:
         async with self._redis.pipeline(transaction=True) as tx:
             tx.set(target.key, block.encode(), ex=duration_s)
             tx.zadd(BLOCK_INDEX, {target.member: block.until})
+            tx.zremrangebyscore(BLOCK_INDEX, "-inf", now)
             await tx.execute()
         return block
 

@@ -23,12 +23,12 @@ import grpc
 
 from gateway.auth.principal import CallRecord, current_call
 from gateway.auth.scopes import required_scope
-from gateway.auth.verifier import TokenVerifier
+from gateway.auth.verifier import StaleToken, TokenVerifier
 from gateway.firewall import Blocked, address_target, grpc_peer_address, principal_target
 from gateway.intrusion import IntrusionDetector, Signal
-from gateway.limits import Admission
+from gateway.limits import Admission, RateLimited
 from llmos.auditing import AuditPublisher, new_record
-from llmos.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
+from llmos.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from llmos.log import request_id_var
 from llmos.redaction import RedactionPolicy
 from llmos.rpc import outcome_of
@@ -70,14 +70,12 @@ class GatewayGuard:
         failure: BaseException | None = None
         address = grpc_peer_address(context.peer() or "")
         door = None if self._firewall.exempt(address) else address_target(address)
-        signal: Signal | None = None
         try:
             if door is not None:
                 self._firewall.refuse_if_remembered(door)
             try:
                 principal = await self._verifier.verify(self._bearer(context))
             except Unauthenticated:
-                signal = Signal.BAD_TOKEN
                 if door is not None:
                     await self._firewall.check(door)  # a blocked address hears so
                 raise
@@ -88,11 +86,7 @@ class GatewayGuard:
                 raise PermissionDenied(
                     f"this call needs scope {scope!r}; the token grants: {granted}"
                 )
-            try:
-                await self._admission.admit(principal, door)
-            except ResourceExhausted:
-                signal = Signal.RATE_LIMITED
-                raise
+            await self._admission.admit(principal, door)
             yield
         except BaseException as exc:
             failure = exc
@@ -101,7 +95,7 @@ class GatewayGuard:
             current_call.reset(token)
             # refused at the door: counted and audited when the block was set
             if not isinstance(failure, Blocked):
-                await self._observe(signal or _signal_of(failure), address, record)
+                await self._observe(signal_of(failure), address, record)
                 await self._finish(method, context, record, failure, time.monotonic() - started)
 
     async def _observe(self, signal: Signal | None, address: str, call: CallRecord) -> None:
@@ -154,10 +148,15 @@ class GatewayGuard:
         self._audit.record(record)
 
 
-def _signal_of(failure: BaseException | None) -> Signal | None:
-    """What intrusion detection counts for a call that ended with `failure`."""
+def signal_of(failure: BaseException | None) -> Signal | None:
+    """What intrusion detection counts for a call that ended with `failure`: not a token
+    that merely went stale, nor a limit others used up."""
+    if isinstance(failure, StaleToken):
+        return None
     if isinstance(failure, Unauthenticated):
         return Signal.BAD_TOKEN
+    if isinstance(failure, RateLimited):
+        return Signal.RATE_LIMITED if failure.own else None
     if isinstance(failure, PermissionDenied):
         return Signal.DENIED
     if isinstance(failure, InvalidArgument):

@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 
 from gateway.auth.identities import PREFIX, Limits, deleted_key, revoked_key
 from gateway.auth.principal import Principal
+from gateway.auth.verifier import StaleToken
 from gateway.firewall import Firewall, Target, principal_target
-from llmos.errors import ResourceExhausted, Unauthenticated
+from llmos.errors import ResourceExhausted
 
 WINDOW_S = 60
 #: a key nothing ever writes, for checks that do not apply (no jti, not a user)
@@ -102,6 +103,15 @@ return 1
 """
 
 
+class RateLimited(ResourceExhausted):
+    """A call over a rate limit; `own`: the client's own limit (not its tenant's, which
+    others share and may have used up)."""
+
+    def __init__(self, message: str, retry_after_s: float, own: bool) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.own = own
+
+
 class Admission:
     """Whether a verified principal's call may proceed now; token charging afterwards."""
 
@@ -138,18 +148,19 @@ class Admission:
         if answer[0] == 1:
             return
         if answer[0] == 2:
-            raise Unauthenticated("token has been revoked")
+            raise StaleToken("token has been revoked")
         if answer[0] in (3, 4):
             whose = "client" if answer[0] == 3 else "user"
-            raise Unauthenticated(f"the {whose} this token was issued to has been deleted")
+            raise StaleToken(f"the {whose} this token was issued to has been deleted")
         index, retry, limit = answer[1] - 1, max(answer[2], 1), answer[3]
         what = "requests" if index < 2 else "model tokens"
         whose = (
             f"client {principal.client_id!r}" if index % 2 == 0 else f"tenant {principal.tenant!r}"
         )
-        raise ResourceExhausted(
+        raise RateLimited(
             f"rate limit reached: {whose} may use {limit} {what} per minute; retry after {retry} s",
             retry_after_s=float(retry),
+            own=index % 2 == 0,
         )
 
     async def charge_tokens(self, principal: Principal, tokens: int) -> None:

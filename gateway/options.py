@@ -22,6 +22,8 @@ class GatewayOptions:
     builtin_issuer: bool  # AUTH_BUILTIN: host the authorization server here
     #: AUTH_ISSUER_MAY_GRANT_SYSTEM: an external issuer's tokens may name the system tenant
     external_system_tenant: bool
+    #: AUTH_TOKEN_TYPES: access-token `typ` headers accepted besides `at+jwt`
+    extra_token_types: tuple[str, ...]
     jwks_url: str  # AUTH_JWKS_URL: empty -> from the issuer's metadata
     audience: str
     algorithms: tuple[str, ...]
@@ -125,6 +127,18 @@ def read_gateway_options(env: EnvReader) -> GatewayOptions:
             doc="an external issuer's tokens may name the `system` tenant (system admins)",
         )
         == "on",
+        extra_token_types=tuple(
+            word.strip().lower()
+            for word in env.text(
+                "AUTH_TOKEN_TYPES",
+                "",
+                doc="access-token `typ` headers accepted besides RFC 9068's `at+jwt`, e.g. "
+                "`JWT` for Keycloak or Entra ID, `none` for no header (Okta); ID tokens "
+                "(with `nonce`, `at_hash` or `c_hash`) are refused whatever their type",
+                default_shown="only `at+jwt`",
+            ).split(",")
+            if word.strip()
+        ),
         jwks_url=env.url(
             "AUTH_JWKS_URL",
             "",

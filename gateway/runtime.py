@@ -125,6 +125,7 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
             leeway_s=options.leeway_s,
             tenant_claim=options.tenant_claim,
             trust_system_tenant=options.trust_system_tenant,
+            extra_token_types=options.extra_token_types,
             jwks_url=options.jwks_url,
         ),
         client_tls(options),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -54,6 +55,19 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     tmp.replace(path)
+
+
+def make_private_tree(root: Path) -> None:
+    """Take group and other permissions off `root` and everything under it (symbolic
+    links are left alone): the umask protects new files, this the files of an earlier
+    version, e.g. a Redis append-only file written at 0644."""
+    if not root.exists():
+        return
+    for path in (root, *root.rglob("*")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                path.chmod(stat.S_IMODE(mode) & ~0o077)
 
 
 def open_private(path: Path) -> TextIO:

@@ -10,6 +10,7 @@ failures feed intrusion detection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
 from gateway.auth.oauth_request import HttpCall
 from gateway.auth.server import LLMOSAuthorizationServer
-from gateway.firewall import Blocked, address_target
+from gateway.firewall import Blocked, Target, address_target, canonical_address
 from gateway.intrusion import IntrusionDetector, Signal
 from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import ResourceExhausted
@@ -30,6 +31,8 @@ MAX_BODY_BYTES = 16 * 1024
 #: Caller-chosen names are cut to this length in audit records.
 FIELD_MAX = 128
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+#: how long a request may wait for its turn to verify a secret before 503
+HASHING_WAIT_S = 10.0
 #: the endpoints that verify a secret, behind the per-address sign-in rate
 SIGNIN_PATHS = frozenset({"/token", "/revoke", "/introspect"})
 #: OAuth errors that say a credential was wrong (the rest say the request was malformed)
@@ -77,16 +80,28 @@ class OAuthHttp:
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             started = time.monotonic()
+            address = canonical_address(request.remote or "")
             form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+            try:
+                await self._refuse_blocked_principals(request, form)
+            except Blocked as exc:
+                return _refusal(403, "access_denied", str(exc), exc.block.retry_after_s())
             call = HttpCall(
                 method=request.method,
                 url=f"{self._server.policy.issuer}{request.path}",
                 headers=dict(request.headers),
                 form=form,
-                remote=request.remote or "",
+                remote=address,
             )
-            async with self._hashing:
+            try:  # a queue of requests waiting to hash must not grow without bound
+                await asyncio.wait_for(self._hashing.acquire(), HASHING_WAIT_S)
+            except TimeoutError:
+                busy = "the sign-in service is busy; retry in a few seconds"
+                return _refusal(503, "temporarily_unavailable", busy, 5)
+            try:
                 status, body, headers = await asyncio.to_thread(endpoint, call)
+            finally:
+                self._hashing.release()
             self._record(action, request, form, status, body, time.monotonic() - started)
             if status >= 400:
                 signal = (
@@ -94,11 +109,23 @@ class OAuthHttp:
                     if body.get("error") in CREDENTIAL_ERRORS or status == 401
                     else Signal.MALFORMED
                 )
-                await self._detector.observe(signal, request.remote or "", None)
+                with contextlib.suppress(Exception):  # detection must not fail the answer
+                    await self._detector.observe(signal, address, None)
             headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
             return web.json_response(body, status=status, headers={**headers, **NO_STORE})
 
         return handle
+
+    async def _refuse_blocked_principals(self, request: web.Request, form: dict[str, str]) -> None:
+        """`Blocked` if the client or the person this request names is blocked: a blocked
+        principal gets no new tokens (naming one proves nothing, so this blocks nobody
+        new; it only keeps a block in force)."""
+        client_id = form.get("client_id") or extract_basic_authorization(request.headers)[0]
+        names = [f"client:{client_id}"] if client_id else []
+        if form.get("grant_type") == "password" and form.get("username"):
+            names.append(f"user:{form['username']}")
+        for name in names:
+            await self._detector.firewall.check(Target("principal", name[: FIELD_MAX * 2]))
 
     def _record(
         self,

@@ -135,7 +135,13 @@ class RefreshChains:
         )
         if raw is None:
             return None
-        grant = RefreshGrant(**json.loads(raw))
+        try:
+            grant = RefreshGrant(**json.loads(raw))
+        except (TypeError, ValueError):
+            # saved before sign-in sessions were chains (no user id, no chain): such a
+            # token cannot be tied to its person's identity, so it is refused as unknown
+            # (the person signs in again) rather than failing the request
+            return None
         if spent is not None:
             self.revoke(grant.chain)
             return None

@@ -39,6 +39,17 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "
 CACHE_SIZE = 10_000
 #: The `typ` header values of an RFC 9068 access token (section 2.1).
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+#: claims only an OpenID Connect ID token carries: a token with any of them is refused
+#: even where the operator accepts access tokens typed `JWT` (Keycloak, Entra ID)
+ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
+#: how `LLMOS_AUTH_TOKEN_TYPES` names a token with no `typ` header (Okta's)
+NO_TYP = "none"
+
+
+class StaleToken(Unauthenticated):
+    """A genuine token that is no longer good: expired, revoked, or of a deleted identity.
+    Clients meet these in the normal course of things (and then refresh), so intrusion
+    detection does not count them, unlike forged or malformed tokens."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class VerifierSettings:
     #: whether the issuer may name the `system` tenant (whose admins manage every tenant):
     #: the built-in issuer, or an external one the operator said so of
     trust_system_tenant: bool = False
+    #: `typ` headers accepted besides RFC 9068's `at+jwt` (lower case; `none`: no header)
+    extra_token_types: tuple[str, ...] = ()
     jwks_url: str = ""  # empty: discovered from the issuer's metadata
     jwks_ttl_s: float = 300.0
     refetch_interval_s: float = 1.0
@@ -81,7 +94,7 @@ class TokenVerifier:
             principal = await self._verify_signed(token)
             self._remember(token, principal)
         if time.time() > principal.expires_at + self._s.leeway_s:
-            raise Unauthenticated(f"token expired at {_iso(principal.expires_at)}")
+            raise StaleToken(f"token expired at {_iso(principal.expires_at)}")
         return principal
 
     async def _verify_signed(self, token: str) -> Principal:
@@ -92,7 +105,9 @@ class TokenVerifier:
                 f"token algorithm {alg!r} is not accepted; allowed: {', '.join(self._s.algorithms)}"
             )
         typ = header.get("typ")
-        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+        typ_word = typ.lower() if isinstance(typ, str) else NO_TYP if typ is None else ""
+        rfc9068 = typ_word in ACCESS_TOKEN_TYPES
+        if not rfc9068 and (not typ_word or typ_word not in self._s.extra_token_types):
             raise Unauthenticated(
                 f"token is not an access token (header typ {typ!r}; RFC 9068 requires "
                 "'at+jwt'): ID tokens and other JWTs are not accepted"
@@ -107,6 +122,11 @@ class TokenVerifier:
             raise Unauthenticated("token signature is invalid") from None
         except (JoseError, ValueError) as exc:
             raise Unauthenticated(f"malformed token: {exc}") from None
+        id_claims = [name for name in ID_TOKEN_CLAIMS if name in claims]
+        if id_claims:
+            raise Unauthenticated(
+                f"token is an ID token (it carries {id_claims[0]!r}), not an access token"
+            )
         return self._principal(claims)
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
@@ -124,7 +144,7 @@ class TokenVerifier:
             )
         exp = _number(claims, "exp", required=True)
         if now > exp + leeway:
-            raise Unauthenticated(f"token expired at {_iso(exp)}")
+            raise StaleToken(f"token expired at {_iso(exp)}")
         nbf = _number(claims, "nbf", required=False)
         if nbf and now + leeway < nbf:
             raise Unauthenticated(f"token is not valid before {_iso(nbf)}")

@@ -44,7 +44,14 @@ async def jwks_url() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def _verify(jwks_url: str, tenant: str, trust_system_tenant: bool = False) -> Principal:
+async def _verify(
+    jwks_url: str,
+    tenant: str,
+    trust_system_tenant: bool = False,
+    typ: str = "at+jwt",
+    accepted_types: tuple[str, ...] = (),
+    **more_claims: str,
+) -> Principal:
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": ISSUER,
@@ -55,8 +62,9 @@ async def _verify(jwks_url: str, tenant: str, trust_system_tenant: bool = False)
         "iat": now,
         "exp": now + 300,
         "jti": uuid.uuid4().hex,
+        **more_claims,
     }
-    token = jwt.encode({"alg": "RS256", "kid": "idp-key", "typ": "at+jwt"}, claims, KEY)
+    token = jwt.encode({"alg": "RS256", "kid": "idp-key", "typ": typ}, claims, KEY)
     settings = VerifierSettings(
         issuer=ISSUER,
         audience="llmos",
@@ -64,6 +72,7 @@ async def _verify(jwks_url: str, tenant: str, trust_system_tenant: bool = False)
         leeway_s=30,
         tenant_claim="tenant",
         trust_system_tenant=trust_system_tenant,
+        extra_token_types=accepted_types,
         jwks_url=jwks_url,
     )
     verifier = TokenVerifier(settings, None)
@@ -116,3 +125,17 @@ async def test_an_id_token_of_the_idp_is_not_an_access_token(jwks_url: str) -> N
             await verifier.verify(token)
     finally:
         await verifier.close()
+
+
+async def test_an_idp_typing_access_tokens_jwt_is_accepted_once_the_operator_says_so(
+    jwks_url: str,
+) -> None:
+    with pytest.raises(Unauthenticated, match="token is not an access token"):
+        await _verify(jwks_url, "lab-a", typ="JWT")
+    principal = await _verify(jwks_url, "lab-a", typ="JWT", accepted_types=("jwt",))
+    assert principal.tenant == "lab-a"
+
+
+async def test_its_id_tokens_are_still_refused_then(jwks_url: str) -> None:
+    with pytest.raises(Unauthenticated, match="token is an ID token \\(it carries 'nonce'\\)"):
+        await _verify(jwks_url, "lab-a", typ="JWT", accepted_types=("jwt",), nonce="n-0S6")

@@ -269,6 +269,11 @@ async def test_a_principal_that_keeps_being_denied_is_blocked_and_others_are_not
         with pytest.raises(grpc.RpcError) as refused:  # blocked from every address
             models.ListModels(gateway_pb2.ListModelsRequest(), metadata=bearer(prober), timeout=30)
         assert f"principal {who} is blocked" in (refused.value.details() or "")
+        # ... and gets no new token either
+        status, body, _ = token_from(
+            gw, "127.0.0.1", made[0].client.client_id, made[0].client_secret
+        )
+        assert status == 403 and f"principal {who} is blocked" in body["error_description"]
         lifted = stub.Unblock(
             admin_pb2.UnblockRequest(target=admin_pb2.BlockTarget(principal=who)),
             metadata=bearer(admin_token),

@@ -19,11 +19,11 @@ import grpc
 import pytest
 
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2
+from tests.corpus import TEXT
 from tests.integration.conftest import AuditTap, gateway_env
 from tests.integration.storage_client import model_files, requests
 from tests.integration.training_cluster import (
     RESERVED_TENANT,
-    TEXT,
     Cluster,
     cancel_all,
     checkpointed,

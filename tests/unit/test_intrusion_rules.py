@@ -9,8 +9,18 @@ import time
 import pytest
 
 from gateway.auth.principal import Principal
-from gateway.firewall import Allowlist, Block, grpc_peer_address, principal_target
+from gateway.auth.verifier import StaleToken
+from gateway.firewall import (
+    Allowlist,
+    Block,
+    canonical_address,
+    grpc_peer_address,
+    principal_target,
+)
+from gateway.guard import signal_of
 from gateway.intrusion import Rule, Signal, parse_rules
+from gateway.limits import RateLimited
+from llmos.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 
 
 def test_rules_override_the_defaults_one_signal_at_a_time() -> None:
@@ -42,17 +52,44 @@ def test_the_allowlist_takes_addresses_and_networks_of_both_families() -> None:
         Allowlist.parse("10.0.0.0/33")
 
 
-def test_grpc_peers_become_addresses() -> None:
+def test_every_spelling_of_an_address_is_counted_as_one() -> None:
+    # grpcio percent-encodes IPv6 brackets; aiohttp reports the bare address
     assert grpc_peer_address("ipv4:127.0.0.2:51234") == "127.0.0.2"
-    assert grpc_peer_address("ipv6:[::1]:51234") == "::1"
+    assert grpc_peer_address("ipv6:%5B::1%5D:51234") == "::1"
+    assert grpc_peer_address("ipv6:[2001:DB8::1]:51234") == "2001:db8::1"
     assert grpc_peer_address("unix:/run/llmos.sock") == "unix:/run/llmos.sock"
+    # an IPv4 client of a dual-stack listener is its IPv4 address, for the allowlist too
+    assert canonical_address("::ffff:192.0.2.7") == "192.0.2.7"
+    assert grpc_peer_address("ipv6:%5B::ffff:192.0.2.7%5D:443") == "192.0.2.7"
+    assert Allowlist.parse("192.0.2.0/24").allows("::ffff:192.0.2.7")
 
 
-def test_people_are_blocked_by_name_and_programs_by_client() -> None:
+def test_people_are_blocked_by_subject_and_programs_by_client() -> None:
     person = Principal("ada", "acme", "llmos-cli", frozenset(), is_user=True)
     program = Principal("svc-1", "acme", "svc-1", frozenset())
+    # an external IdP's user token may not say it is a person's: its subject decides,
+    # so one user's misdeeds never block the app everyone signs in with
+    idp_user = Principal("auth0|5f1c", "acme", "web-app", frozenset())
     assert principal_target(person).value == "user:ada"
     assert principal_target(program).value == "client:svc-1"
+    assert principal_target(idp_user).value == "user:auth0|5f1c"
+
+
+@pytest.mark.parametrize(
+    ("failure", "signal"),
+    [
+        (Unauthenticated("token signature is invalid"), Signal.BAD_TOKEN),
+        (StaleToken("token expired at ..."), None),  # clients refresh: no sign of attack
+        (RateLimited("...", retry_after_s=3.0, own=True), Signal.RATE_LIMITED),
+        (RateLimited("...", retry_after_s=3.0, own=False), None),  # the tenant's, shared
+        (PermissionDenied("needs scope"), Signal.DENIED),
+        (InvalidArgument("prompt", "empty"), Signal.MALFORMED),
+        (ResourceExhausted("queue full"), None),
+        (None, None),
+    ],
+)
+def test_what_a_failed_call_counts_as(failure: Exception | None, signal: Signal | None) -> None:
+    assert signal_of(failure) == signal
 
 
 def test_a_block_says_what_until_when_and_why() -> None:

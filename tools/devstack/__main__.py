@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmos.keyfiles import private_files
+from llmos.keyfiles import make_private_tree, private_files
 from llmos.log import configure_logging
 from tools.devstack.infra import InfraError, exit_with_parent
 from tools.devstack.process import format_ready_line
@@ -54,6 +54,7 @@ async def run(args: argparse.Namespace) -> int:
     """Start, print the ready line, supervise until a signal, stop."""
     if args.exit_with_parent:
         exit_with_parent(args.parent)
+    make_private_tree(args.data_dir)  # what an earlier version left open to others
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.keyfiles import private_dir
+from llmos.keyfiles import make_private_tree, private_dir
 from llmos.trust import SETUP_USER, credentials_file, read_credentials
 from tools.devstack.infra import (
     NATS_CLIENT_PORT,
@@ -70,6 +70,8 @@ def init(secrets: Path, layout: Layout) -> None:
     """Everything the services and servers need, created once (kept on later runs)."""
     for store in (layout.nats_store, layout.redis_store):
         private_dir(store)
+        make_private_tree(store)  # what an earlier version left open to others
+    make_private_tree(secrets)
     # monitoring (plain HTTP) only inside the container, for its health check
     monitor = f"127.0.0.1:{layout.nats_monitor_port}"
     write_nats_config(secrets, layout.nats_store, _nats_config(secrets), tls=True, monitor=monitor)
