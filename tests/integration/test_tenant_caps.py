@@ -4,6 +4,7 @@ models), against a real Redis as the scheduler and the gateway use it (their own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -13,7 +14,8 @@ import redis.asyncio as aioredis
 from gateway.deployments import Deployments
 from llmos.errors import ResourceExhausted
 from llmos.v1 import common_pb2, events_pb2, scheduler_pb2
-from services.scheduler.jobs import JobStore
+from services.scheduler.active_jobs import reconcile_active
+from services.scheduler.jobs import ACTIVE, JobStore, active_of
 from tools.devstack.infra import RedisServer
 
 
@@ -44,6 +46,74 @@ async def test_a_thousand_fast_submissions_admit_exactly_the_tenants_cap(
         # a job that ends frees its place
         await store.move(admitted[0], common_pb2.JOB_STATE_CANCELLED, "cancelled")
         await store.create(tenant, "o", spec)
+        with pytest.raises(ResourceExhausted):
+            await store.create(tenant, "o", spec)
+    finally:
+        await client.aclose()
+
+
+class _LostAfterScripts:
+    """A scheduler's Redis connection lost right after its scripts ran: whatever else
+    the scheduler would send after a job's state change never reaches the server."""
+
+    def __init__(self, real: aioredis.Redis) -> None:
+        self._real = real
+
+    def register_script(self, script: str) -> Any:
+        return self._real.register_script(script)
+
+    def __getattr__(self, name: str) -> Any:
+        raise ConnectionError(f"scheduler killed before its {name}")
+
+
+async def test_a_job_that_ends_frees_its_place_even_if_the_scheduler_dies_right_after(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url_for("scheduler"))
+    events: Any = _Events()
+    lost: Any = _LostAfterScripts(client)
+    store = JobStore(client, events, max_active_per_tenant=1)
+    crashing = JobStore(lost, events, max_active_per_tenant=1)
+    tenant = f"crashy-{uuid.uuid4().hex[:8]}"
+    spec = scheduler_pb2.JobSpec(name="j", kind="training")
+    try:
+        job = await store.create(tenant, "o", spec)
+        with contextlib.suppress(ConnectionError):
+            await crashing.move(job, common_pb2.JOB_STATE_CANCELLED, "cancelled")
+        assert (await store.get(tenant, job.job_id)).state == common_pb2.JOB_STATE_CANCELLED
+        assert not await client.sismember(active_of(tenant), job.job_id)
+        assert not await client.sismember(ACTIVE, job.job_id)
+        await store.create(tenant, "o", spec)  # its place is free
+    finally:
+        await client.aclose()
+
+
+async def test_reconciling_counts_jobs_from_before_the_cap_and_frees_leaked_places(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url_for("scheduler"))
+    events: Any = _Events()
+    store = JobStore(client, events, max_active_per_tenant=3)
+    tenant = f"upgraded-{uuid.uuid4().hex[:8]}"
+    spec = scheduler_pb2.JobSpec(name="j", kind="training")
+    try:
+        old, running, leaked = [await store.create(tenant, "o", spec) for _ in range(3)]
+        # `old` was queued before tenants' active sets existed: in none
+        await client.srem(active_of(tenant), old.job_id)
+        # `leaked` ended, but its scheduler died before taking it out of the sets
+        await store.move(leaked, common_pb2.JOB_STATE_CANCELLED, "cancelled")
+        await client.sadd(ACTIVE, leaked.job_id)
+        await client.sadd(active_of(tenant), leaked.job_id)
+        # a member left in the tenant's set only, of a job that no longer exists
+        await client.sadd(active_of(tenant), "job-vanished")
+
+        assert await reconcile_active(client) >= 4  # 1 added, 3 removed
+        members = await client.smembers(active_of(tenant))
+        assert {m.decode() for m in members} == {old.job_id, running.job_id}
+        assert not await client.sismember(ACTIVE, leaked.job_id)
+        assert await client.sismember(ACTIVE, old.job_id)
+        assert await reconcile_active(client) == 0  # nothing left to fix: running it again is safe
+        await store.create(tenant, "o", spec)  # the leaked place is free again, and only it
         with pytest.raises(ResourceExhausted):
             await store.create(tenant, "o", spec)
     finally:
