@@ -1,19 +1,23 @@
 """Per-tenant caps on what a tenant keeps alive in the system (active jobs, deployed
-models), against a real Redis as the scheduler and the gateway use it (their own ACL users)."""
+models), against a real Redis as the scheduler and the gateway use it (their own ACL users);
+storage and the scheduler's model loading are stand-ins, the cap's decisions are real."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.deployments import Deployments
+from gateway.auth.principal import CallRecord, Principal, current_call
+from gateway.deployments import Deployer, Deployments
 from llmos.errors import ResourceExhausted
-from llmos.v1 import common_pb2, events_pb2, scheduler_pb2
+from llmos.model.names import TOKENIZER
+from llmos.v1 import common_pb2, events_pb2, gateway_pb2, scheduler_pb2, storage_pb2
 from services.scheduler.active_jobs import reconcile_active
 from services.scheduler.jobs import ACTIVE, JobStore, active_of
 from tools.devstack.infra import RedisServer
@@ -128,10 +132,113 @@ async def test_a_tenant_may_deploy_only_its_cap_of_models_but_new_versions_alway
     tenant = f"deployer-{uuid.uuid4().hex[:8]}"
     try:
         for n in range(3):
-            await deployments.check_room(tenant, f"m{n}", limit=3)
-            await deployments.record(tenant, f"m{n}", f"{tenant}--m{n}-v1")
+            async with deployments.place(tenant, f"m{n}", limit=3, hold_s=60) as place:
+                await deployments.record(place, f"{tenant}--m{n}-v1")
         with pytest.raises(ResourceExhausted, match="already has 3 models deployed"):
-            await deployments.check_room(tenant, "m3", limit=3)
-        await deployments.check_room(tenant, "m0", limit=3)  # a new version of a deployed one
+            async with deployments.place(tenant, "m3", limit=3, hold_s=60):
+                pass
+        async with deployments.place(tenant, "m0", limit=3, hold_s=60) as place:
+            await deployments.record(place, f"{tenant}--m0-v2")  # a new version of m0
+        assert await deployments.served(tenant, "m0") == f"{tenant}--m0-v2"
+    finally:
+        await client.aclose()
+
+
+class _Cluster:
+    """Storage and scheduler as DeployModel sees them: every version exists with a
+    tokenizer, and the scheduler's load takes until `loading` is set (minutes, really)."""
+
+    def __init__(self, tenant: str, loading: asyncio.Event, on_load: Callable[[], None]) -> None:
+        self.tenant, self.loading, self.on_load = tenant, loading, on_load
+
+    def to(self, service: str, stub: object) -> _Cluster:
+        return self
+
+    async def ask(self, method: str, request: Any, context: Any, **_: Any) -> Any:
+        if method == "GetModelVersion":
+            return storage_pb2.ModelVersion(
+                tenant=self.tenant, model=request.model, version=request.version,
+                files={TOKENIZER: "0" * 64},
+            )  # fmt: skip
+        if method == "DeployModel":
+            self.on_load()
+            await self.loading.wait()
+        return None
+
+
+class _Context:
+    def time_remaining(self) -> float | None:
+        return None
+
+
+async def test_parallel_deploys_of_new_models_get_exactly_the_places_left(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url_for("gateway"))
+    deployments = Deployments(client)
+    tenant = f"racer-{uuid.uuid4().hex[:8]}"
+    limit, attempts = 5, 8
+    decided, loading = 0, asyncio.Event()
+
+    def one_decided() -> None:
+        """Every attempt is let in (its load begun) or refused before any load ends."""
+        nonlocal decided
+        decided += 1
+        if decided == attempts:
+            loading.set()
+
+    cluster: Any = _Cluster(tenant, loading, one_decided)
+    deployer = Deployer(cluster, deployments, max_per_tenant=limit)
+
+    async def deploy(model: str, version: int = 1) -> gateway_pb2.Deployment:
+        current_call.set(CallRecord(principal=Principal("u", tenant, "c", frozenset())))
+        request = gateway_pb2.DeployModelRequest(model=model, version=version)
+        try:
+            return await deployer.deploy(request, _Context())
+        except ResourceExhausted:
+            one_decided()
+            raise
+
+    try:
+        for model in ("a", "b"):  # two deployed already: 3 places left
+            async with deployments.place(tenant, model, limit, hold_s=60) as place:
+                await deployments.record(place, f"{tenant}--{model}-v1")
+        answers = await asyncio.gather(
+            *(deploy(f"new{n}") for n in range(attempts)), return_exceptions=True
+        )
+        deployed = [a for a in answers if isinstance(a, gateway_pb2.Deployment)]
+        refused = [a for a in answers if isinstance(a, ResourceExhausted)]
+        assert len(deployed) == 3 and len(refused) == attempts - 3
+        assert "already has 5 models deployed" in str(refused[0])
+        for done in deployed:
+            assert await deployments.served(tenant, done.model) == done.served_as
+        assert await client.hlen(f"llmos:deployments:{tenant}") == limit
+        # a new version of a deployed model still goes through at the limit
+        again = await deploy(deployed[0].model, version=2)
+        assert await deployments.served(tenant, again.model) == f"{tenant}--{again.model}-v2"
+    finally:
+        await client.aclose()
+
+
+async def test_a_failed_or_abandoned_deploy_gives_its_place_back(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url_for("gateway"))
+    deployments = Deployments(client)
+    tenant = f"failer-{uuid.uuid4().hex[:8]}"
+    try:
+        with pytest.raises(RuntimeError, match="no worker could load it"):
+            async with deployments.place(tenant, "broken", limit=1, hold_s=60):
+                raise RuntimeError("no worker could load it")
+        assert await deployments.served(tenant, "broken") == ""
+        # a gateway that dies mid-deploy never leaves the context: its place lapses
+        await deployments.place(tenant, "orphan", limit=1, hold_s=1).__aenter__()
+        with pytest.raises(ResourceExhausted):
+            async with deployments.place(tenant, "other", limit=1, hold_s=60):
+                pass
+        await asyncio.sleep(2.1)
+        async with deployments.place(tenant, "other", limit=1, hold_s=60) as place:
+            await deployments.record(place, f"{tenant}--other-v1")
+        assert await deployments.served(tenant, "other") == f"{tenant}--other-v1"
     finally:
         await client.aclose()
