@@ -10,12 +10,18 @@ to the `system` tenant's, else to a model served under that plain name. A served
 another tenant cannot be called directly.
 
 Which worker serves a deployment is the scheduler's decision (its `DeployModel`): the
-gateway checks the version, asks the scheduler, and then moves the alias and the mapping.
+gateway checks the version, reserves a place under the tenant's cap, asks the scheduler,
+and then moves the alias and the mapping.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,8 +36,39 @@ from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, SERVED_SEPARATOR, TOKEN
 from llmos.v1 import gateway_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 KEY = "llmos:deployments:"
+TOKEN_CHARS = 32
+
+#: Reserve a place for a model among a tenant's deployed ones, counting the deployments
+#: under way: the count and the reservation are one atomic step, so parallel deploys of
+#: different models cannot all pass a check made before any of them is recorded. A model
+#: already deployed (a new version replaces it) or already being deployed takes no new
+#: place. A reservation ends at a deadline, so a gateway that dies mid-deploy frees it.
+#: KEYS: the tenant's deployments hash, its reservations (member: token .. model, score:
+#: the deadline in Unix seconds). ARGV: model, limit, seconds to hold, token.
+#: Returns 1 when reserved, 0 when the tenant is at its limit.
+_RESERVE = f"""
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  local pending, count, same = {{}}, redis.call('HLEN', KEYS[1]), false
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local model = string.sub(member, {TOKEN_CHARS + 1})
+    if model == ARGV[1] then
+      same = true
+    elseif not pending[model] and redis.call('HEXISTS', KEYS[1], model) == 0 then
+      pending[model] = true
+      count = count + 1
+    end
+  end
+  if not same and count >= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4] .. ARGV[1])
+return 1
+"""
 #: a worker fetching a large version from the registry and loading it takes a while
 DEPLOY_TIMEOUT_S = 600.0
+#: a deploy's place is held this much past its deadline (the calls after the scheduler's)
+RESERVATION_SLACK_S = 60.0
 
 
 def served_name(tenant: str, model: str, version: int) -> str:
@@ -62,11 +99,33 @@ def shape_of(metadata: dict[str, Any]) -> dict[str, Any]:
     return shape
 
 
+def reserved_key(tenant: str) -> str:
+    """The tenant's deployments under way (no tenant name holds ":", so no tenant's
+    deployments hash is named this)."""
+    return f"{KEY}reserved:{tenant}"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A place among a tenant's deployed models, held while `model` is being deployed."""
+
+    tenant: str
+    model: str
+    #: TOKEN_CHARS hex characters, unique to this deployment attempt
+    token: str
+
+    @property
+    def member(self) -> str:
+        """Its member in the tenant's reservations: the token, then the model's name."""
+        return self.token + self.model
+
+
 class Deployments:
     """Where each tenant's deployed models are served."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        self._reserve = redis.register_script(_RESERVE)
 
     async def served(self, tenant: str, model: str) -> str:
         """The served name `model` stands for in `tenant` ("" if none is deployed)."""
@@ -90,19 +149,32 @@ class Deployments:
             raise InvalidArgument("model", "must be lowercase letters, digits, - and _")
         return name
 
-    async def check_room(self, tenant: str, model: str, limit: int) -> None:
-        """RESOURCE_EXHAUSTED if deploying `model` would give `tenant` more than `limit`
-        deployed models (a new version of a deployed model replaces it: always room)."""
-        if await self._redis.hexists(KEY + tenant, model):  # type: ignore[misc]
-            return
-        if await self._redis.hlen(KEY + tenant) >= limit:  # type: ignore[misc]
+    @asynccontextmanager
+    async def place(
+        self, tenant: str, model: str, limit: int, hold_s: float
+    ) -> AsyncIterator[Reservation]:
+        """Hold a place for `model` among `tenant`'s at most `limit` deployed models while
+        it is being deployed; RESOURCE_EXHAUSTED if there is none. The place is given
+        back on leaving, unless `record` made it the deployment."""
+        reservation = Reservation(tenant, model, uuid.uuid4().hex)
+        keys = [KEY + tenant, reserved_key(tenant)]
+        args: list[str | int] = [model, limit, max(1, math.ceil(hold_s)), reservation.token]
+        if not await self._reserve(keys=keys, args=args):
             raise ResourceExhausted(
                 f"tenant {tenant!r} already has {limit} models deployed, its limit; "
                 "deploy new versions of those instead"
             )
+        try:
+            yield reservation
+        finally:
+            await self._redis.zrem(reserved_key(tenant), reservation.member)
 
-    async def record(self, tenant: str, model: str, served: str) -> None:
-        await self._redis.hset(KEY + tenant, model, served)  # type: ignore[misc]
+    async def record(self, reservation: Reservation, served: str) -> None:
+        """Requests naming the reserved model now go to `served`; its place is kept."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(KEY + reservation.tenant, reservation.model, served)
+            pipe.zrem(reserved_key(reservation.tenant), reservation.member)
+            await pipe.execute()
 
     @staticmethod
     def check_reachable(tenant: str, name: str) -> None:
@@ -139,29 +211,32 @@ class Deployer:
         if found.tenant != tenant:
             raise NotFound(f"tenant {tenant!r} has no model {request.model!r}")
         check_model_config(shape_of(MessageToDict(found.metadata)))
-        await self._deployments.check_room(tenant, request.model, self._max_per_tenant)
         if TOKENIZER not in found.files:
             raise FailedPrecondition(
                 f"{request.model}@{request.version} has no {TOKENIZER} (a model trained from "
                 "scratch reads bytes); only models with a tokenizer can be served"
             )
         served = served_name(tenant, request.model, request.version)
-        await self._scheduler.ask(
-            "DeployModel",
-            scheduler_pb2.DeployVersionRequest(
-                served_as=served, tenant=tenant, model=request.model, version=request.version
-            ),
-            context,
-            default_timeout_s=DEPLOY_TIMEOUT_S,
-        )
-        await self._storage.ask(
-            "SetAlias",
-            storage_pb2.SetAliasRequest(
-                tenant=tenant, model=request.model, alias="production", version=request.version
-            ),
-            context,
-        )
-        await self._deployments.record(tenant, request.model, served)
+        wait_s = context.time_remaining() or DEPLOY_TIMEOUT_S
+        async with self._deployments.place(
+            tenant, request.model, self._max_per_tenant, wait_s + RESERVATION_SLACK_S
+        ) as reservation:
+            await self._scheduler.ask(
+                "DeployModel",
+                scheduler_pb2.DeployVersionRequest(
+                    served_as=served, tenant=tenant, model=request.model, version=request.version
+                ),
+                context,
+                default_timeout_s=DEPLOY_TIMEOUT_S,
+            )
+            await self._storage.ask(
+                "SetAlias",
+                storage_pb2.SetAliasRequest(
+                    tenant=tenant, model=request.model, alias="production", version=request.version
+                ),
+                context,
+            )
+            await self._deployments.record(reservation, served)
         return gateway_pb2.Deployment(
             model=request.model, version=request.version, served_as=served
         )

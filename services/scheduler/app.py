@@ -26,6 +26,7 @@ from llmos.runner import ServiceContext
 from llmos.training import TrainingConfig, check_memory, memory_needed
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from llmos.workers import TRAINER, WorkerTable
+from services.scheduler.active_jobs import reconcile_active
 from services.scheduler.cluster_view import cluster_seen_by
 from services.scheduler.fairshare import check_class_allowed
 from services.scheduler.generations import ModelSource
@@ -194,6 +195,8 @@ async def attach(
     jobs = JobStore(
         ctx.redis, ctx.events, audit, max_active_per_tenant=ctx.options.tenant_max_active_jobs
     )
+    # before any job is admitted or placed: caps count jobs from before they existed
+    await reconcile_active(ctx.redis)
     training = TrainingDispatcher(ctx, workers, jobs, ctx.options)
     await training.start()
     stack.push_async_callback(training.close)

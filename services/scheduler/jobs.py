@@ -75,6 +75,8 @@ LIMITS = {  # per process: anything above is a typo, not a request
     "processes": 4096,
 }
 PREFIX = "llmos:jobs:"
+#: every job not yet ended, whatever its tenant (what the leader works through each tick)
+ACTIVE = f"{PREFIX}active"
 PAGE_DEFAULT, PAGE_MAX = 100, 1000
 #: jobs not yet ended that one tenant may have (each one is leader work on every tick)
 MAX_ACTIVE_PER_TENANT = 100
@@ -92,13 +94,20 @@ redis.call('SADD', KEYS[4], ARGV[4])
 return 1
 """
 
-#: KEYS[1] job hash. ARGV: new state, new bytes, then the allowed current states.
+#: Compare-and-set a job's state. A job that ends leaves the active sets in the same
+#: atomic step, so no crash in between can keep its tenant's place under the cap taken.
+#: KEYS: job hash, all active jobs, the tenant's active jobs. ARGV: new state, new bytes,
+#: "1" if the new state is terminal, job id, then the allowed current states.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return -1 end
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   if current == ARGV[i] then
     redis.call('HSET', KEYS[1], 'state', ARGV[1], 'data', ARGV[2])
+    if ARGV[3] == '1' then
+      redis.call('SREM', KEYS[2], ARGV[4])
+      redis.call('SREM', KEYS[3], ARGV[4])
+    end
     return 1
   end
 end
@@ -194,7 +203,7 @@ class JobStore:
             created_at=_now(),
             updated_at=_now(),
         )
-        keys = [_key(job.job_id), f"{PREFIX}tenant:{tenant}", f"{PREFIX}active", _active(tenant)]
+        keys = [job_key(job.job_id), f"{PREFIX}tenant:{tenant}", ACTIVE, active_of(tenant)]
         args: list[bytes | str | float] = [
             job.state, job.SerializeToString(), time.time(), job.job_id, self._max_active,
         ]  # fmt: skip
@@ -208,7 +217,7 @@ class JobStore:
 
     async def get(self, tenant: str, job_id: str) -> scheduler_pb2.Job:
         """The job, if it exists and belongs to `tenant`."""
-        raw = await self._redis.hget(_key(job_id), "data") if job_id else None  # type: ignore[misc]
+        raw = await self._redis.hget(job_key(job_id), "data") if job_id else None  # type: ignore[misc]
         if raw is None:
             raise NotFound(f"job {job_id!r} does not exist")
         job = scheduler_pb2.Job.FromString(raw)
@@ -234,7 +243,7 @@ class JobStore:
         ids = await self._redis.zrevrange(f"{PREFIX}tenant:{tenant}", offset, offset + size - 1)
         jobs = []
         for job_id in ids:
-            raw = await self._redis.hget(_key(job_id.decode()), "data")  # type: ignore[misc]
+            raw = await self._redis.hget(job_key(job_id.decode()), "data")  # type: ignore[misc]
             if raw is not None:
                 job = scheduler_pb2.Job.FromString(raw)
                 if not wanted or job.state in wanted:
@@ -245,18 +254,18 @@ class JobStore:
     async def active(self) -> builtins.list[scheduler_pb2.Job]:
         """Every job not yet ended (queued, scheduled, running or preempted), read in one
         round trip."""
-        ids = sorted(i.decode() for i in await self._redis.smembers(f"{PREFIX}active"))  # type: ignore[misc]
+        ids = sorted(i.decode() for i in await self._redis.smembers(ACTIVE))  # type: ignore[misc]
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(_key(job_id), "data")
+                pipe.hget(job_key(job_id), "data")
             raws = await pipe.execute()
         return [scheduler_pb2.Job.FromString(raw) for raw in raws if raw is not None]
 
     async def current(self, job_id: str) -> scheduler_pb2.Job | None:
         """The job as stored now, whoever owns it (for the scheduler's own use)."""
-        raw = await self._redis.hget(_key(job_id), "data")  # type: ignore[misc]
+        raw = await self._redis.hget(job_key(job_id), "data")  # type: ignore[misc]
         return None if raw is None else scheduler_pb2.Job.FromString(raw)
 
     async def move(
@@ -284,11 +293,6 @@ class JobStore:
         elif to == S.JOB_STATE_QUEUED:
             del updated.placement[:]
         await self._write(updated, allowed_from)
-        if to in TERMINAL:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.srem(f"{PREFIX}active", job.job_id)
-                pipe.srem(_active(job.tenant), job.job_id)
-                await pipe.execute()
         await self._announce(updated, previous)
         return updated
 
@@ -316,8 +320,10 @@ class JobStore:
 
     async def _write(self, job: scheduler_pb2.Job, allowed_from: Sequence[int]) -> None:
         """Store `job` if its stored state is one of `allowed_from` (compare-and-set)."""
+        ends = "1" if job.state in TERMINAL else "0"
         answer = await self._transition(
-            keys=[_key(job.job_id)], args=[job.state, job.SerializeToString(), *allowed_from]
+            keys=[job_key(job.job_id), ACTIVE, active_of(job.tenant)],
+            args=[job.state, job.SerializeToString(), ends, job.job_id, *allowed_from],
         )
         if answer == -1:
             raise NotFound(f"job {job.job_id!r} does not exist")
@@ -348,10 +354,10 @@ class JobStore:
             log.warning("could not publish a job event", extra={"job": job_id, "error": str(exc)})
 
 
-def _key(job_id: str) -> str:
+def job_key(job_id: str) -> str:
     return f"{PREFIX}{job_id}"
 
 
-def _active(tenant: str) -> str:
+def active_of(tenant: str) -> str:
     """The tenant's jobs not yet ended (what its cap counts)."""
     return f"{PREFIX}active-of:{tenant}"
