@@ -77,13 +77,21 @@ def address_target(address: str) -> Target:
     return Target("address", canonical_address(address))
 
 
+def client_target(client_id: str) -> Target:
+    return Target("principal", f"client:{client_id}")
+
+
+def user_target(subject: str) -> Target:
+    return Target("principal", f"user:{subject}")
+
+
 def principal_target(principal: Principal) -> Target:
     """A program is blocked by its client id; anyone else by their subject: a person's
     tokens carry the id of the app they signed in with, which other people share (and an
     external IdP's user tokens may not say they are a person's)."""
     if principal.subject == principal.client_id and not principal.is_user:
-        return Target("principal", f"client:{principal.client_id}")
-    return Target("principal", f"user:{principal.subject}")
+        return client_target(principal.client_id)
+    return user_target(principal.subject)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from gateway.firewall import (
     DETECTOR,
     Allowlist,
     Block,
-    Blocked,
     Firewall,
     Target,
     address_target,
@@ -175,10 +174,31 @@ def read_intrusion_policy(env: EnvReader) -> IntrusionPolicy:
     )
 
 
+#: Lua both scripts share: a sliding window is a hash of one-second buckets; this drops
+#: the buckets older than `window` and returns the sum of the rest and its oldest second.
+_WINDOW = """
+local function in_window(key, now, window)
+  local buckets = redis.call('HGETALL', key)
+  local seen, oldest = 0, now
+  for j = 1, #buckets, 2 do
+    local second = tonumber(buckets[j])
+    if second <= now - window then
+      redis.call('HDEL', key, buckets[j])
+    else
+      seen = seen + tonumber(buckets[j + 1])
+      if second < oldest then oldest = second end
+    end
+  end
+  return seen, oldest
+end
+"""
+
 #: KEYS: block index, then (counts, block) per target. ARGV: signal, threshold, window,
 #: block seconds, reason, blocked-by, then the index member of each target.
 #: Returns, per target newly blocked: its position (1-based), the count, until.
-_OBSERVE = """
+_OBSERVE = (
+    _WINDOW
+    + """
 local now = tonumber(redis.call('TIME')[1])
 local threshold, window, block_s = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
@@ -187,15 +207,7 @@ for i = 2, #KEYS, 2 do
   if redis.call('EXISTS', block) == 0 then
     redis.call('HINCRBY', counts, now, 1)
     redis.call('EXPIRE', counts, window + 1)
-    local buckets = redis.call('HGETALL', counts)
-    local seen = 0
-    for j = 1, #buckets, 2 do
-      if tonumber(buckets[j]) <= now - window then
-        redis.call('HDEL', counts, buckets[j])
-      else
-        seen = seen + tonumber(buckets[j + 1])
-      end
-    end
+    local seen = in_window(counts, now, window)
     if seen >= threshold then
       local entry = {since = now, reason = ARGV[5], signal = ARGV[1], by = ARGV[6]}
       entry['until'] = now + block_s
@@ -211,31 +223,25 @@ for i = 2, #KEYS, 2 do
 end
 return out
 """
+)
 
 #: The door of the OAuth endpoints, for one address: blocked? else under its rate?
 #: KEYS: block, window. ARGV: requests per window, window.
 #: Returns {0} admitted, {1, entry} blocked, {2, retry-after s} over the rate.
-_SIGNIN_DOOR = """
+_SIGNIN_DOOR = (
+    _WINDOW
+    + """
 local entry = redis.call('GET', KEYS[1])
 if entry then return {1, entry} end
 local now = tonumber(redis.call('TIME')[1])
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local buckets = redis.call('HGETALL', KEYS[2])
-local used, oldest = 0, now
-for j = 1, #buckets, 2 do
-  local second = tonumber(buckets[j])
-  if second <= now - window then
-    redis.call('HDEL', KEYS[2], buckets[j])
-  else
-    used = used + tonumber(buckets[j + 1])
-    if second < oldest then oldest = second end
-  end
-end
+local used, oldest = in_window(KEYS[2], now, window)
 if used >= limit then return {2, oldest + window - now} end
 redis.call('HINCRBY', KEYS[2], now, 1)
 redis.call('EXPIRE', KEYS[2], window + 1)
 return {0}
 """
+)
 
 SIGNIN_WINDOW_S = 60
 
@@ -337,7 +343,7 @@ class IntrusionDetector:
         record = new_record("gateway", "intrusion.block")
         record.resource = f"{target.kind}/{target.value}"
         record.outcome = "BLOCKED"
-        record.detail = Blocked(target, block).args[0]
+        record.detail = block.sentence(target)
         record.client_address = address
         if principal is not None:
             record.principal = principal.subject

@@ -21,7 +21,13 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
 from gateway.auth.oauth_request import HttpCall
 from gateway.auth.server import LLMOSAuthorizationServer
-from gateway.firewall import Blocked, Target, address_target, canonical_address
+from gateway.firewall import (
+    Blocked,
+    address_target,
+    canonical_address,
+    client_target,
+    user_target,
+)
 from gateway.intrusion import IntrusionDetector, Signal
 from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import ResourceExhausted
@@ -121,11 +127,11 @@ class OAuthHttp:
         principal gets no new tokens (naming one proves nothing, so this blocks nobody
         new; it only keeps a block in force)."""
         client_id = form.get("client_id") or extract_basic_authorization(request.headers)[0]
-        names = [f"client:{client_id}"] if client_id else []
+        named = [client_target(client_id[:FIELD_MAX])] if client_id else []
         if form.get("grant_type") == "password" and form.get("username"):
-            names.append(f"user:{form['username']}")
-        for name in names:
-            await self._detector.firewall.check(Target("principal", name[: FIELD_MAX * 2]))
+            named.append(user_target(form["username"][:FIELD_MAX]))
+        for target in named:
+            await self._detector.firewall.check(target)
 
     def _record(
         self,
