@@ -174,13 +174,42 @@ def grpc_peer_address(peer: str) -> str:
     return peer
 
 
+def client_address(peer: str, forwarded_for: str, proxies: Allowlist) -> str:
+    """Who is calling: the TCP peer (canonical), unless the peer is a trusted proxy; then
+    the nearest address in `X-Forwarded-For` that is not one. Proxies append the address
+    they saw, so walking from the right passes only hops we trust; what lies further
+    left was written by the client and may be forged. A hop that is no address stops the
+    walk at the last proxy."""
+    address = canonical_address(peer)
+    if not forwarded_for or not proxies.allows(address):
+        return address
+    for hop in reversed(forwarded_for.split(",")):
+        seen = canonical_address(hop.strip())
+        try:
+            ipaddress.ip_address(seen)
+        except ValueError:
+            return address
+        if not proxies.allows(seen):
+            return seen
+        address = seen
+    return address
+
+
 class Firewall:
     """Blocks in Redis, with a short in-process memory of the blocks seen."""
 
-    def __init__(self, redis: aioredis.Redis, allowlist: Allowlist) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, allowlist: Allowlist, proxies: Allowlist | None = None
+    ) -> None:
         self._redis = redis
         self.allowlist = allowlist
+        #: load balancers and proxies whose X-Forwarded-For is believed
+        self.proxies = proxies or Allowlist(())
         self._memory: OrderedDict[str, tuple[Block, float]] = OrderedDict()
+
+    def client_of(self, peer: str, forwarded_for: str) -> str:
+        """The caller's address, seen through trusted proxies (see `client_address`)."""
+        return client_address(peer, forwarded_for, self.proxies)
 
     def exempt(self, address: str) -> bool:
         return self.allowlist.allows(address)

@@ -68,7 +68,9 @@ class GatewayGuard:
         token = current_call.set(record)
         started = time.monotonic()
         failure: BaseException | None = None
-        address = grpc_peer_address(context.peer() or "")
+        address = self._firewall.client_of(
+            grpc_peer_address(context.peer() or ""), _metadata(context, FORWARDED_FOR)
+        )
         door = None if self._firewall.exempt(address) else address_target(address)
         try:
             if door is not None:
@@ -96,7 +98,8 @@ class GatewayGuard:
             # refused at the door: counted and audited when the block was set
             if not isinstance(failure, Blocked):
                 await self._observe(signal_of(failure), address, record)
-                await self._finish(method, context, record, failure, time.monotonic() - started)
+                elapsed_s = time.monotonic() - started
+                await self._finish(method, context, address, record, failure, elapsed_s)
 
     async def _observe(self, signal: Signal | None, address: str, call: CallRecord) -> None:
         """Tell intrusion detection about a failed call; it must not fail the call."""
@@ -120,6 +123,7 @@ class GatewayGuard:
         self,
         method: str,
         context: grpc.aio.ServicerContext,
+        address: str,
         call: CallRecord,
         failure: BaseException | None,
         elapsed_s: float,
@@ -142,10 +146,22 @@ class GatewayGuard:
         record.detail = detail[:500]
         record.latency_ms = elapsed_s * 1000
         record.tokens = call.tokens
-        record.client_address = context.peer() or ""
+        peer = context.peer() or ""
+        proxied = address != grpc_peer_address(peer)
+        record.client_address = f"{address} via {peer}" if proxied else peer
         record.prompt = self._policy.content_text(call.prompt)
         record.output = self._policy.content_text(call.output)
         self._audit.record(record)
+
+
+#: the metadata (and HTTP header) a proxy names the client's address in
+FORWARDED_FOR = "x-forwarded-for"
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
+    """The call's last `key` metadata value, "" if none (a proxy appends its own)."""
+    values = [v for k, v in context.invocation_metadata() or () if k == key]
+    return values[-1] if values and isinstance(values[-1], str) else ""
 
 
 def signal_of(failure: BaseException | None) -> Signal | None:

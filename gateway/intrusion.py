@@ -117,6 +117,8 @@ class IntrusionPolicy:
     signin_rpm: int
     #: OAuth requests hashing at once, at most (each hash takes 16 MiB)
     signin_concurrency: int
+    #: load balancers and proxies whose X-Forwarded-For names the client
+    proxies: Allowlist
 
 
 def read_intrusion_policy(env: EnvReader) -> IntrusionPolicy:
@@ -146,6 +148,18 @@ def read_intrusion_policy(env: EnvReader) -> IntrusionPolicy:
     except ValueError as exc:
         env.errors.append(f"LLMOS_INTRUSION_ALLOWLIST: {exc}")
         allowlist = Allowlist(())
+    proxies_text = env.text(
+        "TRUSTED_PROXIES",
+        "",
+        doc="load balancers and proxies (addresses, CIDR) whose X-Forwarded-For names the "
+        "client; the gateway counts, blocks and audits that address instead of theirs",
+        default_shown="none",
+    )
+    try:
+        proxies = Allowlist.parse(proxies_text)
+    except ValueError as exc:
+        env.errors.append(f"LLMOS_TRUSTED_PROXIES: {exc}")
+        proxies = Allowlist(())
     return IntrusionPolicy(
         enabled=enabled == "on",
         rules=rules,
@@ -171,6 +185,7 @@ def read_intrusion_policy(env: EnvReader) -> IntrusionPolicy:
             maximum=256,
             doc="OAuth requests verifying a secret at once (16 MiB of memory each)",
         ),
+        proxies=proxies,
     )
 
 

@@ -75,7 +75,7 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
     )
 
     audit = ctx.audit
-    firewall = Firewall(ctx.redis, options.intrusion.allowlist)
+    firewall = Firewall(ctx.redis, options.intrusion.allowlist, options.intrusion.proxies)
     detector = IntrusionDetector(
         ctx.redis,
         firewall,

@@ -86,7 +86,7 @@ class OAuthHttp:
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             started = time.monotonic()
-            address = canonical_address(request.remote or "")
+            address = client_of(request)
             form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
             try:
                 await self._refuse_blocked_principals(request, form)
@@ -151,8 +151,17 @@ class OAuthHttp:
         record.detail = str(body.get("error_description", ""))[:500] if status != 200 else ""
         record.resource = f"grant/{form.get('grant_type', '')}" if action == "oauth.token" else ""
         record.latency_ms = elapsed_s * 1000
-        record.client_address = request.remote or ""
+        record.client_address = client_of(request)
         self._audit.record(record)
+
+
+#: where the door leaves the client's address (through trusted proxies) for the handlers
+CLIENT = "llmos.client_address"
+
+
+def client_of(request: web.Request) -> str:
+    """The caller's address, as the door worked it out."""
+    return str(request.get(CLIENT) or canonical_address(request.remote or ""))
 
 
 def door_middleware(detector: IntrusionDetector) -> Any:
@@ -163,7 +172,10 @@ def door_middleware(detector: IntrusionDetector) -> Any:
     async def door(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        address = request.remote or ""
+        address = detector.firewall.client_of(
+            request.remote or "", request.headers.get("X-Forwarded-For", "")
+        )
+        request[CLIENT] = address
         try:
             if request.path in SIGNIN_PATHS:
                 await detector.signin_door(address)

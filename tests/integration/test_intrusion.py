@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ATTACKER = "127.0.0.2"
 TRUSTED = "127.0.0.3"  # on this gateway's allowlist
 THROTTLED = "127.0.0.4"
+PROXY = "127.0.0.5"  # a trusted load balancer
+ELSEWHERE = "127.0.0.6"  # no proxy: the header it sends means nothing
 SIGNIN_RPM = 30
 
 
@@ -50,6 +52,7 @@ def gw(
             "LLMOS_INTRUSION_RULES": "denied=5/60",
             "LLMOS_INTRUSION_ALLOWLIST": f"{TRUSTED}/32",
             "LLMOS_SIGNIN_RPM_PER_ADDRESS": str(SIGNIN_RPM),
+            "LLMOS_TRUSTED_PROXIES": PROXY,
         },
     )
     try:
@@ -59,7 +62,7 @@ def gw(
 
 
 def token_from(
-    gw: GatewayProcess, source: str, client_id: str, secret: str
+    gw: GatewayProcess, source: str, client_id: str, secret: str, forwarded_for: str = ""
 ) -> tuple[int, dict[str, str], dict[str, str]]:
     """POST /token (client credentials) from `source`: status, JSON body, headers."""
     connection = http.client.HTTPConnection(
@@ -69,9 +72,10 @@ def token_from(
         body = urllib.parse.urlencode(
             {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
         )
-        connection.request(
-            "POST", "/token", body, {"Content-Type": "application/x-www-form-urlencoded"}
-        )
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if forwarded_for:
+            headers["X-Forwarded-For"] = forwarded_for
+        connection.request("POST", "/token", body, headers)
         response = connection.getresponse()
         return response.status, json.loads(response.read()), dict(response.getheaders())
     finally:
@@ -311,3 +315,18 @@ def test_blocks_are_for_system_admins_and_checked(gw: GatewayProcess) -> None:
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "only admins of tenant 'system'" in (caught.value.details() or "")
+
+
+def test_behind_a_trusted_proxy_the_client_is_blocked_not_the_proxy(gw: GatewayProcess) -> None:
+    client_id, secret = gw.admin_credentials()
+    attacker, neighbour = "198.51.100.7", "198.51.100.8"
+    for n in range(20):
+        status, _, _ = token_from(gw, PROXY, client_id, f"guess-{n}", forwarded_for=attacker)
+        assert status == 401
+    status, body, _ = token_from(gw, PROXY, client_id, secret, forwarded_for=attacker)
+    assert status == 403 and f"address {attacker} is blocked" in body["error_description"]
+    # the proxy itself, and the other clients behind it, are not blocked
+    assert token_from(gw, PROXY, client_id, secret, forwarded_for=neighbour)[0] == 200
+    assert token_from(gw, PROXY, client_id, secret)[0] == 200
+    # a caller that is no trusted proxy cannot pass itself off as the blocked client
+    assert token_from(gw, ELSEWHERE, client_id, secret, forwarded_for=attacker)[0] == 200

@@ -14,6 +14,7 @@ from gateway.firewall import (
     Allowlist,
     Block,
     canonical_address,
+    client_address,
     grpc_peer_address,
     principal_target,
 )
@@ -62,6 +63,19 @@ def test_every_spelling_of_an_address_is_counted_as_one() -> None:
     assert canonical_address("::ffff:192.0.2.7") == "192.0.2.7"
     assert grpc_peer_address("ipv6:%5B::ffff:192.0.2.7%5D:443") == "192.0.2.7"
     assert Allowlist.parse("192.0.2.0/24").allows("::ffff:192.0.2.7")
+
+
+def test_behind_trusted_proxies_the_client_is_the_nearest_untrusted_hop() -> None:
+    proxies = Allowlist.parse("10.0.0.0/8")
+    # the load balancer (10.0.0.2) saw 198.51.100.7; the client's own claims lie further left
+    assert client_address("10.0.0.2", "6.6.6.6, 198.51.100.7", proxies) == "198.51.100.7"
+    assert client_address("10.0.0.2", "198.51.100.7, 10.0.0.9", proxies) == "198.51.100.7"
+    # a peer that is no trusted proxy is the client, whatever header it sends
+    assert client_address("203.0.113.5", "198.51.100.7", proxies) == "203.0.113.5"
+    # a hop that is no address ends the walk at the last proxy
+    assert client_address("10.0.0.2", "junk", proxies) == "10.0.0.2"
+    assert client_address("10.0.0.2", "", proxies) == "10.0.0.2"
+    assert client_address("::ffff:10.0.0.2", "[2001:db8::1]", proxies) == "2001:db8::1"
 
 
 def test_people_are_blocked_by_subject_and_programs_by_client() -> None:
