@@ -197,7 +197,9 @@ def test_a_stream_cancelled_before_its_end_is_charged_for_its_tokens(
                 return bool(exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
             return False
 
-        eventually(refused, timeout=10, what="the cancelled stream's tokens to be charged")
+        eventually(
+            refused, timeout=10, interval=0.5, what="the cancelled stream's tokens to be charged"
+        )
 
 
 def test_critical_priority_needs_a_grant_from_a_system_admin(stack: RunningStack) -> None:
