@@ -43,6 +43,10 @@ CRASH_LIMIT = 3  # crashes of one service within CRASH_WINDOW_S stop the stack
 CRASH_WINDOW_S = 60.0
 
 
+#: the dev stack's default intrusion allowlist: this machine's own calls
+LOOPBACK_ALLOWLIST = "127.0.0.1,::1"
+
+
 class StackError(RuntimeError):
     """The stack could not start or a service keeps crashing."""
 
@@ -147,10 +151,16 @@ class DevStack:
         return fields
 
     def _gateway_env(self) -> dict[str, str]:
-        """The gateway's OAuth port and, by default, TLS from a generated local CA."""
+        """The gateway's OAuth port and, by default, TLS from a generated local CA. The
+        machine's own loopback address is on the intrusion allowlist unless one is given:
+        the operator's `llmos` calls come from there, and an operator blocked from their
+        own machine could not unblock themselves (other local addresses, 127.0.0.2..., are
+        still counted and blocked)."""
         host = self.options.host
         port = self.options.auth_port or free_port(host)
         env = {"LLMOS_AUTH_HTTP_ADDR": f"{host}:{port}"}
+        if "LLMOS_INTRUSION_ALLOWLIST" not in {**os.environ, **self.options.env}:
+            env["LLMOS_INTRUSION_ALLOWLIST"] = LOOPBACK_ALLOWLIST
         if self.options.tls:
             self.tls = ensure_dev_tls(self.data_dir / "tls", [host])
             env.update(

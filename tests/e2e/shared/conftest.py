@@ -18,11 +18,10 @@ def shared_stack(
 ) -> Iterator[RunningStack]:
     """One stack for the package. Every test here calls from 127.0.0.1, and many fail on
     purpose (bad tokens, denied calls, malformed requests): together they would cross
-    intrusion detection's thresholds and block the address every other test uses, so it
-    is allowlisted here; tests/integration/test_intrusion.py tests detection itself."""
-    with running_stack(
-        tmp_path_factory, model_folder, LLMOS_INTRUSION_ALLOWLIST="127.0.0.1"
-    ) as running:
+    intrusion detection's thresholds, but the launcher allowlists the machine's own
+    loopback address (tools/devstack/stack.py); tests/integration/test_intrusion.py tests
+    detection itself."""
+    with running_stack(tmp_path_factory, model_folder) as running:
         yield running
 
 
