@@ -137,29 +137,17 @@ def read_intrusion_policy(env: EnvReader) -> IntrusionPolicy:
     except ValueError as exc:
         env.errors.append(f"LLMOS_INTRUSION_RULES: {exc}")
         rules = parse_rules("")
-    allow_text = env.text(
+    allowlist = _networks(
+        env,
         "INTRUSION_ALLOWLIST",
-        "",
-        doc="addresses and networks never blocked (comma-separated, CIDR allowed)",
-        default_shown="none",
+        "addresses and networks never blocked (comma-separated, CIDR allowed)",
     )
-    try:
-        allowlist = Allowlist.parse(allow_text)
-    except ValueError as exc:
-        env.errors.append(f"LLMOS_INTRUSION_ALLOWLIST: {exc}")
-        allowlist = Allowlist(())
-    proxies_text = env.text(
+    proxies = _networks(
+        env,
         "TRUSTED_PROXIES",
-        "",
-        doc="load balancers and proxies (addresses, CIDR) whose X-Forwarded-For names the "
+        "load balancers and proxies (addresses, CIDR) whose X-Forwarded-For names the "
         "client; the gateway counts, blocks and audits that address instead of theirs",
-        default_shown="none",
     )
-    try:
-        proxies = Allowlist.parse(proxies_text)
-    except ValueError as exc:
-        env.errors.append(f"LLMOS_TRUSTED_PROXIES: {exc}")
-        proxies = Allowlist(())
     return IntrusionPolicy(
         enabled=enabled == "on",
         rules=rules,
@@ -189,6 +177,17 @@ def read_intrusion_policy(env: EnvReader) -> IntrusionPolicy:
     )
 
 
+def _networks(env: EnvReader, name: str, doc: str) -> Allowlist:
+    """A comma-separated list of addresses and networks (none by default); an entry that
+    is neither is a configuration error naming the variable."""
+    text = env.text(name, "", doc=doc, default_shown="none")
+    try:
+        return Allowlist.parse(text)
+    except ValueError as exc:
+        env.errors.append(f"LLMOS_{name}: {exc}")
+        return Allowlist(())
+
+
 #: Lua both scripts share: a sliding window is a hash of one-second buckets; this drops
 #: the buckets older than `window` and returns the sum of the rest and its oldest second.
 _WINDOW = """
@@ -207,6 +206,7 @@ local function in_window(key, now, window)
   return seen, oldest
 end
 """
+
 
 #: KEYS: block index, then (counts, block) per target. ARGV: signal, threshold, window,
 #: block seconds, reason, blocked-by, then the index member of each target.
