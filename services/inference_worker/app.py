@@ -1,12 +1,11 @@
-"""Assembly of the inference worker: Triton (embedded or external), the NATS worker and
-its gRPC API, with torch on the main thread's compute loop."""
+"""Assembly of the inference worker: Triton (its own process, or external), the NATS
+worker and its gRPC API. The worker itself runs no model: Triton does (repository.py);
+the main thread's compute loop only imports the default model on the very first start."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -24,7 +23,7 @@ from services.inference_worker.client import TritonLLMClient
 from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.leftovers import TritonFootprint
 from services.inference_worker.options import WorkerOptions, read_worker_options
-from services.inference_worker.triton_host import EmbeddedTriton
+from services.inference_worker.triton_server import TritonServer
 from services.inference_worker.worker import InferenceWorker
 
 
@@ -39,7 +38,7 @@ class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type:
             loaded_models=self._worker.models,
             free_slots=self._worker.free_slots,
             triton_url=self._worker.client.url,
-            embedded_triton=self._worker.host is not None,
+            embedded_triton=self._worker.server is not None,
         )
 
     async def DescribeWorker(
@@ -64,19 +63,6 @@ class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type:
 
 
 log = logging.getLogger("llmos.worker")
-TRITON_CHECK_S = 2.0
-
-
-async def _watch_triton(host: EmbeddedTriton) -> None:
-    """If the embedded Triton dies, stop this worker (SIGTERM to itself) rather than keep
-    answering SERVING with nothing behind it: the supervisor (the launcher, compose,
-    Kubernetes) restarts it, and the scheduler moves work that had not started."""
-    while True:
-        await asyncio.sleep(TRITON_CHECK_S)
-        if not await asyncio.to_thread(host.alive):
-            log.error("the embedded Triton server exited; stopping this worker to be restarted")
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
 
 
 async def _publish_default(store: ModelStore, folder: Path) -> None:
@@ -106,26 +92,30 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
             folder = await asyncio.wrap_future(job)
             publishing = asyncio.create_task(_publish_default(store, folder))
             stack.callback(publishing.cancel)
-        host = None
-        url = options.triton_url
+        triton = None
+        url, repository = options.triton_url, options.triton_repository
         if not url:
             footprint = await asyncio.to_thread(TritonFootprint.create, ctx.instance.instance_id)
-            host = EmbeddedTriton(
+            repository = footprint.directory / "repository"
+            triton = TritonServer(
                 footprint,
+                repository,
                 log_file=ctx.settings.data_dir / "logs" / f"triton-{ctx.instance.instance_id}.log",
             )
-            url = await asyncio.to_thread(host.start)
-            stack.push_async_callback(asyncio.to_thread, host.stop)
-        client = TritonLLMClient(url, host.access_token if host else options.triton_token.reveal())
+            stack.push_async_callback(asyncio.to_thread, triton.stop)
+            url = await asyncio.to_thread(triton.start)
+        assert repository is not None  # read_worker_options requires it with a URL
+        token = triton.access_token if triton else options.triton_token.reveal()
+        client = TritonLLMClient(url, token)
         stack.push_async_callback(client.close)
-        worker = InferenceWorker(ctx, options, client, host, compute)
+        worker = InferenceWorker(ctx, options, client, triton, repository)
         stack.push_async_callback(worker.close)
         await worker.start()
         for model in options.models:
             await worker.load(model)
-        if host is not None:
-            watchdog = asyncio.create_task(_watch_triton(host), name="triton-watchdog")
-            stack.callback(watchdog.cancel)
+        if triton is not None:
+            supervisor = asyncio.create_task(worker.supervise(), name="triton-supervisor")
+            stack.callback(supervisor.cancel)
         ctx.instance.capacity.CopyFrom(local_capacity())
         ctx.status = lambda: scheduler_pb2.WorkerStatus(
             loaded_models=worker.models,

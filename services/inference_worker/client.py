@@ -1,58 +1,37 @@
 """The worker's only way to reach Triton: `tritonclient.grpc.aio` (KServe v2 protocol).
 
-Pointing LLMOS_TRITON_URL at an external Triton needs no code change, because nothing
-here knows whether Triton is embedded.
+Every served LLM is one decoupled Triton model (repository.py), so every call is a
+streaming call: a generation streams its chunks, the other tasks answer once. Whether
+Triton is the worker's own process or an NGC container elsewhere (LLMOS_TRITON_URL)
+makes no difference here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
-from llmos.errors import InvalidArgument, LLMOSError, Unavailable
+from llmos.errors import LLMOSError, Unavailable
 from llmos.v1 import inference_pb2
-from services.inference_worker.triton_models import (
-    CANCEL,
-    CLASSIFY,
-    EMBED,
-    GENERATE,
-    KINDS,
-    triton_name,
-)
+from services.inference_worker.repository import CANCEL, CLASSIFY, EMBED, GENERATE
+from services.inference_worker.triton_server import ACCESS_TOKEN_HEADER
 from services.inference_worker.wire import triton_error
 
-ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
-#: how long Triton may take to end a generation's stream after its last chunk
+#: how long Triton may take to end a call's stream after its last answer
 STREAM_END_S = 5.0
 
 
-@dataclass
-class GenerateInput:
-    """What to generate from: a raw prompt or chat messages, and sampling parameters."""
-
-    prompt: str = ""
-    messages: list[dict[str, str]] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-def _bytes_input(name: str, value: str) -> InferInput:
+def _bytes_input(name: str, value: bytes) -> InferInput:
     tensor = InferInput(name, [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([value.encode("utf-8")], dtype=object))
-    return tensor
-
-
-def _batched_bytes_input(name: str, value: str) -> InferInput:
-    tensor = InferInput(name, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[value.encode("utf-8")]], dtype=object))
+    tensor.set_data_from_numpy(np.array([value], dtype=np.object_))
     return tensor
 
 
@@ -72,122 +51,123 @@ class TritonLLMClient:
     def __init__(self, url: str, access_token: str = "") -> None:
         self.url = url
         self._client = triton_aio.InferenceServerClient(url)
-        # model control (load/unload) may be restricted to holders of a token
-        self._control_headers = {ACCESS_TOKEN_HEADER: access_token} if access_token else None
+        # a restricted Triton answers only to holders of its token (triton_server.py)
+        self._headers = {ACCESS_TOKEN_HEADER: access_token} if access_token else None
 
     async def close(self) -> None:
         """Close the gRPC channel."""
         await self._client.close()
 
-    async def model_ready(self, model: str) -> bool:
-        """Whether every Triton model of `model` is loaded and ready."""
+    async def live(self) -> bool:
+        """Whether the server answers."""
         try:
-            return all(
-                [
-                    await self._client.is_model_ready(triton_name(model, kind))
-                    for kind in (GENERATE, EMBED)
-                ]
-            )
-        except InferenceServerException:
+            return bool(await self._client.is_server_live())
+        except (InferenceServerException, grpc.RpcError):
             return False
 
-    async def generate(
-        self, model: str, key: str, request: GenerateInput
-    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
-        """Stream a generation; closing the iterator early abandons it (cancel() stops it)."""
-        inputs = [
-            _bytes_input("request_key", key),
-            _bytes_input("params_json", json.dumps(request.params)),
-        ]
-        if request.messages:
-            inputs.append(_bytes_input("messages_json", json.dumps(request.messages)))
-        else:
-            inputs.append(_bytes_input("prompt", request.prompt))
+    async def model_ready(self, model: str) -> bool:
+        """Whether the model is loaded and ready."""
+        try:
+            return bool(await self._client.is_model_ready(model))
+        except (InferenceServerException, grpc.RpcError):
+            return False
+
+    async def _call(
+        self, model: str, task: str, payload: bytes, key: str
+    ) -> AsyncGenerator[bytes, bool]:
+        """The answers of one request, until the caller stops reading or the model's last.
+
+        The caller breaks out after the answer it knows is the last; Triton then ends the
+        stream itself, once the model has sent its final flag. Cancelling first raced
+        with that flag and could leave the request in flight in Triton for good, and
+        unloading the model then waited for it for ever.
+        """
+        inputs = [_bytes_input("task", task.encode()), _bytes_input("request", payload)]
 
         async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {"model_name": triton_name(model, GENERATE), "inputs": inputs, "request_id": key}
+            yield {"model_name": model, "inputs": inputs, "request_id": key}
 
-        stream = self._client.stream_infer(one_request())
+        stream = self._client.stream_infer(one_request(), headers=self._headers)
         ended = False
         try:
             async for result, error in stream:
                 if error is not None:
                     raise _domain_error(error)
-                chunk = inference_pb2.GenerateChunk.FromString(result.as_numpy("chunk")[0])
-                yield chunk
-                if chunk.done:
-                    ended = True
+                answer = result.as_numpy("response")[0]
+                ended = bool((yield bytes(answer)))
+                if ended:
                     break
         except InferenceServerException as exc:
             raise _domain_error(exc) from None
+        except grpc.RpcError:
+            raise Unavailable("the inference server could not be reached; retry") from None
         finally:
             if not ended:  # an error, or the caller went away: stop it now
                 stream.cancel()
-        if not ended:
-            raise Unavailable("the inference server closed the stream before the end")
-        # Let Triton end the stream itself, once the model has sent its final flag.
-        # Cancelling first raced with that flag and could leave the request in flight in
-        # Triton for good, and unloading the model then waited for it for ever.
         try:
             await asyncio.wait_for(_drain(stream), STREAM_END_S)
         except (TimeoutError, InferenceServerException, grpc.RpcError):
             stream.cancel()
 
+    async def _answer(self, model: str, task: str, payload: bytes, key: str) -> bytes:
+        """The one answer of a one-shot task."""
+        calls = self._call(model, task, payload, key)
+        try:
+            answer = await anext(calls)
+        except StopAsyncIteration:
+            raise Unavailable("the inference server closed the call without an answer") from None
+        with contextlib.suppress(StopAsyncIteration):
+            await calls.asend(True)
+        return answer
+
+    async def generate(
+        self, model: str, work: inference_pb2.GenerateWork
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        """Stream a generation; closing the iterator early abandons it (cancel() stops it)."""
+        calls = self._call(model, GENERATE, work.SerializeToString(), work.request_id)
+        done = False
+        try:
+            answer = await anext(calls, None)
+            while answer is not None:
+                chunk = inference_pb2.GenerateChunk.FromString(answer)
+                done = chunk.done
+                yield chunk
+                if done:
+                    with contextlib.suppress(StopAsyncIteration):
+                        await calls.asend(True)
+                    return
+                answer = await anext(calls, None)
+        finally:
+            if not done:
+                await calls.aclose()
+        raise Unavailable("the inference server ended the stream before the answer's end; retry")
+
     async def cancel(self, model: str, key: str) -> bool:
         """Stop a running generation; False if it was not running."""
-        try:
-            result = await self._client.infer(
-                triton_name(model, CANCEL),
-                [_bytes_input("request_key", key)],
-                outputs=[InferRequestedOutput("cancelled")],
-            )
-        except InferenceServerException as exc:
-            raise _domain_error(exc) from None
-        return bool(result.as_numpy("cancelled")[0])
+        return await self._answer(model, CANCEL, key.encode(), f"cancel-{key}") == b"1"
 
-    async def embed(self, model: str, text: str) -> tuple[list[float], int]:
-        """Embedding of one text (Triton batches concurrent calls) and its token count."""
-        try:
-            result = await self._client.infer(
-                triton_name(model, EMBED), [_batched_bytes_input("text", text)]
-            )
-        except InferenceServerException as exc:
-            error = _domain_error(exc)
-            if isinstance(error, InvalidArgument):
-                raise InvalidArgument("inputs", error.reason) from None
-            raise error from None
-        return [float(v) for v in result.as_numpy("embedding")[0]], int(
-            result.as_numpy("tokens")[0][0]
-        )
+    async def embed(self, model: str, work: inference_pb2.EmbedWork) -> inference_pb2.EmbedResult:
+        """Embeddings of the work's texts (the engine batches concurrent calls)."""
+        answer = await self._answer(model, EMBED, work.SerializeToString(), work.request_id)
+        return inference_pb2.EmbedResult.FromString(answer)
 
-    async def score_label(
-        self, model: str, text: str, labels: Sequence[str], label: str
-    ) -> tuple[float, int]:
-        """log P(label | text, labels) and the tokens it took: one pair, batched with
-        concurrent calls by Triton."""
-        inputs = [
-            _batched_bytes_input("text", text),
-            _batched_bytes_input("labels_json", json.dumps(list(labels))),
-            _batched_bytes_input("label", label),
-        ]
-        try:
-            result = await self._client.infer(triton_name(model, CLASSIFY), inputs)
-        except InferenceServerException as exc:
-            raise _domain_error(exc) from None
-        return float(result.as_numpy("log_likelihood")[0][0]), int(result.as_numpy("tokens")[0][0])
-
-    async def _control(self, action: str, call: Callable[..., Awaitable[Any]], model: str) -> None:
-        """Apply a model-control call to each of a model's Triton models."""
-        for kind in KINDS:
-            try:
-                await call(triton_name(model, kind), headers=self._control_headers)
-            except InferenceServerException as exc:
-                raise Unavailable(f"{action} {model}: {exc.message()}") from None
+    async def classify(
+        self, model: str, work: inference_pb2.ClassifyWork
+    ) -> inference_pb2.ClassifyResult:
+        """Every label of the work ranked by its likelihood as a continuation of the text."""
+        answer = await self._answer(model, CLASSIFY, work.SerializeToString(), work.request_id)
+        return inference_pb2.ClassifyResult.FromString(answer)
 
     async def load(self, model: str) -> None:
-        """Ask an external Triton (explicit model control) to load a model's Triton models."""
-        await self._control("loading", self._client.load_model, model)
+        """Ask Triton (explicit model control) to load the model's repository entry."""
+        try:
+            await self._client.load_model(model, headers=self._headers)
+        except InferenceServerException as exc:
+            raise Unavailable(f"loading {model}: {exc.message()}") from None
 
     async def unload(self, model: str) -> None:
-        """Unload a model's Triton models."""
-        await self._control("unloading", self._client.unload_model, model)
+        """Unload the model (Triton waits for its requests in flight)."""
+        try:
+            await self._client.unload_model(model, headers=self._headers)
+        except InferenceServerException as exc:
+            raise Unavailable(f"unloading {model}: {exc.message()}") from None

@@ -30,7 +30,7 @@ def decode_error(message: str) -> inference_pb2.WorkError:
     if start < 0:  # not ours: details (often a traceback) go to the log, not the caller
         log.error("inference server error", extra={"detail": message})
         return inference_pb2.WorkError(
-            code="UNAVAILABLE", message="the inference server failed to run the request"
+            code="UNAVAILABLE", message="the inference server failed to run the request; retry"
         )
     code, _, rest = message[start + len(PREFIX) :].partition("|")
     field, _, reason = rest.partition("|")

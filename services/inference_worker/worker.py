@@ -1,8 +1,15 @@
-"""The inference worker's transport layer: NATS work in, Triton calls out, chunks back.
+"""The inference worker: a bridge between NATS and Triton.
 
-Each served model has three queue-group subscriptions (generate, embed, classify), so
-any worker that has the model may take a request. A generation is acknowledged at once
-(chunk 0) and then streamed on the requester's reply subject.
+Work arrives over NATS and goes to Triton unchanged (the serialized work message); the
+answers go back the same way. Each served model has queue-group subscriptions for
+embeddings and classification, so any worker that has the model may take a request;
+generations are placed on a worker by the scheduler. A generation is acknowledged at
+once (chunk 0) and then streamed on the requester's reply subject.
+
+The worker writes each model's entry into the Triton model repository and asks Triton
+to load it. When the worker runs Triton itself and Triton dies, the worker restarts it
+and loads the models again: generations in flight end UNAVAILABLE with a sentence, and
+work that arrives meanwhile waits for the new server and is served.
 """
 
 from __future__ import annotations
@@ -10,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -26,23 +32,25 @@ from llmos.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from llmos.generation import sampling_params_from_proto, sampling_params_to_dict
 from llmos.model.limits import read_folder_config
 from llmos.model.names import CONFIG, MODEL_NAME, has_model
 from llmos.modelstore import ModelStore, fetched_from
 from llmos.runner import ServiceContext, report_status
 from llmos.v1 import inference_pb2
 from llmos.work import work_error
-from services.inference_worker.client import GenerateInput, TritonLLMClient
-from services.inference_worker.engine.compute import ComputeLoop
+from services.inference_worker.client import TritonLLMClient
 from services.inference_worker.options import WorkerOptions
-from services.inference_worker.triton_host import EmbeddedTriton
-from services.inference_worker.triton_models import ServedModel
+from services.inference_worker.repository import remove_entry, write_entry
+from services.inference_worker.triton_server import TritonServer
 
 log = logging.getLogger("llmos.worker")
 
 #: Triton unloads a decoupled model only once nothing is in flight on it
 UNLOAD_TIMEOUT_S = 60.0
+#: how long work waits for a Triton that is being restarted
+RESTART_WAIT_S = 120.0
+#: how often the worker checks that its own Triton still runs
+TRITON_CHECK_S = 1.0
 
 
 class InferenceWorker:
@@ -53,14 +61,14 @@ class InferenceWorker:
         ctx: ServiceContext,
         options: WorkerOptions,
         client: TritonLLMClient,
-        host: EmbeddedTriton | None,
-        compute: ComputeLoop,
+        server: TritonServer | None,
+        repository: Path,
     ) -> None:
         self.ctx = ctx
         self.options = options
         self.client = client
-        self.host = host
-        self.compute = compute
+        self.server = server
+        self.repository = repository
         self.models_dir = options.models_root(ctx.settings.data_dir)
         self.store = ModelStore(ctx.links)
         self._subscriptions: dict[str, list[Subscription]] = {}
@@ -68,6 +76,8 @@ class InferenceWorker:
         self._cancel_subscription: Subscription | None = None
         self._generate_subscription: Subscription | None = None
         self._lock = asyncio.Lock()
+        self._triton_up = asyncio.Event()
+        self._triton_up.set()
 
     @property
     def models(self) -> list[str]:
@@ -75,16 +85,13 @@ class InferenceWorker:
         return list(self._subscriptions)
 
     def available_models(self) -> list[str]:
-        """Models in the models directory this worker could load now (an embedded Triton
-        cannot serve again a model it released)."""
+        """Models in the models directory this worker could load now."""
         if not self.models_dir.is_dir():
             return []
         return sorted(
             folder.name
             for folder in self.models_dir.iterdir()
-            if MODEL_NAME.match(folder.name)
-            and has_model(folder)
-            and (self.host is None or self.host.can_serve(folder.name))
+            if MODEL_NAME.match(folder.name) and has_model(folder)
         )
 
     @property
@@ -122,25 +129,7 @@ class InferenceWorker:
                 )
             # a config claiming absurd sizes is refused before the engine allocates them
             await asyncio.to_thread(read_folder_config, folder / CONFIG)
-            if self.host is not None and not self.host.can_serve(model):
-                raise FailedPrecondition(
-                    f"model {model!r} was unloaded from this worker's embedded Triton; "
-                    "restart the worker to serve it again"
-                )
-            if self.host is not None:
-                served = await asyncio.to_thread(
-                    ServedModel,
-                    model,
-                    folder,
-                    self.compute,
-                    max_batch=self.options.max_batch,
-                    max_context=self.options.max_context,
-                )
-                await asyncio.to_thread(self.host.serve, served)
-            else:
-                await self.client.load(model)
-            if not await self.client.model_ready(model):
-                raise FailedPrecondition(f"Triton did not make {model!r} ready")
+            await self._load_into_triton(model)
             nc = self.ctx.nats
             handlers: list[tuple[str, Callable[[Msg], Awaitable[None]]]] = [
                 (subjects.embed_work(model), self._on_embed),
@@ -152,6 +141,50 @@ class InferenceWorker:
             ]
             await self._advertise()
             log.info("serving model", extra={"model": model})
+
+    async def _load_into_triton(self, model: str) -> None:
+        """Write the model's repository entry and have Triton load it."""
+        await asyncio.to_thread(
+            write_entry,
+            self.repository,
+            model,
+            self.models_dir / model,
+            self.options.entry_options(),
+        )
+        await self.client.load(model)
+        if not await self.client.model_ready(model):
+            raise FailedPrecondition(f"Triton did not make {model!r} ready")
+
+    async def supervise(self) -> None:
+        """Restart this worker's own Triton whenever it dies, and load the models again."""
+        server = self.server
+        assert server is not None, "only a worker running its own Triton supervises it"
+        while True:
+            await asyncio.sleep(TRITON_CHECK_S)
+            if server.alive():
+                continue
+            self._triton_up.clear()
+            log.error("Triton exited; restarting it", extra={"models": self.models})
+            try:
+                await asyncio.to_thread(server.restart)
+                async with self._lock:
+                    for model in self.models:
+                        await self._load_into_triton(model)
+            except LLMOSError:
+                log.exception("Triton could not be restarted; trying again")
+                continue
+            self._triton_up.set()
+            log.info("Triton restarted", extra={"models": self.models})
+
+    async def _triton(self) -> None:
+        """Wait while Triton is being restarted (work waits rather than fails)."""
+        if not self._triton_up.is_set():
+            try:
+                await asyncio.wait_for(self._triton_up.wait(), RESTART_WAIT_S)
+            except TimeoutError:
+                raise Unavailable(
+                    f"the inference server did not come back within {RESTART_WAIT_S:g}s"
+                ) from None
 
     async def _fetch_deployed(self, folder: Path, tenant: str, model: str, number: int) -> None:
         """Make `folder` hold version `number` of `tenant`'s `model`, as that tenant sees
@@ -185,8 +218,7 @@ class InferenceWorker:
                 raise Unavailable(
                     f"Triton did not unload {model!r} within {UNLOAD_TIMEOUT_S:g}s; retry"
                 ) from None
-            if self.host is not None:
-                await asyncio.to_thread(self.host.release, model)
+            await asyncio.to_thread(remove_entry, self.repository, model)
             # only now: announced earlier, the model would still read as loadable here
             await self._advertise()
 
@@ -252,13 +284,9 @@ class InferenceWorker:
                 tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
             seq += 1
 
-        request = GenerateInput(
-            prompt=work.prompt,
-            messages=[{"role": m.role, "content": m.content} for m in work.chat.messages],
-            params=sampling_params_to_dict(sampling_params_from_proto(work.params)),
-        )
         try:
-            async for chunk in self.client.generate(work.model, work.request_id, request):
+            await self._triton()
+            async for chunk in self.client.generate(work.model, work):
                 await send(chunk)
         except LLMOSError as exc:
             await send(inference_pb2.GenerateChunk(done=True, error=work_error(exc)))
@@ -293,38 +321,18 @@ class InferenceWorker:
 
     async def _on_embed(self, msg: Msg) -> None:
         work = inference_pb2.EmbedWork.FromString(msg.data)
-        result = inference_pb2.EmbedResult()
         try:
-            answers = await asyncio.gather(*(self.client.embed(work.model, t) for t in work.inputs))
-            for values, tokens in answers:
-                result.embeddings.add(values=values)
-                result.prompt_tokens += tokens
+            await self._triton()
+            result = await self.client.embed(work.model, work)
         except LLMOSError as exc:
             result = inference_pb2.EmbedResult(error=work_error(exc))
         await msg.respond(result.SerializeToString())
 
     async def _on_classify(self, msg: Msg) -> None:
         work = inference_pb2.ClassifyWork.FromString(msg.data)
-        labels = list(work.labels)
         try:
-            answers = await asyncio.gather(
-                *(self.client.score_label(work.model, work.text, labels, label) for label in labels)
-            )
+            await self._triton()
+            result = await self.client.classify(work.model, work)
         except LLMOSError as exc:
-            await msg.respond(
-                inference_pb2.ClassifyResult(error=work_error(exc)).SerializeToString()
-            )
-            return
-        scores = [score for score, _ in answers]
-        top = max(scores)
-        weights = [math.exp(s - top) for s in scores]
-        total = sum(weights)
-        ranked = sorted(zip(labels, scores, weights, strict=True), key=lambda r: -r[1])
-        result = inference_pb2.ClassifyResult(
-            scores=[
-                inference_pb2.LabelScore(label=label, log_likelihood=score, probability=w / total)
-                for label, score, w in ranked
-            ],
-            prompt_tokens=sum(tokens for _, tokens in answers),
-        )
+            result = inference_pb2.ClassifyResult(error=work_error(exc))
         await msg.respond(result.SerializeToString())

@@ -248,6 +248,47 @@ def test_a_model_no_worker_has_loaded_is_loaded_on_demand(
         worker.stop(60)
 
 
+def _tritonserver_of(worker_pid: int) -> int:
+    """The tritonserver process a worker runs."""
+    (server,) = [
+        pid for pid in processes.descendants(worker_pid)
+        if (argv := processes.cmdline(pid)) and argv[0].endswith("/tritonserver")
+    ]  # fmt: skip
+    return server
+
+
+def test_kill_9_of_tritonserver_under_load_ends_or_serves_every_request(
+    stack: RunningStack,
+) -> None:
+    """kill -9 of the worker's tritonserver while generations stream and more wait: each
+    request either completes or ends UNAVAILABLE with a sentence, none hangs, the worker
+    restarts Triton, and the requests that were waiting are served by the new one."""
+    worker = int(_instance(stack, "inference-worker")["pid"])
+    server = _tritonserver_of(worker)
+    outcomes: list[str] = []
+
+    def run(index: int) -> str:
+        try:
+            _generate(stack, "", 32, 0, f"under load {index}:")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            sentence = exc.details() or ""
+            assert "inference server" in sentence and len(sentence.split()) >= 5, sentence
+            return "unavailable"
+        return "completed"
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(run, index) for index in range(6)]
+        _queued(stack, 2)  # two stream on the worker (LLMOS_MAX_INFLIGHT=2), four wait
+        os.kill(server, signal.SIGKILL)
+        outcomes = [future.result(timeout=300) for future in futures]  # none hangs
+    assert len(outcomes) == 6
+    # the four that waited in the scheduler were served by the restarted Triton
+    assert outcomes.count("completed") >= 4, outcomes
+    assert _tritonserver_of(worker) != server  # the same worker, a new server
+    assert _generate(stack, "", 4, prompt="After the restart:")
+
+
 def _instance(stack: RunningStack, service: str) -> dict[str, str]:
     (instance,) = [
         s["instance"] for s in stack.status()["services"]

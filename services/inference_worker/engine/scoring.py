@@ -17,11 +17,14 @@ time so a batch of 32 labels costs the memory of one row's activations, not 32.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from llmos.errors import InvalidArgument
 from llmos.model.llama import LlamaForCausalLM
 from llmos.model.text import TextCodec
+from llmos.v1 import inference_pb2
 
 #: the longest classification prompt (instructions, the labels, the text), in tokens
 MAX_CLASSIFY_PROMPT_TOKENS = 2048
@@ -73,3 +76,17 @@ def label_log_likelihoods(
             label_log_likelihood(model, prompt, label)
             for prompt, label in zip(prompts, labels, strict=True)
         ]
+
+
+def rank_labels(labels: list[str], scores: list[float]) -> inference_pb2.ClassifyResult:
+    """Labels best first, each with its log-likelihood and its softmax over the labels."""
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]
+    total = sum(weights)
+    ranked = sorted(zip(labels, scores, weights, strict=True), key=lambda r: -r[1])
+    return inference_pb2.ClassifyResult(
+        scores=[
+            inference_pb2.LabelScore(label=label, log_likelihood=score, probability=w / total)
+            for label, score, w in ranked
+        ]
+    )

@@ -338,8 +338,8 @@ def another_tenant_cannot_reach(stack: RunningStack, model: str, served: str) ->
 def test_models_load_and_unload_on_command_without_a_restart(
     stack: RunningStack, gateway: gateway_pb2_grpc.GatewayStub, model_folder: Path
 ) -> None:
-    """A second model is loaded into the running worker, served, listed, unloaded; the
-    worker's embedded Triton cannot serve that name again, and says so."""
+    """A second model is loaded into the running worker, served, listed, unloaded, and
+    then loaded and served again under the same name."""
     link = model_folder.parent / SPARE_MODEL  # the folder workers load from is shared
     link.symlink_to(model_folder, target_is_directory=True)
 
@@ -355,34 +355,29 @@ def test_models_load_and_unload_on_command_without_a_restart(
                 with pytest.raises(grpc.RpcError) as caught:
                     worker.LoadModel(worker_pb2.LoadModelRequest(model=bad), timeout=30)
                 assert caught.value.code().name == code
-            loaded = worker.LoadModel(worker_pb2.LoadModelRequest(model=SPARE_MODEL), timeout=120)
-            assert set(loaded.loaded_models) == {DEFAULT_MODEL, SPARE_MODEL}
-            eventually(lambda: SPARE_MODEL in listed(), 10, what="the loaded model listed")
-            answer = list(
-                gateway.Generate(
-                    gateway_pb2.GenerateRequest(
-                        model=SPARE_MODEL, prompt="Hi", params=params(max_tokens=3)
-                    ),
-                    timeout=60,
+            for round_ in ("load", "reload"):  # Triton serves a name again after unloading it
+                loaded = worker.LoadModel(
+                    worker_pb2.LoadModelRequest(model=SPARE_MODEL), timeout=120
                 )
-            )
-            assert answer[-1].done and answer[-1].model == SPARE_MODEL
-            described = worker.UnloadModel(
-                worker_pb2.UnloadModelRequest(model=SPARE_MODEL), timeout=60
-            )
-            assert list(described.loaded_models) == [DEFAULT_MODEL]
-            eventually(lambda: SPARE_MODEL not in listed(), 10, what="the unloaded model unlisted")
-            with pytest.raises(grpc.RpcError) as caught:
-                list(
+                assert set(loaded.loaded_models) == {DEFAULT_MODEL, SPARE_MODEL}, round_
+                eventually(lambda: SPARE_MODEL in listed(), 10, what="the loaded model listed")
+                answer = list(
                     gateway.Generate(
-                        gateway_pb2.GenerateRequest(model=SPARE_MODEL, prompt="Hi"), timeout=30
+                        gateway_pb2.GenerateRequest(
+                            model=SPARE_MODEL, prompt="Hi", params=params(max_tokens=3)
+                        ),
+                        timeout=60,
                     )
                 )
-            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-            with pytest.raises(grpc.RpcError) as caught:
-                worker.LoadModel(worker_pb2.LoadModelRequest(model=SPARE_MODEL), timeout=60)
-            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "restart the worker" in (caught.value.details() or "")
+                assert answer[-1].done and answer[-1].model == SPARE_MODEL, round_
+                assert answer[-1].usage.completion_tokens >= 1, round_
+                described = worker.UnloadModel(
+                    worker_pb2.UnloadModelRequest(model=SPARE_MODEL), timeout=60
+                )
+                assert list(described.loaded_models) == [DEFAULT_MODEL], round_
+                eventually(
+                    lambda: SPARE_MODEL not in listed(), 10, what="the unloaded model unlisted"
+                )
     finally:
         link.unlink()
     assert stack.status()["ready"] is True  # the worker itself keeps serving its API
