@@ -91,9 +91,7 @@ def read_worker_options(env: EnvReader) -> WorkerOptions:
         env.errors.append(f"LLMOS_PRECISION: {precision!r} is not one of {', '.join(PRECISIONS)}")
     return WorkerOptions(
         triton_url=triton_url,
-        triton_token=Secret(
-            env.text("TRITON_ACCESS_TOKEN", "", doc="an external Triton's access token")
-        ),
+        triton_token=_access_token(env),
         triton_repository=Path(repository).resolve() if repository else None,
         device=device,
         precision=precision,
@@ -119,3 +117,21 @@ def read_worker_options(env: EnvReader) -> WorkerOptions:
             default_shown="`4 x MAX_BATCH`",
         ),
     )
+
+
+def _access_token(env: EnvReader) -> Secret[str]:
+    """An external Triton's access token: the contents of LLMOS_TRITON_ACCESS_TOKEN_FILE
+    (never the token itself in the environment, where other processes may read it)."""
+    path = env.text(
+        "TRITON_ACCESS_TOKEN_FILE",
+        "",
+        doc="file holding an external Triton's access token",
+        default_shown="none",
+    )
+    if not path:
+        return Secret("")
+    try:
+        return Secret(Path(path).read_text().strip())
+    except OSError as exc:
+        env.errors.append(f"LLMOS_TRITON_ACCESS_TOKEN_FILE: cannot read {path}: {exc.strerror}")
+        return Secret("")

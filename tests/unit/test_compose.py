@@ -66,14 +66,32 @@ def test_only_the_gateway_is_published(compose: dict[str, Any]) -> None:
     assert published == {"gateway"}
 
 
-def test_gpu_worker_reserves_a_gpu_and_uses_the_external_triton(compose: dict[str, Any]) -> None:
+def test_gpu_worker_uses_an_external_triton_that_reserves_a_gpu(compose: dict[str, Any]) -> None:
     services = compose["services"]
     worker = services["inference-worker-gpu"]
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    devices = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     host = worker["environment"]["LLMOS_TRITON_URL"].split(":")[0]
     assert host == "triton" and "tritonserver" in services["triton"]["image"]
     assert worker["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert worker["environment"]["LLMOS_DEVICE"] == "gpu"
+
+
+def test_gpu_triton_loads_the_repository_the_worker_writes(compose: dict[str, Any]) -> None:
+    """The entries name their weights by path: both containers must see the same paths,
+    and Triton answers only to the token the worker sends."""
+    services = compose["services"]
+    worker, triton = services["inference-worker-gpu"], services["triton"]
+    repository = worker["environment"]["LLMOS_TRITON_REPOSITORY"]
+    shared = set(worker["volumes"]) & set(triton["volumes"])
+    assert any(repository.startswith(v.split(":")[1] + "/") for v in shared), shared
+    command = " ".join(triton["command"])
+    assert f"--model-repository={repository}" in command
+    assert "--model-control-mode=explicit" in command
+    token_file = worker["environment"]["LLMOS_TRITON_ACCESS_TOKEN_FILE"]
+    assert f"$(cat {token_file})" in command.replace("$$", "$")
+    dockerfile = (COMPOSE.parent / triton["build"]["dockerfile"]).read_text()
+    assert "nvcr.io/nvidia/tritonserver" in dockerfile and "pip install" in dockerfile
 
 
 def test_dependencies_name_existing_services(compose: dict[str, Any]) -> None:

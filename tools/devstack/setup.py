@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets as secrets_module
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.keyfiles import make_private_tree, private_dir
+from llmos.keyfiles import make_private_tree, new_private_file, private_dir
 from llmos.trust import SETUP_USER, credentials_file, read_credentials
 from tools.devstack.infra import (
     NATS_CLIENT_PORT,
@@ -76,6 +77,17 @@ def init(secrets: Path, layout: Layout) -> None:
     monitor = f"127.0.0.1:{layout.nats_monitor_port}"
     write_nats_config(secrets, layout.nats_store, _nats_config(secrets), tls=True, monitor=monitor)
     write_redis_config(secrets, layout.redis_store, ANY, layout.redis_port, _redis_config(secrets))
+    _triton_token(secrets)
+
+
+def _triton_token(secrets: Path) -> None:
+    """The token an NGC Triton (compose profile `gpu`) answers to, and its workers send."""
+    token = secrets / "triton" / "access-token"
+    if token.exists():
+        return
+    private_dir(token.parent)
+    with new_private_file(token) as file:
+        file.write(secrets_module.token_urlsafe(32))
 
 
 def run(server: str, secrets: Path, layout: Layout) -> None:
