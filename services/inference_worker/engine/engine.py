@@ -278,7 +278,7 @@ class Engine:
             [torch.arange(done, length) for done, length in zip(reused, lengths, strict=True)]
         )[None, :]
         masks = [
-            _bottom_right_causal(count, done + count) if done else None
+            _bottom_right_causal(count, done + count, self.cache.data.device) if done else None
             for done, count in zip(reused, fresh, strict=True)
         ]
         cache = self.cache
@@ -432,12 +432,13 @@ class Engine:
         sequence.sink(TokenEvent(None, tail, finish_reason=reason, metrics=metrics, error=error))
 
 
-def _bottom_right_causal(queries: int, keys: int) -> Tensor:
+def _bottom_right_causal(queries: int, keys: int, device: torch.device) -> Tensor:
     """Mask for the last `queries` of `keys` positions: each sees its past and itself.
 
     SDPA's is_causal aligns the triangle top-left, which is wrong when queries < keys.
     """
-    return torch.ones(queries, keys, dtype=torch.bool).tril(diagonal=keys - queries)
+    ones = torch.ones(queries, keys, dtype=torch.bool, device=device)
+    return ones.tril(diagonal=keys - queries)
 
 
 def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
