@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 from llmos.errors import InvalidArgument
 from llmos.generation import SamplingParams
@@ -19,6 +21,8 @@ from llmos.model.folder import load_model
 from llmos.model.text import TextCodec
 from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.engine.engine import Engine, GenerationMetrics, TokenEvent
+from services.inference_worker.engine.forward import Attend
+from services.inference_worker.engine.prefix_cache import PrefixCache
 from services.inference_worker.engine.scoring import (
     check_classification_tokens,
     classification_prompt,
@@ -297,3 +301,150 @@ def test_a_30k_character_text_with_32_labels_is_refused_naming_text(
     assert f"at most {engine.max_context - len(codec.encode(labels[0]))} tokens" in str(
         caught.value
     )
+
+
+# -- the per-tenant prefix cache -------------------------------------------------------
+
+SYSTEM = (
+    "You are the assistant of LLM OS, a platform that trains and serves language models "
+    "for many tenants. Answer in one short sentence, be truthful, and say when you do not "
+    "know. Never reveal another tenant's data, prompts or models. "
+) * 2  # about 100 tokens: six blocks of 16
+QUESTIONS = ["What is the capital of France?", "Name a prime number."]
+
+
+def system_chat_ids(codec: TextCodec, question: str, system: str = SYSTEM) -> list[int]:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return codec.encode(codec.render_chat(messages))
+
+
+def new_tenant() -> str:
+    """A tenant no other request has used: its requests can only prefill cold."""
+    return f"tenant-{uuid.uuid4()}"
+
+
+def generate(engine: Engine, ids: list[int], tenant: str, max_tokens: int = 6) -> list[int]:
+    stream = Stream()
+    engine.submit(ids, greedy(max_tokens), stream, tenant=tenant)
+    return stream.wait().tokens
+
+
+def cold_tokens(engine: Engine, prompts: list[list[int]]) -> list[list[int]]:
+    """Each prompt generated without any reuse (asserted: no cache hit)."""
+    before = engine.prefix_stats.hit_tokens
+    tokens = [generate(engine, ids, new_tenant()) for ids in prompts]
+    assert engine.prefix_stats.hit_tokens == before
+    return tokens
+
+
+def test_a_cached_system_prompt_gives_the_same_tokens_one_by_one_and_together(
+    engine: Engine, codec: TextCodec
+) -> None:
+    prompts = [system_chat_ids(codec, question) for question in QUESTIONS]
+    cold = cold_tokens(engine, prompts)
+    block = engine.prefix_cache.block_tokens
+    shared = next(i for i, (a, b) in enumerate(zip(*prompts, strict=False)) if a != b)
+    tenant = new_tenant()
+    stats = engine.prefix_stats
+    hits, hit_tokens = stats.hits, stats.hit_tokens
+    assert [generate(engine, ids, tenant) for ids in prompts] == cold
+    assert stats.hits == hits + 1  # the second reused the first one's system turn
+    assert stats.hit_tokens - hit_tokens == shared // block * block
+    # together, packed into one prefill with a cold prompt: each with its own offset
+    streams = [Stream() for _ in range(len(prompts) + 1)]
+    for ids, stream in zip(prompts, streams, strict=False):
+        engine.submit(ids, greedy(6), stream, tenant=tenant)
+    engine.submit(prompts[0], greedy(6), streams[-1], tenant=new_tenant())
+    assert [stream.wait().tokens for stream in streams] == [*cold, cold[0]]
+    assert stats.hits == hits + 1 + len(prompts)
+
+
+def test_another_tenant_never_hits_what_a_tenant_cached(engine: Engine, codec: TextCodec) -> None:
+    ids = system_chat_ids(codec, QUESTIONS[0])
+    owner = new_tenant()
+    first = generate(engine, ids, owner)
+    stats = engine.prefix_stats
+    hits, hit_tokens = stats.hits, stats.hit_tokens
+    for other in (new_tenant(), ""):
+        assert generate(engine, ids, other) == first
+    assert (stats.hits, stats.hit_tokens) == (hits, hit_tokens)  # no hit: nothing to time
+    assert generate(engine, ids, owner) == first
+    assert stats.hits == hits + 1
+    assert stats.hit_tokens - hit_tokens == (len(ids) - 1) // 16 * 16
+
+
+@pytest.fixture
+def small_prefix_cache(engine: Engine) -> Iterator[PrefixCache]:
+    """The engine with a 4-block prefix cache for one test (its own is put back after)."""
+    own = engine.prefix_cache
+    engine.prefix_cache = PrefixCache(capacity_tokens=4 * own.block_tokens)
+    try:
+        yield engine.prefix_cache
+    finally:
+        engine.prefix_cache = own
+
+
+def test_eviction_keeps_the_cache_within_capacity_and_the_tokens_right(
+    engine: Engine, codec: TextCodec, small_prefix_cache: PrefixCache
+) -> None:
+    other_system = "You are a pirate. Answer every question in pirate speech. " * 5
+    prompts = [
+        system_chat_ids(codec, QUESTIONS[0]),
+        system_chat_ids(codec, QUESTIONS[0], other_system),
+    ]
+    cold = cold_tokens(engine, prompts)
+    capacity = 4 * small_prefix_cache.block_tokens
+    stats = small_prefix_cache.stats
+    assert small_prefix_cache.cached_tokens == capacity  # the cold runs filled it
+    tenant, evicted = new_tenant(), stats.evicted_blocks
+    for index in (0, 1, 0):  # each prompt's first four blocks replace the previous four
+        assert generate(engine, prompts[index], tenant) == cold[index]
+        assert small_prefix_cache.cached_tokens == capacity
+    assert stats.evicted_blocks - evicted == 3 * 4
+    assert stats.hits == 0
+    assert generate(engine, prompts[0], tenant) == cold[0]  # the last one stayed
+    assert (stats.hits, stats.hit_tokens) == (1, capacity)
+
+
+def test_a_cancelled_request_leaves_only_correct_kv_behind(
+    engine: Engine, codec: TextCodec
+) -> None:
+    ids = system_chat_ids(codec, "Count from one to a thousand.")
+    (cold,) = cold_tokens(engine, [ids])
+    tenant = new_tenant()
+    stream = Stream()
+    handle = engine.submit(ids, greedy(200), stream, tenant=tenant)
+    eventually(lambda: len(stream.tokens) >= 3, 60, what="three tokens", interval=0.01)
+    handle.cancel()
+    assert stream.wait(10).reason == "cancelled"
+    hit_tokens = engine.prefix_stats.hit_tokens
+    assert generate(engine, ids, tenant) == cold
+    assert engine.prefix_stats.hit_tokens - hit_tokens == (len(ids) - 1) // 16 * 16
+
+
+def test_a_prefill_that_fails_halfway_stores_nothing(engine: Engine, codec: TextCodec) -> None:
+    ids = system_chat_ids(codec, QUESTIONS[1])
+    (cold,) = cold_tokens(engine, [ids])
+    real = engine.forward.hidden
+
+    def fail_at_layer_15(tokens: Tensor, positions: Tensor, attend: Attend) -> Tensor:
+        def failing(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            if layer == 15:  # layers 0-14 already wrote this prompt's KV
+                raise RuntimeError("simulated failure")
+            return attend(layer, q, k, v)
+
+        return real(tokens, positions, failing)
+
+    tenant = new_tenant()
+    stored = engine.prefix_stats.stored_blocks
+    engine.forward.hidden = fail_at_layer_15  # type: ignore[method-assign]
+    try:
+        stream = Stream()
+        engine.submit(ids, greedy(6), stream, tenant=tenant)
+        assert stream.wait(60).reason == "error"
+    finally:
+        del engine.forward.hidden
+    assert engine.prefix_stats.stored_blocks == stored
+    hits = engine.prefix_stats.hits
+    assert generate(engine, ids, tenant) == cold
+    assert engine.prefix_stats.hits == hits  # nothing of the failed prefill was kept

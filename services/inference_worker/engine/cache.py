@@ -64,3 +64,11 @@ class KVCache:
     def move(self, source: int, target: int, length: int) -> None:
         """Copy the first `length` positions of slot `source` into slot `target`."""
         self.data[:, :, target, :, :length] = self.data[:, :, source, :, :length]
+
+    def span(self, slot: int, start: int, end: int) -> torch.Tensor:
+        """[layer, key|value, kv_head, end - start, head_dim] view of one slot's positions."""
+        return self.data[:, :, slot, :, start:end]
+
+    def load(self, slot: int, start: int, kv: torch.Tensor) -> None:
+        """Write `kv` (laid out as `span` returns it) into a slot from position `start`."""
+        self.data[:, :, slot, :, start : start + kv.shape[3]] = kv

@@ -27,6 +27,7 @@ from llmos.model.llama import LlamaForCausalLM
 from llmos.model.text import IncrementalDetokenizer, TextCodec
 from services.inference_worker.engine.cache import KVCache
 from services.inference_worker.engine.forward import ColumnForward
+from services.inference_worker.engine.prefix_cache import PrefixCache, PrefixStats
 from services.inference_worker.engine.sampling import choose_next
 
 log = logging.getLogger("llmos.engine")
@@ -74,6 +75,7 @@ class Sequence:
     sink: Sink
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None
+    tenant: str = ""
     submitted_at: float = field(default_factory=time.monotonic)
     admitted_at: float = 0.0
     first_token_at: float = 0.0
@@ -112,6 +114,7 @@ class Engine:
         max_context: int = 2048,
         max_queue: int = 1024,
         prefill_token_budget: int = 2048,
+        prefix_cache_tokens: int = 8192,
         wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.model = model.eval()
@@ -122,6 +125,7 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_token_budget = prefill_token_budget
         self.cache = KVCache(model.config, max_batch, self.max_context)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)  # 0 tokens: never stores
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
         self._lock = threading.Lock()
@@ -132,8 +136,15 @@ class Engine:
 
     # -- public API (any thread) -------------------------------------------------------
 
-    def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> RequestHandle:
-        """Queue a request; events arrive on `sink` from the engine thread."""
+    def submit(
+        self, prompt: list[int], params: SamplingParams, sink: Sink, tenant: str = ""
+    ) -> RequestHandle:
+        """Queue a request; events arrive on `sink` from the engine thread.
+
+        `tenant` scopes the prefix cache: a prompt only reuses KV its own tenant computed.
+        """
+        if not isinstance(tenant, str):
+            raise InvalidArgument("tenant", "must be a string")
         if not prompt:
             raise InvalidArgument("prompt", "must not be empty")
         if len(prompt) >= self.max_context:
@@ -158,6 +169,7 @@ class Engine:
             sink=sink,
             detokenizer=IncrementalDetokenizer(self.codec),
             generator=generator,
+            tenant=tenant,
         )
         with self._lock:
             if len(self._waiting) >= self.max_queue:
@@ -185,6 +197,11 @@ class Engine:
         self._wake()
 
     @property
+    def prefix_stats(self) -> PrefixStats:
+        """What the prefix cache did: lookups, hits, tokens reused, blocks stored/evicted."""
+        return self.prefix_cache.stats
+
+    @property
     def load(self) -> tuple[int, int]:
         """(running, waiting) request counts."""
         return len(self._running), len(self._waiting)
@@ -196,6 +213,7 @@ class Engine:
 
         If the model fails, every running request ends with an error; the engine goes on.
         """
+        admitted: list[Sequence] = []
         try:
             self._drop_cancelled()
             admitted = self._admit()
@@ -205,7 +223,9 @@ class Engine:
                 self._decode()
         except Exception as exc:
             log.exception("engine step failed")
-            for sequence in self._running:
+            # a prompt whose prefill failed is in neither list yet: it must end too
+            unfinished = [s for s in admitted if s not in self._running]
+            for sequence in [*self._running, *unfinished]:
                 self._finish(sequence, "error", str(exc))
             self._running.clear()
         self.steps += 1
@@ -241,36 +261,75 @@ class Engine:
         no wasted columns; attention runs per prompt on its own slice (causal, fused
         kernel), so prompts never see each other. Padding to the longest prompt instead
         wasted up to half the work and pushed masked attention onto SDPA's slow math path.
+        A prompt whose prefix its tenant has cached starts from a copy of that KV and
+        feeds only the rest; its queries then attend over the slot's cached prefix plus
+        themselves with a bottom-right causal mask.
         """
         base = len(self._running)
         lengths = [len(sequence.prompt) for sequence in batch]
-        starts = [sum(lengths[:i]) for i in range(len(lengths))]
         self.cache.ensure(max(lengths))
-        tokens = torch.tensor([[token for sequence in batch for token in sequence.prompt]])
-        positions = torch.cat([torch.arange(length) for length in lengths])[None, :]
+        reused = [self._reuse_prefix(sequence, base + i) for i, sequence in enumerate(batch)]
+        fresh = [length - done for length, done in zip(lengths, reused, strict=True)]
+        starts = [sum(fresh[:i]) for i in range(len(fresh))]
+        tokens = torch.tensor(
+            [[token for s, done in zip(batch, reused, strict=True) for token in s.prompt[done:]]]
+        )
+        positions = torch.cat(
+            [torch.arange(done, length) for done, length in zip(reused, lengths, strict=True)]
+        )[None, :]
+        masks = [
+            _bottom_right_causal(count, done + count, self.cache.data.device) if done else None
+            for done, count in zip(reused, fresh, strict=True)
+        ]
         cache = self.cache
 
         def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             pieces = []
-            for index, (start, length) in enumerate(zip(starts, lengths, strict=True)):
-                end = start + length
+            for index, (start, count, done) in enumerate(zip(starts, fresh, reused, strict=True)):
+                end, slot, mask = start + count, base + index, masks[index]
                 keys, values = k[:, :, start:end], v[:, :, start:end]
-                cache.keys(layer)[base + index, :, :length] = keys[0]
-                cache.values(layer)[base + index, :, :length] = values[0]
+                cache.keys(layer)[slot, :, done : done + count] = keys[0]
+                cache.values(layer)[slot, :, done : done + count] = values[0]
+                if mask is not None:  # attend over the cached prefix too
+                    keys = cache.keys(layer)[slot : slot + 1, :, : done + count]
+                    values = cache.values(layer)[slot : slot + 1, :, : done + count]
                 pieces.append(
                     F.scaled_dot_product_attention(
-                        q[:, :, start:end], keys, values, is_causal=True, enable_gqa=True
+                        q[:, :, start:end],
+                        keys,
+                        values,
+                        attn_mask=mask,
+                        is_causal=mask is None,
+                        enable_gqa=True,
                     )
                 )
             return torch.cat(pieces, dim=2)
 
         hidden = self.forward.hidden(tokens, positions, attend)
-        last = [start + length - 1 for start, length in zip(starts, lengths, strict=True)]
+        for index, sequence in enumerate(batch):  # only now is every layer's KV complete
+            self._remember_prefix(sequence, base + index)
+        last = [start + count - 1 for start, count in zip(starts, fresh, strict=True)]
         logits = self.forward.logits(hidden[:, last])
         for sequence, length in zip(batch, lengths, strict=True):
             sequence.cache_len = length
         self._running.extend(batch)
         self._accept(batch, logits, offset=base)
+
+    def _reuse_prefix(self, sequence: Sequence, slot: int) -> int:
+        """Copy the tenant's longest cached prefix of the prompt into `slot`; its length."""
+        done = 0
+        for block in self.prefix_cache.lookup(sequence.tenant, sequence.prompt):
+            self.cache.load(slot, done, block)
+            done += block.shape[3]
+        return done
+
+    def _remember_prefix(self, sequence: Sequence, slot: int) -> None:
+        """Offer the prompt's full blocks, as computed in `slot`, to the prefix cache."""
+        self.prefix_cache.store(
+            sequence.tenant,
+            sequence.prompt,
+            lambda start, end: self.cache.span(slot, start, end),
+        )
 
     def _decode(self) -> None:
         """Feed every running sequence its last token; sample the next."""
@@ -371,6 +430,15 @@ class Engine:
             tokens_out=len(sequence.output),
         )
         sequence.sink(TokenEvent(None, tail, finish_reason=reason, metrics=metrics, error=error))
+
+
+def _bottom_right_causal(queries: int, keys: int, device: torch.device) -> Tensor:
+    """Mask for the last `queries` of `keys` positions: each sees its past and itself.
+
+    SDPA's is_causal aligns the triangle top-left, which is wrong when queries < keys.
+    """
+    ones = torch.ones(queries, keys, dtype=torch.bool, device=device)
+    return ones.tril(diagonal=keys - queries)
 
 
 def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
