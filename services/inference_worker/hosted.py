@@ -56,7 +56,7 @@ class HostOptions:
     max_context: int = 2048
     device: str = "cpu"
     precision: str = "auto"
-    prefix_cache_tokens: int = 0
+    prefix_cache_tokens: int = 8192
 
 
 class _Stream:
@@ -131,6 +131,7 @@ class HostedLLM:
             self.codec,
             max_batch=options.max_batch,
             max_context=options.max_context,
+            prefix_cache_tokens=options.prefix_cache_tokens,
             wake=self.compute.wake,
         )
         self.compute.attach(self.engine)
@@ -176,8 +177,12 @@ class HostedLLM:
 
         self._streams[key] = stream
         try:
+            # the prefix cache is the tenant's own: no tenant can time another's prompts
             stream.handle = self.engine.submit(
-                self._prompt_ids(work), sampling_params_from_proto(work.params), sink
+                self._prompt_ids(work),
+                sampling_params_from_proto(work.params),
+                sink,
+                tenant=work.tenant,
             )
         except BaseException:
             self._streams.pop(key, None)

@@ -28,7 +28,7 @@ from services.inference_worker.engine.scoring import (
     classification_prompt,
     label_log_likelihoods,
 )
-from tests.reference import load_reference
+from tests.reference import assert_same_or_near_tie, load_reference, reference_tokens
 from tools.harness import eventually
 
 NEW_TOKENS = 24
@@ -105,36 +105,6 @@ def greedy(max_tokens: int = NEW_TOKENS, **kwargs: object) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, **kwargs)  # type: ignore[arg-type]
 
 
-def reference_tokens(reference: Any, prompt: list[int], codec: TextCodec) -> list[int]:
-    with torch.no_grad():
-        out = reference.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            eos_token_id=sorted(codec.stop_token_ids),
-            pad_token_id=sorted(codec.stop_token_ids)[0],
-        )
-    tokens = out[0, len(prompt) :].tolist()
-    return [t for t in tokens if t not in codec.stop_token_ids]
-
-
-def assert_same_or_near_tie(
-    reference: Any, prompt: list[int], expected: list[int], got: list[int]
-) -> None:
-    """Tokens must be equal; the only excuse is a genuine near-tie at the first difference."""
-    for step, (want, have) in enumerate(zip(expected, got, strict=False)):
-        if want != have:
-            with torch.no_grad():
-                logits = reference(torch.tensor([prompt + expected[:step]])).logits[0, -1]
-            top = torch.topk(logits, 2)
-            gap = float(top.values[0] - top.values[1])
-            assert set(top.indices.tolist()) == {want, have}, f"step {step}: not a top-2 swap"
-            assert gap < 1e-3, f"step {step}: tokens differ but the top-2 gap is {gap:.2e}"
-            return
-    assert len(expected) == len(got), f"lengths differ: {len(expected)} vs {len(got)}"
-
-
 def test_greedy_tokens_equal_transformers_one_at_a_time(
     engine: Engine, codec: TextCodec, reference: Any
 ) -> None:
@@ -144,7 +114,7 @@ def test_greedy_tokens_equal_transformers_one_at_a_time(
         engine.submit(ids, greedy(), stream)
         stream.wait()
         assert_same_or_near_tie(
-            reference, ids, reference_tokens(reference, ids, codec), stream.tokens
+            reference, ids, reference_tokens(reference, ids, codec, NEW_TOKENS), stream.tokens
         )
 
 

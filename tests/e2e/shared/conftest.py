@@ -20,8 +20,9 @@ def shared_stack(
     purpose (bad tokens, denied calls, malformed requests): together they would cross
     intrusion detection's thresholds, but the launcher allowlists the machine's own
     loopback address (tools/devstack/stack.py); tests/integration/test_intrusion.py tests
-    detection itself."""
-    with running_stack(tmp_path_factory, model_folder) as running:
+    detection itself. It serves in fp32, where greedy tokens must equal transformers'
+    (test_inference.py); the failover stack serves the machine's default precision."""
+    with running_stack(tmp_path_factory, model_folder, LLMOS_PRECISION="fp32") as running:
         yield running
 
 

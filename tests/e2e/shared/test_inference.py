@@ -21,7 +21,9 @@ from llmos.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from llmos.model.text import TextCodec
 from tests.e2e.conftest import RunningStack
+from tests.reference import assert_same_or_near_tie, load_reference, reference_tokens
 from tools.harness import eventually
 from tools.standin import internal_channel
 
@@ -68,6 +70,25 @@ def test_generate_streams_deltas_then_usage(gateway: gateway_pb2_grpc.GatewayStu
     assert 0 < final.timings.time_to_first_token_s <= final.timings.total_s
     assert final.model == DEFAULT_MODEL
     assert "".join(r.text for r in responses).strip()
+
+
+def test_greedy_tokens_through_the_api_equal_transformers_in_fp32(
+    gateway: gateway_pb2_grpc.GatewayStub, model_folder: Path
+) -> None:
+    """The whole path (gateway, scheduler, worker, tritonserver, the engine in its
+    Python backend) gives transformers' greedy tokens; the shared stack serves fp32
+    (tests/e2e/shared/conftest.py), where only a genuine near-tie may differ."""
+    codec, reference = TextCodec(model_folder), load_reference(model_folder)
+    for prompt in ("The three laws of motion are", "def fibonacci(n):", "Once upon a time"):
+        answer = list(
+            gateway.Generate(
+                gateway_pb2.GenerateRequest(prompt=prompt, params=params(max_tokens=16)),
+                timeout=60,
+            )
+        )
+        got = [token for chunk in answer for token in chunk.token_ids]
+        ids = codec.encode(prompt)
+        assert_same_or_near_tie(reference, ids, reference_tokens(reference, ids, codec, 16), got)
 
 
 def test_chat_answers_with_the_chat_template(gateway: gateway_pb2_grpc.GatewayStub) -> None:
