@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from llmos.model.names import DEFAULT_MODEL
+from llmos.model.text import TextCodec
 from llmos.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
@@ -21,7 +22,6 @@ from llmos.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from llmos.model.text import TextCodec
 from tests.e2e.conftest import RunningStack
 from tests.reference import assert_same_or_near_tie, load_reference, reference_tokens
 from tools.harness import eventually
