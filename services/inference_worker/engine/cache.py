@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from llmos.model.llama import LlamaConfig
+from services.inference_worker.engine.precision import CPU
 
 INITIAL_POSITIONS = 256
 
@@ -18,8 +19,18 @@ INITIAL_POSITIONS = 256
 class KVCache:
     """Keys and values for up to `slots` sequences of up to `max_positions` tokens."""
 
-    def __init__(self, config: LlamaConfig, slots: int, max_positions: int) -> None:
+    def __init__(
+        self,
+        config: LlamaConfig,
+        slots: int,
+        max_positions: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device = CPU,
+    ) -> None:
         self.config = config
+        self.dtype = dtype
+        self.device = device
         self.slots = slots
         self.max_positions = max_positions
         self.data = self._allocate(min(INITIAL_POSITIONS, max_positions))
@@ -27,7 +38,14 @@ class KVCache:
     def _allocate(self, positions: int) -> torch.Tensor:
         c = self.config
         return torch.zeros(
-            c.num_hidden_layers, 2, self.slots, c.num_key_value_heads, positions, c.head_dim
+            c.num_hidden_layers,
+            2,
+            self.slots,
+            c.num_key_value_heads,
+            positions,
+            c.head_dim,
+            dtype=self.dtype,
+            device=self.device,
         )
 
     @property

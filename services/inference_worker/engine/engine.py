@@ -27,6 +27,7 @@ from llmos.model.llama import LlamaForCausalLM
 from llmos.model.text import IncrementalDetokenizer, TextCodec
 from services.inference_worker.engine.cache import KVCache
 from services.inference_worker.engine.forward import ColumnForward
+from services.inference_worker.engine.precision import CPU, Precision, activation_dtype
 from services.inference_worker.engine.prefix_cache import PrefixCache, PrefixStats
 from services.inference_worker.engine.sampling import choose_next
 
@@ -116,15 +117,24 @@ class Engine:
         prefill_token_budget: int = 2048,
         prefix_cache_tokens: int = 8192,
         wake: Callable[[], None] = lambda: None,
+        precision: Precision = "fp32",
+        device: torch.device = CPU,
     ) -> None:
         self.model = model.eval()
-        self.forward = ColumnForward(self.model)
+        self.device = device
+        self.forward = ColumnForward(self.model, precision, device)
         self.codec = codec
         self.max_batch = max_batch
         self.max_context = min(max_context, model.config.max_position_embeddings)
         self.max_queue = max_queue
         self.prefill_token_budget = prefill_token_budget
-        self.cache = KVCache(model.config, max_batch, self.max_context)
+        self.cache = KVCache(
+            model.config,
+            max_batch,
+            self.max_context,
+            dtype=activation_dtype(precision),
+            device=device,
+        )
         self.prefix_cache = PrefixCache(prefix_cache_tokens)  # 0 tokens: never stores
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
@@ -268,17 +278,22 @@ class Engine:
         base = len(self._running)
         lengths = [len(sequence.prompt) for sequence in batch]
         self.cache.ensure(max(lengths))
+        device = self.device
         reused = [self._reuse_prefix(sequence, base + i) for i, sequence in enumerate(batch)]
         fresh = [length - done for length, done in zip(lengths, reused, strict=True)]
         starts = [sum(fresh[:i]) for i in range(len(fresh))]
         tokens = torch.tensor(
-            [[token for s, done in zip(batch, reused, strict=True) for token in s.prompt[done:]]]
+            [[token for s, done in zip(batch, reused, strict=True) for token in s.prompt[done:]]],
+            device=device,
         )
         positions = torch.cat(
-            [torch.arange(done, length) for done, length in zip(reused, lengths, strict=True)]
+            [
+                torch.arange(done, length, device=device)
+                for done, length in zip(reused, lengths, strict=True)
+            ]
         )[None, :]
         masks = [
-            _bottom_right_causal(count, done + count, self.cache.data.device) if done else None
+            _bottom_right_causal(count, done + count, device) if done else None
             for done, count in zip(reused, fresh, strict=True)
         ]
         cache = self.cache
@@ -335,12 +350,14 @@ class Engine:
         """Feed every running sequence its last token; sample the next."""
         running = self._running
         count = len(running)
-        positions = torch.tensor([s.cache_len for s in running])
-        tokens = torch.tensor([[s.last_token] for s in running])
-        span = int(positions.max()) + 1
+        device = self.device
+        lengths = [s.cache_len for s in running]
+        positions = torch.tensor(lengths, device=device)
+        tokens = torch.tensor([[s.last_token] for s in running], device=device)
+        span = max(lengths) + 1  # from the Python list: no device sync
         self.cache.ensure(span)
-        mask = (torch.arange(span)[None, :] <= positions[:, None])[:, None, None, :]
-        rows = torch.arange(count)
+        mask = (torch.arange(span, device=device)[None, :] <= positions[:, None])[:, None, None, :]
+        rows = torch.arange(count, device=device)
         cache = self.cache
 
         def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

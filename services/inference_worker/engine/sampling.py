@@ -26,7 +26,15 @@ def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
 def choose_next(
     logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> list[int]:
-    """Next token per row of `logits` [B, V]: argmax for greedy rows, a draw otherwise."""
+    """Next token per row of `logits` [B, V]: argmax for greedy rows, a draw otherwise.
+
+    Logits may live on an accelerator. An all-greedy batch copies back only B token ids;
+    otherwise the logits come to the CPU in one copy, where the requests' generators are
+    (a seeded draw must not depend on the device), instead of one sync per row.
+    """
+    if all(p.greedy for p in params):
+        return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]
+    logits = logits.float().cpu()
     chosen = torch.argmax(logits, dim=-1).tolist()
     for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
         if p.greedy:
