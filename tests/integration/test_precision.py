@@ -107,5 +107,15 @@ def test_explicit_precisions_are_honoured_and_unknown_ones_refused_by_name() -> 
     assert choose_precision("int8", CPU).name == "int8"
     with pytest.raises(ValueError, match="'fp64'"):
         choose_precision("fp64", CPU)
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ValueError, match="'INT8'"):
         choose_precision("INT8", CPU)
+
+
+def test_an_engine_asked_for_auto_runs_the_measured_choice(
+    model: LlamaForCausalLM, codec: TextCodec
+) -> None:
+    engine = Engine(model, codec, max_batch=1, max_context=64, precision="auto")
+    assert engine.precision.requested == "auto"
+    assert engine.forward.precision == engine.precision.name
+    with pytest.raises(ValueError, match="'fp64'"):
+        Engine(model, codec, precision="fp64")

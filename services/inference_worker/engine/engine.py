@@ -27,7 +27,12 @@ from llmos.model.llama import LlamaForCausalLM
 from llmos.model.text import IncrementalDetokenizer, TextCodec
 from services.inference_worker.engine.cache import KVCache
 from services.inference_worker.engine.forward import ColumnForward
-from services.inference_worker.engine.precision import CPU, Precision, activation_dtype
+from services.inference_worker.engine.precision import (
+    CPU,
+    activation_dtype,
+    choose_precision,
+    decode_probe,
+)
 from services.inference_worker.engine.prefix_cache import PrefixCache, PrefixStats
 from services.inference_worker.engine.sampling import choose_next
 
@@ -117,12 +122,19 @@ class Engine:
         prefill_token_budget: int = 2048,
         prefix_cache_tokens: int = 8192,
         wake: Callable[[], None] = lambda: None,
-        precision: Precision = "fp32",
+        precision: str = "fp32",
         device: torch.device = CPU,
     ) -> None:
         self.model = model.eval()
         self.device = device
-        self.forward = ColumnForward(self.model, precision, device)
+        # "auto" is measured here, on the model's own weights; a bad name is a ValueError
+        probe = decode_probe(model) if precision == "auto" else None
+        self.precision = choose_precision(precision, device, probe=probe)
+        log.info(
+            "engine precision",
+            extra={"precision": self.precision.name, "reason": self.precision.reason},
+        )
+        self.forward = ColumnForward(self.model, self.precision.name, device)
         self.codec = codec
         self.max_batch = max_batch
         self.max_context = min(max_context, model.config.max_position_embeddings)
@@ -132,7 +144,7 @@ class Engine:
             model.config,
             max_batch,
             self.max_context,
-            dtype=activation_dtype(precision),
+            dtype=activation_dtype(self.precision.name),
             device=device,
         )
         self.prefix_cache = PrefixCache(prefix_cache_tokens)  # 0 tokens: never stores
