@@ -31,6 +31,7 @@ from llmos.v1 import inference_pb2
 from llmos.work import work_error
 from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.engine.engine import Engine, RequestHandle, TokenEvent
+from services.inference_worker.engine.precision import activation_dtype
 from services.inference_worker.engine.scoring import (
     check_classification_tokens,
     classification_prompt,
@@ -126,14 +127,22 @@ class HostedLLM:
         self.compute.start()
         self.codec = TextCodec(folder)
         self.model = self.compute.call(lambda: load_model(folder)).result()
-        self.engine = Engine(
-            self.model,
-            self.codec,
-            max_batch=options.max_batch,
-            max_context=options.max_context,
-            prefix_cache_tokens=options.prefix_cache_tokens,
-            wake=self.compute.wake,
-        )
+        device = torch.device(options.device)
+        self.engine = self.compute.call(
+            lambda: Engine(
+                self.model,
+                self.codec,
+                max_batch=options.max_batch,
+                max_context=options.max_context,
+                prefix_cache_tokens=options.prefix_cache_tokens,
+                wake=self.compute.wake,
+                precision=options.precision,  # "auto": measured here, at load
+                device=device,
+            )
+        ).result()
+        if device.type != "cpu":  # embeddings and classification run beside the engine
+            dtype = activation_dtype(self.engine.precision.name)
+            self.model = self.compute.call(lambda: self.model.to(device, dtype)).result()
         self.compute.attach(self.engine)
         self._streams: dict[str, _Stream] = {}
         self._outbox = _Outbox()
@@ -253,10 +262,12 @@ class HostedLLM:
         for row, sequence in enumerate(sequences):
             ids[row, : len(sequence)] = torch.tensor(sequence)
             valid[row, : len(sequence)] = True
-        hidden = self.model.hidden_states(ids, torch.arange(width).expand_as(ids))
+        device = self.engine.device
+        ids, valid = ids.to(device), valid.to(device)
+        hidden = self.model.hidden_states(ids, torch.arange(width, device=device).expand_as(ids))
         mask = valid.unsqueeze(-1).to(hidden.dtype)
         pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-        return pooled.float(), valid.sum(1)
+        return pooled.float().cpu(), valid.sum(1).cpu()
 
     def classify(self, work: inference_pb2.ClassifyWork, send: Send) -> None:
         """Score every label as a continuation of the text; the answer ranks them."""

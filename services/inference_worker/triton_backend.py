@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
 from llmos.errors import InvalidArgument, LLMOSError
+from llmos.log import configure_logging
 from llmos.v1 import inference_pb2
 from services.inference_worker.hosted import HostedLLM, HostOptions, Send
 from services.inference_worker.repository import CANCEL, CLASSIFY, EMBED, GENERATE, TASKS
@@ -90,11 +92,21 @@ class TritonPythonModel:
     llm: HostedLLM
 
     def initialize(self, args: dict[str, Any]) -> None:
+        # the stub's output goes to Triton's log (the worker's triton-<id>.log)
+        configure_logging(
+            "triton-backend",
+            os.environ.get("LLMOS_LOG_LEVEL", "info"),
+            os.environ.get("LLMOS_LOG_FORMAT", "text"),
+        )
         folder, options = host_options(args)
         self.llm = HostedLLM(folder, options)
+        choice = self.llm.engine.precision
         log.info(
-            "model instance ready",
-            extra={"model": args.get("model_name"), "device": options.device},
+            "model %s ready on %s in %s (%s)",
+            args.get("model_name"),
+            options.device,
+            choice.name,
+            choice.reason,
         )
 
     def execute(self, requests: list[Any]) -> None:

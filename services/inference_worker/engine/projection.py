@@ -28,6 +28,9 @@ WIDE_COLUMNS = 16
 class Projection(Protocol):
     """A weight matrix W [out, in] that multiplies activation columns."""
 
+    #: W as stored ([out, in]: its shape is the projection's)
+    weight: Tensor
+
     def __call__(self, columns: Tensor) -> Tensor:
         """W @ columns: [in, tokens] -> [out, tokens]."""
         ...

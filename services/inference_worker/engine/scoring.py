@@ -59,12 +59,14 @@ def check_classification_tokens(prompt: list[int], label: list[int], max_context
 
 def label_log_likelihood(model: LlamaForCausalLM, prompt: list[int], label: list[int]) -> float:
     """log P(label | prompt): the LM head runs only where it predicts a label token."""
-    ids = torch.tensor([prompt + label])
-    hidden = model.hidden_states(ids, torch.arange(ids.shape[1]).expand_as(ids))
+    device = model.lm_head.weight.device  # the model's, wherever it runs
+    ids = torch.tensor([prompt + label], device=device)
+    hidden = model.hidden_states(ids, torch.arange(ids.shape[1], device=device).expand_as(ids))
     # the hidden state at position i predicts token i + 1
     wanted = hidden[0, len(prompt) - 1 : len(prompt) - 1 + len(label)]
-    logprobs = torch.log_softmax(model.lm_head(wanted), dim=-1)
-    return float(logprobs[torch.arange(len(label)), torch.tensor(label)].sum())
+    logprobs = torch.log_softmax(model.lm_head(wanted).float(), dim=-1)
+    rows = torch.arange(len(label), device=device)
+    return float(logprobs[rows, torch.tensor(label, device=device)].sum())
 
 
 def label_log_likelihoods(
