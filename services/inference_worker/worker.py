@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -44,6 +45,7 @@ from services.inference_worker.repository import remove_entry, write_entry
 from services.inference_worker.triton_server import TritonServer
 
 log = logging.getLogger("llmos.worker")
+T = TypeVar("T")
 
 #: Triton unloads a decoupled model only once nothing is in flight on it
 UNLOAD_TIMEOUT_S = 60.0
@@ -176,6 +178,20 @@ class InferenceWorker:
             self._triton_up.set()
             log.info("Triton restarted", extra={"models": self.models})
 
+    def _restarts(self) -> int:
+        return self.server.restarts if self.server is not None else 0
+
+    def _lost_triton_since(self, restarts: int) -> bool:
+        """Whether this worker's own Triton died or was restarted since `restarts` was
+        read: a call that failed then failed for that, not for itself, and may be tried
+        again once the supervisor has the new server serving."""
+        if self.server is None:
+            return False
+        if not self.server.alive():
+            self._triton_up.clear()  # the supervisor sets it again once restarted
+            return True
+        return self.server.restarts != restarts
+
     async def _triton(self) -> None:
         """Wait while Triton is being restarted (work waits rather than fails)."""
         if not self._triton_up.is_set():
@@ -285,9 +301,21 @@ class InferenceWorker:
             seq += 1
 
         try:
-            await self._triton()
-            async for chunk in self.client.generate(work.model, work):
-                await send(chunk)
+            for attempt in (1, 2):
+                restarts = self._restarts()
+                try:
+                    await self._triton()
+                    async for chunk in self.client.generate(work.model, work):
+                        await send(chunk)
+                    break
+                except Unavailable:
+                    # nothing reached the requester yet: wait for the new Triton, once
+                    if attempt == 1 and seq == 1 and self._lost_triton_since(restarts):
+                        log.info(
+                            "retrying on the restarted Triton", extra={"request": work.request_id}
+                        )
+                        continue
+                    raise
         except LLMOSError as exc:
             await send(inference_pb2.GenerateChunk(done=True, error=work_error(exc)))
         except Exception as exc:  # never leave a requester waiting
@@ -319,11 +347,22 @@ class InferenceWorker:
 
     # -- embeddings and classification -----------------------------------------------------
 
+    async def _answer(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A one-shot Triton call, tried again once if this worker's Triton died meanwhile."""
+        restarts = self._restarts()
+        try:
+            await self._triton()
+            return await call()
+        except Unavailable:
+            if not self._lost_triton_since(restarts):
+                raise
+        await self._triton()
+        return await call()
+
     async def _on_embed(self, msg: Msg) -> None:
         work = inference_pb2.EmbedWork.FromString(msg.data)
         try:
-            await self._triton()
-            result = await self.client.embed(work.model, work)
+            result = await self._answer(lambda: self.client.embed(work.model, work))
         except LLMOSError as exc:
             result = inference_pb2.EmbedResult(error=work_error(exc))
         await msg.respond(result.SerializeToString())
@@ -331,8 +370,7 @@ class InferenceWorker:
     async def _on_classify(self, msg: Msg) -> None:
         work = inference_pb2.ClassifyWork.FromString(msg.data)
         try:
-            await self._triton()
-            result = await self.client.classify(work.model, work)
+            result = await self._answer(lambda: self.client.classify(work.model, work))
         except LLMOSError as exc:
             result = inference_pb2.ClassifyResult(error=work_error(exc))
         await msg.respond(result.SerializeToString())

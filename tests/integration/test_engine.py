@@ -105,27 +105,29 @@ def greedy(max_tokens: int = NEW_TOKENS, **kwargs: object) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, **kwargs)  # type: ignore[arg-type]
 
 
-def test_greedy_tokens_equal_transformers_one_at_a_time(
-    engine: Engine, codec: TextCodec, reference: Any
-) -> None:
-    for prompt in PROMPTS:
-        ids = chat_ids(codec, prompt)
-        stream = Stream()
-        engine.submit(ids, greedy(), stream)
-        stream.wait()
-        assert_same_or_near_tie(
-            reference, ids, reference_tokens(reference, ids, codec, NEW_TOKENS), stream.tokens
-        )
-
-
-def test_batched_generation_equals_unbatched(
-    engine: Engine, codec: TextCodec, reference: Any
-) -> None:
-    alone = {}
+@pytest.fixture(scope="module")
+def alone(engine: Engine, codec: TextCodec) -> dict[str, list[int]]:
+    """Each prompt's greedy tokens, generated with nothing else running."""
+    tokens = {}
     for prompt in PROMPTS:
         stream = Stream()
         engine.submit(chat_ids(codec, prompt), greedy(), stream)
-        alone[prompt] = stream.wait().tokens
+        tokens[prompt] = stream.wait().tokens
+    return tokens
+
+
+def test_greedy_tokens_equal_transformers_one_at_a_time(
+    alone: dict[str, list[int]], codec: TextCodec, reference: Any
+) -> None:
+    prompts = [chat_ids(codec, prompt) for prompt in PROMPTS]
+    expected = reference_tokens(reference, prompts, codec, NEW_TOKENS)
+    for prompt, ids, want in zip(PROMPTS, prompts, expected, strict=True):
+        assert_same_or_near_tie(reference, ids, want, alone[prompt])
+
+
+def test_batched_generation_equals_unbatched(
+    alone: dict[str, list[int]], engine: Engine, codec: TextCodec, reference: Any
+) -> None:
     together = {prompt: Stream() for prompt in PROMPTS}
     for prompt, stream in together.items():
         engine.submit(chat_ids(codec, prompt), greedy(), stream)

@@ -79,7 +79,10 @@ def test_greedy_tokens_through_the_api_equal_transformers_in_fp32(
     Python backend) gives transformers' greedy tokens; the shared stack serves fp32
     (tests/e2e/shared/conftest.py), where only a genuine near-tie may differ."""
     codec, reference = TextCodec(model_folder), load_reference(model_folder)
-    for prompt in ("The three laws of motion are", "def fibonacci(n):", "Once upon a time"):
+    prompts = ["The three laws of motion are", "def fibonacci(n):", "Once upon a time"]
+    ids = [codec.encode(prompt) for prompt in prompts]
+    expected = reference_tokens(reference, ids, codec, 16)
+    for prompt, prompt_ids, want in zip(prompts, ids, expected, strict=True):
         answer = list(
             gateway.Generate(
                 gateway_pb2.GenerateRequest(prompt=prompt, params=params(max_tokens=16)),
@@ -87,8 +90,7 @@ def test_greedy_tokens_through_the_api_equal_transformers_in_fp32(
             )
         )
         got = [token for chunk in answer for token in chunk.token_ids]
-        ids = codec.encode(prompt)
-        assert_same_or_near_tie(reference, ids, reference_tokens(reference, ids, codec, 16), got)
+        assert_same_or_near_tie(reference, prompt_ids, want, got)
 
 
 def test_chat_answers_with_the_chat_template(gateway: gateway_pb2_grpc.GatewayStub) -> None:
