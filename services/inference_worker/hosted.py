@@ -58,6 +58,8 @@ class HostOptions:
     device: str = "cpu"
     precision: str = "auto"
     prefix_cache_tokens: int = 8192
+    #: under load, tokens per streamed message (1: every token goes out at once)
+    coalesce_tokens: int = 2
 
 
 class _Stream:
@@ -83,9 +85,20 @@ class _Stream:
 
 
 class _Outbox:
-    """The thread that sends streamed tokens, coalescing what piled up per stream."""
+    """The thread that sends streamed tokens, coalescing what piled up per stream.
 
-    def __init__(self) -> None:
+    Under load (`busy()`: many streams decoding together) a stream's tokens are also
+    held until `coalesce` of them are ready, so each message through Triton, the worker,
+    NATS and the gateway carries several: per-message work on every hop is what the
+    whole path adds to the engine's own cost, and it is paid on the same cores. Its last
+    event is never held, and nothing is held longer than `HOLD_S`.
+    """
+
+    HOLD_S = 0.5
+
+    def __init__(self, coalesce: int = 1, busy: Callable[[], bool] = lambda: False) -> None:
+        self._coalesce = coalesce
+        self._busy = busy
         self._queue: queue.SimpleQueue[tuple[_Stream, TokenEvent] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="llmos-outbox", daemon=True)
         self._thread.start()
@@ -98,10 +111,15 @@ class _Outbox:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            pending: dict[_Stream, list[TokenEvent]] = {}
-            stopping = False
+        pending: dict[_Stream, list[TokenEvent]] = {}
+        stopping = False
+        while not stopping:
+            try:
+                item = self._queue.get(timeout=self.HOLD_S if pending else None)
+            except queue.Empty:
+                item, timed_out = None, True
+            else:
+                timed_out = False
             while item is not None:
                 stream, event = item
                 pending.setdefault(stream, []).append(event)
@@ -110,12 +128,15 @@ class _Outbox:
                 except queue.Empty:
                     break
             else:
-                stopping = True
-            for stream, events in pending.items():
+                stopping = not timed_out
+            hold = 1 if stopping or timed_out or not self._busy() else self._coalesce
+            for stream, events in list(pending.items()):
+                tokens = sum(e.token_id is not None for e in events)
+                if events[-1].finish_reason is None and tokens < hold:
+                    continue
+                del pending[stream]
                 if not stream.closed:
                     stream.closed = stream.flush(events)
-            if stopping:
-                return
 
 
 class HostedLLM:
@@ -145,9 +166,14 @@ class HostedLLM:
             self.model = self.compute.call(lambda: self.model.to(device, dtype)).result()
         self.compute.attach(self.engine)
         self._streams: dict[str, _Stream] = {}
-        self._outbox = _Outbox()
+        self._outbox = _Outbox(options.coalesce_tokens, self._busy)
         self._embeds: list[tuple[inference_pb2.EmbedWork, list[list[int]], Send]] = []
         self._embeds_lock = threading.Lock()
+
+    def _busy(self) -> bool:
+        """Whether at least half the engine's batch is decoding (tokens coalesce then)."""
+        running, _ = self.engine.load
+        return running * 2 >= self.engine.max_batch
 
     def close(self) -> None:
         """Cancel everything in flight, let the engine retire it, stop the threads."""

@@ -28,6 +28,7 @@ class WorkerOptions:
     device: str
     precision: str
     prefix_cache_tokens: int
+    coalesce_tokens: int
 
     def entry_options(self) -> EntryOptions:
         """How Triton should run each model this worker serves."""
@@ -37,6 +38,7 @@ class WorkerOptions:
             max_batch=self.max_batch,
             max_context=self.max_context,
             prefix_cache_tokens=self.prefix_cache_tokens,
+            coalesce_tokens=self.coalesce_tokens,
         )
 
     def models_root(self, data_dir: Path) -> Path:
@@ -101,6 +103,13 @@ def read_worker_options(env: EnvReader) -> WorkerOptions:
             minimum=0,
             maximum=10_000_000,
             doc="prompt tokens whose KV is kept per model for reuse, per tenant (0: off)",
+        ),
+        coalesce_tokens=env.integer(
+            "STREAM_COALESCE_TOKENS",
+            2,
+            minimum=1,
+            maximum=64,
+            doc="tokens per streamed message while half the batch or more decodes (1: off)",
         ),
         models=models,
         models_dir=Path(models_dir).resolve() if models_dir else None,

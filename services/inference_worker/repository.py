@@ -46,6 +46,7 @@ class EntryOptions:
     max_batch: int = 32
     max_context: int = 2048
     prefix_cache_tokens: int = 8192
+    coalesce_tokens: int = 2
 
     def parameters(self, folder: Path) -> dict[str, str]:
         """What the backend reads from the configuration (hosted.HostOptions)."""
@@ -55,6 +56,7 @@ class EntryOptions:
             "max_batch": str(self.max_batch),
             "max_context": str(self.max_context),
             "prefix_cache_tokens": str(self.prefix_cache_tokens),
+            "coalesce_tokens": str(self.coalesce_tokens),
         }
 
 

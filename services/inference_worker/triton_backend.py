@@ -54,6 +54,7 @@ def host_options(args: dict[str, Any]) -> tuple[Path, HostOptions]:
         max_batch=int(parameters.get("max_batch", "32")),
         max_context=int(parameters.get("max_context", "2048")),
         prefix_cache_tokens=int(parameters.get("prefix_cache_tokens", "0")),
+        coalesce_tokens=int(parameters.get("coalesce_tokens", "1")),
     )
     return Path(parameters["model_folder"]), options
 

@@ -361,13 +361,23 @@ def run_engine_line(out: int) -> dict[str, Any]:
 
 
 def run_e2e_line(out: int, engine_c32: float) -> dict[str, Any]:
-    """Start the stack, drive 64 requests at concurrency 32 through the gateway."""
+    """Start the stack, drive 64 requests at concurrency 32 through the gateway; then
+    again with every token in a message of its own, to show what coalescing buys."""
     models = Path(os.environ.get("LLMOS_DATA_DIR", "var")).resolve() / "models"
     with scratch_directory("llmos-bench-") as workdir:
-        return _run_e2e(workdir, models, out, engine_c32)
+        line = _run_e2e(workdir / "coalesced", models, out, engine_c32, {})
+    with scratch_directory("llmos-bench-") as workdir:
+        single = _run_e2e(
+            workdir / "single", models, out, engine_c32, {"LLMOS_STREAM_COALESCE_TOKENS": "1"}
+        )
+    line["e2e_c32_one_token_per_message_tokens_per_s"] = single["e2e_c32_tokens_per_s"]
+    line["e2e_vs_engine_c32_one_token_per_message"] = single["e2e_vs_engine_c32"]
+    return line
 
 
-def _run_e2e(workdir: Path, models: Path, out: int, engine_c32: float) -> dict[str, Any]:
+def _run_e2e(
+    workdir: Path, models: Path, out: int, engine_c32: float, env: dict[str, str]
+) -> dict[str, Any]:
     from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2
     from tools.devstack.access import admin_token, gateway_channel
 
@@ -378,6 +388,7 @@ def _run_e2e(workdir: Path, models: Path, out: int, engine_c32: float) -> dict[s
             "LLMOS_MODELS_DIR": str(models),
             "LLMOS_LOG_LEVEL": "warning",
             "LLMOS_CACHE_TTL_S": "0",
+            **env,
         },
     )
     try:
@@ -412,14 +423,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument(
+        "--e2e-only",
+        type=float,
+        metavar="ENGINE_C32",
+        help="only line 2, against this engine_c32_tokens_per_s from an earlier line 1",
+    )
     args = parser.parse_args(argv)
-    first = run_engine_line(args.output_tokens)
-    print(json.dumps(first), flush=True)
+    engine_c32 = args.e2e_only
+    if engine_c32 is None:
+        first = run_engine_line(args.output_tokens)
+        print(json.dumps(first), flush=True)
+        engine_c32 = first["engine_c32_tokens_per_s"]
     if not args.skip_e2e:
-        print(
-            json.dumps(run_e2e_line(args.output_tokens, first["engine_c32_tokens_per_s"])),
-            flush=True,
-        )
+        print(json.dumps(run_e2e_line(args.output_tokens, engine_c32)), flush=True)
     return 0
 
 
