@@ -2,9 +2,9 @@
 model name stands for.
 
 A deployed version is served under a name of its own, `<tenant>--<model>-v<version>`:
-unique across tenants, and new for every version, because a worker's embedded Triton
-cannot serve a name again once released — so moving to a new version never needs a
-restart, and the old one keeps answering until then. The mapping (tenant, model) → served
+unique across tenants, and new for every version — so moving to a new version never
+needs a restart, the old one keeps answering until then, and a worker never confuses a
+version it served before with the new one. The mapping (tenant, model) → served
 name lives in Redis; Generate and Chat naming `model` go to the tenant's deployment, else
 to the `system` tenant's, else to a model served under that plain name. A served name of
 another tenant cannot be called directly.

@@ -66,5 +66,3 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
     root.setLevel(level.upper())
     # Client libraries are chatty at INFO about reconnects we already report ourselves.
     logging.getLogger("nats").setLevel(max(root.level, logging.WARNING))
-    # PyTriton logs every request error with a traceback; we report them ourselves.
-    logging.getLogger("pytriton").setLevel(max(root.level, logging.ERROR))

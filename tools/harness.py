@@ -321,10 +321,17 @@ def redis_server(
     return _running(infra.start_redis(data_dir, secrets_dir=secrets_dir))
 
 
+#: torch threads per process a test starts. The suite runs two test workers on two cores,
+#: and an OpenMP pool as wide as the machine stalls at every barrier while other
+#: processes hold the cores: a failover test that takes 8 s alone took 143 s beside the
+#: training tests, and 19 s with one thread per engine.
+TEST_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
 def python_env(**extra: str) -> dict[str, str]:
     """This environment without any LLMOS_* variable (a developer's own settings must
-    not leak into a test), plus `extra`."""
-    return {**environment_without_llmos(), **extra}
+    not leak into a test), one torch thread (TEST_THREADS), plus `extra`."""
+    return {**environment_without_llmos(), **TEST_THREADS, **extra}
 
 
 def failure_report() -> list[tuple[str, str]]:

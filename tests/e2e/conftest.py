@@ -21,7 +21,7 @@ from llmos.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import ROOT
 from tools.devstack.access import admin_token, gateway_channel
 from tools.devstack.process import StackProcess
-from tools.harness import python_env
+from tools.harness import TEST_THREADS, python_env
 
 LLMOS = str(Path(sys.executable).parent / "llmos")
 
@@ -108,7 +108,7 @@ def running_stack(
     data_dir = tmp_path_factory.mktemp("stack") / "var"
     launcher = StackProcess(
         data_dir,
-        env={"LLMOS_MODELS_DIR": str(model_folder.parent), **env},
+        env={"LLMOS_MODELS_DIR": str(model_folder.parent), **TEST_THREADS, **env},
         cwd=ROOT,
         via_make=via_make,
     )
