@@ -69,16 +69,3 @@ def sampling_params_from_proto(params: inference_pb2.GenerationParams) -> Sampli
         stop=tuple(params.stop),
         ignore_eos=params.ignore_eos,
     )
-
-
-def sampling_params_to_dict(params: SamplingParams) -> dict[str, object]:
-    """JSON-ready form (how the worker hands parameters to its Triton model)."""
-    return {
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_k": params.top_k,
-        "top_p": params.top_p,
-        "seed": params.seed,
-        "stop": list(params.stop),
-        "ignore_eos": params.ignore_eos,
-    }

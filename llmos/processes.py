@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 PROC = Path("/proc")
-PR_SET_CHILD_SUBREAPER = 36
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -94,13 +92,3 @@ def kill_group(pgid: int) -> int:
     its id, and the processes those started; how many were signalled."""
     members = in_group(pgid)
     return kill_each([*members, *(d for pid in members for d in descendants(pid))])
-
-
-def become_subreaper() -> None:
-    """Adopt this process's orphaned descendants (Linux), so they stay findable through
-    `descendants(os.getpid())` after their own parent died."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)

@@ -9,6 +9,18 @@ import torch
 
 from llmos.model.text import TextCodec
 
+#: the prompts greedy output is compared on (tests and tools/bench)
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers.",
+    "Explain gravity to a child in two sentences.",
+    "Translate 'good morning' into Spanish.",
+    "def fibonacci(n):",
+    "Give me a recipe for pancakes. Start with the ingredients, then the steps, and keep it short.",
+    "2 + 2 =",
+]
+
 
 def load_reference(folder: Path) -> Any:
     """LlamaForCausalLM from transformers, float32, eval mode (typed loosely: its API is)."""

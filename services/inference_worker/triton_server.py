@@ -15,6 +15,7 @@ can be found and ended by their ids before a restart and at stop.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -42,8 +43,6 @@ STOP_GRACE_S = 10.0
 
 def distribution() -> Path:
     """Where the nvidia-pytriton wheel keeps the server (its package is not imported)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise Unavailable("nvidia-pytriton is not installed: run `make setup`")

@@ -28,20 +28,15 @@ from services.inference_worker.engine.scoring import (
     classification_prompt,
     label_log_likelihoods,
 )
-from tests.reference import assert_same_or_near_tie, load_reference, reference_tokens
+from tests.reference import (
+    PROMPTS,
+    assert_same_or_near_tie,
+    load_reference,
+    reference_tokens,
+)
 from tools.harness import eventually
 
 NEW_TOKENS = 24
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "List three prime numbers.",
-    "Explain gravity to a child in two sentences.",
-    "Translate 'good morning' into Spanish.",
-    "def fibonacci(n):",
-    "Give me a recipe for pancakes. Start with the ingredients, then the steps, and keep it short.",
-    "2 + 2 =",
-]
 
 
 @dataclass

@@ -16,7 +16,8 @@ from services.inference_worker.engine.engine import Engine
 from services.inference_worker.engine.precision import PRECISIONS, choose_precision
 from services.inference_worker.engine.quality import greedy_agreement, perplexity
 from tests.corpus import TEXT
-from tests.integration.test_engine import PROMPTS, chat_ids
+from tests.integration.test_engine import chat_ids
+from tests.reference import PROMPTS
 from tools.bench.precision import generate
 
 NEW_TOKENS = 24

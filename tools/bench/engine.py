@@ -53,7 +53,8 @@ from services.inference_worker.engine.precision import (
     decode_probe,
 )
 from services.inference_worker.engine.quality import greedy_agreement, perplexity
-from tools.bench.precision import PROMPTS, chat
+from tests.reference import PROMPTS
+from tools.bench.precision import chat
 from tools.bench.precision import generate as generate_greedy
 from tools.bench.prefix import bench_prefix
 from tools.devstack.process import StackProcess

@@ -38,17 +38,7 @@ from services.inference_worker.engine.precision import (
 )
 from services.inference_worker.engine.quality import greedy_agreement, perplexity
 from tests.corpus import TEXT
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "List three prime numbers.",
-    "Explain gravity to a child in two sentences.",
-    "Translate 'good morning' into Spanish.",
-    "def fibonacci(n):",
-    "Give me a recipe for pancakes. Start with the ingredients, then the steps.",
-    "2 + 2 =",
-]
+from tests.reference import PROMPTS
 
 
 def generate(
