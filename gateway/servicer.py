@@ -204,8 +204,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
                 usage=chunk.usage if chunk.done else None,
                 timings=chunk.timings if chunk.done else None,
                 model=model,
+                logprobs=chunk.logprobs,
             )
             whole.text += chunk.text
+            whole.logprobs.extend(chunk.logprobs)
             call.output = whole.text
             whole.token_ids.extend(chunk.token_ids)
             # kept current as tokens arrive, so a caller who goes away before the last

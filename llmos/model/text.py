@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,11 @@ class TextCodec:
         ids = eos if isinstance(eos, list) else [eos]
         self.stop_token_ids: frozenset[int] = frozenset(int(i) for i in ids if i is not None)
         self._template = _compile_template(self.chat_template) if self.chat_template else None
+        decoder = json.loads(self.tokenizer.to_str()).get("decoder") or {}
+        self._byte_level = decoder.get("type") == "ByteLevel"
+        added = self.tokenizer.get_added_tokens_decoder()
+        #: added special tokens are spelt as themselves, not in the byte alphabet
+        self._special_ids = frozenset(int(i) for i, t in added.items() if t.special)
 
     @property
     def vocab_size(self) -> int:
@@ -57,6 +63,19 @@ class TextCodec:
     def decode(self, ids: list[int]) -> str:
         """Text of `ids`, without special tokens."""
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes one token stands for. A byte-level BPE token may be part of a
+        UTF-8 character, which decoding it alone would turn into U+FFFD; its vocabulary
+        entry spells the bytes in GPT-2's byte-to-character alphabet, read back here."""
+        piece = self.tokenizer.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if self._byte_level and token_id not in self._special_ids:
+            table = _gpt2_byte_of()
+            if all(ch in table for ch in piece):
+                return bytes(table[ch] for ch in piece)
+        return piece.encode() if token_id in self._special_ids else self.decode([token_id]).encode()
 
     def render_chat(
         self, messages: list[dict[str, str]], add_generation_prompt: bool = True
@@ -85,6 +104,21 @@ def _compile_template(source: str) -> jinja2.Template:
     )
     env.globals["raise_exception"] = raise_exception
     return env.from_string(source)
+
+
+@cache
+def _gpt2_byte_of() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte: printable bytes stand for
+    themselves, the rest are shifted to code points from 256 up."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = list(printable)
+    shift = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + shift)
+            shift += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
 @dataclass

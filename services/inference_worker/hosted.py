@@ -65,9 +65,10 @@ class HostOptions:
 class _Stream:
     """One generation's way out: its events, coalesced, become GenerateChunks."""
 
-    def __init__(self, key: str, send: Send) -> None:
+    def __init__(self, key: str, send: Send, spell: Callable[[int], bytes]) -> None:
         self.key = key
         self.send = send
+        self.spell = spell  # a token id's bytes, for log-probabilities
         self.handle: RequestHandle | None = None
         self.closed = False
 
@@ -75,7 +76,7 @@ class _Stream:
         """Send the events as one chunk; True once the stream has ended."""
         final = events[-1].finish_reason is not None
         try:
-            self.send(_chunk(events).SerializeToString(), final)
+            self.send(_chunk(events, self.spell).SerializeToString(), final)
         except Exception:  # the requester went away (Triton closed the stream): stop
             log.info("stream closed by its requester", extra={"request": self.key})
             if self.handle is not None:
@@ -202,7 +203,7 @@ class HostedLLM:
     def generate(self, work: inference_pb2.GenerateWork, send: Send) -> None:
         """Start a generation whose chunks go to `send`; refusals raise LLMOSError."""
         key = work.request_id
-        stream = _Stream(key, send)
+        stream = _Stream(key, send, self.codec.token_bytes)
         outbox = self._outbox
 
         def sink(event: TokenEvent) -> None:  # on the compute thread: hand over, go on
@@ -328,12 +329,25 @@ def _send_quietly(send: Send, payload: bytes) -> None:
         log.info("an answer's requester went away")
 
 
-def _chunk(events: list[TokenEvent]) -> inference_pb2.GenerateChunk:
+def _chunk(events: list[TokenEvent], spell: Callable[[int], bytes]) -> inference_pb2.GenerateChunk:
     """The GenerateChunk for events of one stream that are sent together."""
     chunk = inference_pb2.GenerateChunk(
         text="".join(e.text for e in events),
         token_ids=[e.token_id for e in events if e.token_id is not None],
     )
+    for event in events:
+        if event.logprobs is not None and event.token_id is not None:
+            chunk.logprobs.append(
+                inference_pb2.TokenLogprob(
+                    token_id=event.token_id,
+                    token=spell(event.token_id),
+                    logprob=event.logprobs.logprob,
+                    top=[
+                        inference_pb2.TokenLogprob(token_id=i, token=spell(i), logprob=lp)
+                        for i, lp in event.logprobs.top
+                    ],
+                )
+            )
     final = events[-1]
     if final.finish_reason is not None:
         chunk.done = True

@@ -18,6 +18,7 @@ from gateway.validation import (
     checked_params,
 )
 from llmos import errors
+from llmos.errors import InvalidArgument
 from llmos.generation import SamplingParams, sampling_params_from_proto
 from llmos.v1 import inference_pb2
 from llmos.work import domain_error, work_error
@@ -123,11 +124,46 @@ def test_greedy_rows_take_the_argmax_and_seeded_rows_repeat() -> None:
 
     def draw() -> list[int]:
         generators = [None, torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)]
-        return choose_next(logits, params, generators)
+        return choose_next(logits, params, generators, [[], [], []])[0]
 
     first, second = draw(), draw()
     assert first[0] == int(logits[0].argmax())
     assert first == second
+
+
+def test_penalties_steer_away_from_tokens_already_generated() -> None:
+    logits = torch.tensor([[3.0, 2.9, 0.0, -1.0]])
+    history = [[0, 0]]
+    plain, _ = choose_next(logits, [SamplingParams()], [None], history)
+    presence = SamplingParams(presence_penalty=0.5)
+    frequency = SamplingParams(frequency_penalty=0.06)  # 2 x 0.06 > the 0.1 lead
+    assert plain == [0]
+    assert choose_next(logits, [presence], [None], history)[0] == [1]
+    assert choose_next(logits, [frequency], [None], history)[0] == [1]
+    # a negative penalty makes repetition more likely: token 1 trails by 0.1 until then
+    encourage = SamplingParams(presence_penalty=-0.5)
+    assert choose_next(logits, [encourage], [None], [[1]])[0] == [1]
+
+
+def test_logprobs_are_the_models_own_and_rank_the_alternatives() -> None:
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    params = SamplingParams(logprobs=True, top_logprobs=2)
+    chosen, reported = choose_next(logits, [params], [None], [[]])
+    expected = torch.log_softmax(logits[0], dim=-1)
+    assert chosen == [1]
+    assert reported[0] is not None
+    assert reported[0].logprob == pytest.approx(float(expected[1]))
+    assert [i for i, _ in reported[0].top] == [1, 2]
+    assert reported[0].top[1][1] == pytest.approx(float(expected[2]))
+
+
+def test_penalties_and_logprobs_are_bounded() -> None:
+    with pytest.raises(InvalidArgument, match="presence_penalty"):
+        SamplingParams(presence_penalty=2.5).validate(1000)
+    with pytest.raises(InvalidArgument, match="top_logprobs"):
+        SamplingParams(logprobs=True, top_logprobs=21).validate(1000)
+    with pytest.raises(InvalidArgument, match="top_logprobs: needs logprobs"):
+        SamplingParams(top_logprobs=2).validate(1000)
 
 
 def test_text_that_could_start_a_stop_sequence_is_held_back() -> None:

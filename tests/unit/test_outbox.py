@@ -25,7 +25,7 @@ class Recorder:
 
 def _stream_through(outbox: _Outbox, tokens: int) -> Recorder:
     recorder = Recorder()
-    stream = _Stream("r1", recorder)
+    stream = _Stream("r1", recorder, lambda i: b"")
     for token in range(tokens):
         outbox.put(stream, TokenEvent(token_id=token, text=f"<{token}>"))
     outbox.put(stream, TokenEvent(None, "", finish_reason="length"))
@@ -49,7 +49,7 @@ def test_under_load_each_message_carries_several_tokens_and_none_is_lost() -> No
 def test_at_light_load_nothing_waits_for_company() -> None:
     outbox = _Outbox(coalesce=4, busy=lambda: False)
     recorder = Recorder()
-    stream = _Stream("r2", recorder)
+    stream = _Stream("r2", recorder, lambda i: b"")
     try:
         outbox.put(stream, TokenEvent(token_id=7, text="a"))
         for _ in range(100):  # the single token goes out on its own

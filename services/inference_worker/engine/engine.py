@@ -34,7 +34,7 @@ from services.inference_worker.engine.precision import (
     decode_probe,
 )
 from services.inference_worker.engine.prefix_cache import PrefixCache, PrefixStats
-from services.inference_worker.engine.sampling import choose_next
+from services.inference_worker.engine.sampling import Logprobs, choose_next
 
 log = logging.getLogger("llmos.engine")
 
@@ -66,6 +66,7 @@ class TokenEvent:
     finish_reason: str | None = None  # "stop", "length", "cancelled", "error"
     metrics: GenerationMetrics | None = None
     error: str = ""
+    logprobs: Logprobs | None = None  # the token's, when the request asked for them
 
 
 Sink = Callable[[TokenEvent], None]
@@ -387,22 +388,31 @@ class Engine:
 
     def _accept(self, batch: list[Sequence], logits: Tensor, offset: int) -> None:
         """Sample, stream text, and retire sequences that are done."""
-        chosen = choose_next(logits, [s.params for s in batch], [s.generator for s in batch])
+        chosen, logprobs = choose_next(
+            logits,
+            [s.params for s in batch],
+            [s.generator for s in batch],
+            [s.output for s in batch],
+        )
         now = time.monotonic()
         done: list[tuple[int, str]] = []
-        for index, (sequence, token) in enumerate(zip(batch, chosen, strict=True)):
+        for index, (sequence, token, reported) in enumerate(
+            zip(batch, chosen, logprobs, strict=True)
+        ):
             if sequence.first_token_at == 0.0:
                 sequence.first_token_at = now
             else:
                 sequence.gaps.append(now - sequence.last_token_at)
             sequence.last_token_at = now
-            reason = self._advance(sequence, token)
+            reason = self._advance(sequence, token, reported)
             if reason is not None:
                 done.append((offset + index, reason))
         for reason in ("stop", "length"):
             self._retire([i for i, r in done if r == reason], reason)
 
-    def _advance(self, sequence: Sequence, token: int) -> str | None:
+    def _advance(
+        self, sequence: Sequence, token: int, logprobs: Logprobs | None = None
+    ) -> str | None:
         """Take one token; return a finish reason if the sequence is complete."""
         if token in self.codec.stop_token_ids and not sequence.params.ignore_eos:
             return "stop"
@@ -413,12 +423,12 @@ class Engine:
         for stop in sequence.params.stop:
             found = text.find(stop, max(0, sequence.emitted_chars - len(stop) + 1))
             if found >= 0:
-                self._emit(sequence, token, text[sequence.emitted_chars : found])
+                self._emit(sequence, token, text[sequence.emitted_chars : found], logprobs)
                 sequence.emitted_chars = len(text)  # nothing after a stop sequence is sent
                 return "stop"
         # hold back a tail that could still become a stop sequence
         safe = len(text) - _partial_stop_suffix(text, sequence.params.stop)
-        self._emit(sequence, token, text[sequence.emitted_chars : safe])
+        self._emit(sequence, token, text[sequence.emitted_chars : safe], logprobs)
         sequence.emitted_chars = max(sequence.emitted_chars, safe)
         if len(sequence.output) >= sequence.params.max_tokens:
             return "length"
@@ -426,8 +436,8 @@ class Engine:
             return "length"
         return None
 
-    def _emit(self, sequence: Sequence, token: int, text: str) -> None:
-        sequence.sink(TokenEvent(token_id=token, text=text))
+    def _emit(self, sequence: Sequence, token: int, text: str, logprobs: Logprobs | None) -> None:
+        sequence.sink(TokenEvent(token_id=token, text=text, logprobs=logprobs))
 
     def _retire(self, indices: list[int], reason: str) -> None:
         """Remove running sequences, keeping slots 0..B-1 dense."""
