@@ -12,7 +12,9 @@ from typing import Any
 
 import grpc
 import pyotp
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway.auth.api_keys import ApiKey, ApiKeyStore
 from gateway.auth.identities import Client, IdentityStore, Limits, Tenant, User
 from gateway.auth.keys import Keyring
 from gateway.auth.principal import call_record, caller
@@ -57,16 +59,43 @@ def _client(record: Client) -> admin_pb2.Client:
     )
 
 
+def _timestamp(seconds: float) -> Timestamp | None:
+    if not seconds:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _api_key(record: ApiKey) -> admin_pb2.ApiKey:
+    return admin_pb2.ApiKey(
+        key_id=record.key_id,
+        tenant=record.tenant,
+        name=record.name,
+        scopes=record.scopes,
+        quota=_quota(record.limits),
+        created_at=_timestamp(record.created_at),
+        expires_at=_timestamp(record.expires_at),
+        created_by=record.created_by,
+    )
+
+
 def _user(record: User) -> admin_pb2.User:
     return admin_pb2.User(username=record.username, tenant=record.tenant, scopes=record.scopes)
 
 
 class AdminServicer(BlocklistAdmin, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(
-        self, store: IdentityStore, keyring: Keyring | None, firewall: Firewall, block_s: int
+        self,
+        store: IdentityStore,
+        api_keys: ApiKeyStore,
+        keyring: Keyring | None,
+        firewall: Firewall,
+        block_s: int,
     ) -> None:
         BlocklistAdmin.__init__(self, firewall, block_s)
         self._store = store
+        self._api_keys = api_keys
         self._keyring = keyring
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -167,6 +196,37 @@ class AdminServicer(BlocklistAdmin, admin_pb2_grpc.AdminServicer):  # type: igno
             raise FailedPrecondition("a client cannot delete itself")
         await self._run(self._store.delete_client, client.client_id)
         return admin_pb2.DeleteClientResponse()
+
+    async def CreateApiKey(
+        self, request: admin_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CreateApiKeyResponse:
+        tenant = self._tenant_of(request.tenant)
+        scopes = self._grantable(request.scopes, "scopes")
+        limits = _limits(request.quota, "quota") if request.HasField("quota") else None
+        await self._run(self._store.tenant, tenant)  # NOT_FOUND for a tenant that is not
+        key, bearer = await self._run(
+            lambda: self._api_keys.create(
+                tenant, request.name, scopes, caller().subject, request.expires_in_s, limits
+            )
+        )
+        call_record().resource = f"apikey/{key.key_id}"
+        return admin_pb2.CreateApiKeyResponse(api_key=_api_key(key), key=bearer)
+
+    async def ListApiKeys(
+        self, request: admin_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListApiKeysResponse:
+        tenant = self._tenant_of(request.tenant)
+        keys = await self._run(self._api_keys.keys, tenant)
+        return admin_pb2.ListApiKeysResponse(api_keys=[_api_key(k) for k in keys])
+
+    async def RevokeApiKey(
+        self, request: admin_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RevokeApiKeyResponse:
+        call_record().resource = f"apikey/{request.key_id}"
+        key = await self._run(self._api_keys.find, request.key_id)
+        caller().require_tenant(key.tenant, f"API key {key.key_id!r}")
+        await self._run(self._api_keys.revoke, key)
+        return admin_pb2.RevokeApiKeyResponse()
 
     async def CreateUser(
         self, request: admin_pb2.CreateUserRequest, context: grpc.aio.ServicerContext

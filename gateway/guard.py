@@ -21,8 +21,9 @@ from typing import Any
 
 import grpc
 
-from gateway.auth.principal import CallRecord, current_call
-from gateway.auth.scopes import required_scope
+from gateway.auth.api_keys import ApiKeyVerifier, is_api_key
+from gateway.auth.principal import CallRecord, Principal, current_call
+from gateway.auth.scopes import allows, required_scope
 from gateway.auth.verifier import StaleToken, TokenVerifier
 from gateway.firewall import Blocked, address_target, grpc_peer_address, principal_target
 from gateway.intrusion import IntrusionDetector, Signal
@@ -45,8 +46,10 @@ class GatewayGuard:
         token_endpoint: str,
         policy: RedactionPolicy,
         detector: IntrusionDetector,
+        api_keys: ApiKeyVerifier,
     ) -> None:
         self._verifier = verifier
+        self._api_keys = api_keys
         self._admission = admission
         self._detector = detector
         self._firewall = detector.firewall
@@ -76,14 +79,14 @@ class GatewayGuard:
             if door is not None:
                 self._firewall.refuse_if_remembered(door)
             try:
-                principal = await self._verifier.verify(self._bearer(context))
+                principal = await self._principal(self._bearer(context))
             except Unauthenticated:
                 if door is not None:
                     await self._firewall.check(door)  # a blocked address hears so
                 raise
             record.principal = principal
             self._firewall.refuse_if_remembered(principal_target(principal))
-            if scope not in principal.scopes:
+            if not allows(principal.scopes, method, scope):
                 granted = ", ".join(sorted(principal.scopes)) or "none"
                 raise PermissionDenied(
                     f"this call needs scope {scope!r}; the token grants: {granted}"
@@ -101,6 +104,12 @@ class GatewayGuard:
                 elapsed_s = time.monotonic() - started
                 await self._finish(method, context, address, record, failure, elapsed_s)
 
+    async def _principal(self, bearer: str) -> Principal:
+        """Who the bearer is: an API key, or an access token."""
+        if is_api_key(bearer):
+            return await self._api_keys.verify(bearer)
+        return await self._verifier.verify(bearer)
+
     async def _observe(self, signal: Signal | None, address: str, call: CallRecord) -> None:
         """Tell intrusion detection about a failed call; it must not fail the call."""
         if signal is not None:
@@ -113,9 +122,9 @@ class GatewayGuard:
                 scheme, _, credentials = value.partition(" ")
                 if scheme.lower() == "bearer" and credentials.strip():
                     return credentials.strip()
-                raise Unauthenticated("authorization metadata must be 'Bearer <access token>'")
+                raise Unauthenticated("authorization must be 'Bearer <access token or API key>'")
         raise Unauthenticated(
-            "no bearer token: send metadata 'authorization: Bearer <access token>' "
+            "no bearer token: send 'authorization: Bearer <access token or API key>' "
             f"(tokens come from {self._token_hint})"
         )
 

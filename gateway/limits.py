@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from gateway.auth.api_keys import record_key
 from gateway.auth.identities import PREFIX, Limits, deleted_key, revoked_key
 from gateway.auth.principal import Principal
 from gateway.auth.verifier import StaleToken
@@ -26,7 +27,8 @@ WINDOW_S = 60
 #: a key nothing ever writes, for checks that do not apply (no jti, not a user)
 NEVER = f"{PREFIX}never"
 
-#: KEYS: revoked-token, deleted-client, deleted-user, client record, tenant record, then
+#: KEYS: revoked-token, deleted-client, deleted-user, client (or API key) record, tenant
+#: record, then
 #: the four windows (client rpm, tenant rpm, client tpm, tenant tpm), then the blocks of
 #: the caller's address and of the principal (gateway/firewall.py).
 #: ARGV: window, default tenant rpm, default tenant tpm.
@@ -133,7 +135,9 @@ class Admission:
             revoked_key(principal.token_id) if principal.token_id else NEVER,
             deleted_key("client", principal.client_id),
             deleted_key("user", principal.subject) if principal.is_user else NEVER,
-            f"{PREFIX}client:{principal.client_id}",
+            record_key(principal.client_id)
+            if principal.api_key
+            else f"{PREFIX}client:{principal.client_id}",
             f"{PREFIX}tenant:{principal.tenant}",
             *_windows(principal),
             address.key if address else NEVER,
@@ -148,14 +152,18 @@ class Admission:
         if answer[0] == 1:
             return
         if answer[0] == 2:
-            raise StaleToken("token has been revoked")
+            what = f"API key {principal.client_id}" if principal.api_key else "token"
+            raise StaleToken(f"{what} has been revoked")
         if answer[0] in (3, 4):
             whose = "client" if answer[0] == 3 else "user"
             raise StaleToken(f"the {whose} this token was issued to has been deleted")
         index, retry, limit = answer[1] - 1, max(answer[2], 1), answer[3]
         what = "requests" if index < 2 else "model tokens"
+        client = "API key" if principal.api_key else "client"
         whose = (
-            f"client {principal.client_id!r}" if index % 2 == 0 else f"tenant {principal.tenant!r}"
+            f"{client} {principal.client_id!r}"
+            if index % 2 == 0
+            else f"tenant {principal.tenant!r}"
         )
         raise RateLimited(
             f"rate limit reached: {whose} may use {limit} {what} per minute; retry after {retry} s",

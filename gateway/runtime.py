@@ -1,10 +1,12 @@
-"""Everything the gateway builds before it serves: identities, the built-in issuer and its
-HTTP endpoints, the token verifier, rate limits, audit, the response cache."""
+"""Everything the gateway builds before it serves: identities and API keys, the built-in
+issuer, the HTTP listener (bound here, so the issuer knows its URL; served once the
+gRPC API it shares code with exists), the token verifier, rate limits, audit, the
+response cache."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import socket
 import ssl
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -12,8 +14,9 @@ from pathlib import Path
 
 import redis
 
+from gateway.auth.api_keys import ApiKeyStore, ApiKeyVerifier
 from gateway.auth.bootstrap import bootstrap
-from gateway.auth.http import OAuthHttp, start_http
+from gateway.auth.http import OAuthHttp, bind_listener
 from gateway.auth.identities import IdentityStore, Limits
 from gateway.auth.keys import Keyring
 from gateway.auth.server import LLMOSAuthorizationServer, ServerPolicy
@@ -44,6 +47,12 @@ class GatewayRuntime:
     cache: ResponseCache
     issuer: str
     credentials_path: Path | None
+    api_keys: ApiKeyStore
+    detector: IntrusionDetector
+    #: the HTTP endpoints' socket, bound; `oauth`: the built-in issuer's routes, if hosted
+    http_listener: socket.socket
+    http_url: str
+    oauth: OAuthHttp | None
 
 
 def server_tls(options: GatewayOptions) -> ssl.SSLContext | None:
@@ -87,8 +96,14 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
     signer = AssertionSigner(settings.secrets_dir, issuer=str(ctx.identity.peer))
     ctx.links.vouch = vouch_with(signer)
 
+    listener = bind_listener(options.http_listen.host, options.http_listen.port)
+    stack.callback(listener.close)
+    port = int(listener.getsockname()[1])
+    scheme = "https" if options.tls_cert else "http"
+    http_url = f"{scheme}://{settings.advertise_host}:{port}"
+    issuer = options.issuer_url(settings.advertise_host, port)
     keyring: Keyring | None = None
-    issuer = options.issuer_url(settings.advertise_host, options.http_listen.port)
+    oauth: OAuthHttp | None = None
     credentials: Path | None = None
     if options.builtin_issuer:
         keyring = Keyring(
@@ -96,7 +111,7 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
             retention_s=options.access_ttl_s + options.leeway_s + KEY_RETENTION_MARGIN_S,
         )
         policy = ServerPolicy(
-            issuer="",  # known once the HTTP port is bound
+            issuer=issuer,
             audience=options.audience,
             access_ttl_s=options.access_ttl_s,
             refresh_ttl_s=options.refresh_ttl_s,
@@ -104,16 +119,7 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
             failure_window_s=options.failure_window_s,
             lockout_s=options.lockout_s,
         )
-        server = LLMOSAuthorizationServer(store, keyring, policy)
-        runner, port = await start_http(
-            OAuthHttp(server, audit, detector).app(),
-            options.http_listen.host,
-            options.http_listen.port,
-            server_tls(options),
-        )
-        stack.push_async_callback(runner.cleanup)
-        issuer = options.issuer_url(settings.advertise_host, port)
-        server.policy = dataclasses.replace(policy, issuer=issuer)
+        oauth = OAuthHttp(LLMOSAuthorizationServer(store, keyring, policy), audit, detector)
         credentials = bootstrap(store, settings.data_dir, issuer)
         log.info("OAuth issuer ready", extra={"issuer": issuer, "credentials": str(credentials)})
 
@@ -138,6 +144,7 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
         f"{issuer}/token",
         options.audit_policy,
         detector,
+        ApiKeyVerifier(ctx.redis),
     )
     return GatewayRuntime(
         options=options,
@@ -148,4 +155,9 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
         cache=ResponseCache(ctx.redis, options.cache_ttl_s),
         issuer=issuer,
         credentials_path=credentials,
+        api_keys=ApiKeyStore(sync_redis),
+        detector=detector,
+        http_listener=listener,
+        http_url=http_url,
+        oauth=oauth,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import Counter
@@ -14,12 +15,13 @@ import grpc
 
 from gateway.admin import AdminServicer
 from gateway.audit import AuditRelay
+from gateway.auth.http import http_app, serve_http
 from gateway.auth.principal import call_record, caller
 from gateway.cache import ResponseCache
 from gateway.deployments import Deployer, Deployments
 from gateway.inference import InferenceRouter
 from gateway.priorities import check_priority, needs_grant
-from gateway.runtime import GatewayRuntime
+from gateway.runtime import GatewayRuntime, server_tls
 from gateway.status import service_status, system_status
 from gateway.storage import StorageRelay
 from gateway.validation import (
@@ -52,6 +54,8 @@ from llmos.v1 import (
     storage_pb2_grpc,
 )
 from llmos.workers import INFERENCE_WORKER, WorkerTable
+
+log = logging.getLogger("llmos.gateway")
 
 HEALTH_TIMEOUT_S = 2.0
 #: a rough prompt size in tokens for fair-share estimates (settled with the true count)
@@ -367,6 +371,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         return await self._scheduler.ask(method, request, context)
 
 
+async def _serve_http(
+    runtime: GatewayRuntime, servicer: GatewayServicer, stack: AsyncExitStack
+) -> None:
+    """The HTTP endpoints on the listener `prepare` bound: the built-in issuer's, and
+    the OpenAI-compatible API over this servicer."""
+    from gateway.openai.http import OpenAIHttp  # it imports this module
+
+    app = http_app(runtime.detector, runtime.options.max_request_bytes)
+    if runtime.oauth is not None:
+        runtime.oauth.add_routes(app)
+    OpenAIHttp(servicer, runtime.guard).add_routes(app)
+    runner = await serve_http(app, runtime.http_listener, server_tls(runtime.options))
+    stack.push_async_callback(runner.cleanup)
+    log.info("OpenAI-compatible API ready", extra={"openai": f"{runtime.http_url}/v1"})
+
+
 async def attach(
     ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack
 ) -> Sequence[str]:
@@ -375,12 +395,15 @@ async def attach(
     workers = WorkerTable()
     heartbeats = await workers.follow(ctx.nats)
     stack.push_async_callback(heartbeats.unsubscribe)
-    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(ctx, runtime, workers), server)
+    servicer = GatewayServicer(ctx, runtime, workers)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
+    await _serve_http(runtime, servicer, stack)
     storage_pb2_grpc.add_StorageServicer_to_server(StorageRelay(ctx.links), server)
     audit_pb2_grpc.add_AuditServicer_to_server(AuditRelay(ctx.links), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(
             runtime.store,
+            runtime.api_keys,
             runtime.keyring,
             runtime.firewall,
             runtime.options.intrusion.block_s,

@@ -1,6 +1,7 @@
-"""The authorization server's HTTP face (aiohttp): token, revocation, introspection,
-JWKS and metadata. authlib is synchronous, so each OAuth call runs on a worker thread
-and the event loop that serves gRPC never waits on password hashing.
+"""The gateway's HTTP server (aiohttp), and on it the authorization server's endpoints:
+token, revocation, introspection, JWKS and metadata. authlib is synchronous, so each
+OAuth call runs on a worker thread and the event loop that serves gRPC never waits on
+password hashing.
 
 Every endpoint is behind the door (`door_middleware`): a blocked address is refused
 before its request is read, and the OAuth endpoints (which hash secrets, 16 MiB each)
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +31,7 @@ from gateway.firewall import (
     user_target,
 )
 from gateway.intrusion import IntrusionDetector, Signal
+from gateway.openai.errors import OPENAI_PREFIX, openai_error
 from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import ResourceExhausted
 
@@ -61,10 +64,7 @@ class OAuthHttp:
         self._detector = detector
         self._hashing = asyncio.Semaphore(detector.policy.signin_concurrency)
 
-    def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=MAX_BODY_BYTES, middlewares=[door_middleware(self._detector)]
-        )
+    def add_routes(self, app: web.Application) -> None:
         metadata = self._metadata
         app.router.add_get("/.well-known/openid-configuration", metadata)
         app.router.add_get("/.well-known/oauth-authorization-server", metadata)
@@ -72,7 +72,6 @@ class OAuthHttp:
         app.router.add_post("/token", self._oauth("oauth.token", self._server.token))
         app.router.add_post("/revoke", self._oauth("oauth.revoke", self._server.revoke))
         app.router.add_post("/introspect", self._oauth("oauth.introspect", self._server.introspect))
-        return app
 
     async def _metadata(self, request: web.Request) -> web.Response:
         return web.json_response(self._server.metadata())
@@ -87,6 +86,11 @@ class OAuthHttp:
         async def handle(request: web.Request) -> web.Response:
             started = time.monotonic()
             address = client_of(request)
+            if (request.content_length or 0) > MAX_BODY_BYTES:
+                too_big = f"the form is larger than {MAX_BODY_BYTES} bytes"
+                return web.json_response(
+                    {"error": "invalid_request", "error_description": too_big}, status=413
+                )
             form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
             try:
                 await self._refuse_blocked_principals(request, form)
@@ -182,6 +186,8 @@ def door_middleware(detector: IntrusionDetector) -> Any:
             else:
                 await detector.firewall.check(address_target(address))
         except Blocked as exc:
+            if request.path.startswith(OPENAI_PREFIX):
+                return openai_error(exc, exc.block.retry_after_s())
             return _refusal(403, "access_denied", str(exc), exc.block.retry_after_s())
         except ResourceExhausted as exc:
             retry = int(exc.retry_after_s or 60)
@@ -199,15 +205,29 @@ def _refusal(status: int, error: str, sentence: str, retry_after_s: int) -> web.
     )
 
 
-async def start_http(
-    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None
-) -> tuple[web.AppRunner, int]:
-    """Serve `app`; returns the runner (for cleanup) and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
+def http_app(detector: IntrusionDetector, max_body_bytes: int) -> web.Application:
+    """The gateway's HTTP application, every route behind the door."""
+    return web.Application(client_max_size=max_body_bytes, middlewares=[door_middleware(detector)])
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The HTTP endpoints' listening socket, bound now (port 0: any free one) so the
+    issuer's URL is known before the routes that need the rest of the gateway exist."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(1024)
+    listener.setblocking(False)
+    return listener
+
+
+async def serve_http(
+    app: web.Application, listener: socket.socket, tls: ssl.SSLContext | None
+) -> web.AppRunner:
+    """Serve `app` on the bound `listener`; returns the runner (for cleanup). A handler
+    whose client disconnects is cancelled, so a closed stream frees its work at once."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = int(sockets[0].getsockname()[1]) if sockets else port
-    return runner, bound
+    await web.SockSite(runner, listener, ssl_context=tls).start()
+    return runner

@@ -20,6 +20,8 @@ class Principal:
     token_id: str = ""
     expires_at: float = 0.0
     is_user: bool = False
+    #: an API key (gateway.auth.api_keys): client_id and token_id are the key's id
+    api_key: bool = False
 
     @property
     def is_system_admin(self) -> bool:

@@ -88,6 +88,9 @@ RPC_SCOPES: dict[str, str] = {
             "CreateClient",
             "ListClients",
             "DeleteClient",
+            "CreateApiKey",
+            "ListApiKeys",
+            "RevokeApiKey",
             "CreateUser",
             "ListUsers",
             "DeleteUser",
@@ -99,6 +102,10 @@ RPC_SCOPES: dict[str, str] = {
         )
     },
 }
+
+#: RPC -> another scope that also allows it: whoever may run models may see which
+#: ones it can run (an inference-only API key lists models, as OpenAI tools expect).
+ALSO_ALLOWED_BY: dict[str, str] = {_GATEWAY + "ListModels": INFERENCE}
 
 #: RPCs anyone may call: health checks and schema discovery reveal no data.
 PUBLIC_PREFIXES = (
@@ -114,6 +121,11 @@ def required_scope(method: str) -> str | None:
     if method.startswith(PUBLIC_PREFIXES):
         return None
     return RPC_SCOPES.get(method, ADMIN)
+
+
+def allows(scopes: frozenset[str], method: str, scope: str) -> bool:
+    """Whether a token carrying `scopes` may call `method`, which needs `scope`."""
+    return scope in scopes or ALSO_ALLOWED_BY.get(method, scope) in scopes
 
 
 def parse_scopes(text: str) -> list[str]:

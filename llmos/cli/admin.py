@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import typer
 from google.protobuf.message import Message
 
-from llmos.cli import blocks
+from llmos.cli import api_keys, blocks
 from llmos.cli.connection import Connection, connection
 from llmos.cli.errors import CommandError
 from llmos.cli.identity import claims
@@ -27,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(blocks.app, name="blocks")
+app.add_typer(api_keys.app, name="api-key")
 
 Rpm = Annotated[int | None, typer.Option(help="requests per minute (0: unlimited)")]
 Tpm = Annotated[int | None, typer.Option(help="model tokens per minute (0: unlimited)")]

@@ -118,6 +118,7 @@ class DevStack:
         self.services: list[ServiceProcess] = []
         self.tls: TlsFiles | None = None
         self.issuer = ""
+        self.openai = ""
 
     async def start(self) -> dict[str, str]:
         """Start everything and wait until every service is SERVING; return the ready fields."""
@@ -169,6 +170,7 @@ class DevStack:
                 LLMOS_TLS_CA=str(self.tls.ca),
             )
         self.issuer = f"{'https' if self.options.tls else 'http'}://{host}:{port}"
+        self.openai = f"{self.issuer}/v1"  # the same HTTP server as the issuer's
         return env
 
     def ready_fields(self) -> dict[str, str]:
@@ -177,6 +179,7 @@ class DevStack:
         fields = {s.name: s.address for s in reversed(self.services)}
         fields.update(
             issuer=self.issuer,
+            openai=self.openai,
             credentials=str(credentials_path(self.data_dir)),
         )
         if self.tls is not None:
