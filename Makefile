@@ -12,7 +12,7 @@ GEN_STAMP   := llmos/v1/.generated
 DATA_DIR    ?= var
 RUN_ARGS    ?=
 
-.PHONY: help setup protos docs check lint format test test-unit test-fast run clean bench-engine bench-gateway bench-scheduler bench-storage bench-trainer bench-audit demo-train
+.PHONY: help setup protos docs check lint format test test-unit test-fast run clean bench-engine bench-openai bench-gateway bench-scheduler bench-storage bench-trainer bench-audit demo-train
 
 help:
 	@echo "make run    set up (idempotent) and start the whole LLM OS stack"
@@ -22,6 +22,7 @@ help:
 	@echo "make protos regenerate gRPC/protobuf stubs into llmos/v1"
 	@echo "make docs   regenerate README.md's environment-variable table from the code"
 	@echo "make bench-engine  engine vs transformers, then end to end (JSON lines)"
+	@echo "make bench-openai  aiperf on /v1/chat/completions at 1 and 32 streams; HTTP vs gRPC (JSON)"
 	@echo "make bench-gateway latency the gateway adds: authenticated vs direct (JSON)"
 	@echo "make bench-scheduler decisions/s, fairness, critical isolation, simulated (JSON)"
 	@echo "make bench-storage 512 MiB up/download through the API vs cp, peak memory (JSON)"
@@ -95,6 +96,16 @@ run: setup
 
 bench-engine: setup
 	$(PY) -m tools.bench.engine
+
+# The load client lives in its own environment: its pins (numpy 2, ...) are not the
+# stack's, and nothing in the stack imports it.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/bin/aiperf:
+	$(PYTHON_BOOT) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check aiperf==0.13.0
+
+bench-openai: setup $(BENCH_VENV)/bin/aiperf
+	$(PY) -m tools.bench.openai
 
 bench-gateway: setup
 	$(PY) -m tools.bench.gateway

@@ -121,7 +121,7 @@ ATTACKS: list[tuple[str, Forger, grpc.StatusCode, str]] = [
     ("revoked", _revoked, grpc.StatusCode.UNAUTHENTICATED, "token has been revoked"),
     (
         "missing scope",
-        lambda gw: gw.admin_token(scope="inference"),
+        lambda gw: gw.admin_token(scope="datasets"),
         grpc.StatusCode.PERMISSION_DENIED,
         "needs scope 'models:read'",
     ),

@@ -70,3 +70,13 @@ def test_critical_priority_needs_a_grant_unless_the_caller_is_a_system_admin() -
     check_priority(tenant, PriorityClass.HIGH, granted=False)  # other classes are open
     check_priority(_principal("system", "admin"), PriorityClass.CRITICAL, granted=False)
     assert not needs_grant(_principal("system", "admin"), PriorityClass.CRITICAL)
+
+
+def test_whoever_may_run_models_may_list_them_and_nothing_more() -> None:
+    from gateway.auth.scopes import allows
+
+    listing, generate = "/llmos.v1.Gateway/ListModels", "/llmos.v1.Gateway/Generate"
+    assert allows(frozenset({"inference"}), listing, required_scope(listing) or "")
+    assert allows(frozenset({"models:read"}), listing, required_scope(listing) or "")
+    assert not allows(frozenset({"datasets"}), listing, required_scope(listing) or "")
+    assert not allows(frozenset({"models:read"}), generate, required_scope(generate) or "")

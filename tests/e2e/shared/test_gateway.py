@@ -315,12 +315,12 @@ def test_the_audit_log_answers_who_did_what_and_proves_it(stack: RunningStack) -
     prompt = f"Audit trail {uuid.uuid4().hex[:8]}"
     _generate(stack, token, prompt, max_tokens=2)
     with stack.channel(token) as channel, pytest.raises(grpc.RpcError) as denied:
-        gateway_pb2_grpc.GatewayStub(channel).ListModels(gateway_pb2.ListModelsRequest())
+        gateway_pb2_grpc.GatewayStub(channel).ListJobs(scheduler_pb2.ListJobsRequest())
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     wanted = {
         ("/llmos.v1.Gateway/Generate", "OK"),
-        ("/llmos.v1.Gateway/ListModels", "PERMISSION_DENIED"),
+        ("/llmos.v1.Gateway/ListJobs", "PERMISSION_DENIED"),
     }
 
     def recorded() -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]] | None:

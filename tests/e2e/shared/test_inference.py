@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import openai
 import pytest
 
 from llmos.model.names import DEFAULT_MODEL
@@ -23,6 +24,7 @@ from llmos.v1 import (
     worker_pb2_grpc,
 )
 from tests.e2e.conftest import RunningStack
+from tests.e2e.shared.sdk import api_key, client
 from tests.reference import assert_same_or_near_tie, load_reference, reference_tokens
 from tools.harness import eventually
 from tools.standin import internal_channel
@@ -356,6 +358,16 @@ def another_tenant_cannot_reach(stack: RunningStack, model: str, served: str) ->
             other.DeployModel(gateway_pb2.DeployModelRequest(model=model, version=1), timeout=60)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert (caught.value.details() or "") == f"model {model!r} has no version 1"  # as if none
+    # nor through the OpenAI-compatible API
+    sdk = client(stack, api_key(stack, "other-lab", "inference")["key"])
+    assert not {model, served} & {m.id for m in sdk.models.list()}
+    for name in (model, served):
+        with pytest.raises(openai.NotFoundError):
+            sdk.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+            )
+        with pytest.raises(openai.NotFoundError):
+            sdk.models.retrieve(name)
 
 
 def test_models_load_and_unload_on_command_without_a_restart(
