@@ -43,6 +43,7 @@ def create(
     ] = "never",
     rpm: Annotated[int, typer.Option(help="the key's requests per minute (0: unlimited)")] = 0,
     tpm: Annotated[int, typer.Option(help="the key's model tokens per minute (0: unlimited)")] = 0,
+    quiet: Annotated[bool, typer.Option(help="print only the key (for scripts)")] = False,
 ) -> None:
     """Create an API key; the key (`key`) is shown this once and cannot be read again."""
     conn = connection(ctx)
@@ -53,7 +54,8 @@ def create(
         expires_in_s=duration_s(expires),
         quota=admin_pb2.Quota(requests_per_minute=rpm, tokens_per_minute=tpm),
     )
-    print(message_json(conn.admin_stub().CreateApiKey(request, timeout=conn.timeout)))
+    reply = conn.admin_stub().CreateApiKey(request, timeout=conn.timeout)
+    print(reply.key if quiet else message_json(reply))
 
 
 def _when(stamp: object, empty: str) -> str:
