@@ -3,7 +3,10 @@
 Starts the whole stack (TLS on, response cache off), makes an API key, and runs NVIDIA's
 `aiperf` (installed in its own virtual environment by the Makefile) against
 `/v1/chat/completions`, streaming, at 1 and at 32 concurrent streams: its own time to
-first token, inter-token latency and throughput. Then, in the same run, the same chat
+first token, inter-token latency and throughput. aiperf runs in request-rate mode with
+the concurrency as a cap (a rate far above what the server completes, so the streams
+stay saturated): in pure concurrency mode its scheduler polls without sleeping and takes
+a whole core of this two-core machine from the server. Then, in the same run, the same chat
 requests at 32 streams through HTTP (server-sent events) and through gRPC, alternated
 round by round: `http_vs_grpc_c32` is tokens/s through HTTP / through gRPC. Every
 request asks for exactly `--output-tokens` (ignore_eos), on a prompt of its own.
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import ssl
 import statistics
 import subprocess
@@ -35,6 +39,8 @@ from tools.scratch import scratch_directory
 
 MODEL = "smollm2-135m-instruct"
 AIPERF = Path(".venv-bench/bin/aiperf")
+#: requests/s aiperf may start: ten times what 32 streams complete here, never the limit
+REQUEST_RATE = 50
 #: what aiperf reports, under the names this line gives them (its unit: ms)
 AIPERF_METRICS = {
     "ttft_ms": "time_to_first_token",
@@ -73,7 +79,8 @@ def run_aiperf(
         "--model", MODEL, "--tokenizer", str(tokenizer),
         "--url", fields["openai"].removesuffix("/v1"),
         "--endpoint-type", "chat", "--streaming", "--api-key", key,
-        "--concurrency", str(concurrency), "--request-count", str(requests),
+        "--request-rate", str(REQUEST_RATE), "--concurrency", str(concurrency),
+        "--request-count", str(requests),
         "--warmup-request-count", str(min(concurrency, 4)),
         "--synthetic-input-tokens-mean", "128", "--synthetic-input-tokens-stddev", "0",
         "--output-tokens-mean", str(out), "--output-tokens-stddev", "0",
@@ -199,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--c32-requests", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="HTTP/gRPC rounds, alternated")
     args = parser.parse_args(argv)
+    # stopped by a signal, still stop the stack (the `finally` below runs on SystemExit)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not AIPERF.exists():
         raise SystemExit(f"{AIPERF} is missing: run `make bench-openai`, which installs it")
     models = Path(os.environ.get("LLMOS_DATA_DIR", "var")).resolve() / "models"

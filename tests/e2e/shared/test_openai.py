@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +237,20 @@ def test_an_api_key_works_on_grpc_is_audited_and_dies_when_revoked(stack: Runnin
     with stack.channel(key) as channel, pytest.raises(grpc.RpcError) as caught:
         gateway_pb2_grpc.GatewayStub(channel).ListModels(gateway_pb2.ListModelsRequest())
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_expired_key_is_refused_saying_so(stack: RunningStack) -> None:
+    made = api_key(stack, "oa-keys", "inference", expires="1s")
+    expires_at = made["api_key"]["expires_at"]
+    sdk = client(stack, made["key"])
+    time.sleep(max(0.0, _epoch(expires_at) + 0.5 - time.time()))  # past its expiry
+    with pytest.raises(openai.AuthenticationError) as refused:
+        sdk.models.list()
+    assert "expired" in str(refused.value)
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def test_a_stream_the_client_drops_frees_its_worker_slot(
