@@ -183,9 +183,12 @@ def _params(body: dict[str, Any], aliases: dict[str, str]) -> inference_pb2.Gene
     return params
 
 
-def _common(
-    body: dict[str, Any], priority: str, kind: Literal["chat", "generate"]
-) -> GenerationCall:
+def _generation(
+    raw: Any, known: set[str], priority: str, kind: Literal["chat", "generate"]
+) -> tuple[dict[str, Any], GenerationCall, inference_pb2.GenerationParams]:
+    """What chat and completion bodies share: the checked body, the call, the params."""
+    body = request_body(raw)
+    _check_known(body, known)
     model = _typed(body, "model", str, "a string") or ""
     n = _typed(body, "n", int, "an integer")
     if n is not None and not 1 <= n <= MAX_CHOICES:
@@ -203,7 +206,7 @@ def _common(
     include_usage = options.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise InvalidArgument("stream_options.include_usage", "must be true or false")
-    return GenerationCall(
+    call = GenerationCall(
         priority=int(PriorityClass.parse(priority, PRIORITY_HEADER)),
         kind=kind,
         requests=[],
@@ -212,14 +215,12 @@ def _common(
         stream=stream,
         include_usage=include_usage,
     )
+    return body, call, _params(body, call.aliases)
 
 
 def chat_call(raw: Any, priority: str = "") -> GenerationCall:
     """A `/v1/chat/completions` body."""
-    body = request_body(raw)
-    _check_known(body, CHAT_PARAMETERS)
-    call = _common(body, priority, "chat")
-    params = _params(body, call.aliases)
+    body, call, params = _generation(raw, CHAT_PARAMETERS, priority, "chat")
     logprobs = _typed(body, "logprobs", bool, "true or false")
     top = _typed(body, "top_logprobs", int, "an integer")
     params.logprobs = bool(logprobs)
@@ -272,10 +273,7 @@ def _message(raw: Any, index: int) -> inference_pb2.ChatMessage:
 
 def completion_call(raw: Any, priority: str = "") -> GenerationCall:
     """A `/v1/completions` body; a list of prompts is one request per prompt."""
-    body = request_body(raw)
-    _check_known(body, COMPLETION_PARAMETERS)
-    call = _common(body, priority, "generate")
-    params = _params(body, call.aliases)
+    body, call, params = _generation(raw, COMPLETION_PARAMETERS, priority, "generate")
     top = _typed(body, "logprobs", int, "an integer (how many alternatives, 0 to 5)")
     if top is not None:
         if not 0 <= top <= 5:

@@ -361,6 +361,20 @@ def run_engine_line(out: int) -> dict[str, Any]:
     return result
 
 
+def measuring_stack(data_dir: Path, models: Path, env: dict[str, str]) -> StackProcess:
+    """The whole stack as benchmarks start it: the shared model folder, quiet logs, and
+    no response cache (every request must reach the engine)."""
+    return StackProcess(
+        data_dir,
+        env={
+            "LLMOS_MODELS_DIR": str(models),
+            "LLMOS_LOG_LEVEL": "warning",
+            "LLMOS_CACHE_TTL_S": "0",
+            **env,
+        },
+    )
+
+
 def run_e2e_line(out: int, engine_c32: float) -> dict[str, Any]:
     """Start the stack, drive 64 requests at concurrency 32 through the gateway; then
     again with every token in a message of its own, to show what coalescing buys."""
@@ -382,16 +396,7 @@ def _run_e2e(
     from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2
     from tools.devstack.access import admin_token, gateway_channel
 
-    launcher = StackProcess(
-        workdir,
-        # no response cache: every request must reach the engine
-        env={
-            "LLMOS_MODELS_DIR": str(models),
-            "LLMOS_LOG_LEVEL": "warning",
-            "LLMOS_CACHE_TTL_S": "0",
-            **env,
-        },
-    )
+    launcher = measuring_stack(workdir, models, env)
     try:
         fields = launcher.start()
         with gateway_channel(fields, admin_token(fields)) as channel:

@@ -33,8 +33,8 @@ import aiohttp
 import grpc
 
 from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, inference_pb2
+from tools.bench.engine import measuring_stack
 from tools.devstack.access import admin_token, gateway_channel
-from tools.devstack.process import StackProcess
 from tools.scratch import scratch_directory
 
 MODEL = "smollm2-135m-instruct"
@@ -213,14 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     models = Path(os.environ.get("LLMOS_DATA_DIR", "var")).resolve() / "models"
     out = args.output_tokens
     with scratch_directory("llmos-bench-openai-") as workdir:
-        launcher = StackProcess(
-            workdir / "data",
-            env={
-                "LLMOS_MODELS_DIR": str(models),
-                "LLMOS_LOG_LEVEL": "warning",
-                "LLMOS_CACHE_TTL_S": "0",
-            },
-        )
+        launcher = measuring_stack(workdir / "data", models, {})
         try:
             fields = launcher.start()
             key = api_key(fields)
