@@ -108,23 +108,39 @@ class OAuthHttp:
             except TimeoutError:
                 busy = "the sign-in service is busy; retry in a few seconds"
                 return _refusal(503, "temporarily_unavailable", busy, 5)
-            try:
-                status, body, headers = await asyncio.to_thread(endpoint, call)
-            finally:
-                self._hashing.release()
-            self._record(action, request, form, status, body, time.monotonic() - started)
-            if status >= 400:
-                signal = (
-                    Signal.SIGNIN_FAILED
-                    if body.get("error") in CREDENTIAL_ERRORS or status == 401
-                    else Signal.MALFORMED
-                )
-                with contextlib.suppress(Exception):  # detection must not fail the answer
-                    await self._detector.observe(signal, address, None)
-            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-            return web.json_response(body, status=status, headers={**headers, **NO_STORE})
+            # shielded: a caller who hangs up (the server cancels its handler) does not
+            # cut short the hashing it started, the audit record or intrusion counting
+            return await asyncio.shield(
+                self._settle(action, endpoint, call, request, form, started)
+            )
 
         return handle
+
+    async def _settle(
+        self,
+        action: str,
+        endpoint: Endpoint,
+        call: HttpCall,
+        request: web.Request,
+        form: dict[str, str],
+        started: float,
+    ) -> web.Response:
+        """Run the OAuth endpoint (its turn to hash is held), audit it, count failures."""
+        try:
+            status, body, headers = await asyncio.to_thread(endpoint, call)
+        finally:
+            self._hashing.release()
+        self._record(action, request, form, status, body, time.monotonic() - started)
+        if status >= 400:
+            signal = (
+                Signal.SIGNIN_FAILED
+                if body.get("error") in CREDENTIAL_ERRORS or status == 401
+                else Signal.MALFORMED
+            )
+            with contextlib.suppress(Exception):  # detection must not fail the answer
+                await self._detector.observe(signal, call.remote, None)
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        return web.json_response(body, status=status, headers={**headers, **NO_STORE})
 
     async def _refuse_blocked_principals(self, request: web.Request, form: dict[str, str]) -> None:
         """`Blocked` if the client or the person this request names is blocked: a blocked
