@@ -86,10 +86,11 @@ def user_target(subject: str) -> Target:
 
 
 def principal_target(principal: Principal) -> Target:
-    """A program is blocked by its client id; anyone else by their subject: a person's
+    """A program is blocked by its client id (an API key by its key id); anyone else by
+    their subject: a person's
     tokens carry the id of the app they signed in with, which other people share (and an
     external IdP's user tokens may not say they are a person's)."""
-    if principal.subject == principal.client_id and not principal.is_user:
+    if principal.api_key or (principal.subject == principal.client_id and not principal.is_user):
         return client_target(principal.client_id)
     return user_target(principal.subject)
 

@@ -29,7 +29,7 @@ from gateway.firewall import Blocked, address_target, grpc_peer_address, princip
 from gateway.intrusion import IntrusionDetector, Signal
 from gateway.limits import Admission, RateLimited
 from llmos.auditing import AuditPublisher, new_record
-from llmos.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from llmos.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unsupported
 from llmos.log import request_id_var
 from llmos.redaction import RedactionPolicy
 from llmos.rpc import outcome_of
@@ -176,7 +176,7 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
 def signal_of(failure: BaseException | None) -> Signal | None:
     """What intrusion detection counts for a call that ended with `failure`: not a token
     that merely went stale, nor a limit others used up."""
-    if isinstance(failure, StaleToken):
+    if isinstance(failure, StaleToken | Unsupported):
         return None
     if isinstance(failure, Unauthenticated):
         return Signal.BAD_TOKEN

@@ -116,7 +116,7 @@ def read_gateway_options(env: EnvReader) -> GatewayOptions:
         http_listen=env.address(
             "AUTH_HTTP_ADDR",
             HostPort("127.0.0.1", DEFAULT_HTTP_PORT),
-            doc="where the OAuth endpoints listen (HTTP)",
+            doc="where the HTTP(S) endpoints listen: OAuth and the OpenAI-compatible API",
         ),
         issuer=issuer,
         builtin_issuer=builtin,

@@ -20,6 +20,11 @@ class InvalidArgument(LLMOSError):
         self.reason = reason
 
 
+class Unsupported(InvalidArgument):
+    """A well-formed request asking for something this system does not offer (a tool
+    call, a JSON schema): refused like any invalid argument, but no sign of an attack."""
+
+
 class NotFound(LLMOSError):
     """The named object does not exist (or is not visible to the caller)."""
 

@@ -29,8 +29,9 @@ import redis.asyncio as aioredis
 from gateway.auth import hashing
 from gateway.auth.identities import CLIENT_NAME_MAX, PREFIX, Limits, revoked_key
 from gateway.auth.principal import Principal
+from gateway.auth.scopes import ADMIN
 from gateway.auth.verifier import StaleToken
-from llmos.errors import InvalidArgument, NotFound, Unauthenticated
+from llmos.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 
 KEY_PREFIX = "sk-llmos-"
 _KEY = re.compile(r"^sk-llmos-(k[0-9a-f]{16})-([A-Za-z0-9_-]{43})$")
@@ -39,8 +40,9 @@ MAX_LIFETIME_S = 10 * 365 * 86400
 #: a verified key is believed this long without reading its record again; revocation
 #: does not wait for it (the admission script sees the revocation marker at once)
 VERIFIED_FOR_S = 30.0
-#: how long the revocation marker outlives the cache entries that might still hold it
-REVOKED_MARKER_S = 86400
+#: how long a revoked key is still recognised as one (refused as revoked, not counted by
+#: intrusion detection as a forged bearer): programs left holding it get a month
+REVOKED_MARKER_S = 30 * 86400
 CACHE_SIZE = 10_000
 
 
@@ -110,6 +112,12 @@ class ApiKeyStore:
             raise InvalidArgument("name", f"must be 1 to {CLIENT_NAME_MAX} characters")
         if not scopes:
             raise InvalidArgument("scopes", "give at least one scope")
+        if ADMIN in scopes:  # a bearer that never expires must not administer anything
+            raise InvalidArgument(
+                "scopes",
+                "API keys cannot carry 'admin': administration needs a person or a client, "
+                "whose tokens expire",
+            )
         if not 0 <= lifetime_s <= MAX_LIFETIME_S:
             raise InvalidArgument(
                 "expires_in_s", f"must be between 0 (never) and {MAX_LIFETIME_S} (ten years)"
@@ -128,8 +136,14 @@ class ApiKeyStore:
             expires_at=now + lifetime_s if lifetime_s else 0.0,
             limits=limits or Limits(),
         )
-        self._r.set(record_key(key_id), json.dumps(asdict(key)), nx=True)
-        self._r.sadd(_tenant_keys(tenant), key_id)
+        # an expiring key's record goes when revocation could no longer matter
+        ttl = lifetime_s + REVOKED_MARKER_S if lifetime_s else None
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(record_key(key_id), json.dumps(asdict(key)), nx=True, ex=ttl)
+        pipe.sadd(_tenant_keys(tenant), key_id)
+        stored, _ = pipe.execute()
+        if not stored:  # 64 random bits met an existing id
+            raise AlreadyExists(f"API key {key_id!r} exists already; create the key again")
         return key, f"{KEY_PREFIX}{key_id}-{secret}"
 
     def find(self, key_id: str) -> ApiKey:
@@ -139,11 +153,13 @@ class ApiKeyStore:
         return _load(raw)
 
     def keys(self, tenant: str) -> list[ApiKey]:
-        """The tenant's keys, oldest first (expired ones included until revoked)."""
+        """The tenant's keys, oldest first (an expired one until its record goes)."""
         found = []
         for key_id in self._r.smembers(_tenant_keys(tenant)):
             raw = self._r.get(record_key(key_id.decode()))
-            if raw is not None:
+            if raw is None:  # expired and gone
+                self._r.srem(_tenant_keys(tenant), key_id)
+            else:
                 found.append(_load(raw))
         return sorted(found, key=lambda k: k.created_at)
 
@@ -167,15 +183,19 @@ class ApiKeyVerifier:
         if match is None:
             raise Unauthenticated("the API key is malformed (keys look like sk-llmos-k…)")
         key_id, secret = match.groups()
-        digest = hashing.hash_secret(secret)
+        digest = hashing.hash_secret(bearer)  # the whole bearer: its id is the key's too
         cached = self._verified.get(digest)
         if cached is not None and time.monotonic() - cached[0] < VERIFIED_FOR_S:
             key = cached[1]
         else:
             raw = await self._redis.get(record_key(key_id))
             stored = _load(raw) if raw is not None else None
+            if stored is None and await self._redis.exists(revoked_key(key_id)):
+                # a genuine key, revoked: its holder should hear so, not be counted
+                # as a forger by intrusion detection
+                raise StaleToken(f"API key {key_id} has been revoked")
             if stored is None or not hashing.check_secret(secret, stored.secret_hash):
-                raise Unauthenticated(f"API key {key_id} is not valid (revoked or never issued)")
+                raise Unauthenticated(f"API key {key_id} is not valid")
             key = stored
             self._verified[digest] = (time.monotonic(), key)
             if len(self._verified) > CACHE_SIZE:

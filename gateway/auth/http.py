@@ -86,10 +86,13 @@ class OAuthHttp:
         async def handle(request: web.Request) -> web.Response:
             started = time.monotonic()
             address = client_of(request)
-            if (request.content_length or 0) > MAX_BODY_BYTES:
-                too_big = f"the form is larger than {MAX_BODY_BYTES} bytes"
+            # the HTTP server takes larger bodies (the OpenAI API's); a form is small, and
+            # its size is known before it is read (no chunked bodies to buffer)
+            if request.content_length is None or request.content_length > MAX_BODY_BYTES:
+                why = f"send the form with a Content-Length of at most {MAX_BODY_BYTES} bytes"
+                status = 411 if request.content_length is None else 413
                 return web.json_response(
-                    {"error": "invalid_request", "error_description": too_big}, status=413
+                    {"error": "invalid_request", "error_description": why}, status=status
                 )
             form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
             try:

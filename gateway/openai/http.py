@@ -16,21 +16,23 @@ slot in the engine at the next step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import web
 
 from gateway.auth.principal import CallRecord, call_record, current_call
+from gateway.firewall import Blocked
 from gateway.guard import GatewayGuard
 from gateway.openai import responses, schema
 from gateway.openai.errors import error_body, openai_error
 from gateway.servicer import GatewayServicer
-from llmos.errors import InvalidArgument, LLMOSError, NotFound
+from llmos.errors import Cancelled, InvalidArgument, LLMOSError, NotFound, Unavailable
 from llmos.log import request_id_var
 from llmos.rpc import REQUEST_ID_KEY, request_id_from
 from llmos.v1 import gateway_pb2
@@ -38,7 +40,14 @@ from llmos.v1 import gateway_pb2
 log = logging.getLogger("llmos.gateway.openai")
 
 _RPC = "/llmos.v1.Gateway/"
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+#: `X-Accel-Buffering`: a proxy (nginx) passes each event on at once
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+#: messages of several choices waiting for a slow reader before the choices wait too
+CHOICE_BUFFER = 64
 DONE = b"data: [DONE]\n\n"
 
 Request = gateway_pb2.ChatRequest | gateway_pb2.GenerateRequest
@@ -110,11 +119,14 @@ class OpenAIHttp:
         except Exception as exc:
             if not isinstance(exc, LLMOSError):
                 log.error("unhandled error in an OpenAI call", exc_info=exc)
-            if call.stream is not None:  # the stream has begun: its last event says why
-                failed = openai_error(exc, request_id=rid, aliases=call.aliases)
-                await _event(call.stream, json.loads(failed.text or "{}"))
-                return call.stream
-            return openai_error(exc, request_id=rid, aliases=call.aliases)
+            retry = exc.block.retry_after_s() if isinstance(exc, Blocked) else None
+            failed = openai_error(exc, retry, request_id=rid, aliases=call.aliases)
+            if call.stream is None:
+                return failed
+            if not isinstance(exc, Cancelled):  # begun: the stream's last event says why
+                with contextlib.suppress(ConnectionError):
+                    await _event(call.stream, json.loads(failed.text or "{}"))
+            return call.stream
         finally:
             request_id_var.reset(token)
 
@@ -167,18 +179,30 @@ class OpenAIHttp:
 
     # -- generations ---------------------------------------------------------------------
 
-    def _run(
+    async def _run(
         self, kind: str, request: Request, call: _Call
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
-        """One generation through the servicer (validation, model, cache, scheduler)."""
-        if kind == "chat":
-            return self._servicer.Chat(request, call.context)  # type: ignore[arg-type]
-        return self._servicer.Generate(request, call.context)  # type: ignore[arg-type]
+        """One generation through the servicer (validation, model, cache, scheduler). One
+        the worker cut short (a model unloaded, a shutdown) is an error, not an answer:
+        OpenAI's finish reasons have no word for it, and it must not pass for complete."""
+        method = self._servicer.Chat if kind == "chat" else self._servicer.Generate
+        generation = cast(
+            AsyncGenerator[gateway_pb2.GenerateResponse, None],
+            method(request, call.context),  # type: ignore[arg-type]
+        )
+        async with contextlib.aclosing(generation) as responses_:
+            async for response in responses_:
+                if response.done and response.finish_reason == "cancelled":
+                    raise Unavailable("the worker stopped this generation before its end; retry")
+                yield response
 
-    async def _choices(self, parsed: schema.GenerationCall, call: _Call) -> AsyncIterator[Indexed]:
+    async def _choices(
+        self, parsed: schema.GenerationCall, call: _Call
+    ) -> AsyncGenerator[Indexed, None]:
         """Every choice's messages as they come, tagged with the choice's index. Several
-        choices run at once, each with a call record of its own (each is charged and
-        summed into the call's, which the guard audits and charges)."""
+        choices run at once, each with a call record of its own, summed into the call's
+        (which the guard audits and charges): each prompt is charged once, as `usage`
+        reports it, however many choices were drawn from it."""
         runs = parsed.choices()
         if len(runs) == 1:
             async for response in self._run(parsed.kind, runs[0], call):
@@ -187,26 +211,32 @@ class OpenAIHttp:
         parent = call_record()
         records = [CallRecord(principal=parent.principal) for _ in runs]
         queue: asyncio.Queue[tuple[int, gateway_pb2.GenerateResponse | Exception | None]]
-        queue = asyncio.Queue()
+        queue = asyncio.Queue(maxsize=CHOICE_BUFFER)  # a slow reader holds the choices back
 
         async def pump(index: int, run: Request) -> None:
-            current_call.set(records[index])  # this task's own context
+            record = records[index]
+            current_call.set(record)  # this task's own context
+            ending: Exception | None = None
             try:
                 async for response in self._run(parsed.kind, run, call):
+                    if response.done and index % parsed.n:  # the prompt's first choice pays it
+                        record.tokens -= response.usage.prompt_tokens
                     await queue.put((index, response))
-                await queue.put((index, None))
             except Exception as exc:
-                await queue.put((index, exc))
+                ending = exc
+            finally:  # cancelled or not, the reader hears that this choice has ended
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait((index, ending))
 
         tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
         try:
             running = len(tasks)
             while running:
                 index, item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
                 if item is None:
                     running -= 1
-                elif isinstance(item, Exception):
-                    raise item
                 else:
                     yield index, item
         finally:
@@ -225,17 +255,18 @@ class OpenAIHttp:
         prefix = "chatcmpl" if parsed.kind == "chat" else "cmpl"
         response_id = f"{prefix}-{uuid.uuid4().hex}"
         choices = [responses.Choice(i) for i in range(len(parsed.requests) * parsed.n)]
-        messages = self._choices(parsed, call)
-        if not parsed.stream:
+        # closed here, inside the guard, however this ends: the generations stop and their
+        # tokens are counted before the guard charges and audits the call
+        async with contextlib.aclosing(self._choices(parsed, call)) as messages:
+            if parsed.stream:
+                stream = _SseStream(call, parsed, response_id, created, choices)
+                return await stream.send(messages)
             model = parsed.model
             async for index, message in messages:
                 choices[index].add(message)
                 model = model or message.model
-            build = (
-                responses.chat_completion if parsed.kind == "chat" else responses.text_completion
-            )
-            return web.json_response(build(response_id, created, model, choices, parsed.n))
-        return await _SseStream(call, parsed, response_id, created, choices).send(messages)
+        build = responses.chat_completion if parsed.kind == "chat" else responses.text_completion
+        return web.json_response(build(response_id, created, model, choices, parsed.n))
 
 
 class _SseStream:
@@ -278,6 +309,7 @@ class _SseStream:
         logprobs: list[Any],
         reason: str | None,
         role: bool = False,
+        offset: int = 0,
     ) -> dict[str, Any]:
         if self._chat:
             delta: dict[str, Any] = {}
@@ -294,7 +326,7 @@ class _SseStream:
         return {
             "index": index,
             "text": text or "",
-            "logprobs": responses.completion_logprobs(logprobs) if logprobs else None,
+            "logprobs": responses.completion_logprobs(logprobs, offset) if logprobs else None,
             "finish_reason": reason,
         }
 
@@ -315,15 +347,16 @@ class _SseStream:
         if self._parsed.include_usage:
             usage = responses.usage(self._choices, self._parsed.n)
             await _event(stream, self._chunk([], usage=usage))
-        await stream.write(DONE)
+        await _write(stream, DONE)
         return stream
 
     async def _forward(
         self, stream: web.StreamResponse, index: int, message: gateway_pb2.GenerateResponse
     ) -> None:
+        offset = len(self._choices[index].text)  # where this message's text begins
         self._choices[index].add(message)
         if message.text or message.logprobs:
-            delta = self._delta(index, message.text, list(message.logprobs), None)
+            delta = self._delta(index, message.text, list(message.logprobs), None, offset=offset)
             await _event(stream, self._chunk([delta]))
         if message.done:
             reason = responses.finish_reason(message.finish_reason)
@@ -331,7 +364,15 @@ class _SseStream:
 
 
 async def _event(stream: web.StreamResponse, payload: dict[str, Any]) -> None:
-    await stream.write(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+    await _write(stream, b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+
+
+async def _write(stream: web.StreamResponse, data: bytes) -> None:
+    """Send; a client that hung up cancels the call (as the gRPC API's would be)."""
+    try:
+        await stream.write(data)
+    except ConnectionError:
+        raise Cancelled("the client went away") from None
 
 
 async def _json(request: web.Request) -> Any:

@@ -1,8 +1,9 @@
 """OpenAI request bodies -> the gRPC API's requests. Pure logic, no I/O.
 
-Only the shape is checked here (types, which parameters exist); the values are checked
-by the same code that checks gRPC requests (`gateway.validation`, the engine), so the
-two APIs accept and refuse alike. A parameter LLM OS cannot honour is refused naming
+Only the shape is checked here (types, which parameters exist, what fits the protobuf
+fields, and the values the gRPC API reads as "not set", such as `top_p: 0`); the values
+are checked by the same code that checks gRPC requests (`gateway.validation`, the
+engine), so the two APIs accept and refuse alike. A parameter LLM OS cannot honour is refused naming
 it, never dropped: a caller asking for tools or a JSON schema must not get free text
 that merely looks like an answer. Parameters sent as null are taken as not sent.
 """
@@ -13,7 +14,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llmos.errors import InvalidArgument
+from llmos.errors import InvalidArgument, Unsupported
 from llmos.priority import PriorityClass
 from llmos.v1 import gateway_pb2, inference_pb2
 
@@ -118,8 +119,12 @@ def _check_known(body: dict[str, Any], known: set[str]) -> None:
         check = _HARMLESS.get(name)
         if check is not None and check(value):
             continue
-        reason = _WHY_NOT.get(name, "is not a parameter LLM OS supports")
-        raise InvalidArgument(name, reason)
+        # a feature asked for, not a malformed request: newer SDKs send parameters
+        # older servers do not know, and must not be taken for attackers
+        raise Unsupported(name, _WHY_NOT.get(name, "is not a parameter LLM OS supports"))
+
+
+INT32_MAX = 2**31 - 1
 
 
 def _typed(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -133,6 +138,15 @@ def _typed(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what:
     return value
 
 
+def _int32(body: dict[str, Any], name: str) -> int | None:
+    """An integer parameter bound for an int32 field (larger ones are no count of
+    anything LLM OS could do: refused here rather than overflowing the field)."""
+    value = _typed(body, name, int, "an integer")
+    if value is not None and not -INT32_MAX <= value <= INT32_MAX:
+        raise InvalidArgument(name, f"must be at most {INT32_MAX}")
+    return value  # type: ignore[no-any-return]
+
+
 def request_body(raw: Any) -> dict[str, Any]:
     """The JSON body as an object, nulls dropped."""
     if not isinstance(raw, dict):
@@ -142,21 +156,21 @@ def request_body(raw: Any) -> dict[str, Any]:
 
 def _params(body: dict[str, Any], aliases: dict[str, str]) -> inference_pb2.GenerationParams:
     params = inference_pb2.GenerationParams()
-    max_tokens = _typed(body, "max_tokens", int, "an integer")
-    newer = _typed(body, "max_completion_tokens", int, "an integer")
+    max_tokens = _int32(body, "max_tokens")
+    newer = _int32(body, "max_completion_tokens")
     if newer is not None:
         if max_tokens is not None and max_tokens != newer:
             raise InvalidArgument("max_completion_tokens", "differs from max_tokens; send one")
         max_tokens = newer
         aliases["max_tokens"] = "max_completion_tokens"
-    if max_tokens is not None:
+    if max_tokens is not None:  # 0 would read as "not set" (the default) over gRPC
         if max_tokens <= 0:
             raise InvalidArgument(aliases.get("max_tokens", "max_tokens"), "must be at least 1")
         params.max_tokens = max_tokens
     temperature = _typed(body, "temperature", (int, float), "a number")
     params.temperature = OPENAI_TEMPERATURE if temperature is None else temperature
     top_p = _typed(body, "top_p", (int, float), "a number")
-    if top_p is not None:
+    if top_p is not None:  # 0 would read as "not set" (1.0) over gRPC
         if top_p <= 0:
             raise InvalidArgument("top_p", "must be in (0, 1]")
         params.top_p = top_p
@@ -176,8 +190,10 @@ def _params(body: dict[str, Any], aliases: dict[str, str]) -> inference_pb2.Gene
         value = _typed(body, name, (int, float), "a number")
         if value is not None:
             setattr(params, name, value)
-    top_k = _typed(body, "top_k", int, "an integer")
+    top_k = _int32(body, "top_k")
     if top_k is not None:
+        if top_k < -1:
+            raise InvalidArgument("top_k", "must be -1 or 0 (off) or a positive count")
         params.top_k = max(top_k, 0)  # vLLM's -1 means off, as 0 does here
     params.ignore_eos = bool(_typed(body, "ignore_eos", bool, "true or false"))
     return params
@@ -190,7 +206,7 @@ def _generation(
     body = request_body(raw)
     _check_known(body, known)
     model = _typed(body, "model", str, "a string") or ""
-    n = _typed(body, "n", int, "an integer")
+    n = _int32(body, "n")
     if n is not None and not 1 <= n <= MAX_CHOICES:
         raise InvalidArgument("n", f"must be between 1 and {MAX_CHOICES}")
     user = _typed(body, "user", str, "a string")
@@ -222,7 +238,7 @@ def chat_call(raw: Any, priority: str = "") -> GenerationCall:
     """A `/v1/chat/completions` body."""
     body, call, params = _generation(raw, CHAT_PARAMETERS, priority, "chat")
     logprobs = _typed(body, "logprobs", bool, "true or false")
-    top = _typed(body, "top_logprobs", int, "an integer")
+    top = _int32(body, "top_logprobs")
     params.logprobs = bool(logprobs)
     params.top_logprobs = top or 0
     call.logprobs = bool(logprobs)
@@ -243,10 +259,20 @@ def _message(raw: Any, index: int) -> inference_pb2.ChatMessage:
     where = f"messages[{index}]"
     if not isinstance(raw, dict):
         raise InvalidArgument(where, "must be an object with role and content")
-    extra = set(raw) - {"role", "content"}
+    # what the SDKs send back of an answer (`refusal: null`, ...) is as good as not sent;
+    # a participant's `name` is accepted, as the chat template has no place for it
+    raw = _present(raw)
+    if raw.get("role") == "assistant":
+        raw.setdefault("content", "")
+    extra = set(raw) - {"role", "content", "name", "refusal"}
     if extra:
         name = sorted(extra)[0]
-        raise InvalidArgument(f"{where}.{name}", "is not supported")
+        why = (
+            "tool calling is not supported"
+            if name in ("tool_calls", "function_call")
+            else ("is not supported")
+        )
+        raise Unsupported(f"{where}.{name}", why)
     role = raw.get("role")
     if not isinstance(role, str):
         raise InvalidArgument(f"{where}.role", "must be a string")
@@ -255,7 +281,7 @@ def _message(raw: Any, index: int) -> inference_pb2.ChatMessage:
         texts = []
         for part_index, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise InvalidArgument(
+                raise Unsupported(
                     f"{where}.content[{part_index}].type", "only text parts are supported"
                 )
             text = part.get("text")
@@ -274,7 +300,7 @@ def _message(raw: Any, index: int) -> inference_pb2.ChatMessage:
 def completion_call(raw: Any, priority: str = "") -> GenerationCall:
     """A `/v1/completions` body; a list of prompts is one request per prompt."""
     body, call, params = _generation(raw, COMPLETION_PARAMETERS, priority, "generate")
-    top = _typed(body, "logprobs", int, "an integer (how many alternatives, 0 to 5)")
+    top = _int32(body, "logprobs")
     if top is not None:
         if not 0 <= top <= 5:
             raise InvalidArgument("logprobs", "must be between 0 and 5")
@@ -286,7 +312,7 @@ def completion_call(raw: Any, priority: str = "") -> GenerationCall:
     if not isinstance(prompts, list) or not prompts:
         raise InvalidArgument("prompt", "must be a string or a non-empty list of strings")
     if not all(isinstance(p, str) for p in prompts):
-        raise InvalidArgument("prompt", "token-id prompts are not supported; send text")
+        raise Unsupported("prompt", "token-id prompts are not supported; send text")
     if len(prompts) * call.n > MAX_CHOICES:
         raise InvalidArgument("prompt", f"prompts x n must be at most {MAX_CHOICES}")
     for text in prompts:

@@ -90,6 +90,42 @@ def test_what_the_engine_cannot_honour_is_refused_by_name() -> None:
     assert schema.chat_call(harmless).requests
 
 
+def test_an_answer_sent_back_as_history_is_accepted() -> None:
+    """The SDK's multi-turn pattern appends the answer it got (with `refusal: null`)."""
+    history = [
+        {"role": "user", "content": "Hi", "name": "ada"},
+        {"role": "assistant", "content": "Hello!", "refusal": None, "tool_calls": None},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": "And?"},
+    ]
+    (request,) = schema.chat_call({**CHAT, "messages": history}).requests
+    assert isinstance(request, gateway_pb2.ChatRequest)
+    assert [m.content for m in request.messages] == ["Hi", "Hello!", "", "And?"]
+    calls = [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]
+    assert "tool calling" in _refused(
+        schema.chat_call, {**CHAT, "messages": calls}, "messages[0].tool_calls"
+    )
+
+
+def test_numbers_that_cannot_be_counts_are_refused_by_name() -> None:
+    for name in ("max_tokens", "top_k", "n"):
+        _refused(schema.chat_call, {**CHAT, name: 2**40}, name)
+    _refused(schema.chat_call, {**CHAT, "top_k": -2}, "top_k")
+    _refused(schema.chat_call, {**CHAT, "top_p": 0}, "top_p")  # gRPC would read 0 as unset
+    _refused(schema.chat_call, {**CHAT, "max_tokens": 0}, "max_tokens")
+
+
+def test_features_asked_for_are_not_taken_for_attacks() -> None:
+    from gateway.guard import signal_of
+
+    with pytest.raises(errors.Unsupported) as unsupported:
+        schema.chat_call({**CHAT, "tools": [{"type": "function"}]})
+    assert signal_of(unsupported.value) is None  # a LangChain agent is no intruder
+    with pytest.raises(InvalidArgument) as malformed:
+        schema.chat_call({**CHAT, "temperature": "hot"})
+    assert signal_of(malformed.value) is not None
+
+
 def test_choices_run_once_per_prompt_and_n_with_consecutive_seeds() -> None:
     call = schema.completion_call({"prompt": ["a", "b"], "n": 2, "seed": 10, "logprobs": 1})
     runs = call.choices()

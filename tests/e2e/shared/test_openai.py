@@ -71,6 +71,25 @@ def test_chat_streamed_says_what_chat_answers_whole(sdk: openai.OpenAI) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
 
 
+def test_streamed_choices_each_arrive_whole(sdk: openai.OpenAI) -> None:
+    chunks = list(
+        sdk.chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=QUESTION,
+            max_tokens=5,
+            n=2,
+            seed=3,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
+    finished = {c.choices[0].index: c.choices[0].finish_reason for c in chunks if c.choices}
+    assert finished == {0: "length", 1: "length"}
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 2 * 5
+
+
 def test_greedy_output_is_the_same_through_http_and_grpc(stack: RunningStack) -> None:
     """Each API from a tenant of its own: the response cache is per tenant, so neither
     answer can be the other's, cached."""
@@ -228,6 +247,10 @@ def test_an_api_key_works_on_grpc_is_audited_and_dies_when_revoked(stack: Runnin
     secret = key.rsplit("-", 1)[1]
     for log in Path(stack.fields["logs"]).rglob("*"):
         assert not log.is_file() or secret not in log.read_text(errors="replace"), log
+
+    # a bearer that never expires administers nothing
+    refused_admin = stack.cli("admin", "api-key", "create", "--tenant", "oa-keys", "--scope=admin")
+    assert refused_admin.returncode != 0 and "cannot carry 'admin'" in refused_admin.stderr
 
     revoked = stack.cli("admin", "api-key", "revoke", key_id)
     assert revoked.returncode == 0, revoked.stderr
