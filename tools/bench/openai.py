@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--c1-requests", type=int, default=16)
     parser.add_argument("--c32-requests", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="HTTP/gRPC rounds, alternated")
+    parser.add_argument("--skip-aiperf", action="store_true", help="only HTTP vs gRPC")
     args = parser.parse_args(argv)
     # stopped by a signal, still stop the stack (the `finally` below runs on SystemExit)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -223,12 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                 "client": "aiperf 0.13.0",
                 "output_tokens": out,
             }
-            line["aiperf_c1"] = run_aiperf(
-                fields, key, tokenizer, 1, args.c1_requests, out, workdir
-            )
-            line["aiperf_c32"] = run_aiperf(
-                fields, key, tokenizer, 32, args.c32_requests, out, workdir
-            )
+            if not args.skip_aiperf:
+                line["aiperf_c1"] = run_aiperf(
+                    fields, key, tokenizer, 1, args.c1_requests, out, workdir
+                )
+                line["aiperf_c32"] = run_aiperf(
+                    fields, key, tokenizer, 32, args.c32_requests, out, workdir
+                )
             line.update(http_vs_grpc(fields, key, 32, 64, out, args.rounds))
         finally:
             launcher.stop()
