@@ -28,6 +28,7 @@ from gateway.auth.verifier import StaleToken, TokenVerifier
 from gateway.firewall import Blocked, address_target, grpc_peer_address, principal_target
 from gateway.intrusion import IntrusionDetector, Signal
 from gateway.limits import Admission, RateLimited
+from gateway.metrics import AUTH_FAILURES, RATE_LIMITED
 from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unsupported
 from llmos.log import request_id_var
@@ -143,6 +144,7 @@ class GatewayGuard:
             # call cancelled again while finishing (the caller went away) is still charged
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._admission.charge_tokens(principal, call.tokens))
+        _count(failure, principal)
         code, detail = outcome_of(failure)
         record = new_record("gateway", method)
         record.request_id = request_id_var.get()
@@ -161,6 +163,14 @@ class GatewayGuard:
         record.prompt = self._policy.content_text(call.prompt)
         record.output = self._policy.content_text(call.output)
         self._audit.record(record)
+
+
+def _count(failure: BaseException | None, principal: Principal | None) -> None:
+    """The refusals Prometheus counts (gateway/metrics.py)."""
+    if isinstance(failure, RateLimited):
+        RATE_LIMITED.labels(principal.tenant if principal else "").inc()
+    elif isinstance(failure, Unauthenticated):
+        AUTH_FAILURES.labels("stale" if isinstance(failure, StaleToken) else "invalid").inc()
 
 
 #: the metadata (and HTTP header) a proxy names the client's address in

@@ -20,6 +20,7 @@ from gateway.auth.principal import call_record, caller
 from gateway.cache import ResponseCache
 from gateway.deployments import Deployer, Deployments
 from gateway.inference import InferenceRouter
+from gateway.metrics import observe_generation
 from gateway.priorities import check_priority, needs_grant
 from gateway.runtime import GatewayRuntime, server_tls
 from gateway.status import service_status, system_status
@@ -219,6 +220,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             call.tokens = prompt_estimate + len(whole.token_ids)
             if chunk.done:
                 call.tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
+                observe_generation(caller().tenant, model, chunk.usage, chunk.timings)
                 whole.MergeFrom(
                     gateway_pb2.GenerateResponse(
                         done=True,

@@ -215,6 +215,13 @@ class EnvReader:
         """A HOST:PORT pair."""
         return self._get(name, default, parse_host_port, doc=doc, default_shown=default_shown)
 
+    def optional_address(self, name: str, *, doc: str) -> HostPort | None:
+        """A HOST:PORT pair, or None when unset (the feature is off)."""
+        found: HostPort | None = self._get(
+            name, None, parse_host_port, doc=doc, default_shown="off"
+        )
+        return found
+
     def url(
         self,
         name: str,
@@ -265,6 +272,8 @@ class ServiceSettings:
     shutdown_grace_s: float
     heartbeat_s: float
     connect_timeout_s: float
+    #: where Prometheus scrapes this service's /metrics (None: not served)
+    metrics_listen: HostPort | None = None
 
 
 def load_service_settings(
@@ -324,6 +333,10 @@ def read_service_settings(service: str, env: EnvReader) -> ServiceSettings:
             doc="lifetime of an internal certificate issued from the secrets dir's CA",
         ),
         listen=listen,
+        metrics_listen=env.optional_address(
+            "METRICS_ADDR",
+            doc="where /metrics is served for Prometheus (HOST:PORT; `:0`: any free port)",
+        ),
         advertise_host=env.text(
             "ADVERTISE_HOST",
             _advertised(listen.host),

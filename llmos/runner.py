@@ -51,6 +51,7 @@ from llmos.keyfiles import private_files
 from llmos.links import Links
 from llmos.log import configure_logging
 from llmos.messaging import EventPublisher, connect_nats, require_streams
+from llmos.metrics import serve_metrics
 from llmos.natsperms import SLOTTED
 from llmos.registry import ServiceRegistry
 from llmos.rpc import CallContextInterceptor, CallGuard, server_options
@@ -250,6 +251,8 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
     async with AsyncExitStack() as stack:
         if slot is not None:
             stack.callback(slot.release)
+        if settings.metrics_listen is not None:
+            serve_metrics(settings.metrics_listen, stack)
         instance = _new_instance(settings, slot.user if slot else _url_user(settings))
         identity = _identity(settings, instance)
         redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)

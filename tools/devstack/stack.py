@@ -47,6 +47,10 @@ CRASH_WINDOW_S = 60.0
 LOOPBACK_ALLOWLIST = "127.0.0.1,::1"
 
 
+#: the Prometheus scrape targets file, under `<data dir>/prometheus/`
+SCRAPE_TARGETS = "targets.json"
+
+
 class StackError(RuntimeError):
     """The stack could not start or a service keeps crashing."""
 
@@ -119,6 +123,8 @@ class DevStack:
         self.tls: TlsFiles | None = None
         self.issuer = ""
         self.openai = ""
+        #: service -> where its /metrics is served
+        self.metrics: dict[str, str] = {}
 
     async def start(self) -> dict[str, str]:
         """Start everything and wait until every service is SERVING; return the ready fields."""
@@ -131,12 +137,15 @@ class DevStack:
                 self.options.host
             )
             address = f"{self.options.host}:{port}"
+            metrics = f"{self.options.host}:{free_port(self.options.host)}"
+            self.metrics[name] = metrics
             env = {
                 **os.environ,
                 "LLMOS_DATA_DIR": str(self.data_dir),
                 "LLMOS_NATS_URL": self.nats.public_url,
                 "LLMOS_REDIS_URL": self.redis.public_url,
                 "LLMOS_LISTEN_ADDR": address,
+                "LLMOS_METRICS_ADDR": metrics,
                 "LLMOS_SHUTDOWN_GRACE_S": str(self.options.shutdown_grace_s),
                 **(gateway_env if name == "gateway" else {}),
                 **self.options.env,
@@ -146,6 +155,7 @@ class DevStack:
                 service.tls_ca = self.tls.ca.read_bytes()
             service.start()
             self.services.append(service)
+        self._write_scrape_targets()
         await self._wait_serving()
         fields = self.ready_fields()
         write_private(self.data_dir / STACK_FILE, json.dumps(fields, indent=2) + "\n")
@@ -173,6 +183,19 @@ class DevStack:
         self.openai = f"{self.issuer}/v1"  # the same HTTP server as the issuer's
         return env
 
+    def _write_scrape_targets(self) -> None:
+        """`<data dir>/prometheus/targets.json`: every service's /metrics in Prometheus'
+        file-based discovery format (`file_sd_configs`), labelled by service."""
+        folder = self.data_dir / "prometheus"
+        folder.mkdir(exist_ok=True)
+        targets = [
+            {"targets": [address], "labels": {"service": name, "instance": f"{name}@{address}"}}
+            for name, address in self.metrics.items()
+        ]
+        partial = folder / "targets.json.tmp"  # Prometheus rereads the file: never half
+        partial.write_text(json.dumps(targets, indent=2) + "\n")
+        partial.replace(folder / SCRAPE_TARGETS)
+
     def ready_fields(self) -> dict[str, str]:
         """The `key=value` pairs of the ready line (no secrets: `credentials` is a path)."""
         assert self.nats and self.redis
@@ -181,6 +204,7 @@ class DevStack:
             issuer=self.issuer,
             openai=self.openai,
             credentials=str(credentials_path(self.data_dir)),
+            metrics=str(self.data_dir / "prometheus" / SCRAPE_TARGETS),
         )
         if self.tls is not None:
             fields["tls_ca"] = str(self.tls.ca)
