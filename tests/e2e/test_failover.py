@@ -11,6 +11,7 @@ can take what."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import tempfile
@@ -41,6 +42,10 @@ pytestmark = pytest.mark.e2e
 
 COPY = "smollm2-copy"
 SPARE = "smollm2-spare"
+
+
+#: ready-line fields that name files, not addresses
+LOCAL = ("data_dir", "logs", "credentials", "tls_ca", "metrics")
 
 
 @pytest.fixture(scope="module")
@@ -361,6 +366,9 @@ def test_sigterm_to_make_run_after_a_worker_was_killed_leaves_nothing_behind(
         if s["instance"]["service"] == "inference-worker"
     ]
     assert all(d.is_dir() for d in directories)
+    scraped = json.loads(Path(stack.fields["metrics"]).read_text())  # the /metrics ports
+    addresses = {key: address for key, address in stack.fields.items() if key not in LOCAL}
+    addresses |= {f"{g['labels']['service']} metrics": g["targets"][0] for g in scraped}
 
     stack.launcher.terminate()  # SIGTERM to make, as a user's `kill` would send it
     said = "".join(stack.output)
@@ -370,9 +378,7 @@ def test_sigterm_to_make_run_after_a_worker_was_killed_leaves_nothing_behind(
         if processes.alive(pid) and processes.cmdline(pid) == argv
     }  # fmt: skip
     assert left == {}, "processes of the stack survived it"
-    for key, address in stack.fields.items():
-        if key in ("data_dir", "logs", "credentials", "tls_ca"):
-            continue
+    for key, address in addresses.items():
         host, port = address.split("://")[-1].split("/")[0].rsplit(":", 1)
         assert not port_open(host, int(port)), f"{key} still listening on {address}"
     assert [d for d in directories if d.exists()] == []
