@@ -12,7 +12,6 @@ from typing import Any
 
 import grpc
 import pyotp
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.auth.api_keys import ApiKey, ApiKeyStore
 from gateway.auth.identities import Client, IdentityStore, Limits, Tenant, User
@@ -22,6 +21,7 @@ from gateway.auth.scopes import check_known
 from gateway.blocks import BlocklistAdmin
 from gateway.firewall import Firewall
 from llmos.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from llmos.timestamps import timestamp
 from llmos.v1 import admin_pb2, admin_pb2_grpc
 
 ISSUER_LABEL = "LLM OS"
@@ -59,14 +59,6 @@ def _client(record: Client) -> admin_pb2.Client:
     )
 
 
-def _timestamp(seconds: float) -> Timestamp | None:
-    if not seconds:
-        return None
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
 def _api_key(record: ApiKey) -> admin_pb2.ApiKey:
     return admin_pb2.ApiKey(
         key_id=record.key_id,
@@ -74,8 +66,8 @@ def _api_key(record: ApiKey) -> admin_pb2.ApiKey:
         name=record.name,
         scopes=record.scopes,
         quota=_quota(record.limits),
-        created_at=_timestamp(record.created_at),
-        expires_at=_timestamp(record.expires_at),
+        created_at=timestamp(record.created_at),
+        expires_at=timestamp(record.expires_at) if record.expires_at else None,
         created_by=record.created_by,
     )
 

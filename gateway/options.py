@@ -60,12 +60,16 @@ class GatewayOptions:
     def tls(self) -> bool:
         return self.tls_cert is not None
 
+    def http_url(self, advertise_host: str, http_port: int) -> str:
+        """This gateway's own HTTP(S) address: the OAuth endpoints, `/v1`."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{advertise_host}:{http_port}"
+
     def issuer_url(self, advertise_host: str, http_port: int) -> str:
         """The `iss` of tokens: configured, or this gateway's own HTTP address."""
         if self.issuer:
             return self.issuer.rstrip("/")
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://{advertise_host}:{http_port}"
+        return self.http_url(advertise_host, http_port)
 
 
 def read_gateway_options(env: EnvReader) -> GatewayOptions:

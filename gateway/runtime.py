@@ -99,8 +99,7 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
     listener = bind_listener(options.http_listen.host, options.http_listen.port)
     stack.callback(listener.close)
     port = int(listener.getsockname()[1])
-    scheme = "https" if options.tls_cert else "http"
-    http_url = f"{scheme}://{settings.advertise_host}:{port}"
+    http_url = options.http_url(settings.advertise_host, port)
     issuer = options.issuer_url(settings.advertise_host, port)
     keyring: Keyring | None = None
     oauth: OAuthHttp | None = None

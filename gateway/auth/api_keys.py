@@ -34,7 +34,8 @@ from gateway.auth.verifier import StaleToken
 from llmos.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 
 KEY_PREFIX = "sk-llmos-"
-_KEY = re.compile(r"^sk-llmos-(k[0-9a-f]{16})-([A-Za-z0-9_-]{43})$")
+_KEY_ID = r"k[0-9a-f]{16}"
+_KEY = re.compile(rf"^sk-llmos-({_KEY_ID})-([A-Za-z0-9_-]{{43}})$")
 #: the longest an API key may live (keys that never expire are allowed: 0)
 MAX_LIFETIME_S = 10 * 365 * 86400
 #: a verified key is believed this long without reading its record again; revocation
@@ -147,7 +148,7 @@ class ApiKeyStore:
         return key, f"{KEY_PREFIX}{key_id}-{secret}"
 
     def find(self, key_id: str) -> ApiKey:
-        raw = self._r.get(record_key(key_id)) if re.fullmatch(r"k[0-9a-f]{16}", key_id) else None
+        raw = self._r.get(record_key(key_id)) if re.fullmatch(_KEY_ID, key_id) else None
         if raw is None:
             raise NotFound(f"API key {key_id!r} does not exist")
         return _load(raw)

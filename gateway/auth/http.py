@@ -31,7 +31,7 @@ from gateway.firewall import (
     user_target,
 )
 from gateway.intrusion import IntrusionDetector, Signal
-from gateway.openai.errors import OPENAI_PREFIX, openai_error
+from gateway.openai.errors import OPENAI_PREFIX, failure_of
 from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import ResourceExhausted
 
@@ -206,7 +206,7 @@ def door_middleware(detector: IntrusionDetector) -> Any:
                 await detector.firewall.check(address_target(address))
         except Blocked as exc:
             if request.path.startswith(OPENAI_PREFIX):
-                return openai_error(exc, exc.block.retry_after_s())
+                return failure_of(exc, exc.block.retry_after_s()).response()
             return _refusal(403, "access_denied", str(exc), exc.block.retry_after_s())
         except ResourceExhausted as exc:
             retry = int(exc.retry_after_s or 60)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from llmos import errors
+from llmos.rpc import REQUEST_ID_KEY
 
 OPENAI_PREFIX = "/v1/"
 
@@ -51,19 +53,32 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def openai_error(
+@dataclass(frozen=True)
+class Failure:
+    """What a call that failed answers: an HTTP status, OpenAI's error object, headers.
+    Before a stream begins it is the response; after, its body is the last event."""
+
+    status: int
+    body: dict[str, object]
+    headers: dict[str, str]
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body, status=self.status, headers=self.headers)
+
+
+def failure_of(
     exc: BaseException,
     retry_after_s: float | None = None,
     request_id: str = "",
     aliases: dict[str, str] | None = None,
-) -> web.Response:
-    """The HTTP answer for a call that ended with `exc`. Unexpected errors name only the
+) -> Failure:
+    """The answer for a call that ended with `exc`. Unexpected errors name only the
     request id (their details are in the gateway's log)."""
-    headers = {"x-request-id": request_id} if request_id else {}
+    headers = {REQUEST_ID_KEY: request_id} if request_id else {}
     mapped = next((entry for entry in _STATUS if isinstance(exc, entry[0])), None)
     if mapped is None:
         message = f"internal error (request id {request_id})" if request_id else "internal error"
-        return web.json_response(error_body(message, "server_error"), status=500, headers=headers)
+        return Failure(500, error_body(message, "server_error"), headers)
     _, status, kind, code = mapped
     param = None
     message = str(exc)
@@ -77,4 +92,4 @@ def openai_error(
         retry = exc.retry_after_s
     if retry is not None or status in (429, 503):
         headers["Retry-After"] = str(max(1, math.ceil(retry or 1)))
-    return web.json_response(error_body(message, kind, param, code), status=status, headers=headers)
+    return Failure(status, error_body(message, kind, param, code), headers)

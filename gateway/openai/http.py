@@ -30,7 +30,7 @@ from gateway.auth.principal import CallRecord, call_record, current_call
 from gateway.firewall import Blocked
 from gateway.guard import GatewayGuard
 from gateway.openai import responses, schema
-from gateway.openai.errors import error_body, openai_error
+from gateway.openai.errors import error_body, failure_of
 from gateway.servicer import GatewayServicer
 from llmos.errors import Cancelled, InvalidArgument, LLMOSError, NotFound, Unavailable
 from llmos.log import request_id_var
@@ -120,12 +120,12 @@ class OpenAIHttp:
             if not isinstance(exc, LLMOSError):
                 log.error("unhandled error in an OpenAI call", exc_info=exc)
             retry = exc.block.retry_after_s() if isinstance(exc, Blocked) else None
-            failed = openai_error(exc, retry, request_id=rid, aliases=call.aliases)
+            failure = failure_of(exc, retry, request_id=rid, aliases=call.aliases)
             if call.stream is None:
-                return failed
+                return failure.response()
             if not isinstance(exc, Cancelled):  # begun: the stream's last event says why
                 with contextlib.suppress(ConnectionError):
-                    await _event(call.stream, json.loads(failed.text or "{}"))
+                    await _event(call.stream, failure.body)
             return call.stream
         finally:
             request_id_var.reset(token)
@@ -147,7 +147,6 @@ class OpenAIHttp:
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         async def answer(call: _Call) -> web.StreamResponse:
             parsed = schema.embedding_call(await _json(request))
-            call.aliases["inputs"] = "input"
             result = await self._servicer.Embed(parsed.request, call.context)
             return web.json_response(responses.embeddings(result, parsed.base64))
 

@@ -84,7 +84,6 @@ class GenerationCall:
     n: int = 1
     stream: bool = False
     include_usage: bool = False
-    logprobs: bool = False
     priority: int = 0  # the x-llmos-priority header's class
     #: parameters the caller spelt another accepted way (for error messages)
     aliases: dict[str, str] = field(default_factory=dict)
@@ -241,7 +240,6 @@ def chat_call(raw: Any, priority: str = "") -> GenerationCall:
     top = _int32(body, "top_logprobs")
     params.logprobs = bool(logprobs)
     params.top_logprobs = top or 0
-    call.logprobs = bool(logprobs)
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidArgument("messages", "must be a list of messages")
@@ -305,7 +303,6 @@ def completion_call(raw: Any, priority: str = "") -> GenerationCall:
         if not 0 <= top <= 5:
             raise InvalidArgument("logprobs", "must be between 0 and 5")
         params.logprobs, params.top_logprobs = True, top
-        call.logprobs = True
         call.aliases["top_logprobs"] = "logprobs"
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt

@@ -4,14 +4,13 @@ other tools that send one fixed bearer). The key is printed once; only its hash 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
 from llmos.cli.connection import connection
 from llmos.cli.errors import CommandError
-from llmos.cli.output import Listing, OutputOption, message_json, show
+from llmos.cli.output import Listing, OutputOption, message_json, show, utc_time
 from llmos.v1 import admin_pb2
 
 app = typer.Typer(help="Long-lived API keys: create, list, revoke.", no_args_is_help=True)
@@ -58,13 +57,6 @@ def create(
     print(reply.key if quiet else message_json(reply))
 
 
-def _when(stamp: object, empty: str) -> str:
-    seconds = getattr(stamp, "seconds", 0)
-    if not seconds:
-        return empty
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 @app.command("list")
 def list_keys(
     ctx: typer.Context,
@@ -78,8 +70,9 @@ def list_keys(
     )
     listing = Listing(("KEY ID", "TENANT", "NAME", "SCOPES", "EXPIRES", "REQ/MIN", "TOK/MIN"))
     for k in reply.api_keys:
+        expires = utc_time(k.expires_at.seconds) if k.expires_at.seconds else "never"
         listing.rows.append(
-            (k.key_id, k.tenant, k.name, ",".join(k.scopes), _when(k.expires_at, "never"),
+            (k.key_id, k.tenant, k.name, ",".join(k.scopes), expires,
              str(k.quota.requests_per_minute or "-"), str(k.quota.tokens_per_minute or "-"))
         )  # fmt: skip
     show(reply, listing, output)

@@ -3,14 +3,13 @@ what intrusion detection blocked and why, and blocking or lifting by hand."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
 from llmos.cli.connection import connection
 from llmos.cli.errors import CommandError
-from llmos.cli.output import Listing, OutputOption, message_json, show
+from llmos.cli.output import Listing, OutputOption, message_json, show, utc_time
 from llmos.v1 import admin_pb2
 
 app = typer.Typer(
@@ -29,10 +28,6 @@ def _target(address: str, principal: str) -> admin_pb2.BlockTarget:
     return admin_pb2.BlockTarget(principal=principal)
 
 
-def _when(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 @app.command("list")
 def blocks_list(ctx: typer.Context, output: OutputOption = "table") -> None:
     """Blocks in force, soonest to end first."""
@@ -44,7 +39,7 @@ def blocks_list(ctx: typer.Context, output: OutputOption = "table") -> None:
         listing.rows.append(
             (
                 f"{which} {getattr(b.target, which, '')}",
-                _when(b.until.seconds),
+                utc_time(b.until.seconds),
                 b.signal,
                 b.blocked_by,
                 b.reason,

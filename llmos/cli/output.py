@@ -12,6 +12,7 @@ import io
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Literal, TextIO
 
 import typer
@@ -100,6 +101,11 @@ def show(reply: Message, listing: Listing, output: Format) -> None:
         print(message_json(reply))
     else:
         write_table(listing)
+
+
+def utc_time(seconds: int) -> str:
+    """A moment for a table: UTC, to the second."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def styled(text: str, good: bool) -> Text:

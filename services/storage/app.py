@@ -19,10 +19,10 @@ from contextlib import AsyncExitStack
 
 import grpc
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from llmos.auditing import AuditPublisher, new_record
 from llmos.runner import ServiceContext
+from llmos.timestamps import timestamp
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 from services.storage.blobs import BlobFiles
 from services.storage.crypto import KeyEncryptionKeys
@@ -197,23 +197,17 @@ async def _upload_parts(
             yield None
 
 
-def _stamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
 def _dataset(row: DatasetRow) -> storage_pb2.Dataset:
     return storage_pb2.Dataset(
         tenant=row.tenant, name=row.name, sha256=row.sha256, size=row.size,
-        records=row.records, description=row.description, created_at=_stamp(row.created),
+        records=row.records, description=row.description, created_at=timestamp(row.created),
     )  # fmt: skip
 
 
 def _model_version(row: VersionRow) -> storage_pb2.ModelVersion:
     message = storage_pb2.ModelVersion(
         tenant=row.tenant, model=row.model, version=row.version, files=row.files,
-        aliases=list(row.aliases), created_at=_stamp(row.created),
+        aliases=list(row.aliases), created_at=timestamp(row.created),
     )  # fmt: skip
     message.metadata.update(row.metadata)
     message.lineage.update(row.lineage)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.openai import responses, schema
-from gateway.openai.errors import openai_error, public_param
+from gateway.openai.errors import failure_of, public_param
 from llmos import errors
 from llmos.errors import InvalidArgument
 from llmos.v1 import gateway_pb2, inference_pb2
@@ -151,7 +151,7 @@ def test_grpc_field_names_become_the_parameters_the_caller_sent() -> None:
 
 
 def _error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
-    response = openai_error(exc, request_id="r-1")
+    response = failure_of(exc, request_id="r-1").response()
     return response.status, json.loads(response.text or ""), dict(response.headers)
 
 
