@@ -34,6 +34,7 @@ from gateway.firewall import (
     address_target,
     principal_target,
 )
+from gateway.metrics import INTRUSION_EVENTS
 from llmos import subjects
 from llmos.auditing import AuditPublisher, new_record
 from llmos.config import EnvReader
@@ -60,6 +61,9 @@ _COUNTED = {
     Signal.RATE_LIMITED: "requests over a rate limit",
     Signal.MALFORMED: "malformed requests",
 }
+
+for _signal in Signal:  # every rule's series exists from the start: increase() sees the first
+    INTRUSION_EVENTS.labels(str(_signal))
 
 #: signals that also count against the verified principal
 PRINCIPAL_SIGNALS = frozenset({Signal.DENIED, Signal.RATE_LIMITED, Signal.MALFORMED})
@@ -365,6 +369,7 @@ class IntrusionDetector:
             record.client_id = principal.client_id
             record.tenant = principal.tenant
         self._audit.record(record)
+        INTRUSION_EVENTS.labels(str(block.signal)).inc()
         event = new_event("gateway")
         intrusion = event.intrusion
         if target.kind == "address":

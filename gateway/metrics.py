@@ -45,6 +45,11 @@ GENERATION_TOKENS = Counter(
 RATE_LIMITED = Counter(
     "llmos_rate_limited", "Calls refused by a rate limit or token quota.", ["tenant"]
 )
+INTRUSION_EVENTS = Counter(
+    "llmos_intrusion_events",
+    "Addresses or principals blocked by intrusion detection, by the rule (signal) tripped.",
+    ["rule"],
+)
 AUTH_FAILURES = Counter(
     "llmos_auth_failures",
     "Calls refused for their credentials: stale (expired, revoked) or invalid.",

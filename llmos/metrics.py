@@ -10,15 +10,20 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from llmos.config import HostPort
+from llmos.node_metrics import NodeCollector
 
 log = logging.getLogger("llmos.metrics")
 
 
 def serve_metrics(listen: HostPort, stack: AsyncExitStack) -> int:
-    """Serve /metrics on `listen` until `stack` closes; the bound port."""
+    """Serve /metrics on `listen` until `stack` closes (with the node's own metrics);
+    the bound port."""
+    collector = NodeCollector()
+    REGISTRY.register(collector)
+    stack.callback(REGISTRY.unregister, collector)
     server, thread = start_http_server(listen.port, addr=listen.host)
     stack.callback(thread.join, 5)
     stack.callback(server.server_close)

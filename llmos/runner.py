@@ -32,10 +32,11 @@ from typing import Any, Protocol
 
 import grpc
 import redis.asyncio as aioredis
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from redis.exceptions import RedisError
 
 import llmos
 from llmos import subjects
@@ -45,6 +46,7 @@ from llmos.callers import InternalGuard
 from llmos.config import ConfigError, EnvReader, Secret, ServiceSettings, read_service_settings
 from llmos.errors import Unavailable
 from llmos.events import Phase, now, phase_word, service_lifecycle
+from llmos.health import ExplainedHealth, HealthMonitor
 from llmos.hotstate import connect_redis, service_redis_url
 from llmos.identity import ServiceIdentity
 from llmos.keyfiles import private_files
@@ -89,6 +91,9 @@ class ServiceContext:
     #: sampled use and publishes it every heartbeat for the scheduler
     status: Callable[[], scheduler_pb2.WorkerStatus] | None = None
     usage: UsageSampler = field(default_factory=UsageSampler)
+    #: what this service needs to work (NATS and Redis; a service adds its own): health
+    #: answers NOT_SERVING, with the reason, while one is lost
+    health: HealthMonitor = field(default_factory=lambda: HealthMonitor(ExplainedHealth()))
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,9 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
             audit=audit,
             options=launch.options,
         )
+        ctx.health.watch("nats", lambda: _nats_problem(nc))
+        ctx.health.watch("redis", lambda: _redis_problem(redis_client))
+        ctx.health.on_change(lambda: report_status(ctx))
         prepared = await definition.prepare(ctx, stack) if definition.prepare else Prepared(None)
         ctx.runtime = prepared.runtime
         guard = prepared.guard
@@ -296,7 +304,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
             interceptors=[interceptor],
             options=server_options(core_limit) if core_limit else server_options(),
         )
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = ctx.health.servicer
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         # bound before the service attaches: what it starts (an embedded Triton picking
         # free ports) cannot take the port it was told to listen on
@@ -319,8 +327,8 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         )
         await server.start()
         try:
-            for name in ("", *names):
-                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await ctx.health.start(names)
+            watching = asyncio.create_task(ctx.health.run(), name="health")
             await ctx.registry.register(instance)
             heartbeat = asyncio.create_task(_heartbeat(ctx, settings.heartbeat_s))
             await report_status(ctx)
@@ -331,6 +339,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
             await stop.wait()
             log.info("stopping", extra={"reason": signal_.reason})
             heartbeat.cancel()
+            watching.cancel()
         finally:
             await health_servicer.enter_graceful_shutdown()
             with contextlib.suppress(Exception):
@@ -415,6 +424,7 @@ async def report_status(ctx: ServiceContext) -> None:
         return
     try:
         status = ctx.status()
+        status.unhealthy = ctx.health.reason
         status.instance.CopyFrom(ctx.instance)
         status.capacity.CopyFrom(ctx.instance.capacity)
         status.in_use.CopyFrom(ctx.usage.sample())
@@ -424,6 +434,18 @@ async def report_status(ctx: ServiceContext) -> None:
         await ctx.nats.publish(subject, status.SerializeToString())
     except Exception as exc:
         log.warning("status heartbeat failed", extra={"error": str(exc)})
+
+
+async def _nats_problem(nc: NATS) -> str:
+    return "" if nc.is_connected else "lost NATS (reconnecting)"
+
+
+async def _redis_problem(client: aioredis.Redis) -> str:
+    try:
+        await client.ping()  # type: ignore[misc]  # redis-py types sync|async
+    except (RedisError, OSError):
+        return "lost Redis"
+    return ""
 
 
 async def _announce(ctx: ServiceContext, phase: Phase, reason: str = "") -> None:

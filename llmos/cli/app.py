@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmos.cli import admin, audit, chat, datasets, identity, inference, jobs, models, system
+from llmos.cli import admin, audit, chat, datasets, identity, inference, jobs, models, system, top
 from llmos.cli.connection import DEFAULT_GATEWAY, Connection
 from llmos.cli.train import train
 
@@ -69,6 +69,7 @@ for command in (identity.login, identity.logout, identity.whoami):
     app.command()(command)
 app.add_typer(admin.app, name="admin")
 app.command()(system.cluster)
+app.command()(top.top)
 app.add_typer(jobs.app, name="jobs")
 app.command()(system.status)
 app.command()(system.events)

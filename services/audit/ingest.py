@@ -25,6 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from llmos import subjects
 from llmos.lease import Lease
+from services.audit import metrics
 from services.audit.records import Privacy, parse
 from services.audit.store import AuditLog
 
@@ -141,6 +142,7 @@ class Ingest:
             try:
                 messages = await subscription.fetch(self._batch, FETCH_WAIT_S)
             except TimeoutError:
+                metrics.observe_idle()
                 continue
             except Exception as exc:  # NATS reconnecting: wait for it
                 log.warning("audit fetch failed; retrying", extra={"error": repr(exc)})
@@ -162,5 +164,6 @@ class Ingest:
             log.exception("audit batch not committed; JetStream will deliver it again")
             await asyncio.sleep(1.0)
             return
+        metrics.observe_batch(messages)
         for message in messages:
             await message.ack()

@@ -22,6 +22,7 @@ from llmos.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.inference_worker.client import TritonLLMClient
 from services.inference_worker.engine.compute import ComputeLoop
 from services.inference_worker.leftovers import TritonFootprint
+from services.inference_worker.metrics import watch_engines
 from services.inference_worker.options import WorkerOptions, read_worker_options
 from services.inference_worker.triton_server import TritonServer
 from services.inference_worker.worker import InferenceWorker
@@ -113,6 +114,17 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
         await worker.start()
         for model in options.models:
             await worker.load(model)
+        ctx.health.watch("triton", worker.triton_problem)
+        gauges = asyncio.create_task(
+            watch_engines(
+                client,
+                lambda: list(worker.models),
+                lambda: options.max_inflight - worker.free_slots,
+                ctx.settings.heartbeat_s,
+            ),
+            name="engine-metrics",
+        )
+        stack.callback(gauges.cancel)
         if triton is not None:
             supervisor = asyncio.create_task(worker.supervise(), name="triton-supervisor")
             stack.callback(supervisor.cancel)

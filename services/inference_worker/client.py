@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from llmos.errors import LLMOSError, Unavailable
 from llmos.v1 import inference_pb2
-from services.inference_worker.repository import CANCEL, CLASSIFY, EMBED, GENERATE
+from services.inference_worker.repository import CANCEL, CLASSIFY, EMBED, GENERATE, STATS
 from services.inference_worker.triton_server import ACCESS_TOKEN_HEADER
 from services.inference_worker.wire import triton_error
 
@@ -145,6 +146,11 @@ class TritonLLMClient:
     async def cancel(self, model: str, key: str) -> bool:
         """Stop a running generation; False if it was not running."""
         return await self._answer(model, CANCEL, key.encode(), f"cancel-{key}") == b"1"
+
+    async def stats(self, model: str) -> inference_pb2.EngineLoad:
+        """How full `model`'s engine is now."""
+        key = f"stats-{uuid.uuid4().hex}"
+        return inference_pb2.EngineLoad.FromString(await self._answer(model, STATS, b"", key))
 
     async def embed(self, model: str, work: inference_pb2.EmbedWork) -> inference_pb2.EmbedResult:
         """Embeddings of the work's texts (the engine batches concurrent calls)."""

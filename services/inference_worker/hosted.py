@@ -224,6 +224,13 @@ class HostedLLM:
             self._streams.pop(key, None)
             raise
 
+    def stats(self) -> inference_pb2.EngineLoad:
+        """How full the engine is now (any thread: counts read without the compute loop)."""
+        running, waiting = self.engine.load
+        return inference_pb2.EngineLoad(
+            running=running, waiting=waiting, kv_cache_usage_ratio=self.engine.kv_cache_usage
+        )
+
     def cancel(self, key: str) -> bool:
         """Stop a running generation; False if none runs under that key."""
         stream = self._streams.get(key)

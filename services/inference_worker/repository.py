@@ -32,8 +32,8 @@ from services.inference_worker.triton_backend import TritonPythonModel  # noqa: 
 """
 
 #: the model's tasks, the value of its `task` input
-GENERATE, CANCEL, EMBED, CLASSIFY = "generate", "cancel", "embed", "classify"
-TASKS = (GENERATE, CANCEL, EMBED, CLASSIFY)
+GENERATE, CANCEL, EMBED, CLASSIFY, STATS = "generate", "cancel", "embed", "classify", "stats"
+TASKS = (GENERATE, CANCEL, EMBED, CLASSIFY, STATS)
 
 
 @dataclass(frozen=True)

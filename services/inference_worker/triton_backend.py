@@ -31,7 +31,7 @@ from llmos.errors import InvalidArgument, LLMOSError
 from llmos.log import configure_logging
 from llmos.v1 import inference_pb2
 from services.inference_worker.hosted import HostedLLM, HostOptions, Send
-from services.inference_worker.repository import CANCEL, CLASSIFY, EMBED, GENERATE, TASKS
+from services.inference_worker.repository import CANCEL, CLASSIFY, EMBED, GENERATE, STATS, TASKS
 from services.inference_worker.wire import encode_error
 
 log = logging.getLogger("llmos.triton.backend")
@@ -135,6 +135,8 @@ class TritonPythonModel:
         elif task == CANCEL:
             cancelled = self.llm.cancel(payload.decode("utf-8", errors="replace"))
             _sender(request)(b"1" if cancelled else b"0", True)
+        elif task == STATS:
+            _sender(request)(self.llm.stats().SerializeToString(), True)
 
     def finalize(self) -> None:
         self.llm.close()

@@ -178,6 +178,13 @@ class InferenceWorker:
             self._triton_up.set()
             log.info("Triton restarted", extra={"models": self.models})
 
+    async def triton_problem(self) -> str:
+        """ "" while this worker's Triton serves, else why not (its health says so)."""
+        if self.server is not None:
+            up = self._triton_up.is_set() and self.server.alive()
+            return "" if up else "Triton exited; restarting it"
+        return "" if await self.client.live() else "Triton does not answer"
+
     def _restarts(self) -> int:
         return self.server.restarts if self.server is not None else 0
 

@@ -27,7 +27,7 @@ from llmos.training import TrainingConfig, check_memory, memory_needed
 from llmos.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from llmos.workers import TRAINER, WorkerTable
 from services.scheduler.active_jobs import reconcile_active
-from services.scheduler.cluster_view import cluster_seen_by
+from services.scheduler.cluster_view import cluster_seen_by, queues_of
 from services.scheduler.fairshare import check_class_allowed
 from services.scheduler.generations import ModelSource
 from services.scheduler.inference import InferenceDispatcher
@@ -61,11 +61,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
     ) -> scheduler_pb2.ClusterStatus:
         board = self._inference.board
         active = await self._jobs.active()
+        queued = common_pb2.JOB_STATE_QUEUED
         status = scheduler_pb2.ClusterStatus(
             workers=self._workers.alive(time.monotonic()),
             queued_requests=board.queued(),
-            queued_jobs=sum(j.state == common_pb2.JOB_STATE_QUEUED for j in active),
+            queued_jobs=sum(j.state == queued for j in active),
             tokens_served_by_tenant=dict(board.served_tokens()),
+            queues=queues_of(
+                ((g.priority.value, g.tenant) for g in board.waiting()),
+                ((j.spec.priority, j.tenant) for j in active if j.state == queued),
+            ),
         )
         internal = current_caller()
         viewer = internal.assertion if internal is not None else None

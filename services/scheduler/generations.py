@@ -24,7 +24,7 @@ workers; the adapter (`services.scheduler.inference`) carries out the actions.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,9 @@ class WorkerState:
     free_slots: int
     loaded: frozenset[str] = frozenset()
     available: frozenset[str] = frozenset()  # in its models directory, loadable now
+    #: False while its health says it cannot take work (lost NATS, Redis or Triton): it
+    #: keeps what it holds (it is alive) but gets nothing new
+    serving: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,15 @@ class GenerationBoard:
             queue = self._queues.get(model)
             return len(queue) if queue is not None else 0
         return sum(len(q) for q in self._queues.values())
+
+    def leased(self) -> Iterator[WorkItem]:
+        """Every generation handed to a worker and not yet finished."""
+        return (lease.item for lease in self._leases.values())
+
+    def waiting(self) -> Iterator[WorkItem]:
+        """Every generation waiting, for every model (no particular order)."""
+        for queue in self._queues.values():
+            yield from queue.queued()
 
     def served_tokens(self) -> Counter[str]:
         """Tokens dispatched per tenant (all models and classes)."""
@@ -256,7 +268,7 @@ class GenerationBoard:
         latter case the load of the least loaded such worker (once at a time)."""
         if any(model in w.loaded for w in workers) or model in self._loading:
             return None
-        candidates = [w for w in workers if model in w.available]
+        candidates = [w for w in workers if model in w.available and w.serving]
         if not candidates:
             if now - self.started_at < self.options.worker_warmup_s:
                 return None  # not every worker has been heard from yet: queue it meanwhile
@@ -314,7 +326,7 @@ class GenerationBoard:
                     models=set(w.loaded),
                 )
                 for w in workers
-                if model in w.loaded
+                if model in w.loaded and w.serving
             ]
             pool = self._pools[model]
             pool.total = sum(v.slots for v in views)

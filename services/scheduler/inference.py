@@ -34,6 +34,7 @@ from llmos.runner import ServiceContext
 from llmos.v1 import inference_pb2, worker_pb2, worker_pb2_grpc
 from llmos.work import domain_error, work_error
 from llmos.workers import INFERENCE_WORKER, WorkerTable
+from services.scheduler import metrics
 from services.scheduler.fairshare import WorkItem
 from services.scheduler.generations import (
     Action,
@@ -86,7 +87,7 @@ class InferenceDispatcher:
                 task.cancel()
 
     def _live(self) -> list[WorkerState]:
-        """The live inference workers, as the generation rules see them."""
+        """The live inference workers (serving or not), as the generation rules see them."""
         return [
             WorkerState(
                 worker_id=s.instance.instance_id,
@@ -94,6 +95,7 @@ class InferenceDispatcher:
                 free_slots=s.free_slots,
                 loaded=frozenset(s.loaded_models),
                 available=frozenset(s.available_models),
+                serving=not s.unhealthy,
             )
             for s in self._workers.alive(self._clock(), INFERENCE_WORKER)
         ]
@@ -142,6 +144,8 @@ class InferenceDispatcher:
             await asyncio.sleep(TICK_S)
             try:
                 await self._carry_out(self.board.tick(self._live(), self._clock()))
+                metrics.observe_generations(self.board.leased(), self.board.waiting())
+                metrics.observe_workers(self._workers.alive(self._clock()))
             except Exception:
                 log.exception("dispatch tick failed")
 

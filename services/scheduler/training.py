@@ -26,6 +26,7 @@ from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext
 from llmos.v1 import common_pb2, scheduler_pb2
 from llmos.workers import MISSED_HEARTBEATS, TRAINER, WorkerTable
+from services.scheduler import metrics
 from services.scheduler.jobs import JobStore
 from services.scheduler.options import SchedulerOptions
 from services.scheduler.training_plan import (
@@ -102,6 +103,8 @@ class TrainingDispatcher:
             try:
                 if await self._leadership.hold():
                     await self._tick()
+                else:
+                    metrics.observe_jobs(())  # the leader reports them
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -112,11 +115,14 @@ class TrainingDispatcher:
 
     async def _tick(self) -> None:
         now = time.monotonic()
-        trainers = {w.instance.instance_id: w for w in self._workers.alive(now, TRAINER)}
-        for action in self._planner.leases(await self._jobs.active(), trainers, now):
+        alive = {w.instance.instance_id: w for w in self._workers.alive(now, TRAINER)}
+        for action in self._planner.leases(await self._jobs.active(), alive, now):
             await self._carry_out(action)
         jobs = await self._jobs.active()  # as the moves left them
-        for action in self._planner.placements(jobs, trainers, now, time.time()):
+        metrics.observe_jobs(jobs)
+        # a trainer that lost NATS, Redis or storage keeps its jobs but gets no new one
+        serving = {key: w for key, w in alive.items() if not w.unhealthy}
+        for action in self._planner.placements(jobs, serving, now, time.time()):
             await self._carry_out(action)
 
     async def _carry_out(self, action: TrainingAction) -> None:

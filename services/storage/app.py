@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from prometheus_client import REGISTRY
 
 from llmos.auditing import AuditPublisher, new_record
 from llmos.runner import ServiceContext
@@ -28,6 +29,7 @@ from services.storage.blobs import BlobFiles
 from services.storage.crypto import KeyEncryptionKeys
 from services.storage.datasets import Datasets
 from services.storage.metadata import DatasetRow, Metadata, VersionRow
+from services.storage.metrics import StorageCollector
 from services.storage.operations import StoreOperations
 from services.storage.options import StorageOptions
 from services.storage.quotas import Quotas
@@ -253,6 +255,9 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
     audit = ctx.audit
     store = Store(files, audit_trail(audit))
     stack.callback(store.close)
+    collector = StorageCollector(metadata)
+    REGISTRY.register(collector)
+    stack.callback(REGISTRY.unregister, collector)  # before the database closes
     servicer = StorageServicer(store, options)
     expiry = asyncio.create_task(
         _expire_uploads(servicer.transfers, options.upload_idle_s), name="upload-expiry"

@@ -141,6 +141,16 @@ class Metadata:
         row = self._one("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE tenant=?", tenant)
         return int(row[0]) if row else 0
 
+    def bytes_by_tenant(self) -> list[tuple[str, str, int]]:
+        """(tenant, kind, bytes) for every tenant: "stored" blobs, "uploading" reserved."""
+        return [
+            (str(tenant), str(kind), int(total))
+            for tenant, kind, total in self._all(
+                "SELECT tenant, 'stored', SUM(size) FROM blobs GROUP BY tenant "
+                "UNION ALL SELECT tenant, 'uploading', SUM(size) FROM uploads GROUP BY tenant"
+            )
+        ]
+
     def uploading_bytes(self, tenant: str) -> int:
         """Bytes declared by the tenant's uploads in progress (reserved against its quota)."""
         row = self._one("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE tenant=?", tenant)

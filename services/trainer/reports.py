@@ -14,6 +14,7 @@ from nats.errors import NoRespondersError
 
 from llmos import subjects
 from llmos.v1 import common_pb2, scheduler_pb2
+from services.trainer import metrics
 from services.trainer.attempt import Attempt
 
 S = common_pb2.JobState
@@ -46,6 +47,8 @@ class Reporter:
             current = (attempt.state.progress.step, attempt.state.checkpoint_step,
                        attempt.stored_step)  # fmt: skip
             if current != sent:
+                job = attempt.job
+                metrics.observe_progress(job.tenant, job.job_id, attempt.state.progress)
                 report = attempt.report(self._instance_id, S.JOB_STATE_RUNNING, "running")
                 with contextlib.suppress(TimeoutError, NoRespondersError):
                     reply = await self.send(report)

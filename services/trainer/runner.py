@@ -40,6 +40,7 @@ from llmos.modelstore import ModelStore
 from llmos.ports import free_port
 from llmos.training import attempt_key
 from llmos.v1 import common_pb2, scheduler_pb2
+from services.trainer import metrics
 from services.trainer.artifacts import Inputs, fetch_inputs, register_result
 from services.trainer.attempt import Attempt
 from services.trainer.checkpoints import CheckpointSync
@@ -273,6 +274,7 @@ class JobRunner:
             attempt.report(self._instance.instance_id, end.state, end.reason)
         )
         self._attempts.pop(attempt.key, None)
+        metrics.forget(job.tenant, job.job_id)
         shutil.rmtree(attempt.directory, ignore_errors=True)
 
     def _record(self, job: scheduler_pb2.Job, action: str, outcome: str, detail: str) -> None:

@@ -17,13 +17,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from nats.aio.msg import Msg
 
-from llmos.health import SERVING, UNREACHABLE, check_health
+from llmos.health import NOT_SERVING, SERVING, UNREACHABLE, check_health
 from llmos.identity import operator_identity
 from llmos.registry import ServiceRegistry
 from llmos.services import SERVICE_MODULES
 from llmos.v1 import events_pb2
-from tools.devstack.infra import NatsServer, RedisServer
-from tools.harness import secrets_dir_of, start_process
+from tools.devstack.infra import NatsServer, RedisServer, start_redis
+from tools.harness import eventually_async, secrets_dir_of, start_process
 from tools.standin import internal_channel
 
 Phase = events_pb2.ServiceLifecycle.Phase
@@ -92,3 +92,48 @@ async def test_service_lifecycle(
         process.stop()
         await nc.close()
         await redis_client.aclose()
+
+
+async def test_health_tells_the_truth_while_redis_is_gone(
+    service_env: dict[str, str], nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A service that loses Redis answers NOT_SERVING with the reason, and SERVING again
+    once Redis is back (same address, as after a restart)."""
+    secrets = secrets_dir_of(service_env)
+    redis_dir = tmp_path / "own-redis"
+    redis = start_redis(redis_dir, secrets_dir=secrets)
+    env = {**service_env, "LLMOS_REDIS_URL": redis.public_url}
+    nc = await nats.connect(nats_server.url)
+    started: asyncio.Queue[events_pb2.Event] = asyncio.Queue()
+
+    async def on_event(msg: Msg) -> None:
+        await started.put(events_pb2.Event.FromString(msg.data))
+
+    await nc.subscribe("llmos.events.service.storage.>", cb=on_event)
+    process = start_process(
+        "storage", [sys.executable, "-m", SERVICE_MODULES["storage"]], env, tmp_path
+    )
+    operator = operator_identity(secrets, "health-test")
+    try:
+        event = await _next_event(started, Phase.PHASE_STARTED)
+        address = event.service_lifecycle.instance.address
+
+        async def health(wanted: str) -> tuple[str, str]:
+            async def answer() -> tuple[str, str] | None:
+                found = await check_health(address, identity=operator, server="storage")
+                return found if found[0] == wanted else None
+
+            said: tuple[str, str] = await eventually_async(answer, what=wanted)
+            return said
+
+        assert await health(SERVING) == (SERVING, "")
+        redis.stop(5)
+        _, detail = await health(NOT_SERVING)
+        assert detail.endswith("reports NOT_SERVING: lost Redis"), detail
+        redis = start_redis(redis_dir, port=redis.port, secrets_dir=secrets)
+        assert await health(SERVING) == (SERVING, "")
+        assert process.proc.poll() is None  # it waited for Redis; it did not die
+    finally:
+        process.stop()
+        redis.stop(5)
+        await nc.close()

@@ -16,6 +16,7 @@ from llmos.services import SERVICE_MODULES
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "compose.yaml"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 SETUP = ["python", "-m", "tools.devstack.setup"]
 
 
@@ -61,9 +62,49 @@ def test_infrastructure_runs_on_what_the_setup_identity_created(
     assert "${" not in COMPOSE.read_text()
 
 
-def test_only_the_gateway_is_published(compose: dict[str, Any]) -> None:
-    published = {name for name, spec in compose["services"].items() if spec.get("ports")}
-    assert published == {"gateway"}
+def test_only_the_gateway_is_published_and_dashboards_only_on_loopback(
+    compose: dict[str, Any],
+) -> None:
+    published = {
+        name: spec["ports"] for name, spec in compose["services"].items() if "ports" in spec
+    }
+    assert set(published) == {"gateway", "prometheus", "grafana"}
+    assert published["prometheus"] == ["127.0.0.1:9090:9090"]
+    assert published["grafana"] == ["127.0.0.1:3000:3000"]
+
+
+def test_prometheus_scrapes_every_service_with_its_service_label(
+    compose: dict[str, Any],
+) -> None:
+    """The alerts and the dashboard select targets by `service`: each LLM OS container
+    serves /metrics where the compose Prometheus looks for it, under its own name."""
+    services = compose["services"]
+    scrape = yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]
+    scraped = {
+        target: group["labels"]["service"]
+        for job in scrape
+        for group in job.get("static_configs", [])
+        for target in group["targets"]
+    }
+    for name in SERVICE_MODULES:
+        port = services[name]["environment"]["LLMOS_METRICS_ADDR"].rsplit(":", 1)[1]
+        assert scraped.get(f"{name}:{port}") == name, name
+    assert set(scraped.values()) == set(SERVICE_MODULES)
+
+
+def test_prometheus_and_grafana_mount_the_deploy_files(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    mounts = dict(v.split(":")[1::-1] for v in grafana["volumes"])  # container -> host
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    provider = ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "llmos.yml"
+    folder = yaml.safe_load(provider.read_text())["providers"][0]["options"]["path"]
+    assert (COMPOSE.parent / mounts[folder] / "llmos.json").is_file()
+    # pinned, so that a dashboard or rule written for one version meets that version
+    for spec in (prometheus, grafana):
+        assert ":" in spec["image"] and not spec["image"].endswith(":latest")
 
 
 def test_gpu_worker_uses_an_external_triton_that_reserves_a_gpu(compose: dict[str, Any]) -> None:

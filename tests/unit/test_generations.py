@@ -197,6 +197,18 @@ def test_a_worker_lost_before_streaming_gives_its_work_to_another() -> None:
     assert sends(actions) == [("r1", "spare")]
 
 
+def test_a_worker_that_is_not_serving_keeps_its_work_but_gets_none_new() -> None:
+    rules = board()
+    healthy = worker("w", slots=2)
+    sick = WorkerState("w", 2, 2, frozenset({"m"}), frozenset(), serving=False)
+    rules.submit(item(1), "m", [healthy], now=20.0)
+    submitted = rules.submit(item(2), "m", [sick], now=21.0)
+    assert sends(submitted) == [] and rules.queued("m") == 1
+    assert rules.tick([sick], now=22.0) == []  # alive: its lease holds, nothing moves
+    assert rules.lease("r1") is not None
+    assert sends(rules.tick([healthy], now=23.0)) == [("r2", "w")]  # serving again
+
+
 def test_a_worker_lost_mid_stream_ends_the_answer_with_unavailable() -> None:
     rules = board()
     rules.submit(item(1), "m", [worker("doomed")], now=20.0)

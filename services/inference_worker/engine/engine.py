@@ -225,6 +225,13 @@ class Engine:
         return self.prefix_cache.stats
 
     @property
+    def kv_cache_usage(self) -> float:
+        """Share of the KV cache's positions (every slot at the full context) that the
+        running sequences hold, 0 to 1 (what vLLM reports as its KV cache usage)."""
+        held = sum(len(s.prompt) + len(s.output) for s in list(self._running))
+        return held / (self.max_batch * self.max_context)
+
+    @property
     def load(self) -> tuple[int, int]:
         """(running, waiting) request counts."""
         return len(self._running), len(self._waiting)

@@ -1,0 +1,58 @@
+"""What an inference worker counts for Prometheus: its slots in use, and for each model it
+serves how full the engine is (running and waiting sequences, KV cache usage), asked of
+the engine inside Triton every few seconds (the `stats` task) rather than at scrape
+time, so a scrape never waits on Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from prometheus_client import Gauge
+
+from llmos.errors import LLMOSError
+from services.inference_worker.client import TritonLLMClient
+
+log = logging.getLogger("llmos.worker.metrics")
+
+SLOTS_IN_USE = Gauge("llmos_worker_slots_in_use", "Generations this worker runs now.")
+KV_CACHE_USAGE = Gauge(
+    "llmos_kv_cache_usage_ratio",
+    "Share of the engine's KV cache positions running sequences hold, 0 to 1.",
+    ["model"],
+)
+ENGINE_SEQUENCES = Gauge(
+    "llmos_engine_sequences",
+    "Sequences in the engine's batch (running) or queued for it (waiting).",
+    ["model", "state"],
+)
+
+
+async def watch_engines(
+    client: TritonLLMClient,
+    models: Callable[[], list[str]],
+    busy: Callable[[], int],
+    every_s: float,
+) -> None:
+    """Refresh the gauges every `every_s` until cancelled; a model that no longer
+    serves leaves the metrics."""
+    shown: set[str] = set()
+    while True:
+        SLOTS_IN_USE.set(busy())
+        serving = set(models())
+        for model in serving:
+            try:
+                load = await client.stats(model)
+            except LLMOSError as exc:
+                log.debug("engine stats unavailable", extra={"model": model, "error": str(exc)})
+                continue
+            KV_CACHE_USAGE.labels(model).set(load.kv_cache_usage_ratio)
+            ENGINE_SEQUENCES.labels(model, "running").set(load.running)
+            ENGINE_SEQUENCES.labels(model, "waiting").set(load.waiting)
+        for model in shown - serving:
+            KV_CACHE_USAGE.remove(model)
+            ENGINE_SEQUENCES.remove(model, "running")
+            ENGINE_SEQUENCES.remove(model, "waiting")
+        shown = serving
+        await asyncio.sleep(every_s)
