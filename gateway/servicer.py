@@ -7,8 +7,8 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ import grpc
 from gateway.admin import AdminServicer
 from gateway.audit import AuditRelay
 from gateway.auth.http import http_app, serve_http
-from gateway.auth.principal import call_record, caller
+from gateway.auth.principal import CallRecord, call_record, caller
 from gateway.cache import ResponseCache
 from gateway.deployments import Deployer, Deployments
 from gateway.inference import InferenceRouter
@@ -32,8 +32,9 @@ from gateway.validation import (
     check_prompt,
     checked_params,
 )
-from llmos import subjects
+from llmos import subjects, tracing
 from llmos.errors import InvalidArgument
+from llmos.generation import SamplingParams
 from llmos.health import check_health
 from llmos.log import request_id_var
 from llmos.model.names import DEFAULT_MODEL, visible_to
@@ -192,6 +193,34 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             params=params,
             **source,
         )
+        span = tracing.start(
+            f"gateway {kind}",
+            tracing.incoming.get(),
+            tracing.SpanKind.SERVER,
+            attributes={
+                tracing.REQUEST_ID: request_id_var.get(),
+                tracing.WORK_ID: work.request_id,
+                "llmos.tenant": work.tenant,
+                "llmos.model": model,
+            },
+        )
+        work.traceparent = tracing.traceparent(span)
+        stream = self._stream(work, model, priority, sampling, call, key)
+        with span:
+            async with aclosing(stream):  # a caller gone stops the work now, not at GC
+                async for response in stream:
+                    yield response
+
+    async def _stream(
+        self,
+        work: inference_pb2.GenerateWork,
+        model: str,
+        priority: PriorityClass,
+        sampling: SamplingParams,
+        call: CallRecord,
+        key: str,
+    ) -> AsyncGenerator[gateway_pb2.GenerateResponse]:
+        """The generation's chunks as responses, counted, charged and cached at the end."""
         whole = gateway_pb2.GenerateResponse(model=model)
         prompt_chars = len(work.prompt) + sum(len(m.content) for m in work.chat.messages)
         prompt_estimate = max(1, prompt_chars // CHARS_PER_TOKEN)
@@ -332,7 +361,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         await self._check_priority(
             PriorityClass.parse(request.spec.priority, "spec.priority"), "spec.priority"
         )
-        job: scheduler_pb2.Job = await self._ask_scheduler("SubmitJob", request, context)
+        with tracing.start(
+            "gateway SubmitJob",
+            tracing.incoming.get(),
+            tracing.SpanKind.SERVER,
+            attributes={tracing.REQUEST_ID: request_id_var.get(), "llmos.tenant": request.tenant},
+        ) as span:
+            request.traceparent = tracing.traceparent(span)
+            job: scheduler_pb2.Job = await self._ask_scheduler("SubmitJob", request, context)
+            span.set_attribute(tracing.JOB_ID, job.job_id)
         call_record().resource = f"job/{job.job_id}"
         return job
 

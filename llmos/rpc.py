@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
-from llmos import errors
+from llmos import errors, tracing
 from llmos.log import request_id_var
 from llmos.protocheck import invalid_utf8_field
 
@@ -126,6 +126,7 @@ async def _call_scope(
     """Request id for the call's duration; any exception leaves as a gRPC status."""
     rid = request_id_from(context.invocation_metadata())
     token = request_id_var.set(rid)
+    tracing.incoming.set(tracing.traceparent_in(context.invocation_metadata()))
     try:
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         async with guard.guard(method, context) if guard else contextlib.nullcontext():

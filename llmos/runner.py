@@ -39,7 +39,7 @@ from nats.js import JetStreamContext
 from redis.exceptions import RedisError
 
 import llmos
-from llmos import subjects
+from llmos import subjects, tracing
 from llmos.assertions import AssertionVerifier
 from llmos.auditing import AuditPublisher
 from llmos.callers import InternalGuard
@@ -259,6 +259,7 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         if settings.metrics_listen is not None:
             serve_metrics(settings.metrics_listen, stack)
         instance = _new_instance(settings, slot.user if slot else _url_user(settings))
+        tracing.configure(settings.service, instance.instance_id)
         identity = _identity(settings, instance)
         redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)
         stack.push_async_callback(redis_client.aclose)

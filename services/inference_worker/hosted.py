@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from llmos import tracing
 from llmos.errors import InvalidArgument, LLMOSError
 from llmos.generation import sampling_params_from_proto
 from llmos.model.folder import load_model
@@ -205,11 +206,14 @@ class HostedLLM:
         key = work.request_id
         stream = _Stream(key, send, self.codec.token_bytes)
         outbox = self._outbox
+        # from the engine's queue to the last token; ended on the compute thread
+        span = tracing.start("engine generate", work.traceparent, attributes={tracing.WORK_ID: key})
 
         def sink(event: TokenEvent) -> None:  # on the compute thread: hand over, go on
             outbox.put(stream, event)
             if event.finish_reason is not None:
                 self._streams.pop(key, None)
+                _end_span(span, event)
 
         self._streams[key] = stream
         try:
@@ -220,8 +224,10 @@ class HostedLLM:
                 sink,
                 tenant=work.tenant,
             )
-        except BaseException:
+        except BaseException as exc:
             self._streams.pop(key, None)
+            span.record_exception(exc)
+            span.end()
             raise
 
     def stats(self) -> inference_pb2.EngineLoad:
@@ -371,3 +377,13 @@ def _chunk(events: list[TokenEvent], spell: Callable[[int], bytes]) -> inference
             chunk.timings.mean_inter_token_s = m.mean_inter_token_s
             chunk.timings.total_s = m.total_s
     return chunk
+
+
+def _end_span(span: tracing.Span, event: TokenEvent) -> None:
+    """The engine's span ends with what the generation did."""
+    span.set_attribute("llmos.finish_reason", event.finish_reason or "")
+    if event.metrics is not None:
+        span.set_attribute("llmos.prompt_tokens", event.metrics.tokens_in)
+        span.set_attribute("llmos.completion_tokens", event.metrics.tokens_out)
+        span.set_attribute("llmos.time_to_first_token_s", event.metrics.time_to_first_token_s)
+    span.end()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
+from llmos import tracing
 from llmos.errors import InvalidArgument, LLMOSError
 from llmos.log import configure_logging
 from llmos.v1 import inference_pb2
@@ -99,6 +100,8 @@ class TritonPythonModel:
             os.environ.get("LLMOS_LOG_LEVEL", "info"),
             os.environ.get("LLMOS_LOG_FORMAT", "text"),
         )
+        # the engine's spans, under the worker's "triton infer" (OTEL_* come from its env)
+        tracing.configure("engine", f"{args['model_name']}@{os.getpid()}")
         folder, options = host_options(args)
         self.llm = HostedLLM(folder, options)
         choice = self.llm.engine.precision

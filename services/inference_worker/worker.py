@@ -24,7 +24,7 @@ from typing import TypeVar
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from llmos import subjects
+from llmos import subjects, tracing
 from llmos.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -290,6 +290,11 @@ class InferenceWorker:
         await msg.respond(ack.SerializeToString())
 
     async def _generate(self, work: inference_pb2.GenerateWork) -> None:
+        attributes = {tracing.WORK_ID: work.request_id, "llmos.model": work.model}
+        with tracing.start("worker generate", work.traceparent, attributes=attributes) as span:
+            await self._run_generation(work, span)
+
+    async def _run_generation(self, work: inference_pb2.GenerateWork, span: tracing.Span) -> None:
         seq = 1
         tokens = 0
 
@@ -312,8 +317,11 @@ class InferenceWorker:
                 restarts = self._restarts()
                 try:
                     await self._triton()
-                    async for chunk in self.client.generate(work.model, work):
-                        await send(chunk)
+                    parent = tracing.traceparent(span)
+                    with tracing.start("triton infer", parent, tracing.SpanKind.CLIENT) as infer:
+                        work.traceparent = tracing.traceparent(infer) or parent
+                        async for chunk in self.client.generate(work.model, work):
+                            await send(chunk)
                     break
                 except Unavailable:
                     # nothing reached the requester yet: wait for the new Triton, once

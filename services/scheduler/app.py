@@ -101,7 +101,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
             ModelStore(self._ctx.links, request.tenant), config, request.tenant,
             request.spec.resources.memory_bytes,
         )  # fmt: skip
-        job = await self._jobs.create(request.tenant, request.owner, request.spec)
+        job = await self._jobs.create(
+            request.tenant, request.owner, request.spec, request.traceparent
+        )
         self._training.wake()
         return job
 

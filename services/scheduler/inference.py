@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from llmos import subjects
+from llmos import subjects, tracing
 from llmos.callers import WORKER
 from llmos.errors import LLMOSError, Unavailable
 from llmos.identity import secure_channel
@@ -182,19 +182,32 @@ class InferenceDispatcher:
     async def _send(self, send: Send) -> None:
         work: inference_pb2.GenerateWork = send.item.payload
         refusal: LLMOSError | None = None
-        try:
-            answer = await self._ctx.nats.request(
-                subjects.worker_generate(send.worker),
-                work.SerializeToString(),
-                timeout=DISPATCH_TIMEOUT_S,
-            )
-        except (NoRespondersError, NatsTimeout, TimeoutError):
-            log.warning("worker did not take a generation", extra={"worker": send.worker})
-        else:
-            ack = inference_pb2.GenerateChunk.FromString(answer.data)
-            if not ack.HasField("error"):
-                return  # taken: the worker streams to the gateway and reports progress
-            refusal = domain_error(ack.error)
+        # from its arrival here (queue time included) until a worker took it; the work
+        # keeps the gateway's context (it may be sent again), the copy sent carries this one
+        with tracing.start(
+            "scheduler schedule",
+            work.traceparent,
+            waited_s=self._clock() - send.item.enqueued_at,
+            attributes={tracing.WORK_ID: work.request_id, "llmos.worker": send.worker},
+        ) as span:
+            sent = inference_pb2.GenerateWork()
+            sent.CopyFrom(work)
+            sent.traceparent = tracing.traceparent(span) or work.traceparent
+            try:
+                answer = await self._ctx.nats.request(
+                    subjects.worker_generate(send.worker),
+                    sent.SerializeToString(),
+                    timeout=DISPATCH_TIMEOUT_S,
+                )
+            except (NoRespondersError, NatsTimeout, TimeoutError):
+                log.warning("worker did not take a generation", extra={"worker": send.worker})
+                span.set_attribute("llmos.outcome", "worker did not answer")
+            else:
+                ack = inference_pb2.GenerateChunk.FromString(answer.data)
+                if not ack.HasField("error"):
+                    return  # taken: the worker streams to the gateway and reports progress
+                refusal = domain_error(ack.error)
+                span.set_attribute("llmos.outcome", str(refusal))
         await self._carry_out(self.board.not_taken(work.request_id, send.worker, refusal))
 
     async def _fail(self, fail: Fail) -> None:

@@ -190,7 +190,7 @@ class JobStore:
         self._create = redis.register_script(_CREATE)
 
     async def create(
-        self, tenant: str, owner: str, spec: scheduler_pb2.JobSpec
+        self, tenant: str, owner: str, spec: scheduler_pb2.JobSpec, traceparent: str = ""
     ) -> scheduler_pb2.Job:
         """Store a new QUEUED job; RESOURCE_EXHAUSTED if the tenant is at its cap."""
         job = scheduler_pb2.Job(
@@ -202,6 +202,7 @@ class JobStore:
             reason="waiting for resources",
             created_at=_now(),
             updated_at=_now(),
+            traceparent=traceparent,
         )
         keys = [job_key(job.job_id), f"{PREFIX}tenant:{tenant}", ACTIVE, active_of(tenant)]
         args: list[bytes | str | float] = [

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 
-from llmos import subjects
+from llmos import subjects, tracing
 from llmos.errors import LLMOSError
 from llmos.lease import Lease
 from llmos.modelstore import ModelStore
@@ -149,6 +149,17 @@ class TrainingDispatcher:
     async def _assign(self, job: scheduler_pb2.Job, placement: tuple[tuple[str, int], ...]) -> None:
         """SCHEDULED on `placement`, then each trainer told its share (node 0 first: it
         names the rendezvous the others join). A refusal or silence undoes it all."""
+        attributes = {
+            tracing.JOB_ID: job.job_id,
+            "llmos.trainers": ",".join(trainer for trainer, _ in placement),
+        }
+        with tracing.start("scheduler place job", job.traceparent, attributes=attributes) as span:
+            span.set_attribute("llmos.outcome", await self._place(job, placement, span))
+
+    async def _place(
+        self, job: scheduler_pb2.Job, placement: tuple[tuple[str, int], ...], span: tracing.Span
+    ) -> str:
+        """`_assign`'s work; how it went, in a few words."""
         try:
             job = await self._jobs.move(
                 job,
@@ -157,7 +168,8 @@ class TrainingDispatcher:
                 [scheduler_pb2.Placement(instance_id=t, processes=n) for t, n in placement],
             )
         except LLMOSError:
-            return  # cancelled meanwhile
+            return "cancelled meanwhile"
+        span.set_attribute("llmos.attempt", job.attempt)
         rendezvous = ""
         for rank, (trainer, _) in enumerate(placement):
             assignment = scheduler_pb2.JobAssignment(job=job, node_rank=rank, rendezvous=rendezvous)
@@ -175,12 +187,13 @@ class TrainingDispatcher:
                 why = f"trainer {trainer} did not take it ({reply.reason}); requeued"
                 with contextlib.suppress(LLMOSError):
                     await self._jobs.move(job, S.JOB_STATE_QUEUED, why)
-                return
+                return why
             rendezvous = rendezvous or reply.rendezvous
         log.info(
             "job placed",
             extra={"job": job.job_id, "attempt": job.attempt, "placement": str(placement)},
         )
+        return "placed"
 
     async def _control(self, job: scheduler_pb2.Job, action: str, reason: str) -> None:
         control = scheduler_pb2.JobControl(

@@ -25,6 +25,7 @@ class Attempt:
     result: str = ""  # the model version a successful job registered
     checkpoint_blob: str = ""  # the checkpoint in storage, and the step it holds
     stored_step: int = 0
+    outcome: str = ""  # how it ended (a JobState name), once it has
 
     @property
     def key(self) -> str:

@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from llmos import subjects
+from llmos import subjects, tracing
 from llmos.auditing import AuditPublisher, job_record
 from llmos.config import environment_without_llmos
 from llmos.errors import LLMOSError
@@ -193,6 +193,17 @@ class JobRunner:
 
     async def _run(self, attempt: Attempt, nodes: int, rendezvous: str) -> None:
         job = attempt.job
+        attributes: dict[str, str | int] = {
+            tracing.JOB_ID: job.job_id,
+            "llmos.attempt": job.attempt,
+            "llmos.node_rank": attempt.node_rank,
+        }
+        with tracing.start("trainer attempt", job.traceparent, attributes=attributes) as span:
+            await self._attempt(attempt, nodes, rendezvous)
+            span.set_attribute("llmos.outcome", attempt.outcome)
+
+    async def _attempt(self, attempt: Attempt, nodes: int, rendezvous: str) -> None:
+        job = attempt.job
         attempt.directory.mkdir(parents=True, exist_ok=True)
         threads = max(1, job.spec.resources.cpu_millicores // 1000)
         store = self._stores(job.tenant)
@@ -261,6 +272,7 @@ class JobRunner:
                 )
                 code = 1
         end = outcome(attempt.state, code, attempt.result)
+        attempt.outcome = common_pb2.JobState.Name(end.state)
         log.info(
             "job ended",
             extra={

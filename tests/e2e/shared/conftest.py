@@ -10,19 +10,30 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import RunningStack, running_stack
+from tools.otlp import OtlpReceiver
+
+
+@pytest.fixture(scope="package")
+def traces() -> Iterator[OtlpReceiver]:
+    """Where the shared stack's services export their spans (OTLP/gRPC)."""
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
 
 
 @pytest.fixture(scope="package")
 def shared_stack(
-    tmp_path_factory: pytest.TempPathFactory, model_folder: Path
+    tmp_path_factory: pytest.TempPathFactory, model_folder: Path, traces: OtlpReceiver
 ) -> Iterator[RunningStack]:
     """One stack for the package. Every test here calls from 127.0.0.1, and many fail on
     purpose (bad tokens, denied calls, malformed requests): together they would cross
     intrusion detection's thresholds, but the launcher allowlists the machine's own
     loopback address (tools/devstack/stack.py); tests/integration/test_intrusion.py tests
     detection itself. It serves in fp32, where greedy tokens must equal transformers'
-    (test_inference.py); the failover stack serves the machine's default precision."""
-    with running_stack(tmp_path_factory, model_folder, LLMOS_PRECISION="fp32") as running:
+    (test_inference.py); the failover stack serves the machine's default precision.
+    Every service exports its traces to `traces`, as production would to a collector."""
+    env = {"LLMOS_PRECISION": "fp32", **traces.env()}
+    with running_stack(tmp_path_factory, model_folder, False, **env) as running:
         yield running
 
 

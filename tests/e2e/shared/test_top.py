@@ -5,47 +5,19 @@ from __future__ import annotations
 
 import re
 
-from google.protobuf.struct_pb2 import Struct
-
-from llmos.v1 import common_pb2, gateway_pb2_grpc, scheduler_pb2
-from tests.corpus import TEXT
+from llmos.v1 import gateway_pb2_grpc, scheduler_pb2
 from tests.e2e.conftest import RunningStack
+from tests.e2e.shared.jobs import STEPS, endless_job, running_on
 from tools.harness import eventually
-
-STEPS = 1_000_000  # never reached: the job is cancelled once seen
-
-
-def _endless_job() -> scheduler_pb2.JobSpec:
-    """The cheapest job that keeps running: a tiny model, a tiny batch, no checkpoints or
-    evaluations on the way."""
-    config = Struct()
-    config.update(
-        {"steps": STEPS, "batch_size": 1, "seq_len": 16, "warmup_steps": 0, "text": TEXT,
-         "checkpoint_every": STEPS, "eval_every": STEPS}
-    )  # fmt: skip
-    return scheduler_pb2.JobSpec(
-        name="top-e2e",
-        kind="training",
-        resources=common_pb2.Resources(cpu_millicores=1000, memory_bytes=256 << 20, processes=1),
-        config=config,
-    )
-
-
-def _running_on(stub: gateway_pb2_grpc.GatewayStub, job_id: str) -> list[str]:
-    """The trainers whose heartbeats say they run the job."""
-    status = stub.GetClusterStatus(scheduler_pb2.GetClusterStatusRequest(), timeout=10)
-    return [
-        w.instance.instance_id
-        for w in status.workers
-        if any(key.startswith(f"{job_id}@") for key in w.running_jobs)
-    ]
 
 
 def test_top_once_shows_the_workers_and_a_running_job(stack: RunningStack) -> None:
     token = stack.client_token("top-viewer", ["training", "cluster:read", "events:read"])
     with stack.channel(token) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
-        job = stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=_endless_job()), timeout=30)
+        job = stub.SubmitJob(
+            scheduler_pb2.SubmitJobRequest(spec=endless_job("top-e2e")), timeout=30
+        )
         request = scheduler_pb2.GetJobRequest(job_id=job.job_id)
         try:
             eventually(
@@ -56,7 +28,7 @@ def test_top_once_shows_the_workers_and_a_running_job(stack: RunningStack) -> No
             workers = stub.GetClusterStatus(scheduler_pb2.GetClusterStatusRequest(), timeout=10)
         finally:
             stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job.job_id), timeout=30)
-            eventually(lambda: not _running_on(stub, job.job_id), 60, what="the job stopped")
+            eventually(lambda: not running_on(stub, job.job_id), 60, what="the job stopped")
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -1,0 +1,36 @@
+"""Jobs for the shared stack's tests: one that runs until cancelled, cheaply."""
+
+from __future__ import annotations
+
+from google.protobuf.struct_pb2 import Struct
+
+from llmos.v1 import common_pb2, gateway_pb2_grpc, scheduler_pb2
+from tests.corpus import TEXT
+
+STEPS = 1_000_000  # never reached: the job is cancelled once seen
+
+
+def endless_job(name: str) -> scheduler_pb2.JobSpec:
+    """The cheapest job that keeps running: a tiny model, a tiny batch, no checkpoints or
+    evaluations on the way."""
+    config = Struct()
+    config.update(
+        {"steps": STEPS, "batch_size": 1, "seq_len": 16, "warmup_steps": 0, "text": TEXT,
+         "checkpoint_every": STEPS, "eval_every": STEPS}
+    )  # fmt: skip
+    return scheduler_pb2.JobSpec(
+        name=name,
+        kind="training",
+        resources=common_pb2.Resources(cpu_millicores=1000, memory_bytes=256 << 20, processes=1),
+        config=config,
+    )
+
+
+def running_on(stub: gateway_pb2_grpc.GatewayStub, job_id: str) -> list[str]:
+    """The trainers whose heartbeats say they run the job."""
+    status = stub.GetClusterStatus(scheduler_pb2.GetClusterStatusRequest(), timeout=10)
+    return [
+        w.instance.instance_id
+        for w in status.workers
+        if any(key.startswith(f"{job_id}@") for key in w.running_jobs)
+    ]
