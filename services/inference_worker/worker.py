@@ -158,17 +158,19 @@ class InferenceWorker:
             raise FailedPrecondition(f"Triton did not make {model!r} ready")
 
     async def supervise(self) -> None:
-        """Restart this worker's own Triton whenever it dies, and load the models again."""
+        """Restart this worker's own Triton whenever it dies, and load the models again
+        (until they load: a new server may refuse connections for a moment)."""
         server = self.server
         assert server is not None, "only a worker running its own Triton supervises it"
         while True:
             await asyncio.sleep(TRITON_CHECK_S)
-            if server.alive():
+            if server.alive() and self._triton_up.is_set():
                 continue
             self._triton_up.clear()
-            log.error("Triton exited; restarting it", extra={"models": self.models})
             try:
-                await asyncio.to_thread(server.restart)
+                if not server.alive():
+                    log.error("Triton exited; restarting it", extra={"models": self.models})
+                    await asyncio.to_thread(server.restart)
                 async with self._lock:
                     for model in self.models:
                         await self._load_into_triton(model)
@@ -177,6 +179,10 @@ class InferenceWorker:
                 continue
             self._triton_up.set()
             log.info("Triton restarted", extra={"models": self.models})
+
+    def triton_ready(self) -> bool:
+        """Whether this worker's Triton serves its models now (not being restarted)."""
+        return self._triton_up.is_set()
 
     async def triton_problem(self) -> str:
         """ "" while this worker's Triton serves, else why not (its health says so)."""

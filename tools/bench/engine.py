@@ -24,6 +24,9 @@ a fixed number of output tokens per request), everything side by side in one run
 Line 2: the same load at 32 streams through gateway -> scheduler -> NATS -> worker ->
 tritonserver -> the engine in its Python backend, started with the dev launcher, and
 e2e_vs_engine_c32 (whole path / the engine alone, both in the default precision).
+Line 3: what observability costs on that path: line 2's load on stacks without /metrics,
+with them (the default) and with every span exported over OTLP as well, alternated
+(`--observability-rounds`), as ratios against no metrics.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -390,6 +394,45 @@ def run_e2e_line(out: int, engine_c32: float) -> dict[str, Any]:
     return line
 
 
+#: what metrics and tracing cost end to end: the stack without /metrics, with it (the
+#: default), and with it and every span exported over OTLP to a receiver in this process
+OBSERVABILITY = ("no_metrics", "metrics", "metrics_and_tracing")
+
+
+def run_observability_line(out: int, rounds: int) -> dict[str, Any]:
+    """The e2e measurement under each OBSERVABILITY setting, alternated `rounds` times
+    (stacks start afresh each time); medians and ratios against no metrics."""
+    from tools.otlp import OtlpReceiver
+
+    models = Path(os.environ.get("LLMOS_DATA_DIR", "var")).resolve() / "models"
+    receiver = OtlpReceiver().start()
+    settings = {
+        "no_metrics": {"LLMOS_METRICS_ADDR": ""},
+        "metrics": {},
+        "metrics_and_tracing": receiver.env(),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in OBSERVABILITY}
+    try:
+        for round_ in range(rounds):
+            order = OBSERVABILITY if round_ % 2 == 0 else OBSERVABILITY[::-1]
+            for name in order:
+                with scratch_directory("llmos-bench-") as workdir:
+                    line = _run_e2e(workdir / name, models, out, 1.0, settings[name])
+                rates[name].append(line["e2e_c32_tokens_per_s"])
+    finally:
+        receiver.stop()
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    base = medians["no_metrics"]
+    return {
+        "bench": "observability_e2e_c32",
+        "rounds": rounds,
+        "tokens_per_s": {name: [round(v, 2) for v in values] for name, values in rates.items()},
+        "metrics_vs_none": round(medians["metrics"] / base, 3),
+        "metrics_and_tracing_vs_none": round(medians["metrics_and_tracing"] / base, 3),
+        "spans_exported": len(receiver.spans()),
+    }
+
+
 def _run_e2e(
     workdir: Path, models: Path, out: int, engine_c32: float, env: dict[str, str]
 ) -> dict[str, Any]:
@@ -430,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument(
+        "--observability-rounds",
+        type=int,
+        default=1,
+        help="rounds of the e2e line without metrics, with them, and with tracing (0: skip)",
+    )
+    parser.add_argument(
         "--e2e-only",
         type=float,
         metavar="ENGINE_C32",
@@ -443,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         engine_c32 = first["engine_c32_tokens_per_s"]
     if not args.skip_e2e:
         print(json.dumps(run_e2e_line(args.output_tokens, engine_c32)), flush=True)
+        if args.observability_rounds:
+            line = run_observability_line(args.output_tokens, args.observability_rounds)
+            print(json.dumps(line), flush=True)
     return 0
 
 

@@ -11,6 +11,9 @@ Then, in the same run, what the door costs: `/token` requests signing a person i
 wrong password (hashed with scrypt, 16 MiB), a program with a wrong secret, the same
 from a blocked address (refused at the door), and correct ones; alternated, one
 connection each, from allowlisted addresses except the blocked one.
+
+Line 2: what metrics and tracing cost the gateway path: plain processes against ones
+serving /metrics and exporting spans over OTLP, alternated (`--observability-rounds`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from llmos.ports import free_port
 from llmos.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from tools.devstack.gateway_process import GatewayProcess, bearer, start_gateway
 from tools.devstack.infra import start_nats, start_redis, terminate
+from tools.otlp import OtlpReceiver
 from tools.scratch import scratch_directory
 from tools.standin import internal_channel
 
@@ -52,10 +56,39 @@ def _summary(samples_ms: list[float]) -> dict[str, float]:
 def measure(calls: int, warmup: int) -> dict[str, Any]:
     """Run the comparison; everything started here is stopped here (and deleted)."""
     with scratch_directory("llmos-bench-gw-") as workdir:
-        return _measure(workdir, calls, warmup)
+        return _measure(workdir, calls, warmup, {})
 
 
-def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
+def observability(calls: int, warmup: int, rounds: int) -> dict[str, Any]:
+    """What /metrics and tracing (spans exported over OTLP to a receiver here) cost the
+    gateway path: fresh processes each time, the two settings alternated `rounds` times."""
+    receiver = OtlpReceiver().start()
+    observed = {"LLMOS_METRICS_ADDR": "127.0.0.1:0", **receiver.env()}
+    p50: dict[str, list[float]] = {"plain": [], "observed": []}
+    try:
+        for round_ in range(rounds):
+            order = ("plain", "observed") if round_ % 2 == 0 else ("observed", "plain")
+            for name in order:
+                with scratch_directory("llmos-bench-gw-") as workdir:
+                    env = observed if name == "observed" else {}
+                    result = _measure(workdir, calls, warmup, env, door=False)
+                p50[name].append(result["through_gateway"]["p50_ms"])
+    finally:
+        receiver.stop()
+    plain, seen = statistics.median(p50["plain"]), statistics.median(p50["observed"])
+    return {
+        "bench": "gateway_observability",
+        "rounds": rounds,
+        "through_gateway_p50_ms": p50,
+        "observed_vs_plain_p50": round(seen / plain, 3),
+        "observed": "every service's /metrics served; OTLP tracing on (GetClusterStatus "
+        "makes no span of its own: the cost is the instrumentation on the call path)",
+    }
+
+
+def _measure(
+    workdir: Path, calls: int, warmup: int, extra: dict[str, str], door: bool = True
+) -> dict[str, Any]:
     nats_server, redis_server = start_nats(workdir), start_redis(workdir)
     env = {
         **environment_without_llmos(),
@@ -66,6 +99,7 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
         "LLMOS_LOG_LEVEL": "warning",
         "LLMOS_INTRUSION_ALLOWLIST": f"{HASHED_FROM},127.0.0.1",
         "LLMOS_SIGNIN_RPM_PER_ADDRESS": "1000000",
+        **extra,
     }
     scheduler_address = f"127.0.0.1:{free_port()}"
     scheduler = subprocess.Popen(
@@ -99,7 +133,7 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
                     if index >= warmup:
                         timings[name].append((time.perf_counter() - started) * 1000)
         d, g = _summary(timings["direct"]), _summary(timings["gateway"])
-        door = _door(gateway, max(50, calls // 10))
+        door_costs = _door(gateway, max(50, calls // 10)) if door else {}
         return {
             "bench": "gateway",
             "rpc": "GetClusterStatus",
@@ -112,7 +146,7 @@ def _measure(workdir: Path, calls: int, warmup: int) -> dict[str, Any]:
             "gateway_vs_direct_p99": round(g["p99_ms"] / d["p99_ms"], 2),
             "gateway_path": "JWT check + scope + one Redis admission script (revocation, deleted "
             "identities, limits) + audit + signed tenant assertion + forward (mutual TLS)",
-            "door": door,
+            "door": door_costs,
         }
     finally:
         if gateway is not None:
@@ -191,8 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=int(os.environ.get("CALLS", "2000")))
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--observability-rounds",
+        type=int,
+        default=2,
+        help="rounds of plain vs metrics+tracing processes (0: skip)",
+    )
     args = parser.parse_args(argv)
     print(json.dumps(measure(args.calls, args.warmup)), flush=True)
+    if args.observability_rounds:
+        line = observability(args.calls // 2, args.warmup, args.observability_rounds)
+        print(json.dumps(line), flush=True)
     return 0
 
 
