@@ -110,7 +110,7 @@ def problems(poll: Poll) -> list[str]:
                 found.append(f"{s.instance.instance_id or s.instance.service} {state}: {s.detail}")
         found += [f"{name}: no instance registered" for name in poll.system.missing_services]
     for w in poll.cluster.workers:
-        if reason := getattr(w, "unhealthy", ""):
+        if reason := w.unhealthy:
             found.append(f"{w.instance.instance_id} takes no work: {reason}")
     return found
 

@@ -38,6 +38,19 @@ def _samples(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
     }
 
 
+def _generations(stack: RunningStack, tenant: str, count: int) -> list[Any]:
+    """The final responses of `count` sampled generations of different lengths."""
+    finals = []
+    with stack.channel(stack.client_token(tenant, ["inference"])) as channel:
+        for index in range(count):
+            request = gateway_pb2.GenerateRequest(
+                prompt=f"Counted {index}:",
+                params=inference_pb2.GenerationParams(max_tokens=2 + index, temperature=0.7),
+            )
+            finals.append(list(gateway_pb2_grpc.GatewayStub(channel).Generate(request))[-1])
+    return finals
+
+
 def test_every_service_is_a_scrape_target(stack: RunningStack) -> None:
     targets = _targets(stack)
     assert set(targets) == SERVICES
@@ -53,15 +66,7 @@ def test_generations_are_counted_as_their_answers_say(stack: RunningStack) -> No
     prompt = ("llmos_prompt_tokens_total", (("model", model), ("tenant", tenant)))
     generated = ("llmos_generation_tokens_total", (("model", model), ("tenant", tenant)))
     before = _samples(gateway)
-    token = stack.client_token(tenant, ["inference"])
-    finals = []
-    with stack.channel(token) as channel:
-        for index in range(3):
-            request = gateway_pb2.GenerateRequest(
-                prompt=f"Metrics {index}:",
-                params=inference_pb2.GenerationParams(max_tokens=3 + index, temperature=0.5),
-            )
-            finals.append(list(gateway_pb2_grpc.GatewayStub(channel).Generate(request))[-1])
+    finals = _generations(stack, tenant, 3)
     after = _samples(gateway)
     assert after[ttft] - before.get(ttft, 0.0) == 3
     assert after[prompt] == sum(f.usage.prompt_tokens for f in finals)
@@ -84,15 +89,7 @@ def test_prometheus_scrapes_every_service_and_counts_what_answers_say(
     tenant, model = "prometheus-lab", "smollm2-135m-instruct"
     ttft = f'sum(llmos_time_to_first_token_seconds_count{{model="{model}"}})'
     before = scraper.value(ttft) or 0.0
-    token = stack.client_token(tenant, ["inference"])
-    finals = []
-    with stack.channel(token) as channel:
-        for index in range(4):
-            request = gateway_pb2.GenerateRequest(
-                prompt=f"Scraped {index}:",
-                params=inference_pb2.GenerationParams(max_tokens=2 + index, temperature=0.7),
-            )
-            finals.append(list(gateway_pb2_grpc.GatewayStub(channel).Generate(request))[-1])
+    finals = _generations(stack, tenant, 4)
     wanted = {
         ttft: before + len(finals),
         f'llmos_prompt_tokens_total{{tenant="{tenant}"}}': sum(
