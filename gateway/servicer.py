@@ -167,7 +167,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
 
     async def _generate(
         self, kind: str, request: Any, params: inference_pb2.GenerationParams, **source: Any
-    ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+    ) -> AsyncGenerator[gateway_pb2.GenerateResponse]:
         """Stream a generation from `source` (prompt= or chat=) after checking params.
         Greedy generations are deterministic, so they are cached (per tenant)."""
         sampling = checked_params(params)
@@ -266,18 +266,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         check_prompt(request.prompt)
-        async for response in self._generate(
-            "generate", request, request.params, prompt=request.prompt
-        ):
-            yield response
+        generation = self._generate("generate", request, request.params, prompt=request.prompt)
+        async with aclosing(generation):
+            async for response in generation:
+                yield response
 
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         check_messages(list(request.messages))
         chat = inference_pb2.ChatTranscript(messages=request.messages)
-        async for response in self._generate("chat", request, request.params, chat=chat):
-            yield response
+        generation = self._generate("chat", request, request.params, chat=chat)
+        async with aclosing(generation):
+            async for response in generation:
+                yield response
 
     async def Embed(
         self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext

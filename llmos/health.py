@@ -28,6 +28,9 @@ REASON_KEY = "llmos-health-reason"
 #: how often dependencies are checked, and how long one check may take
 CHECK_EVERY_S = 1.0
 CHECK_TIMEOUT_S = 1.5
+#: checks in a row that must fail before a service says NOT_SERVING (one slow answer is
+#: no outage: every worker going NOT_SERVING at once over it would stop all dispatch)
+FAILURES_BEFORE_NOT_SERVING = 2
 
 #: a dependency's check: "" when it is fine, else why not, in a few words
 Check = Callable[[], Awaitable[str]]
@@ -98,6 +101,7 @@ class HealthMonitor:
         self._checks: dict[str, Check] = {}
         self._names: Sequence[str] = ("",)
         self._on_change: list[Callable[[], Awaitable[None]]] = []
+        self._failing = 0  # checks in a row that found a problem
         self.reason = ""
 
     def watch(self, dependency: str, check: Check) -> None:
@@ -118,6 +122,9 @@ class HealthMonitor:
         while True:
             await asyncio.sleep(CHECK_EVERY_S)
             reason = await self._problems()
+            self._failing = self._failing + 1 if reason else 0
+            if reason and self._failing < FAILURES_BEFORE_NOT_SERVING:
+                continue
             if reason != self.reason:
                 await self._publish(reason)
                 for callback in self._on_change:

@@ -22,6 +22,7 @@ def serve_metrics(listen: HostPort, stack: AsyncExitStack) -> int:
     """Serve /metrics on `listen` until `stack` closes (with the node's own metrics);
     the bound port."""
     collector = NodeCollector()
+    stack.callback(collector.close)
     REGISTRY.register(collector)
     stack.callback(REGISTRY.unregister, collector)
     server, thread = start_http_server(listen.port, addr=listen.host)

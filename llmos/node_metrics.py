@@ -7,6 +7,7 @@ Collected on prometheus_client's own thread at scrape time, never on the service
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -74,19 +75,33 @@ class NodeCollector(Collector):
         total = GaugeMetricFamily("llmos_gpu_memory_total_bytes", "GPU memory.", labels=["gpu"])
         try:
             count = nvml.nvmlDeviceGetCount()
-            for label, key in visible_gpus(count, os.environ.get("CUDA_VISIBLE_DEVICES")):
+        except nvml.NVMLError as exc:
+            log.warning("NVML read failed", extra={"error": str(exc)})
+            count = 0
+        for label, key in visible_gpus(count, os.environ.get("CUDA_VISIBLE_DEVICES")):
+            # each read on its own: a MIG slice has memory but no utilisation to report
+            try:
                 handle = (
                     nvml.nvmlDeviceGetHandleByIndex(key)
                     if isinstance(key, int)
                     else nvml.nvmlDeviceGetHandleByUUID(key)
                 )
                 memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            except nvml.NVMLError as exc:
+                log.warning("NVML read failed", extra={"gpu": label, "error": str(exc)})
+                continue
+            used.add_metric([label], memory.used)
+            total.add_metric([label], memory.total)
+            with contextlib.suppress(nvml.NVMLError):
                 use.add_metric([label], nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
-                used.add_metric([label], memory.used)
-                total.add_metric([label], memory.total)
-        except nvml.NVMLError as exc:
-            log.warning("NVML read failed", extra={"error": str(exc)})
         yield from (use, used, total)
+
+    def close(self) -> None:
+        """Let go of NVML (when the metrics server stops)."""
+        if self._nvml is not None:
+            with contextlib.suppress(Exception):
+                self._nvml.nvmlShutdown()
+            self._nvml = None
 
 
 def _nvml() -> Any:

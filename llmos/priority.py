@@ -15,6 +15,11 @@ class PriorityClass(IntEnum):
     NORMAL = 3
     BATCH = 4
 
+    @property
+    def word(self) -> str:
+        """How people, messages and metric labels name it: "critical", ..., "batch"."""
+        return self.name.lower()
+
     @classmethod
     def parse(cls, value: int | str, field_name: str = "priority") -> PriorityClass:
         """A class from its proto number or name; 0/"" mean NORMAL."""
@@ -25,7 +30,7 @@ class PriorityClass(IntEnum):
                 return cls[value.strip().upper().removeprefix("PRIORITY_")]
             return cls(value)
         except (KeyError, ValueError):
-            names = ", ".join(c.name.lower() for c in cls)
+            names = ", ".join(c.word for c in cls)
             raise InvalidArgument(
                 field_name, f"unknown priority class {value!r}; use one of {names}"
             ) from None

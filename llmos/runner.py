@@ -330,8 +330,10 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         try:
             await ctx.health.start(names)
             watching = asyncio.create_task(ctx.health.run(), name="health")
+            stack.callback(watching.cancel)  # however the start below ends
             await ctx.registry.register(instance)
             heartbeat = asyncio.create_task(_heartbeat(ctx, settings.heartbeat_s))
+            stack.callback(heartbeat.cancel)
             await report_status(ctx)
             await _announce(ctx, Phase.PHASE_STARTED)
             log.info(

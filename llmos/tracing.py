@@ -7,8 +7,9 @@ batch delays), with `service.name` its LLM OS service.
 The context travels as a W3C `traceparent`: in gRPC metadata from a client into the
 gateway, and inside the work itself from there on (GenerateWork.traceparent,
 Job.traceparent) — work waits in queues, is handed back and sent again, and the context
-must survive that as the work does. Every span of a request carries its request id
-(`llmos.request_id`): a response's request id finds its trace.
+must survive that as the work does. A request's first span (the gateway's) carries its
+request id (`llmos.request_id`), every later one the work's id (`llmos.work_id`, which
+starts with it) or the job's (`llmos.job_id`): a response's request id finds its trace.
 
 Off, every call here is the API's no-op: no span is recorded, no id generated.
 """
@@ -20,6 +21,7 @@ import contextvars
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -58,7 +60,8 @@ def configure(service: str, instance_id: str = "") -> bool:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     atexit.register(provider.shutdown)  # what is still batched leaves before the exit
-    log.info("tracing on", extra={"endpoint": os.environ[ENDPOINT]})
+    where = urllib.parse.urlsplit(os.environ[ENDPOINT])  # never its credentials, if any
+    log.info("tracing on", extra={"endpoint": f"{where.scheme}://{where.hostname}:{where.port}"})
     return True
 
 

@@ -71,13 +71,11 @@ class OtlpReceiver:
         self._server.add_insecure_port(f"127.0.0.1:{port}")
         self.endpoint = f"http://127.0.0.1:{port}"
 
-    def env(self) -> dict[str, str]:
-        """What a service needs to export here, promptly (batches every 200 ms)."""
-        return {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-        }
+    def env(self, prompt: bool = True) -> dict[str, str]:
+        """What a service needs to export here: `prompt`ly (batches every 200 ms, for
+        tests), or at the SDK's defaults (every 5 s, as in production: for benchmarks)."""
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+        return {**env, "OTEL_BSP_SCHEDULE_DELAY": "200"} if prompt else env
 
     def add(self, spans: list[ReceivedSpan]) -> None:
         with self._lock:

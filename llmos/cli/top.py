@@ -179,7 +179,7 @@ def _workers(cluster: scheduler_pb2.ClusterStatus) -> Rows:
 
 def _queues(cluster: scheduler_pb2.ClusterStatus) -> Rows:
     rows = [
-        (PriorityClass.parse(q.priority).name.lower(), q.tenant or "(others)",
+        (PriorityClass.parse(q.priority).word, q.tenant or "(others)",
          str(q.generations), str(q.jobs))
         for q in cluster.queues
     ]  # fmt: skip

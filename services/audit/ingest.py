@@ -134,6 +134,7 @@ class Ingest:
                         extra={"holder": await self._lease.holder()},
                     )
                 standby = True
+                metrics.observe_idle()  # the writer reports the lag, not a stand-by
                 await asyncio.sleep(STANDBY_POLL_S)
                 continue
             if standby:
@@ -158,12 +159,13 @@ class Ingest:
             source = message.subject.removeprefix(prefix)
             record = parse(message.data, source, functools.partial(stream_sequence, message))
             entries.append(self._privacy.entry(record, now))
+        metrics.observe_batch(messages)  # before the commit: a failing one shows its lag grow
         try:
             await asyncio.to_thread(self._log.append, entries)
         except Exception:
             log.exception("audit batch not committed; JetStream will deliver it again")
             await asyncio.sleep(1.0)
             return
-        metrics.observe_batch(messages)
+        metrics.RECORDS.inc(len(messages))
         for message in messages:
             await message.ack()

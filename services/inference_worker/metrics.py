@@ -16,6 +16,8 @@ from services.inference_worker.client import TritonLLMClient
 
 log = logging.getLogger("llmos.worker.metrics")
 
+STATS_TIMEOUT_S = 2.0
+
 SLOTS_IN_USE = Gauge("llmos_worker_slots_in_use", "Generations this worker runs now.")
 KV_CACHE_USAGE = Gauge(
     "llmos_kv_cache_usage_ratio",
@@ -35,24 +37,26 @@ async def watch_engines(
     busy: Callable[[], int],
     every_s: float,
 ) -> None:
-    """Refresh the gauges every `every_s` until cancelled; a model that no longer
-    serves leaves the metrics."""
+    """Refresh the gauges every `every_s` until cancelled. A model whose engine does not
+    answer (in time) leaves the metrics rather than show old numbers, as does one that
+    no longer serves."""
     shown: set[str] = set()
     while True:
         SLOTS_IN_USE.set(busy())
-        serving = set(models())
-        for model in serving:
+        answered: set[str] = set()
+        for model in models():
             try:
-                load = await client.stats(model)
-            except LLMOSError as exc:
+                load = await asyncio.wait_for(client.stats(model), STATS_TIMEOUT_S)
+            except (LLMOSError, TimeoutError) as exc:
                 log.debug("engine stats unavailable", extra={"model": model, "error": str(exc)})
                 continue
             KV_CACHE_USAGE.labels(model).set(load.kv_cache_usage_ratio)
             ENGINE_SEQUENCES.labels(model, "running").set(load.running)
             ENGINE_SEQUENCES.labels(model, "waiting").set(load.waiting)
-        for model in shown - serving:
+            answered.add(model)
+        for model in shown - answered:
             KV_CACHE_USAGE.remove(model)
             ENGINE_SEQUENCES.remove(model, "running")
             ENGINE_SEQUENCES.remove(model, "waiting")
-        shown = serving
+        shown = answered
         await asyncio.sleep(every_s)

@@ -38,8 +38,7 @@ def check_class_allowed(
     if allowed is not None and priority not in allowed:
         names = ", ".join(sorted(p.name.lower() for p in allowed)) or "none"
         raise PermissionDenied(
-            f"tenant {tenant!r} may not use priority class {priority.name.lower()!r} "
-            f"(allowed: {names})"
+            f"tenant {tenant!r} may not use priority class {priority.word!r} (allowed: {names})"
         )
 
 

@@ -237,11 +237,14 @@ class GenerationBoard:
                 "the scheduler has just started and not heard from every worker yet; retry "
                 "in a few seconds"
             )
-        if not workers:
-            raise Unavailable("no inference worker is running to serve the model")
+        healthy = [w for w in workers if w.serving]
+        if not healthy:
+            raise Unavailable(
+                "no inference worker is running and serving to load the model; retry later"
+            )
         if served in self._loading:
             raise Unavailable(f"{served!r} is being loaded already; retry when it is served")
-        worker = self._least_loaded(workers).worker_id
+        worker = self._least_loaded(healthy).worker_id
         self._loading.add(served)
         return Deployment(worker, Load(served, worker, source))
 
@@ -265,11 +268,16 @@ class GenerationBoard:
 
     def _load_needed(self, model: str, workers: Sequence[WorkerState], now: float) -> Load | None:
         """NOT_FOUND unless some live worker has `model` loaded or can load it; in the
-        latter case the load of the least loaded such worker (once at a time)."""
-        if any(model in w.loaded for w in workers) or model in self._loading:
+        latter case the load of the least loaded such worker (once at a time). Workers
+        not serving now count only for waiting: the work queues until one serves again
+        (or the unserved timeout ends it), and nothing is loaded on them."""
+        healthy = [w for w in workers if w.serving]
+        if any(model in w.loaded for w in healthy) or model in self._loading:
             return None
-        candidates = [w for w in workers if model in w.available and w.serving]
+        candidates = [w for w in healthy if model in w.available]
         if not candidates:
+            if any(model in w.loaded or model in w.available for w in workers):
+                return None  # only on workers not serving now: wait for them
             if now - self.started_at < self.options.worker_warmup_s:
                 return None  # not every worker has been heard from yet: queue it meanwhile
             raise NotFound(f"model {model!r} is not available on any worker")
@@ -369,7 +377,7 @@ class GenerationBoard:
         return failed
 
     def _expire_unserved(self, workers: Sequence[WorkerState], now: float) -> list[Action]:
-        served = {m for w in workers for m in w.loaded}
+        served = {m for w in workers if w.serving for m in w.loaded}
         actions: list[Action] = []
         for model, queue in self._queues.items():
             if model in served or model in self._loading or not len(queue):

@@ -15,7 +15,7 @@ from llmos.v1 import common_pb2, scheduler_pb2
 from services.scheduler.fairshare import WorkItem
 
 S = common_pb2.JobState
-CLASSES = [c.name.lower() for c in PriorityClass]
+CLASSES = [c.word for c in PriorityClass]
 
 REQUESTS_RUNNING = Gauge(
     "llmos_requests_running", "Generations this scheduler has on workers.", ["priority"]
@@ -23,9 +23,9 @@ REQUESTS_RUNNING = Gauge(
 REQUESTS_WAITING = Gauge(
     "llmos_requests_waiting", "Generations waiting in this scheduler's queues.", ["priority"]
 )
-JOBS_QUEUED = Gauge("llmos_jobs_queued", "Jobs waiting for trainers.", ["class"])
+JOBS_QUEUED = Gauge("llmos_jobs_queued", "Jobs waiting for trainers.", ["priority"])
 JOBS_RUNNING = Gauge(
-    "llmos_jobs_running", "Jobs placed on trainers (scheduled or running).", ["class"]
+    "llmos_jobs_running", "Jobs placed on trainers (scheduled or running).", ["priority"]
 )
 WORKERS = Gauge(
     "llmos_workers",
@@ -36,7 +36,7 @@ WORKERS = Gauge(
 
 def observe_generations(running: Iterable[WorkItem], waiting: Iterable[WorkItem]) -> None:
     for gauge, items in ((REQUESTS_RUNNING, running), (REQUESTS_WAITING, waiting)):
-        counts = Counter(item.priority.name.lower() for item in items)
+        counts = Counter(item.priority.word for item in items)
         for name in CLASSES:
             gauge.labels(name).set(counts[name])
 
@@ -46,7 +46,7 @@ def observe_jobs(jobs: Iterable[scheduler_pb2.Job]) -> None:
     queued: Counter[str] = Counter()
     running: Counter[str] = Counter()
     for job in jobs:
-        name = PriorityClass.parse(job.spec.priority).name.lower()
+        name = PriorityClass.parse(job.spec.priority).word
         if job.state == S.JOB_STATE_QUEUED:
             queued[name] += 1
         elif job.state in (S.JOB_STATE_SCHEDULED, S.JOB_STATE_RUNNING):

@@ -120,7 +120,7 @@ class TrainingDispatcher:
             await self._carry_out(action)
         jobs = await self._jobs.active()  # as the moves left them
         metrics.observe_jobs(jobs)
-        # a trainer that lost NATS, Redis or storage keeps its jobs but gets no new one
+        # a trainer that lost NATS or Redis keeps its jobs but gets no new one
         serving = {key: w for key, w in alive.items() if not w.unhealthy}
         for action in self._planner.placements(jobs, serving, now, time.time()):
             await self._carry_out(action)

@@ -208,7 +208,7 @@ class TrainingPlanner:
         if told is not None and (not resend or now - told < PREEMPT_RESEND_S):
             return []
         self._preempting[victim.job_id] = now
-        priority = PriorityClass.parse(winner.spec.priority).name.lower()
+        priority = PriorityClass.parse(winner.spec.priority).word
         return [Preempt(victim, f"preempted for {priority} job {winner.job_id}")]
 
     def preempted(self, job_id: str) -> None:

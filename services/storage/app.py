@@ -255,9 +255,10 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
     audit = ctx.audit
     store = Store(files, audit_trail(audit))
     stack.callback(store.close)
-    collector = StorageCollector(metadata)
+    collector = StorageCollector(metadata.path)
+    stack.callback(collector.close)
     REGISTRY.register(collector)
-    stack.callback(REGISTRY.unregister, collector)  # before the database closes
+    stack.callback(REGISTRY.unregister, collector)  # before its connection closes
     servicer = StorageServicer(store, options)
     expiry = asyncio.create_task(
         _expire_uploads(servicer.transfers, options.upload_idle_s), name="upload-expiry"

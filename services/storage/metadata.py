@@ -23,6 +23,12 @@ from typing import Any
 
 from llmos.sqlite import open_database, write_transaction
 
+#: (tenant, kind, bytes) for every tenant: "stored" blobs, "uploading" reserved
+BYTES_BY_TENANT = (
+    "SELECT tenant, 'stored', SUM(size) FROM blobs GROUP BY tenant "
+    "UNION ALL SELECT tenant, 'uploading', SUM(size) FROM uploads GROUP BY tenant"
+)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
   tenant TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
@@ -140,16 +146,6 @@ class Metadata:
     def tenant_bytes(self, tenant: str) -> int:
         row = self._one("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE tenant=?", tenant)
         return int(row[0]) if row else 0
-
-    def bytes_by_tenant(self) -> list[tuple[str, str, int]]:
-        """(tenant, kind, bytes) for every tenant: "stored" blobs, "uploading" reserved."""
-        return [
-            (str(tenant), str(kind), int(total))
-            for tenant, kind, total in self._all(
-                "SELECT tenant, 'stored', SUM(size) FROM blobs GROUP BY tenant "
-                "UNION ALL SELECT tenant, 'uploading', SUM(size) FROM uploads GROUP BY tenant"
-            )
-        ]
 
     def uploading_bytes(self, tenant: str) -> int:
         """Bytes declared by the tenant's uploads in progress (reserved against its quota)."""

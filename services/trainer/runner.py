@@ -226,7 +226,7 @@ class JobRunner:
                 *self._command(attempt, nodes, rendezvous),
                 cwd=ROOT,
                 env={
-                    **environment_without_llmos(),
+                    **_without_telemetry(environment_without_llmos()),
                     "OMP_NUM_THREADS": str(threads),
                     "TMPDIR": str(scratch),  # removed with the attempt's directory
                 },
@@ -282,11 +282,11 @@ class JobRunner:
             },
         )
         self._record(job, "job.attempt.end", end.audit_outcome, end.reason)
+        metrics.forget(job.tenant, job.job_id)  # ended: not shown while the report waits
         await self._reporter.final(
             attempt.report(self._instance.instance_id, end.state, end.reason)
         )
         self._attempts.pop(attempt.key, None)
-        metrics.forget(job.tenant, job.job_id)
         shutil.rmtree(attempt.directory, ignore_errors=True)
 
     def _record(self, job: scheduler_pb2.Job, action: str, outcome: str, detail: str) -> None:
@@ -317,3 +317,9 @@ class JobRunner:
             await asyncio.wait(list(self._tasks), timeout=REPORT_TIMEOUT_S)
         for task in list(self._tasks):
             task.cancel()
+
+
+def _without_telemetry(env: dict[str, str]) -> dict[str, str]:
+    """The training program exports no spans (the trainer's `trainer attempt` covers it),
+    so it gets none of the OTEL_* settings, which may carry an exporter's credentials."""
+    return {key: value for key, value in env.items() if not key.startswith("OTEL_")}

@@ -209,6 +209,16 @@ def test_a_worker_that_is_not_serving_keeps_its_work_but_gets_none_new() -> None
     assert sends(rules.tick([healthy], now=23.0)) == [("r2", "w")]  # serving again
 
 
+def test_work_for_a_model_only_unhealthy_workers_have_waits_then_times_out() -> None:
+    rules = board(unserved_timeout_s=30.0)
+    sick = WorkerState("w", 2, 2, frozenset({"m"}), frozenset({"m"}), serving=False)
+    submitted = rules.submit(item(1), "m", [sick], now=20.0)
+    assert submitted.actions == [] and rules.queued("m") == 1  # no NOT_FOUND, no load
+    assert rules.tick([sick], now=21.0) == []
+    expired = [a for a in rules.tick([sick], now=52.0) if isinstance(a, Fail)]
+    assert [type(a.error) for a in expired] == [Unavailable]
+
+
 def test_a_worker_lost_mid_stream_ends_the_answer_with_unavailable() -> None:
     rules = board()
     rules.submit(item(1), "m", [worker("doomed")], now=20.0)

@@ -113,8 +113,8 @@ def test_scheduler_gauges_count_by_class() -> None:
         state=common_pb2.JOB_STATE_RUNNING,
     )
     scheduler_metrics.observe_jobs([job, scheduler_pb2.Job(state=common_pb2.JOB_STATE_QUEUED)])
-    assert sample("llmos_jobs_running", {"class": "high"}) == 1
-    assert sample("llmos_jobs_queued", {"class": "normal"}) == 1
+    assert sample("llmos_jobs_running", {"priority": "high"}) == 1
+    assert sample("llmos_jobs_queued", {"priority": "normal"}) == 1
 
 
 @pytest.mark.parametrize("unhealthy", ["", "lost Redis"])
@@ -125,3 +125,29 @@ def test_workers_are_counted_serving_or_not(unhealthy: str) -> None:
     scheduler_metrics.observe_workers([worker])
     state = "not_serving" if unhealthy else "serving"
     assert REGISTRY.get_sample_value("llmos_workers", {"role": "trainer", "state": state}) == 1
+
+
+async def test_one_failed_check_is_no_outage_two_in_a_row_are(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("llmos.health.CHECK_EVERY_S", 0.001)
+    answers = iter(["", "slow", "", "lost Redis", "lost Redis", "lost Redis"])
+    seen: list[str] = []
+    changed_once = asyncio.Event()
+
+    async def redis() -> str:
+        return next(answers, "lost Redis")
+
+    monitor = HealthMonitor(ExplainedHealth())
+    monitor.watch("redis", redis)
+    await monitor.start([])  # takes the first answer: serving
+
+    async def changed() -> None:
+        seen.append(monitor.reason)
+        changed_once.set()
+
+    monitor.on_change(changed)
+    running = asyncio.create_task(monitor.run())
+    await asyncio.wait_for(changed_once.wait(), 10)
+    running.cancel()
+    assert seen == ["lost Redis"]  # the lone "slow" changed nothing

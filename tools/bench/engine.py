@@ -409,7 +409,7 @@ def run_observability_line(out: int, rounds: int) -> dict[str, Any]:
     settings = {
         "no_metrics": {"LLMOS_METRICS_ADDR": ""},
         "metrics": {},
-        "metrics_and_tracing": receiver.env(),
+        "metrics_and_tracing": receiver.env(prompt=False),
     }
     rates: dict[str, list[float]] = {name: [] for name in OBSERVABILITY}
     try:

@@ -63,7 +63,7 @@ def observability(calls: int, warmup: int, rounds: int) -> dict[str, Any]:
     """What /metrics and tracing (spans exported over OTLP to a receiver here) cost the
     gateway path: fresh processes each time, the two settings alternated `rounds` times."""
     receiver = OtlpReceiver().start()
-    observed = {"LLMOS_METRICS_ADDR": "127.0.0.1:0", **receiver.env()}
+    observed = {"LLMOS_METRICS_ADDR": "127.0.0.1:0", **receiver.env(prompt=False)}
     p50: dict[str, list[float]] = {"plain": [], "observed": []}
     try:
         for round_ in range(rounds):
