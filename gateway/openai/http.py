@@ -32,6 +32,7 @@ from gateway.guard import GatewayGuard
 from gateway.openai import responses, schema
 from gateway.openai.errors import error_body, failure_of
 from gateway.servicer import GatewayServicer
+from llmos import tracing
 from llmos.errors import Cancelled, InvalidArgument, LLMOSError, NotFound, Unavailable
 from llmos.log import request_id_var
 from llmos.rpc import REQUEST_ID_KEY, request_id_from
@@ -110,6 +111,8 @@ class OpenAIHttp:
         call = _Call(request, HttpCallContext(request))
         rid = request_id_from(call.context.invocation_metadata())
         token = request_id_var.set(rid)
+        # a W3C `traceparent` header continues the caller's trace (this task is the request's)
+        tracing.incoming.set(tracing.traceparent_in(call.context.invocation_metadata()))
         try:
             async with self._guard.guard(_RPC + method, call.context):
                 response = await answer(call)

@@ -12,6 +12,7 @@ import pytest
 from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2
 from tests.e2e.conftest import RunningStack
 from tests.e2e.shared.jobs import running_job
+from tests.e2e.shared.sdk import api_key, client
 from tools.harness import eventually
 from tools.otlp import OtlpReceiver, ReceivedSpan
 
@@ -82,3 +83,25 @@ def test_a_training_job_is_traced_from_submission_to_its_attempt(
         assert spans[hop].parent_id == submitted.span_id
     assert spans["scheduler place job"].attributes["llmos.outcome"] == "placed"
     assert spans["trainer attempt"].attributes["llmos.outcome"] == "JOB_STATE_CANCELLED"
+
+
+def test_an_openai_call_continues_the_callers_trace(
+    stack: RunningStack, traces: OtlpReceiver
+) -> None:
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    key = api_key(stack, "trace-lab", "inference")["key"]
+    answer = client(stack, key).chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "Trace me"}],
+        max_tokens=2,
+        extra_headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+    )
+    assert answer.choices[0].message.content is not None
+
+    def continued() -> list[ReceivedSpan] | None:
+        spans = [s for s in traces.spans() if s.trace_id == trace_id]
+        return spans if {"gateway chat", "engine generate"} <= {s.name for s in spans} else None
+
+    spans = eventually(continued, timeout=30, what="spans of the caller's trace")
+    gateway = next(span for span in spans if span.name == "gateway chat")
+    assert gateway.parent_id == parent_id
