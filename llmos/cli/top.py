@@ -5,7 +5,8 @@ services' health) into a `Poll`; `frame` turns polls and alerts into what is sho
 no I/O, so it is tested without servers. Alerts come from the event stream (services
 stopping, intrusion blocks, jobs failed or preempted), followed in a thread, and from
 comparing polls (a worker that dropped out without a word). Tokens/s is the difference
-of the fair-share counters between two polls: `--once` polls once and shows '-'.
+between two polls of the fair-share counters (per tenant) and of each worker's generated
+tokens (its heartbeat's count): `--once` polls once and shows '-'.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def frame(
         f"{total} tokens/s"
     )
     parts: list[RenderableType] = [Text(summary, style="bold")]
-    parts += _section("WORKERS", _workers(cluster), boxed)
+    parts += _section("WORKERS", _workers(cluster, previous, current.at), boxed)
     parts += _section("QUEUES", _queues(cluster), boxed)
     parts += _section("TENANTS", _tenants(cluster, rates, previous is not None), boxed)
     parts += _section("RUNNING JOBS", _jobs(current.jobs), boxed)
@@ -156,10 +157,22 @@ def _section(title: str, rows: Rows, boxed: bool) -> list[RenderableType]:
     return [Text(""), Text(title, style="bold"), table]
 
 
-def _workers(cluster: scheduler_pb2.ClusterStatus) -> Rows:
-    headers = ("INSTANCE", "CPU USED/CORES", "MEMORY GiB", "GPU", "SLOTS BUSY", "MODELS", "JOBS")
+def _workers(cluster: scheduler_pb2.ClusterStatus, previous: Poll | None, at: float) -> Rows:
+    headers = (
+        "INSTANCE", "CPU USED/CORES", "MEMORY GiB", "GPU", "SLOTS BUSY", "TOKENS/S", "MODELS",
+        "JOBS",
+    )  # fmt: skip
+    before = {
+        w.instance.instance_id: w.generated_tokens
+        for w in (previous.cluster.workers if previous is not None else ())
+    }
+    seconds = at - previous.at if previous is not None else 0.0
     rows = []
     for w in cluster.workers:
+        rate = "-"  # one poll, a trainer, or a worker new since the last poll
+        earlier = before.get(w.instance.instance_id)
+        if w.instance.service == "inference-worker" and seconds > 0 and earlier is not None:
+            rate = _rate(max(0, w.generated_tokens - earlier) / seconds)
         cap, use = w.capacity, w.in_use
         gpu = "-"
         if cap.gpus:
@@ -171,6 +184,7 @@ def _workers(cluster: scheduler_pb2.ClusterStatus) -> Rows:
             f"{use.memory_bytes / 2**30:.2f}/{cap.memory_bytes / 2**30:.1f}",
             gpu,
             f"{w.slots - w.free_slots}/{w.slots}",
+            rate,
             ",".join(w.loaded_models) or "-",
             ",".join(w.running_jobs) or "-",
         ))  # fmt: skip
@@ -312,9 +326,10 @@ def top(
     ] = False,
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
 ) -> None:
-    """The cluster live: workers (CPU, memory, GPU, busy slots, loaded models), queues by
-    class and tenant, tokens served and tokens/s per tenant (the difference between two
-    refreshes), your running jobs (step, loss, ETA) and recent alerts. Ctrl-C leaves."""
+    """The cluster live: workers (CPU, memory, GPU, busy slots, tokens/s, loaded models),
+    queues by class and tenant, tokens served and tokens/s per tenant (rates are the
+    difference between two refreshes), your running jobs (step, loss, ETA) and recent
+    alerts. Ctrl-C leaves."""
     conn = connection(ctx)
     stub = conn.gateway_stub()
     first = poll(stub, conn.timeout)  # before the screen is taken: failures read as usual

@@ -134,6 +134,7 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
             available_models=worker.available_models(),
             slots=options.max_inflight,
             free_slots=worker.free_slots,
+            generated_tokens=worker.generated_tokens,
         )
         worker_pb2_grpc.add_InferenceWorkerServicer_to_server(
             InferenceWorkerServicer(worker), server

@@ -78,6 +78,8 @@ class InferenceWorker:
         self._cancel_subscription: Subscription | None = None
         self._generate_subscription: Subscription | None = None
         self._lock = asyncio.Lock()
+        #: completion tokens of every generation finished here (heartbeats carry it)
+        self.generated_tokens = 0
         self._triton_up = asyncio.Event()
         self._triton_up.set()
 
@@ -316,6 +318,7 @@ class InferenceWorker:
                 await self._progress(work.request_id, started=True)
             if chunk.done:
                 tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
+                self.generated_tokens += chunk.usage.completion_tokens
             seq += 1
 
         try:

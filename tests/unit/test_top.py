@@ -72,9 +72,9 @@ def _poll(at: float = 1000.0, tokens: int = 1000, **fields: object) -> Poll:
 def test_a_frame_shows_each_worker_with_its_use_busy_slots_models_and_jobs() -> None:
     text = _text(frame(_poll(), None, []))
     assert _row(text, "iw-1-ab") == [
-        "iw-1-ab", "1.50/2", "2.00/8.0", "1/1", "20.0/80", "GiB", "3/4", "smollm2", "-",
+        "iw-1-ab", "1.50/2", "2.00/8.0", "1/1", "20.0/80", "GiB", "3/4", "-", "smollm2", "-",
     ]  # fmt: skip
-    assert _row(text, "trainer-1-cd")[-3:] == ["1/2", "-", "job-7@1"]
+    assert _row(text, "trainer-1-cd")[-4:] == ["1/2", "-", "-", "job-7@1"]
     assert "2 workers" in text and "3 generations and 1 jobs queued" in text
 
 
@@ -98,6 +98,15 @@ def test_tokens_per_second_needs_two_polls_and_is_their_difference_over_time() -
     later = _text(frame(_poll(at=1002.0, tokens=1500), _poll(), []))
     assert _row(later, "acme") == ["acme", "1500", "250"]
     assert "250 tokens/s" in later
+
+
+def test_a_workers_tokens_per_second_is_the_difference_of_its_heartbeats_counts() -> None:
+    first, second = _poll(), _poll(at=1004.0)
+    first.cluster.workers[0].generated_tokens = 2000
+    second.cluster.workers[0].generated_tokens = 2600
+    text = _text(frame(second, first, []))
+    assert _row(text, "iw-1-ab")[7] == "150"  # 600 tokens in 4 s
+    assert _row(text, "trainer-1-cd")[-3] == "-"  # trainers generate none
 
 
 def test_empty_sections_say_none_and_alerts_show_newest_first_after_current_problems() -> None:

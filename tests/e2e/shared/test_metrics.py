@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2
+from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, scheduler_pb2
 from tests.e2e.conftest import RunningStack
 from tools.harness import eventually
 from tools.prometheus import ALERT_RULES, Prometheus, ensure_installed, prometheus
@@ -134,3 +134,19 @@ def _eventually_query(scraper: Prometheus, expression: str, count: int) -> list[
         return found if len(found) >= count else None
 
     return eventually(enough, timeout=30, what=f"{count} series of {expression}")
+
+
+def test_a_workers_heartbeat_counts_the_tokens_it_generated(stack: RunningStack) -> None:
+    """What `llmos top`'s per-worker tokens/s is computed from."""
+    request = scheduler_pb2.GetClusterStatusRequest()
+    with stack.channel() as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+
+        def generated() -> int:
+            workers = stub.GetClusterStatus(request, timeout=10).workers
+            return sum(w.generated_tokens for w in workers)
+
+        before = generated()
+        finals = _generations(stack, "heartbeat-lab", 2)
+        wanted = before + sum(f.usage.completion_tokens for f in finals)
+        eventually(lambda: generated() >= wanted, timeout=30, what=f"{wanted} tokens counted")
