@@ -39,6 +39,8 @@ def job_event(job_id: str) -> str:
 
 #: intrusion detection's blocks (published by the gateway; system events)
 INTRUSION = f"{EVENTS_PREFIX}.security.intrusion"
+#: the audit log fell behind, or caught up (a service event of the audit service's own)
+AUDIT_LAG = f"{EVENTS_PREFIX}.service.audit.lag"
 
 
 def audit(source: str) -> str:

@@ -3,8 +3,9 @@
 Each refresh polls the gateway (GetClusterStatus, the caller's running jobs, and the
 services' health) into a `Poll`; `frame` turns polls and alerts into what is shown, with
 no I/O, so it is tested without servers. Alerts come from the event stream (services
-stopping, intrusion blocks, jobs failed or preempted), followed in a thread, and from
-comparing polls (a worker that dropped out without a word). Tokens/s is the difference
+stopping, intrusion blocks, the audit log falling behind, jobs failed or preempted),
+followed in a thread, and from comparing polls (a worker that dropped out without a
+word). Tokens/s is the difference
 between two polls of the fair-share counters (per tenant) and of each worker's generated
 tokens (its heartbeat's count): `--once` polls once and shows '-'.
 """
@@ -66,9 +67,10 @@ class Alert:
 
 
 def alert_of(event: events_pb2.Event, received_at: float) -> Alert | None:
-    """The alert an event raises: a service stopping, an intrusion blocked, a job that
-    failed or was preempted; None for the rest (progress, starts, ...). It is dated by
-    the event's time, else by when it was received."""
+    """The alert an event raises: a service stopping, an intrusion blocked, the audit log
+    behind or caught up, a job that failed or was preempted; None for the rest
+    (progress, starts, ...). It is dated by the event's time, else by when it was
+    received."""
     at = event.time.ToDatetime(tzinfo=UTC).timestamp() if event.HasField("time") else received_at
     kind = event.WhichOneof("payload")
     if kind == "service_lifecycle":
@@ -83,6 +85,11 @@ def alert_of(event: events_pb2.Event, received_at: float) -> Alert | None:
         who = i.address or i.principal
         until = f" until {_clock(i.until.ToSeconds())}" if i.HasField("until") else ""
         return Alert(at, f"intrusion: {who} blocked{until} ({i.count} {i.signal} in {i.window_s}s)")
+    if kind == "audit_lag":
+        lag = event.audit_lag
+        if lag.caught_up:
+            return Alert(at, "audit log caught up")
+        return Alert(at, f"audit log {lag.lag_s:.0f}s behind ({lag.pending} records waiting)")
     if kind == "job_state_changed" and event.job_state_changed.current in ALERT_STATES:
         change = event.job_state_changed
         return Alert(at, f"job {change.job_id} {ALERT_STATES[change.current]}: {change.reason}")

@@ -25,6 +25,7 @@ from llmos.v1 import audit_pb2, audit_pb2_grpc
 from services.audit.chain import Checkpoint, key_id
 from services.audit.ingest import STANDBY_POLL_S, Ingest
 from services.audit.keys import pseudonym_key, signing_key, trusted_keys
+from services.audit.metrics import LagAlarm
 from services.audit.options import AuditOptions
 from services.audit.records import Privacy, to_message
 from services.audit.store import AuditLog, Filters, Head, connect
@@ -189,7 +190,8 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
 
     witness = Witness(ctx.js, audit_log, key.public_key())
     lease = Lease(ctx.redis, WRITER_KEY, ctx.instance.instance_id, ctx.settings.heartbeat_s)
-    ingest = Ingest(ctx.nats, audit_log, privacy, options.batch, options.ack_wait_s, lease)
+    alarm = LagAlarm(ctx.events, options.lag_alert_s)
+    ingest = Ingest(ctx.nats, audit_log, privacy, options.batch, options.ack_wait_s, lease, alarm)
     await ingest.subscribe()  # fail at start, not later, if the stream is unusable
     tasks = [
         asyncio.create_task(ingest.run(), name="audit-ingest"),

@@ -93,6 +93,7 @@ class Ingest:
         batch: int,
         ack_wait_s: float,
         lease: Lease | None = None,
+        alarm: metrics.LagAlarm | None = None,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -101,6 +102,7 @@ class Ingest:
         self._batch = batch
         self._ack_wait_s = ack_wait_s
         self._lease = lease  # None: the only writer by construction (benchmarks)
+        self._alarm = alarm or metrics.LagAlarm(None, float("inf"))
         self._puller: Puller | None = None
 
     async def subscribe(self) -> Puller:
@@ -144,6 +146,7 @@ class Ingest:
                 messages = await subscription.fetch(self._batch, FETCH_WAIT_S)
             except TimeoutError:
                 metrics.observe_idle()
+                await self._alarm.update(0.0, 0)
                 continue
             except Exception as exc:  # NATS reconnecting: wait for it
                 log.warning("audit fetch failed; retrying", extra={"error": repr(exc)})
@@ -159,7 +162,8 @@ class Ingest:
             source = message.subject.removeprefix(prefix)
             record = parse(message.data, source, functools.partial(stream_sequence, message))
             entries.append(self._privacy.entry(record, now))
-        metrics.observe_batch(messages)  # before the commit: a failing one shows its lag grow
+        # before the commit: while commits fail, the lag shows it growing
+        await self._alarm.update(*metrics.observe_batch(messages))
         try:
             await asyncio.to_thread(self._log.append, entries)
         except Exception:

@@ -26,6 +26,8 @@ class AuditOptions:
     batch: int
     #: how long JetStream waits for an acknowledgement before delivering again
     ack_wait_s: float
+    #: ingest this many seconds behind raises an `audit_lag` event
+    lag_alert_s: float
     policy: RedactionPolicy
 
     def root(self, data_dir: Path) -> Path:
@@ -83,6 +85,13 @@ def read_audit_options(env: EnvReader) -> AuditOptions:
             minimum=1,
             maximum=3600,
             doc="seconds before JetStream delivers an unacknowledged event again",
+        ),
+        lag_alert_s=env.number(
+            "AUDIT_LAG_ALERT_S",
+            60.0,
+            minimum=1,
+            maximum=DAY_S,
+            doc="ingest this many seconds behind publishes an `audit_lag` event (an alert)",
         ),
         policy=read_redaction_policy(env),
     )

@@ -13,7 +13,8 @@ from llmos import tracing
 from llmos.health import ExplainedHealth, HealthMonitor
 from llmos.node_metrics import visible_gpus
 from llmos.priority import PriorityClass
-from llmos.v1 import common_pb2, scheduler_pb2
+from llmos.v1 import common_pb2, events_pb2, scheduler_pb2
+from services.audit.metrics import LagAlarm
 from services.scheduler import metrics as scheduler_metrics
 from services.scheduler.fairshare import WorkItem
 
@@ -151,3 +152,25 @@ async def test_one_failed_check_is_no_outage_two_in_a_row_are(
     await asyncio.wait_for(changed_once.wait(), 10)
     running.cancel()
     assert seen == ["lost Redis"]  # the lone "slow" changed nothing
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, events_pb2.Event]] = []
+
+    async def publish(self, subject: str, event: events_pb2.Event) -> None:
+        self.sent.append((subject, event))
+
+
+async def test_audit_lag_raises_one_alert_and_one_all_clear() -> None:
+    events = _Events()
+    alarm = LagAlarm(events, threshold_s=60)  # type: ignore[arg-type]
+    for lag, pending in [(10, 5), (61, 900), (90, 1200), (40, 100), (20, 10), (75, 800)]:
+        await alarm.update(lag, pending)
+    said = [(subject, e.audit_lag.caught_up, e.audit_lag.lag_s) for subject, e in events.sent]
+    assert said == [
+        ("llmos.events.service.audit.lag", False, 61),  # behind: once, not at 90 again
+        ("llmos.events.service.audit.lag", True, 20),  # under half the threshold
+        ("llmos.events.service.audit.lag", False, 75),
+    ]
+    assert events.sent[0][1].audit_lag.pending == 900

@@ -231,3 +231,13 @@ def test_a_tenant_sees_its_own_queue_entries_and_the_others_summed_per_class() -
         (NORMAL, "acme", 1, 0),
         (BATCH, "", 1, 0),
     ]
+
+
+def test_the_audit_log_falling_behind_and_catching_up_are_alerts() -> None:
+    behind = events_pb2.AuditLag(lag_s=93.4, pending=1200, threshold_s=60)
+    alert = alert_of(_event(at=40, audit_lag=behind), received_at=99.0)
+    assert alert == Alert(40.0, "audit log 93s behind (1200 records waiting)")
+    caught_up = events_pb2.AuditLag(lag_s=2, caught_up=True, threshold_s=60)
+    assert alert_of(_event(at=50, audit_lag=caught_up), received_at=99.0) == Alert(
+        50.0, "audit log caught up"
+    )
