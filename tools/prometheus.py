@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from llmos.ports import free_port
-from tools.devstack.infra import InfraError, _wait_until, spawn, terminate
+from tools.devstack.infra import InfraError, spawn, terminate, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -115,7 +115,7 @@ def prometheus(
     )
     server = Prometheus(f"http://127.0.0.1:{port}")
     try:
-        _wait_until(lambda: _ready(server.url), proc, "prometheus", timeout_s=60)
+        wait_until(lambda: _ready(server.url), proc, "prometheus", timeout_s=60)
         yield server
     finally:
         terminate(proc, 10)

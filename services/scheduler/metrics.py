@@ -12,6 +12,7 @@ from prometheus_client import Gauge
 
 from llmos.priority import PriorityClass
 from llmos.v1 import common_pb2, scheduler_pb2
+from llmos.workers import INFERENCE_WORKER, TRAINER
 from services.scheduler.fairshare import WorkItem
 
 S = common_pb2.JobState
@@ -60,6 +61,6 @@ def observe_workers(workers: Iterable[scheduler_pb2.WorkerStatus]) -> None:
     counts = Counter(
         (w.instance.service, "not_serving" if w.unhealthy else "serving") for w in workers
     )
-    for service in ("inference-worker", "trainer"):
+    for service in (INFERENCE_WORKER, TRAINER):
         for state in ("serving", "not_serving"):
             WORKERS.labels(service, state).set(counts[service, state])

@@ -95,9 +95,10 @@ def terminate(proc: subprocess.Popen[bytes], grace_s: float) -> int:
     return int(proc.returncode)
 
 
-def _wait_until(
+def wait_until(
     predicate: object, proc: subprocess.Popen[bytes], what: str, timeout_s: float
 ) -> None:
+    """Until `predicate()` holds; InfraError if `proc` exits first or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -245,7 +246,7 @@ def start_nats(
     server = NatsServer(host, port, setup, proc, log_path, secrets_dir, monitor_port)
 
     try:
-        _wait_until(
+        wait_until(
             lambda: nats_ready(host, monitor_port),
             proc,
             f"nats-server (log: {log_path})",
@@ -382,7 +383,7 @@ def start_redis(
     setup = Secret(passwords[SETUP_USER])
     server = RedisServer(host, port, setup, proc, log_path, secrets_dir)
     try:
-        _wait_until(
+        wait_until(
             lambda: redis_answers(host, port, SETUP_USER, passwords[SETUP_USER]),
             proc,
             f"valkey-server (log: {log_path})",
