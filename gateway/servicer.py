@@ -413,16 +413,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
 
 
 async def _serve_http(
-    runtime: GatewayRuntime, servicer: GatewayServicer, stack: AsyncExitStack
+    runtime: GatewayRuntime, servicers: dict[str, Any], stack: AsyncExitStack
 ) -> None:
-    """The HTTP endpoints on the listener `prepare` bound: the built-in issuer's, and
-    the OpenAI-compatible API over this servicer."""
-    from gateway.openai.http import OpenAIHttp  # it imports this module
+    """The HTTP endpoints on the listener `prepare` bound: the built-in issuer's (with
+    its sign-in page and the console, which need it), and the OpenAI-compatible API over
+    the gRPC servicer."""
+    from gateway.console.routes import console_routes  # they import this module
+    from gateway.openai.http import OpenAIHttp
 
     app = http_app(runtime.detector, runtime.options.max_request_bytes)
+    openai = OpenAIHttp(servicers["Gateway"], runtime.guard)
     if runtime.oauth is not None:
         runtime.oauth.add_routes(app)
-    OpenAIHttp(servicer, runtime.guard).add_routes(app)
+        console_routes(app, runtime, servicers, openai)
+    openai.add_routes(app)
     runner = await serve_http(app, runtime.http_listener, server_tls(runtime.options))
     stack.push_async_callback(runner.cleanup)
     log.info("OpenAI-compatible API ready", extra={"openai": f"{runtime.http_url}/v1"})
@@ -436,21 +440,23 @@ async def attach(
     workers = WorkerTable()
     heartbeats = await workers.follow(ctx.nats)
     stack.push_async_callback(heartbeats.unsubscribe)
-    servicer = GatewayServicer(ctx, runtime, workers)
-    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
-    await _serve_http(runtime, servicer, stack)
-    storage_pb2_grpc.add_StorageServicer_to_server(StorageRelay(ctx.links), server)
-    audit_pb2_grpc.add_AuditServicer_to_server(AuditRelay(ctx.links), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(
+    servicers: dict[str, Any] = {
+        "Gateway": GatewayServicer(ctx, runtime, workers),
+        "Storage": StorageRelay(ctx.links),
+        "Audit": AuditRelay(ctx.links),
+        "Admin": AdminServicer(
             runtime.store,
             runtime.api_keys,
             runtime.keyring,
             runtime.firewall,
             runtime.options.intrusion.block_s,
         ),
-        server,
-    )
+    }
+    gateway_pb2_grpc.add_GatewayServicer_to_server(servicers["Gateway"], server)
+    storage_pb2_grpc.add_StorageServicer_to_server(servicers["Storage"], server)
+    audit_pb2_grpc.add_AuditServicer_to_server(servicers["Audit"], server)
+    admin_pb2_grpc.add_AdminServicer_to_server(servicers["Admin"], server)
+    await _serve_http(runtime, servicers, stack)
     return [
         gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,

@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import shutil
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -28,30 +25,16 @@ from typing import Any
 import yaml
 
 from llmos.ports import free_port
+from tools.debian import ensure_commands
 from tools.devstack.infra import InfraError, spawn, terminate, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
-APT_INSTALL = [
-    "apt-get", "install", "-y", "-q", "--no-install-recommends",
-    "-o", "DPkg::Lock::Timeout=300", "prometheus",
-]  # fmt: skip
 
 
 def ensure_installed() -> Path:
     """The `prometheus` binary, installed from Debian's package when missing."""
-    found = shutil.which("prometheus")
-    if found:
-        return Path(found)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(APT_INSTALL, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:  # stale package lists on a fresh machine: refresh, then again
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
-        done = subprocess.run(APT_INSTALL, env=env, capture_output=True, text=True, check=False)
-    found = shutil.which("prometheus")
-    if done.returncode != 0 or not found:
-        raise InfraError(f"could not install Prometheus: {done.stderr.strip()[-500:]}")
-    return Path(found)
+    return ensure_commands({"prometheus": "prometheus"})["prometheus"]
 
 
 def scrape_config(targets: Path, every_s: float) -> dict[str, Any]:

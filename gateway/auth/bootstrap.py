@@ -1,12 +1,16 @@
-"""First start: the `system` tenant, the bootstrap admin client and the CLI's client."""
+"""First start: the `system` tenant, the bootstrap admin client and the CLI's client; at
+every start, the web console's client (stores bootstrapped before the console existed
+get it too)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 from gateway.auth.identities import IdentityStore, Limits
 from gateway.auth.scopes import SCOPES, SYSTEM_TENANT
+from llmos.errors import AlreadyExists
 from llmos.keyfiles import write_private
 from llmos.oauthclient import CLI_CLIENT_ID
 
@@ -16,11 +20,34 @@ def credentials_path(data_dir: Path) -> Path:
     return data_dir / "gateway" / "admin-credentials.json"
 
 
+#: The web console's public client: people sign in to it with the authorization code
+#: grant and PKCE; its code comes back to the console on the issuer's own origin.
+CONSOLE_CLIENT_ID = "llmos-console"
+CONSOLE_CALLBACK_PATH = "/console/callback"
+
+
+def ensure_console_client(store: IdentityStore) -> None:
+    """The console's client, created once per identity store."""
+    store.ensure_tenant(SYSTEM_TENANT, Limits())
+    with contextlib.suppress(AlreadyExists):
+        store.create_client(
+            SYSTEM_TENANT,
+            "web console (people sign in with password + TOTP)",
+            list(SCOPES),
+            grant_types=("authorization_code", "refresh_token"),
+            public=True,
+            client_id=CONSOLE_CLIENT_ID,
+            redirect_uris=(CONSOLE_CALLBACK_PATH,),
+        )
+
+
 def bootstrap(store: IdentityStore, data_dir: Path, issuer: str) -> Path:
     """On the very first start (per identity store): the `system` tenant, an admin client
-    whose credentials are written once to a 0600 file, and the CLI's public client."""
+    whose credentials are written once to a 0600 file, and the CLI's public client. At
+    every start: the console's client."""
     path = credentials_path(data_dir)
     if not store.claim_bootstrap():
+        ensure_console_client(store)
         return path
     store.ensure_tenant(SYSTEM_TENANT, Limits())
     admin, secret = store.create_client(SYSTEM_TENANT, "bootstrap admin", list(SCOPES))
@@ -32,6 +59,7 @@ def bootstrap(store: IdentityStore, data_dir: Path, issuer: str) -> Path:
         public=True,
         client_id=CLI_CLIENT_ID,
     )
+    ensure_console_client(store)
     document = {
         "client_id": admin.client_id,
         "client_secret": secret,

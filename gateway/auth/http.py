@@ -15,7 +15,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,8 +42,9 @@ FIELD_MAX = 128
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 #: how long a request may wait for its turn to verify a secret before 503
 HASHING_WAIT_S = 10.0
-#: the endpoints that verify a secret, behind the per-address sign-in rate
-SIGNIN_PATHS = frozenset({"/token", "/revoke", "/introspect"})
+#: the endpoints that verify a secret (when POSTed to), behind the per-address sign-in
+#: rate; /authorize is the sign-in page's form
+SIGNIN_PATHS = frozenset({"/token", "/revoke", "/introspect", "/authorize"})
 #: OAuth errors that say a credential was wrong (the rest say the request was malformed)
 CREDENTIAL_ERRORS = frozenset({"invalid_client", "invalid_grant", "unauthorized_client"})
 
@@ -59,25 +60,35 @@ class OAuthHttp:
         audit: AuditPublisher,
         detector: IntrusionDetector,
     ) -> None:
-        self._server = server
+        self.server = server
         self._audit = audit
-        self._detector = detector
+        self.detector = detector
         self._hashing = asyncio.Semaphore(detector.policy.signin_concurrency)
+
+    @contextlib.asynccontextmanager
+    async def hashing_turn(self) -> AsyncIterator[None]:
+        """A turn to verify a password (`TimeoutError` if none comes in time): the same
+        bounded queue as the token endpoint's, so the sign-in page cannot starve it."""
+        await asyncio.wait_for(self._hashing.acquire(), HASHING_WAIT_S)
+        try:
+            yield
+        finally:
+            self._hashing.release()
 
     def add_routes(self, app: web.Application) -> None:
         metadata = self._metadata
         app.router.add_get("/.well-known/openid-configuration", metadata)
         app.router.add_get("/.well-known/oauth-authorization-server", metadata)
         app.router.add_get("/jwks", self._jwks)
-        app.router.add_post("/token", self._oauth("oauth.token", self._server.token))
-        app.router.add_post("/revoke", self._oauth("oauth.revoke", self._server.revoke))
-        app.router.add_post("/introspect", self._oauth("oauth.introspect", self._server.introspect))
+        app.router.add_post("/token", self._oauth("oauth.token", self.server.token))
+        app.router.add_post("/revoke", self._oauth("oauth.revoke", self.server.revoke))
+        app.router.add_post("/introspect", self._oauth("oauth.introspect", self.server.introspect))
 
     async def _metadata(self, request: web.Request) -> web.Response:
-        return web.json_response(self._server.metadata())
+        return web.json_response(self.server.metadata())
 
     async def _jwks(self, request: web.Request) -> web.Response:
-        jwks = await asyncio.to_thread(self._server.keyring.jwks)
+        jwks = await asyncio.to_thread(self.server.keyring.jwks)
         return web.json_response(jwks, headers={"Cache-Control": "max-age=60"})
 
     def _oauth(
@@ -101,7 +112,7 @@ class OAuthHttp:
                 return _refusal(403, "access_denied", str(exc), exc.block.retry_after_s())
             call = HttpCall(
                 method=request.method,
-                url=f"{self._server.policy.issuer}{request.path}",
+                url=f"{self.server.policy.issuer}{request.path}",
                 headers=dict(request.headers),
                 form=form,
                 remote=address,
@@ -133,7 +144,7 @@ class OAuthHttp:
             status, body, headers = await asyncio.to_thread(endpoint, call)
         finally:
             self._hashing.release()
-        self._record(action, request, form, status, body, time.monotonic() - started)
+        self.record(action, request, form, status, body, time.monotonic() - started)
         if status >= 400:
             signal = (
                 Signal.SIGNIN_FAILED
@@ -141,7 +152,7 @@ class OAuthHttp:
                 else Signal.MALFORMED
             )
             with contextlib.suppress(Exception):  # detection must not fail the answer
-                await self._detector.observe(signal, call.remote, None)
+                await self.detector.observe(signal, call.remote, None)
         headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
         return web.json_response(body, status=status, headers={**headers, **NO_STORE})
 
@@ -154,9 +165,9 @@ class OAuthHttp:
         if form.get("grant_type") == "password" and form.get("username"):
             named.append(user_target(form["username"][:FIELD_MAX]))
         for target in named:
-            await self._detector.firewall.check(target)
+            await self.detector.firewall.check(target)
 
-    def _record(
+    def record(
         self,
         action: str,
         request: web.Request,
@@ -200,7 +211,7 @@ def door_middleware(detector: IntrusionDetector) -> Any:
         )
         request[CLIENT] = address
         try:
-            if request.path in SIGNIN_PATHS:
+            if request.method == "POST" and request.path in SIGNIN_PATHS:
                 await detector.signin_door(address)
             else:
                 await detector.firewall.check(address_target(address))

@@ -76,6 +76,9 @@ class Client:
     grant_types: list[str]
     secret_hash: str = ""
     limits: Limits = field(default_factory=Limits)
+    #: where the authorization endpoint may send this client's codes; a path ("/console/
+    #: callback") is on the issuer's own origin, whatever port it serves on
+    redirect_uris: list[str] = field(default_factory=list)
 
     @property
     def is_public(self) -> bool:
@@ -178,6 +181,7 @@ class IdentityStore:
         grant_types: tuple[str, ...] = ("client_credentials",),
         public: bool = False,
         client_id: str | None = None,
+        redirect_uris: tuple[str, ...] = (),
     ) -> tuple[Client, str]:
         """A new client and its secret (empty for a public client)."""
         self.tenant(tenant)
@@ -191,6 +195,7 @@ class IdentityStore:
             scopes=scopes,
             grant_types=list(grant_types),
             secret_hash=hashing.hash_secret(secret) if secret else "",
+            redirect_uris=list(redirect_uris),
         )
         if not self._r.set(PREFIX + f"client:{client.client_id}", _dump(client), nx=True):
             raise AlreadyExists(f"client {client.client_id!r} exists already")
@@ -331,6 +336,16 @@ class IdentityStore:
     def is_revoked(self, jti: str) -> bool:
         return bool(jti) and bool(self._r.exists(revoked_key(jti)))
 
+    def save_authorization_code(self, code: str, grant: str, ttl_s: int) -> None:
+        """Keep an authorization code's grant (JSON) for `ttl_s`, under the code's hash."""
+        self._r.set(_code_key(code), grant, ex=ttl_s)
+
+    def take_authorization_code(self, code: str) -> str | None:
+        """The code's grant, removed in the same step: a code is redeemed at most once,
+        by whichever of two racing requests comes first."""
+        raw = self._r.getdel(_code_key(code))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
     def claim_bootstrap(self) -> bool:
         """True for exactly one gateway ever (per Redis): the one that creates the admin."""
         return bool(self._r.set(PREFIX + "bootstrapped", str(time.time()), nx=True))
@@ -348,6 +363,10 @@ class IdentityStore:
 
 def _failures_key(username: str, remote: str) -> str:
     return PREFIX + f"login-failures:{username}:{remote or 'unknown'}"
+
+
+def _code_key(code: str) -> str:
+    return PREFIX + f"code:{hashlib.sha256(code.encode()).hexdigest()}"
 
 
 def deleted_key(kind: str, name: str) -> str:

@@ -14,23 +14,30 @@ from gateway.auth.scopes import narrow_scopes
 
 
 class OAuthClient(ClientMixin):  # type: ignore[misc]
-    """A registered client: confidential ones prove a secret, public ones ("none") do not;
-    no redirect flows exist, so no redirect URI or response type is ever accepted."""
+    """A registered client: confidential ones prove a secret, public ones ("none") do not.
+    Only clients allowed the authorization code grant have redirect URIs; a registered
+    path is on the issuer's own origin (`issuer`), compared exactly."""
 
-    def __init__(self, record: Client) -> None:
+    def __init__(self, record: Client, issuer: str = "") -> None:
         self.record = record
+        self._issuer = issuer
 
     def get_client_id(self) -> str:
         return self.record.client_id
 
-    def get_default_redirect_uri(self) -> None:
-        return None
+    def redirect_uris(self) -> list[str]:
+        """The registered redirect URIs, paths made absolute on the issuer's origin."""
+        return [self._issuer + u if u.startswith("/") else u for u in self.record.redirect_uris]
+
+    def get_default_redirect_uri(self) -> str | None:
+        uris = self.redirect_uris()
+        return uris[0] if len(uris) == 1 else None
 
     def get_allowed_scope(self, scope: str) -> str:
         return narrow_scopes(self.record.scopes, scope)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return False
+        return redirect_uri in self.redirect_uris()
 
     def check_client_secret(self, client_secret: str) -> bool:
         return not self.record.is_public and hashing.check_secret(
@@ -41,7 +48,7 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
         return (method == "none") == self.record.is_public
 
     def check_response_type(self, response_type: str) -> bool:
-        return False
+        return response_type == "code" and "authorization_code" in self.record.grant_types
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.record.grant_types

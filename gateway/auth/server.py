@@ -17,11 +17,12 @@ from typing import Any
 from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InvalidGrantError
 
+from gateway.auth.authorization_code import AuthorizationCode, S256Challenge
 from gateway.auth.discovery import server_metadata
 from gateway.auth.grants import ClientCredentials, PasswordWithTotp, Refresh
 from gateway.auth.identities import IdentityStore, User
 from gateway.auth.keys import Keyring
-from gateway.auth.oauth_models import OAuthClient, TokenRecord
+from gateway.auth.oauth_models import OAuthClient, OAuthUser, TokenRecord
 from gateway.auth.oauth_request import CallRequest, HttpCall
 from gateway.auth.refresh_chains import RefreshGrant, new_chain
 from gateway.auth.revocation import Introspection, Revocation
@@ -58,6 +59,7 @@ class LLMOSAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.register_grant(ClientCredentials)
         self.register_grant(PasswordWithTotp)
         self.register_grant(Refresh)
+        self.register_grant(AuthorizationCode, [S256Challenge()])
         self.register_endpoint(Revocation)
         self.register_endpoint(Introspection)
 
@@ -65,7 +67,7 @@ class LLMOSAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         record = self.store.find_client(client_id)
-        return OAuthClient(record) if record else None
+        return OAuthClient(record, self.policy.issuer) if record else None
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Keep a person's new refresh token in its sign-in chain: a new chain at sign-in;
@@ -112,6 +114,17 @@ class LLMOSAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
     def token(self, call: HttpCall) -> Answer:
         """POST /token: one of the grants."""
         return self.create_token_response(call)  # type: ignore[no-any-return]
+
+    def authorize(self, call: HttpCall, user: OAuthUser | None) -> Answer:
+        """The authorization endpoint's answer once `user` has signed in (None: refused):
+        a redirect to the client with a code (or with the error, per RFC 6749 4.1.2.1)."""
+        grant = self.get_consent_grant(call, user)
+        return self.create_authorization_response(call, user, grant)  # type: ignore[no-any-return]
+
+    def check_authorization_request(self, call: HttpCall) -> None:
+        """Refuse (`OAuth2Error`) an authorization request that names an unknown client,
+        a redirect URI it did not register, or lacks PKCE: before anyone types a password."""
+        self.get_consent_grant(call)
 
     def revoke(self, call: HttpCall) -> Answer:
         """POST /revoke (RFC 7009)."""

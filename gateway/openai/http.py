@@ -96,7 +96,7 @@ class OpenAIHttp:
         self._guard = guard
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
@@ -133,7 +133,7 @@ class OpenAIHttp:
         finally:
             request_id_var.reset(token)
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def chat(self, request: web.Request) -> web.StreamResponse:
         async def answer(call: _Call) -> web.StreamResponse:
             parsed = schema.chat_call(await _json(request), _priority(request))
             return await self._generation(call, parsed)

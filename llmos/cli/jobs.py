@@ -8,17 +8,13 @@ import typer
 
 from llmos.cli.connection import connection
 from llmos.cli.output import Listing, OutputOption, message_json, show, styled
-from llmos.v1 import common_pb2, scheduler_pb2
+from llmos.cluster_view import state_of
+from llmos.v1 import scheduler_pb2
 
 app = typer.Typer(help="List, show, cancel or watch jobs.", no_args_is_help=True)
 
 JobId = Annotated[str, typer.Argument(help="the job's id")]
 FAILED = ("FAILED", "CANCELLED")
-
-
-def state_of(job: scheduler_pb2.Job) -> str:
-    """The job's state without the enum's prefix (QUEUED, RUNNING, SUCCEEDED, ...)."""
-    return common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
 
 
 def job_line(job: scheduler_pb2.Job) -> str:

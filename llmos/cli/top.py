@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from types import TracebackType
 from typing import Annotated
 
@@ -33,7 +33,17 @@ from rich.text import Text
 
 from llmos.cli.connection import connection
 from llmos.cli.output import PIPE_WIDTH
-from llmos.priority import PriorityClass
+from llmos.cluster_view import (
+    Poll,
+    Rows,
+    clock_text,
+    job_rows,
+    queue_rows,
+    rate_text,
+    tenant_rates,
+    tenant_rows,
+    worker_rows,
+)
 from llmos.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc, scheduler_pb2
 
 #: alerts kept and shown, newest first
@@ -45,17 +55,6 @@ RUNNING = common_pb2.JOB_STATE_RUNNING
 ALERT_STATES = {common_pb2.JOB_STATE_FAILED: "failed", common_pb2.JOB_STATE_PREEMPTED: "preempted"}
 SERVING = gateway_pb2.ServiceStatus.STATE_SERVING
 Phase = events_pb2.ServiceLifecycle.Phase
-
-
-@dataclass(frozen=True)
-class Poll:
-    """What one refresh read from the gateway; `notes` say which parts it may not read."""
-
-    at: float  # seconds since the epoch
-    cluster: scheduler_pb2.ClusterStatus
-    jobs: Sequence[scheduler_pb2.Job] = ()  # running, the caller's tenant's
-    system: gateway_pb2.SystemStatus | None = None
-    notes: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def alert_of(event: events_pb2.Event, received_at: float) -> Alert | None:
     if kind == "intrusion":
         i = event.intrusion
         who = i.address or i.principal
-        until = f" until {_clock(i.until.ToSeconds())}" if i.HasField("until") else ""
+        until = f" until {clock_text(i.until.ToSeconds())}" if i.HasField("until") else ""
         return Alert(at, f"intrusion: {who} blocked{until} ({i.count} {i.signal} in {i.window_s}s)")
     if kind == "audit_lag":
         lag = event.audit_lag
@@ -128,25 +127,22 @@ def frame(
 ) -> RenderableType:
     """One screen: a summary line, then workers, queues, tenants, running jobs, alerts."""
     cluster = current.cluster
-    rates = _rates(previous, current)
-    total = _rate(sum(rates.values())) if previous is not None else "-"
+    rates = tenant_rates(previous, current)
+    total = rate_text(sum(rates.values())) if previous is not None else "-"
     summary = (
-        f"llmos top  {_clock(current.at)} UTC  {len(cluster.workers)} workers  "
+        f"llmos top  {clock_text(current.at)} UTC  {len(cluster.workers)} workers  "
         f"{cluster.queued_requests} generations and {cluster.queued_jobs} jobs queued  "
         f"{total} tokens/s"
     )
     parts: list[RenderableType] = [Text(summary, style="bold")]
-    parts += _section("WORKERS", _workers(cluster, previous, current.at), boxed)
-    parts += _section("QUEUES", _queues(cluster), boxed)
-    parts += _section("TENANTS", _tenants(cluster, rates, previous is not None), boxed)
-    parts += _section("RUNNING JOBS", _jobs(current.jobs), boxed)
+    parts += _section("WORKERS", worker_rows(cluster, previous, current.at), boxed)
+    parts += _section("QUEUES", queue_rows(cluster), boxed)
+    parts += _section("TENANTS", tenant_rows(cluster, rates, previous is not None), boxed)
+    parts += _section("RUNNING JOBS", job_rows(current.jobs), boxed)
     alert_rows = [("now", text) for text in problems(current)]
-    alert_rows += [(_clock(a.at), a.text) for a in sorted(alerts, key=lambda a: -a.at)]
+    alert_rows += [(clock_text(a.at), a.text) for a in sorted(alerts, key=lambda a: -a.at)]
     parts += _section("ALERTS", (("WHEN", "WHAT"), alert_rows[:ALERTS]), boxed)
     return Group(*parts)
-
-
-Rows = tuple[Sequence[str], Sequence[Sequence[str]]]
 
 
 def _section(title: str, rows: Rows, boxed: bool) -> list[RenderableType]:
@@ -162,100 +158,6 @@ def _section(title: str, rows: Rows, boxed: bool) -> list[RenderableType]:
     for row in body:
         table.add_row(*row)
     return [Text(""), Text(title, style="bold"), table]
-
-
-def _workers(cluster: scheduler_pb2.ClusterStatus, previous: Poll | None, at: float) -> Rows:
-    headers = (
-        "INSTANCE", "CPU USED/CORES", "MEMORY GiB", "GPU", "SLOTS BUSY", "TOKENS/S", "MODELS",
-        "JOBS",
-    )  # fmt: skip
-    before = {
-        w.instance.instance_id: w.generated_tokens
-        for w in (previous.cluster.workers if previous is not None else ())
-    }
-    seconds = at - previous.at if previous is not None else 0.0
-    rows = []
-    for w in cluster.workers:
-        rate = "-"  # one poll, a trainer, or a worker new since the last poll
-        earlier = before.get(w.instance.instance_id)
-        if w.instance.service == "inference-worker" and seconds > 0 and earlier is not None:
-            rate = _rate(max(0, w.generated_tokens - earlier) / seconds)
-        cap, use = w.capacity, w.in_use
-        gpu = "-"
-        if cap.gpus:
-            gpu = (f"{use.gpus}/{cap.gpus} {use.gpu_memory_bytes / 2**30:.1f}/"
-                   f"{cap.gpu_memory_bytes / 2**30:.0f} GiB")  # fmt: skip
-        rows.append((
-            w.instance.instance_id,
-            f"{use.cpu_millicores / 1000:.2f}/{cap.cpu_millicores / 1000:g}",
-            f"{use.memory_bytes / 2**30:.2f}/{cap.memory_bytes / 2**30:.1f}",
-            gpu,
-            f"{w.slots - w.free_slots}/{w.slots}",
-            rate,
-            ",".join(w.loaded_models) or "-",
-            ",".join(w.running_jobs) or "-",
-        ))  # fmt: skip
-    return headers, rows
-
-
-def _queues(cluster: scheduler_pb2.ClusterStatus) -> Rows:
-    rows = [
-        (PriorityClass.parse(q.priority).word, q.tenant or "(others)",
-         str(q.generations), str(q.jobs))
-        for q in cluster.queues
-    ]  # fmt: skip
-    return ("CLASS", "TENANT", "GENERATIONS", "JOBS"), rows
-
-
-def _tenants(cluster: scheduler_pb2.ClusterStatus, rates: dict[str, float], rated: bool) -> Rows:
-    rows = [
-        (tenant, str(tokens), _rate(rates.get(tenant, 0.0)) if rated else "-")
-        for tenant, tokens in sorted(cluster.tokens_served_by_tenant.items())
-    ]
-    return ("TENANT", "TOKENS SERVED", "TOKENS/S"), rows
-
-
-def _jobs(jobs: Sequence[scheduler_pb2.Job]) -> Rows:
-    headers = ("JOB", "NAME", "STEP", "LOSS", "VAL LOSS", "TOKENS/S", "ETA", "ON")
-    rows = []
-    for job in jobs:
-        p = job.progress
-        rows.append((
-            job.job_id, job.spec.name, f"{p.step}/{p.total_steps or '?'}",
-            f"{p.loss:.4f}" if p.step else "-", f"{p.val_loss:.4f}" if p.val_loss else "-",
-            _rate(p.tokens_per_s) if p.step else "-", _duration(p.eta_s) if p.step else "-",
-            ",".join(place.instance_id for place in job.placement) or "-",
-        ))  # fmt: skip
-    return headers, rows
-
-
-def _rates(previous: Poll | None, current: Poll) -> dict[str, float]:
-    """Tokens/s per tenant between two polls (counters restart with a scheduler: >= 0)."""
-    if previous is None or current.at <= previous.at:
-        return {}
-    seconds = current.at - previous.at
-    before = previous.cluster.tokens_served_by_tenant
-    return {
-        tenant: max(0, tokens - before.get(tenant, 0)) / seconds
-        for tenant, tokens in current.cluster.tokens_served_by_tenant.items()
-    }
-
-
-def _rate(per_s: float) -> str:
-    return f"{per_s:.1f}" if per_s < 100 else f"{per_s:.0f}"
-
-
-def _duration(seconds: float) -> str:
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def _clock(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%H:%M:%S")
 
 
 def poll(stub: gateway_pb2_grpc.GatewayStub, timeout: float) -> Poll:

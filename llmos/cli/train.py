@@ -12,7 +12,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from llmos.cli.connection import connection
 from llmos.cli.errors import EXIT_FAILED, CommandError
-from llmos.cli.jobs import state_of
+from llmos.cluster_view import state_of
 from llmos.priority import PriorityClass
 from llmos.v1 import common_pb2, scheduler_pb2
 

@@ -43,6 +43,7 @@ from llmos.training import (
     parameter_count,
 )
 from llmos.v1 import common_pb2, events_pb2, scheduler_pb2
+from services.scheduler.progress_history import extended
 
 log = logging.getLogger("llmos.scheduler.jobs")
 
@@ -304,6 +305,10 @@ class JobStore:
         updated = scheduler_pb2.Job()
         updated.CopyFrom(job)
         updated.progress.CopyFrom(report.progress)
+        if report.progress.step:
+            history = extended(job.history, report.progress)
+            del updated.history[:]
+            updated.history.extend(history)
         if report.checkpoint_blob:  # the checkpoint a new attempt resumes from
             updated.checkpoint_blob = report.checkpoint_blob
             updated.checkpoint_step = report.checkpoint_step

@@ -46,7 +46,10 @@ def test_metadata_describes_the_issuer(gw: GatewayProcess) -> None:
         "client_credentials",
         "password",
         "refresh_token",
+        "authorization_code",
     }
+    assert metadata["authorization_endpoint"] == f"{issuer}/authorize"
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
     assert "inference" in metadata["scopes_supported"]
     assert gw.issuer.get("/.well-known/oauth-authorization-server") == metadata
     jwks = gw.issuer.get(metadata["jwks_uri"])

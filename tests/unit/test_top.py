@@ -16,7 +16,8 @@ from rich.console import Console, RenderableType
 from llmos.cli import top
 from llmos.cli.main import main
 from llmos.cli.output import PIPE_WIDTH
-from llmos.cli.top import Alert, Poll, alert_of, frame, problems, workers_lost
+from llmos.cli.top import Alert, alert_of, frame, problems, workers_lost
+from llmos.cluster_view import Poll
 from llmos.v1 import common_pb2, events_pb2, gateway_pb2, scheduler_pb2
 from services.scheduler.cluster_view import cluster_seen_by, queues_of
 

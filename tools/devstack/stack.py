@@ -203,6 +203,7 @@ class DevStack:
         fields.update(
             issuer=self.issuer,
             openai=self.openai,
+            console=f"{self.issuer}/console/",
             credentials=str(credentials_path(self.data_dir)),
             metrics=str(self.data_dir / "prometheus" / SCRAPE_TARGETS),
         )

@@ -1,0 +1,69 @@
+// LLM OS console: the little the pages need beyond HTML. No inline scripts (the
+// Content-Security-Policy forbids them), no build step, no dependencies.
+
+const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+
+// Elements with data-refresh="URL" replace their content with the fragment the URL
+// renders (server-side, escaped) every data-every milliseconds, until the fragment
+// says data-final.
+function refresh(element) {
+  const every = Number(element.dataset.every || 2000);
+  const tick = async () => {
+    if (element.querySelector('[data-final]')) return;
+    try {
+      const response = await fetch(element.dataset.refresh, { credentials: 'same-origin' });
+      if (response.ok) element.innerHTML = await response.text();
+    } catch (error) { /* the next tick tries again */ }
+    setTimeout(tick, every);
+  };
+  setTimeout(tick, every);
+}
+
+// A form with data-upload sends its file as the request body (PUT) with a progress
+// bar, then goes where the server says.
+function upload(form) {
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const file = form.querySelector('input[type="file"]').files[0];
+    const bar = form.querySelector('progress');
+    const status = form.querySelector('[data-status]');
+    if (!file) { status.textContent = 'Choose a file first.'; return; }
+    const fields = new URLSearchParams();
+    for (const input of form.querySelectorAll('input[name]:not([type="file"]), textarea[name], select[name]')) {
+      if (input.name !== 'csrf_token') fields.set(input.name, input.value);
+    }
+    const request = new XMLHttpRequest();
+    request.open('PUT', `${form.action}?${fields}`);
+    request.setRequestHeader('X-CSRF-Token', csrf());
+    request.setRequestHeader('Content-Type', 'application/octet-stream');
+    request.upload.addEventListener('progress', (progress) => {
+      if (progress.lengthComputable) {
+        bar.value = progress.loaded / progress.total;
+        status.textContent = `Uploaded ${Math.round(100 * bar.value)} %`;
+      }
+    });
+    request.addEventListener('load', () => {
+      let answer = {};
+      try { answer = JSON.parse(request.responseText); } catch (error) { answer = {}; }
+      if (request.status === 200 && answer.location) { window.location = answer.location; return; }
+      status.textContent = answer.error || `Upload refused (HTTP ${request.status}).`;
+      status.classList.add('error');
+    });
+    request.addEventListener('error', () => { status.textContent = 'The upload failed; try again.'; });
+    status.textContent = 'Uploading...';
+    request.send(file);
+  });
+}
+
+// Forms with data-confirm ask before they submit (also those a refresh brought in).
+document.addEventListener('submit', (event) => {
+  const form = event.target;
+  if (form.matches('form[data-confirm]') && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+  }
+});
+
+document.querySelectorAll('[data-refresh]').forEach(refresh);
+document.querySelectorAll('form[data-upload]').forEach(upload);
+
+export { csrf };

@@ -1,0 +1,60 @@
+"""A real browser for the console's tests: Debian's Chromium, headless, driven by
+Selenium through Debian's chromedriver (both installed when missing). It accepts the dev
+stack's certificate (from the launcher's own local CA) as a person would after trusting
+that CA once."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+from tools.debian import ensure_commands
+
+#: the two screens the console is built for
+DESKTOP = (1280, 800)
+PHONE = (390, 844)
+
+
+@contextlib.contextmanager
+def chromium(size: tuple[int, int] = DESKTOP) -> Iterator[webdriver.Chrome]:
+    """A headless Chromium showing `size` CSS pixels; quit when the block ends."""
+    found = ensure_commands({"chromium": "chromium", "chromedriver": "chromium-driver"})
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(found["chromium"])
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        f"--window-size={size[0]},{size[1]}",
+    ):
+        options.add_argument(argument)
+    options.accept_insecure_certs = True
+    driver = webdriver.Chrome(options=options, service=Service(str(found["chromedriver"])))
+    try:
+        driver.set_window_size(*size)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshot(driver: webdriver.Chrome, folder: Path, name: str) -> Path:
+    """The whole page (not just the window) as `folder/name.png`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    size = driver.get_window_size()
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(size["width"], max(int(height), size["height"]))
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(size["width"], size["height"])
+    return path
