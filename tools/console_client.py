@@ -15,6 +15,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -74,12 +75,14 @@ class ConsoleBrowser:
         self._staying = urllib.request.build_opener(*handlers, _Stay())
 
     def request(
-        self, path: str, form: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+        self, path: str, form: Mapping[str, str | list[str]] | None = None,
+        headers: dict[str, str] | None = None,
         method: str | None = None, body: bytes | None = None, follow: bool = True,
     ) -> Answer:  # fmt: skip
-        """GET `path` (or POST `form`, or send `body`), following redirects unless told
+        """GET `path` (or POST `form`, a list value sent as repeated fields, or send
+        `body`), following redirects unless told
         not to (then a redirect is the answer, its target in `headers["Location"]`)."""
-        data = urllib.parse.urlencode(form).encode() if form is not None else body
+        data = urllib.parse.urlencode(form, doseq=True).encode() if form is not None else body
         url = path if path.startswith("http") else self.base + path
         request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
         opener = self._opener if follow else self._staying

@@ -32,6 +32,7 @@ from gateway.firewall import (
 )
 from gateway.intrusion import IntrusionDetector, Signal
 from gateway.openai.errors import OPENAI_PREFIX, failure_of
+from gateway.web.render import page
 from llmos.auditing import AuditPublisher, new_record
 from llmos.errors import ResourceExhausted
 
@@ -218,13 +219,27 @@ def door_middleware(detector: IntrusionDetector) -> Any:
         except Blocked as exc:
             if request.path.startswith(OPENAI_PREFIX):
                 return failure_of(exc, exc.block.retry_after_s()).response()
+            if request.path.startswith(PAGE_PREFIXES):
+                return _page_refusal(403, str(exc), exc.block.retry_after_s())
             return _refusal(403, "access_denied", str(exc), exc.block.retry_after_s())
         except ResourceExhausted as exc:
             retry = int(exc.retry_after_s or 60)
+            if request.path.startswith(PAGE_PREFIXES):
+                return _page_refusal(429, str(exc), retry)
             return _refusal(429, "temporarily_unavailable", str(exc), retry)
         return await handler(request)
 
     return door
+
+
+#: paths people open in a browser: the door's refusals there are pages, not JSON
+PAGE_PREFIXES = ("/console", "/authorize")
+
+
+def _page_refusal(status: int, sentence: str, retry_after_s: int) -> web.Response:
+    response = page("signin_refused.html", status=status, reason=sentence)
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response
 
 
 def _refusal(status: int, error: str, sentence: str, retry_after_s: int) -> web.Response:

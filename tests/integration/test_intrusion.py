@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -330,3 +331,56 @@ def test_behind_a_trusted_proxy_the_client_is_blocked_not_the_proxy(gw: GatewayP
     assert token_from(gw, PROXY, client_id, secret)[0] == 200
     # a caller that is no trusted proxy cannot pass itself off as the blocked client
     assert token_from(gw, ELSEWHERE, client_id, secret, forwarded_for=attacker)[0] == 200
+
+
+def _page(
+    gw: GatewayProcess, source: str, method: str, path: str, form: dict[str, str] | None = None,
+    cookie: str = "",
+) -> tuple[int, str, dict[str, str]]:  # fmt: skip
+    """A browser's request from `source`: status, page, headers."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", gw.http_port, timeout=30, source_address=(source, 0)
+    )
+    try:
+        headers = {"Cookie": cookie} if cookie else {}
+        body = None
+        if form is not None:
+            body = urllib.parse.urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        connection.request(method, path, body, headers)
+        response = connection.getresponse()
+        return response.status, response.read().decode(), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def test_guessing_passwords_on_the_sign_in_page_blocks_the_address_from_the_console(
+    gw: GatewayProcess,
+) -> None:
+    guesser = "127.0.0.7"
+    query = urllib.parse.urlencode({
+        "response_type": "code", "client_id": "llmos-console", "scope": "inference",
+        "redirect_uri": f"http://127.0.0.1:{gw.http_port}/console/callback", "state": "s",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+    })  # fmt: skip
+    status, page, headers = _page(gw, guesser, "GET", f"/authorize?{query}")
+    assert status == 200, page
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert csrf is not None
+    cookie = headers["Set-Cookie"].split(";")[0]
+    form = dict(urllib.parse.parse_qsl(query), csrf_token=csrf[1], username="someone")
+    guesses = [{**form, "password": f"guess-{n}", "totp": "1"} for n in range(21)]
+    answers = [_page(gw, guesser, "POST", "/authorize", guess, cookie) for guess in guesses]
+    # wrong answers, then the account locked for this address, then the address blocked
+    statuses = [status for status, _, _ in answers]
+    locked = statuses.index(429)
+    assert statuses == [400] * locked + [429] * (20 - locked) + [403], statuses
+    assert "Wrong user name, password or one-time code." in answers[0][1]
+    assert "Too many failed sign-ins for this account" in answers[locked][1]
+    # the console refuses that address too, with a page saying why and until when
+    status, page, headers = _page(gw, guesser, "GET", "/console/")
+    assert status == 403 and "text/html" in headers["Content-Type"]
+    assert "address 127.0.0.7 is blocked until" in page
+    assert int(headers["Retry-After"]) > 0
+    assert _page(gw, "127.0.0.1", "GET", "/console/")[0] == 302  # nobody else is
