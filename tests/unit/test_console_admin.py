@@ -243,7 +243,9 @@ def test_a_refused_user_form_keeps_what_was_typed_but_never_the_password() -> No
 
 
 def test_the_tenants_page_has_the_create_form_and_blocks_page_its_unblock_buttons() -> None:
-    forms = {name: {"values": {}, "errors": {}} for name in ("create", "quota", "grant")}
+    forms: dict[str, dict[str, dict[str, str]]] = {
+        name: {"values": {}, "errors": {}} for name in ("create", "quota", "grant")
+    }
     tenants = render_text(
         "admin.html",
         **_frame(headers=TENANT_HEADERS, rows=[], names=["system"], forms=forms),
