@@ -47,14 +47,8 @@ def chromium(size: tuple[int, int] = DESKTOP) -> Iterator[webdriver.Chrome]:
 
 
 def screenshot(driver: webdriver.Chrome, folder: Path, name: str) -> Path:
-    """The whole page (not just the window) as `folder/name.png`."""
+    """What the window shows now, as `folder/name.png`."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    size = driver.get_window_size()
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(size["width"], max(int(height), size["height"]))
-    try:
-        driver.save_screenshot(str(path))
-    finally:
-        driver.set_window_size(size["width"], size["height"])
+    driver.save_screenshot(str(path))
     return path
