@@ -4,50 +4,31 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from llmos.audit_text import json_line, parse_time_ns
 from llmos.cli.connection import connection
 from llmos.cli.errors import EXIT_FAILED
-from llmos.errors import InvalidArgument
 from llmos.keyfiles import open_private
 from llmos.v1 import audit_pb2, audit_pb2_grpc
 
 app = typer.Typer(help="Query (JSON Lines) or verify the audit log.", no_args_is_help=True)
 
 PAGE = 1000
-AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
 def parse_time(text: str, field: str) -> Timestamp:
     """ISO 8601 (`2026-11-28T09:00:00Z`; no zone means UTC) or an age (`90s`, `15m`, `2h`,
     `7d` ago)."""
     stamp = Timestamp()
-    if match := AGO.match(text.strip()):
-        stamp.FromNanoseconds(
-            time.time_ns() - int(float(match[1]) * UNIT_S[match[2]] * 1_000_000_000)
-        )
-        return stamp
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidArgument(
-            field, f"{text!r} is neither an ISO 8601 time nor an age such as 15m, 2h or 7d"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    stamp.FromDatetime(moment)
+    stamp.FromNanoseconds(parse_time_ns(text, field, time.time_ns()))
     return stamp
 
 
@@ -65,15 +46,6 @@ def records(
         if not page.next_page_token or (limit and given >= limit):
             return
         request.page_token = page.next_page_token
-
-
-def json_line(record: audit_pb2.StoredAuditRecord) -> str:
-    """One record as a line of JSON: its fields flattened beside sequence, hash, recorded."""
-    body: dict[str, Any] = json_format.MessageToDict(
-        record.record, preserving_proto_field_name=True
-    )
-    body.update(sequence=record.sequence, recorded=record.recorded.ToJsonString(), hash=record.hash)
-    return json.dumps(body, ensure_ascii=False, sort_keys=True)
 
 
 def _opt(help_text: str) -> Any:
