@@ -41,6 +41,9 @@ def chromium(size: tuple[int, int] = DESKTOP) -> Iterator[webdriver.Chrome]:
     driver = webdriver.Chrome(options=options, service=Service(str(found["chromedriver"])))
     try:
         driver.set_window_size(*size)
+        inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+        # the window's frame takes some of its size: grow it until the page gets `size`
+        driver.set_window_size(2 * size[0] - int(inner[0]), 2 * size[1] - int(inner[1]))
         yield driver
     finally:
         driver.quit()

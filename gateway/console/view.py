@@ -9,6 +9,7 @@ links to pages whose calls would be refused."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,10 +61,13 @@ class SessionCallContext(HttpCallContext):
     the bearer: the peer and proxy headers stay the browser's, so blocks and intrusion
     signals land on the person's address, not the gateway's own."""
 
-    def __init__(self, request: web.Request, access_token: str, request_id: str) -> None:
+    def __init__(
+        self, request: web.Request, access_token: str, request_id: str, timeout_s: float | None
+    ) -> None:
         super().__init__(request)
         self._bearer = access_token
         self._request_id = request_id
+        self._deadline = time.monotonic() + timeout_s if timeout_s else None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         kept = tuple((k, v) for k, v in super().invocation_metadata() if k not in _DROPPED)
@@ -74,7 +78,8 @@ class SessionCallContext(HttpCallContext):
         )
 
     def time_remaining(self) -> float | None:
-        return None
+        """What is left of the call's own time limit (None: the API's default)."""
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.1)
 
 
 class Api:
@@ -85,15 +90,21 @@ class Api:
         self._servicers = dict(servicers)
 
     async def call(
-        self, request: web.Request, session: ConsoleSession, rpc: str, message: Any
+        self,
+        request: web.Request,
+        session: ConsoleSession,
+        rpc: str,
+        message: Any,
+        timeout_s: float | None = None,
     ) -> Any:
-        """`rpc` ("Admin/CreateTenant") as the session's holder; raises the API's
-        domain errors (`llmos.errors`) as a gRPC caller would see them."""
+        """`rpc` ("Admin/CreateTenant") as the session's holder, within `timeout_s` (None:
+        the API's default deadline); raises the API's domain errors (`llmos.errors`) as a
+        gRPC caller would see them."""
         service, _, method = rpc.partition("/")
         handler = getattr(self._servicers[service], method)
         rid = request_id_from(())
         token = request_id_var.set(rid)
-        context = SessionCallContext(request, session.tokens.access_token, rid)
+        context = SessionCallContext(request, session.tokens.access_token, rid, timeout_s)
         try:
             async with self._guard.guard(f"/llmos.v1.{rpc}", context):
                 return await handler(message, context)
@@ -109,9 +120,9 @@ class View:
     session: ConsoleSession
     api: Api
 
-    async def call(self, rpc: str, message: Any) -> Any:
+    async def call(self, rpc: str, message: Any, timeout_s: float | None = None) -> Any:
         """One call of the public API as the signed-in person."""
-        return await self.api.call(self.request, self.session, rpc, message)
+        return await self.api.call(self.request, self.session, rpc, message, timeout_s)
 
     def may(self, scope: str) -> bool:
         return scope in self.session.tokens.scopes

@@ -48,6 +48,15 @@ function upload(form) {
       if (request.status === 200 && answer.location) { window.location = answer.location; return; }
       status.textContent = answer.error || `Upload refused (HTTP ${request.status}).`;
       status.classList.add('error');
+      // the field the server named is marked, and points at the sentence
+      const named = answer.field === 'file' ? form.querySelector('input[type="file"]')
+        : form.querySelector(`[name="${answer.field}"]`);
+      if (named) {
+        status.id = status.id || 'upload-error';
+        named.setAttribute('aria-invalid', 'true');
+        named.setAttribute('aria-describedby', status.id);
+        named.focus();
+      }
     });
     request.addEventListener('error', () => { status.textContent = 'The upload failed; try again.'; });
     status.textContent = 'Uploading...';

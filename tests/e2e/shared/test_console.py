@@ -1,0 +1,300 @@
+"""The web console in a real browser (Debian's Chromium, driven by Selenium), as people
+use it: sign in with password and one-time code, chat with a model as the answer
+streams in, upload a dataset and train on it while the chart moves, administer tenants
+and API keys, and be refused what one's scopes do not allow or a forged form asks.
+
+Each test saves screenshots under build/console-screenshots/ (desktop 1280x800, phone
+390 px): they are how a person sees LLM OS; look at them."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyotp
+import pytest
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver import Chrome
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from llmos.v1 import admin_pb2, admin_pb2_grpc
+from tests.corpus import TEXT
+from tests.e2e.conftest import RunningStack
+from tests.e2e.shared.people import EVERY_SCOPE, Person, new_person
+from tools.browser import DESKTOP, PHONE, chromium, screenshot
+from tools.harness import ROOT
+
+SHOTS = ROOT / "build" / "console-screenshots"
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Chrome]:
+    with chromium() as driver:
+        yield driver
+
+
+@pytest.fixture
+def fresh(browser: Chrome) -> Chrome:
+    """The browser with no one signed in."""
+    browser.delete_all_cookies()
+    return browser
+
+
+def _wait(driver: Chrome, seconds: float = WAIT_S) -> WebDriverWait[Chrome]:
+    return WebDriverWait(
+        driver, seconds, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    )
+
+
+def _sign_in(driver: Chrome, stack: RunningStack, person: Person, shot: str = "") -> None:
+    driver.get(stack.fields["console"])
+    _wait(driver).until(lambda d: d.find_elements(By.ID, "totp"))
+    driver.find_element(By.ID, "username").send_keys(person.username)
+    driver.find_element(By.ID, "password").send_keys(person.password)
+    driver.find_element(By.ID, "totp").send_keys(pyotp.TOTP(person.totp_secret).now())
+    if shot:
+        screenshot(driver, SHOTS, shot)
+    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    _wait(driver).until(lambda d: "/console/" in d.current_url and d.find_elements(By.ID, "main"))
+
+
+def _text(driver: Chrome, element_id: str) -> str:
+    """The element's text, read in one step: live fragments replace elements at any time."""
+    script = "const e = document.getElementById(arguments[0]); return e ? e.innerText : null;"
+    found = driver.execute_script(script, element_id)
+    assert found is not None, f"no element {element_id!r} on {driver.current_url}"
+    return str(found).strip()
+
+
+def test_a_person_signs_in_with_password_and_one_time_code(
+    fresh: Chrome, stack: RunningStack
+) -> None:
+    person = new_person(stack, EVERY_SCOPE)
+    fresh.get(stack.fields["console"])
+    _wait(fresh).until(lambda d: d.find_elements(By.ID, "totp"))
+    fresh.find_element(By.ID, "username").send_keys(person.username)
+    fresh.find_element(By.ID, "password").send_keys(person.password)
+    fresh.find_element(By.ID, "totp").send_keys("000000")
+    fresh.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    refused = _wait(fresh).until(lambda d: d.find_elements(By.ID, "signin-error"))
+    assert refused[0].text == "Wrong user name, password or one-time code."
+    assert fresh.find_element(By.ID, "username").get_attribute("value") == person.username
+    assert fresh.find_element(By.ID, "password").get_attribute("value") == ""  # never echoed
+    _sign_in(fresh, stack, person, shot="signin")
+    assert fresh.current_url.endswith("/console/chat")
+    assert person.username in _text(fresh, "main") or person.username in fresh.page_source
+    labels = [a.text for a in fresh.find_elements(By.CSS_SELECTOR, "nav a")]
+    assert labels == [
+        "Chat", "Models", "Datasets", "Training", "Cluster", "Administration", "Audit",
+    ]  # fmt: skip
+    # the session cookie is out of scripts' reach
+    assert fresh.execute_script("return document.cookie") == ""
+
+
+def test_a_chat_answer_streams_into_the_page(fresh: Chrome, stack: RunningStack) -> None:
+    person = new_person(stack, ["inference", "models:read"])
+    _sign_in(fresh, stack, person)
+    fresh.get(stack.fields["console"] + "chat")
+    fresh.find_element(By.ID, "system").send_keys("You are a helpful assistant.")
+    max_tokens = fresh.find_element(By.ID, "max_tokens")
+    max_tokens.clear()
+    max_tokens.send_keys("40")
+    fresh.find_element(By.ID, "temperature").clear()
+    fresh.find_element(By.ID, "temperature").send_keys("0")
+    fresh.find_element(By.ID, "prompt").send_keys("Name three colours of the rainbow.")
+    # every change the page makes to the answer, as it happens
+    fresh.execute_script(
+        """window.seen = [];
+        new MutationObserver(() => {
+          const answer = document.querySelector('[data-answer]');
+          if (answer) window.seen.push(answer.textContent.length);
+        }).observe(document.getElementById('transcript'),
+                   {subtree: true, childList: true, characterData: true});"""
+    )
+    fresh.find_element(By.ID, "send").click()
+    _wait(fresh).until(
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, "[data-answer]").get_attribute("data-answer")
+            in ("done", "failed")
+        )
+    )
+    assert _text(fresh, "chat-error") == ""
+    answer = fresh.find_elements(By.CSS_SELECTOR, "[data-answer]")[-1].text
+    assert answer.strip()
+    lengths = sorted(set(fresh.execute_script("return window.seen")))
+    assert len([n for n in lengths if 0 < n < len(answer)]) >= 2, lengths  # it grew piece by piece
+    stats = _text(fresh, "chat-stats")
+    assert "completion tokens" in stats and "tokens/s" in stats and "first token after" in stats
+    screenshot(fresh, SHOTS, "chat")
+
+
+def test_a_dataset_uploads_and_a_training_job_shows_its_progress_and_chart(
+    fresh: Chrome, stack: RunningStack, tmp_path: Path
+) -> None:
+    person = new_person(stack, ["datasets", "training", "models:read"])
+    _sign_in(fresh, stack, person)
+    name = f"corpus-{uuid.uuid4().hex[:6]}"
+    lines = tmp_path / "corpus.txt"
+    lines.write_text(TEXT * 4)
+    fresh.get(stack.fields["console"] + "datasets")
+    fresh.find_element(By.ID, "f-file").send_keys(str(lines))
+    fresh.find_element(By.ID, "f-name").send_keys(name)
+    fresh.find_element(By.CSS_SELECTOR, "form[data-upload] button[type=submit]").click()
+    _wait(fresh).until(lambda d: d.current_url.endswith(f"/console/datasets/{name}"))
+    screenshot(fresh, SHOTS, "dataset")
+
+    fresh.get(stack.fields["console"] + "training")
+    form = {"name": f"poet-{uuid.uuid4().hex[:6]}", "steps": "0", "batch_size": "1",
+            "seq_len": "16", "warmup_steps": "0", "eval_every": "20",
+            "checkpoint_every": "100000", "memory_mib": "256"}  # fmt: skip
+    _fill(fresh, form)
+    Select(fresh.find_element(By.ID, "f-dataset")).select_by_visible_text(name)
+    fresh.find_element(By.CSS_SELECTOR, "#submit-job button[type=submit]").click()
+    # the scheduler refuses 0 steps and names the field: the error sits next to it
+    error = _wait(fresh).until(lambda d: d.find_elements(By.ID, "e-steps"))[0]
+    assert error.text == "must be between 1 and 10000000"  # the scheduler's own sentence
+    assert fresh.find_element(By.ID, "f-steps").get_attribute("aria-invalid") == "true"
+    assert fresh.find_element(By.ID, "f-name").get_attribute("value") == form["name"]
+    _fill(fresh, {"steps": "3000"})  # a minute or more: cancelled long before its end
+    fresh.find_element(By.CSS_SELECTOR, "#submit-job button[type=submit]").click()
+    _wait(fresh).until(lambda d: "/console/training/j" in d.current_url)
+
+    def step() -> int:
+        return int(_text(fresh, "job-step") or 0)
+
+    def chart_points() -> int:
+        script = "const c = document.getElementById('loss-chart'); return c ? c.dataset.points : 0;"
+        return int(fresh.execute_script(script) or 0)
+
+    _wait(fresh, 120).until(lambda d: step() > 0 and chart_points() > 0)
+    first_step, first_points = step(), chart_points()
+    # the page refreshes itself: later steps and a longer curve, with no reload
+    _wait(fresh, 120).until(lambda d: step() > first_step and chart_points() > first_points)
+    _wait(fresh, 120).until(lambda d: _text(d, "job-val-loss") != "-")
+    assert _text(fresh, "job-state") == "RUNNING"
+    assert float(_text(fresh, "job-loss")) > 0
+    assert _text(fresh, "job-eta") != "-"
+    assert fresh.find_elements(By.CSS_SELECTOR, "#loss-chart polyline.val")
+    screenshot(fresh, SHOTS, "training")
+    fresh.find_element(By.CSS_SELECTOR, "form[data-confirm] button").click()
+    fresh.switch_to.alert.accept()
+    _wait(fresh, 120).until(lambda d: _text(d, "job-state") == "CANCELLED")
+
+
+def _fill(driver: Chrome, values: dict[str, str]) -> None:
+    for field, value in values.items():
+        element = driver.find_element(By.ID, f"f-{field}")
+        element.clear()
+        element.send_keys(value)
+
+
+def _tenants(stack: RunningStack) -> set[str]:
+    with stack.channel() as channel:
+        listed = admin_pb2_grpc.AdminStub(channel).ListTenants(
+            admin_pb2.ListTenantsRequest(), timeout=10
+        )
+    return {t.name for t in listed.tenants}
+
+
+def test_an_admin_creates_a_tenant_and_an_api_key_that_works(
+    fresh: Chrome, stack: RunningStack
+) -> None:
+    person = new_person(stack, EVERY_SCOPE)
+    _sign_in(fresh, stack, person)
+    tenant = f"shop-{uuid.uuid4().hex[:6]}"
+    fresh.get(stack.fields["console"] + "admin")
+    form = fresh.find_element(By.ID, "create-tenant")
+    form.find_element(By.NAME, "name").send_keys(tenant)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(fresh).until(lambda d: tenant in d.find_element(By.ID, "main").text)
+    assert tenant in _tenants(stack)
+
+    fresh.get(stack.fields["console"] + "admin/api-keys")
+    form = fresh.find_element(By.ID, "create-api-key")
+    form.find_element(By.NAME, "name").send_keys("storefront")
+    tenant_field = form.find_element(By.NAME, "tenant")
+    if tenant_field.tag_name == "select":
+        Select(tenant_field).select_by_value(tenant)
+    else:
+        tenant_field.clear()
+        tenant_field.send_keys(tenant)
+    for box in form.find_elements(By.CSS_SELECTOR, "input[name=scopes]"):
+        if box.get_attribute("value") in ("inference", "models:read") and not box.is_selected():
+            box.click()
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    key = _wait(fresh).until(lambda d: d.find_elements(By.ID, "new-api-key"))[0].text.strip()
+    screenshot(fresh, SHOTS, "admin")
+    fresh.refresh()  # a secret is shown once
+    assert key not in fresh.page_source
+    request = urllib.request.Request(
+        stack.fields["openai"] + "/models", headers={"Authorization": f"Bearer {key}"}
+    )
+    trust = ssl.create_default_context(cafile=stack.fields["tls_ca"])
+    with urllib.request.urlopen(request, context=trust, timeout=30) as answer:
+        assert answer.status == 200
+        assert json.loads(answer.read())["data"]  # the key lists the models it may call
+
+
+def test_without_admin_scope_there_is_no_admin_page_and_its_url_is_refused(
+    fresh: Chrome, stack: RunningStack
+) -> None:
+    person = new_person(stack, ["inference", "models:read", "cluster:read"])
+    _sign_in(fresh, stack, person)
+    labels = [a.text for a in fresh.find_elements(By.CSS_SELECTOR, "nav a")]
+    assert labels == ["Chat", "Models", "Cluster"]
+    fresh.get(stack.fields["console"] + "admin")
+    assert "needs scope 'admin'" in _text(fresh, "main")
+    assert not fresh.find_elements(By.ID, "create-tenant")
+    screenshot(fresh, SHOTS, "refused")
+
+
+def test_a_forged_form_without_the_csrf_token_is_refused(
+    fresh: Chrome, stack: RunningStack
+) -> None:
+    person = new_person(stack, EVERY_SCOPE)
+    _sign_in(fresh, stack, person)
+    fresh.get(stack.fields["console"] + "admin")
+    action = fresh.find_element(By.ID, "create-tenant").get_attribute("action")
+    tenant = f"forged-{uuid.uuid4().hex[:6]}"
+    # the same form as the page's, as another page would build it: no CSRF token
+    fresh.execute_script(
+        """const form = document.createElement('form');
+        form.method = 'post'; form.action = arguments[0];
+        const name = document.createElement('input');
+        name.name = 'name'; name.value = arguments[1];
+        form.append(name); document.body.append(form); form.submit();""",
+        action,
+        tenant,
+    )
+    _wait(fresh).until(lambda d: "CSRF" in d.find_element(By.TAG_NAME, "body").text)
+    assert tenant not in _tenants(stack)
+    screenshot(fresh, SHOTS, "forged")
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_every_page_labels_its_controls_and_fits_the_screen(
+    stack: RunningStack, size: tuple[int, int]
+) -> None:
+    person = new_person(stack, EVERY_SCOPE)
+    pages = ["chat", "models", "datasets", "training", "cluster", "admin", "audit"]
+    unlabelled_js = """return [...document.querySelectorAll('input, select, textarea')]
+        .filter(c => c.type !== 'hidden' && c.labels.length === 0 && !c.getAttribute('aria-label'))
+        .map(c => c.name || c.id);"""
+    with chromium(size) as driver:
+        _sign_in(driver, stack, person)
+        for page in pages:
+            driver.get(stack.fields["console"] + page)
+            assert "/authorize" not in driver.current_url
+            assert driver.find_element(By.TAG_NAME, "h1").text
+            assert driver.execute_script(unlabelled_js) == [], page
+            overflow = driver.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 1, f"{page} is {overflow} px wider than the {size[0]} px screen"
+            screenshot(driver, SHOTS, f"tour-{page}" if size == DESKTOP else f"phone-{page}")
