@@ -14,6 +14,7 @@ import grpc
 import pyotp
 
 from gateway.auth.api_keys import ApiKey, ApiKeyStore
+from gateway.auth.bootstrap import BUILT_IN_CLIENTS
 from gateway.auth.identities import Client, IdentityStore, Limits, Tenant, User
 from gateway.auth.keys import Keyring
 from gateway.auth.principal import call_record, caller
@@ -186,6 +187,11 @@ class AdminServicer(BlocklistAdmin, admin_pb2_grpc.AdminServicer):  # type: igno
         caller().require_tenant(client.tenant, f"client {client.client_id!r}")
         if client.client_id == caller().client_id:
             raise FailedPrecondition("a client cannot delete itself")
+        if client.client_id in BUILT_IN_CLIENTS:
+            raise FailedPrecondition(
+                f"client {client.client_id!r} is built in: the command line and the web "
+                "console sign people in through it"
+            )
         await self._run(self._store.delete_client, client.client_id)
         return admin_pb2.DeleteClientResponse()
 

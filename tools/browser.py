@@ -1,7 +1,7 @@
 """A real browser for the console's tests: Debian's Chromium, headless, driven by
-Selenium through Debian's chromedriver (both installed when missing). It accepts the dev
-stack's certificate (from the launcher's own local CA) as a person would after trusting
-that CA once."""
+Selenium through Debian's chromedriver (both installed when missing). It accepts any
+certificate (`acceptInsecureCerts`): the stacks under test serve one from their own
+throwaway CA, which a person would trust once; this browser visits nothing else."""
 
 from __future__ import annotations
 

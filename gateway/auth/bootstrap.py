@@ -26,10 +26,20 @@ CONSOLE_CLIENT_ID = "llmos-console"
 CONSOLE_CALLBACK_PATH = "/console/callback"
 
 
+#: clients people sign in through, which no admin may delete
+BUILT_IN_CLIENTS = frozenset({CLI_CLIENT_ID, CONSOLE_CLIENT_ID})
+
+
 def ensure_console_client(store: IdentityStore) -> None:
-    """The console's client, created once per identity store."""
+    """The console's client, created once per identity store, and kept allowed every
+    scope the system defines (a person's token still carries only their own)."""
     store.ensure_tenant(SYSTEM_TENANT, Limits())
-    with contextlib.suppress(AlreadyExists):
+    existing = store.find_client(CONSOLE_CLIENT_ID)
+    if existing is not None:
+        if set(existing.scopes) != set(SCOPES):
+            store.set_client_scopes(CONSOLE_CLIENT_ID, list(SCOPES))
+        return
+    with contextlib.suppress(AlreadyExists):  # another replica created it meanwhile
         store.create_client(
             SYSTEM_TENANT,
             "web console (people sign in with password + TOTP)",

@@ -15,7 +15,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -66,15 +66,14 @@ class OAuthHttp:
         self.detector = detector
         self._hashing = asyncio.Semaphore(detector.policy.signin_concurrency)
 
-    @contextlib.asynccontextmanager
-    async def hashing_turn(self) -> AsyncIterator[None]:
-        """A turn to verify a password (`TimeoutError` if none comes in time): the same
-        bounded queue as the token endpoint's, so the sign-in page cannot starve it."""
+    async def take_turn(self) -> None:
+        """Wait for a turn to verify a secret; `TimeoutError` after HASHING_WAIT_S (a
+        queue of requests waiting to hash must not grow without bound). Whoever takes
+        a turn gives it back with `end_turn` once its hashing thread has finished."""
         await asyncio.wait_for(self._hashing.acquire(), HASHING_WAIT_S)
-        try:
-            yield
-        finally:
-            self._hashing.release()
+
+    def end_turn(self) -> None:
+        self._hashing.release()
 
     def add_routes(self, app: web.Application) -> None:
         metadata = self._metadata
@@ -118,8 +117,8 @@ class OAuthHttp:
                 form=form,
                 remote=address,
             )
-            try:  # a queue of requests waiting to hash must not grow without bound
-                await asyncio.wait_for(self._hashing.acquire(), HASHING_WAIT_S)
+            try:
+                await self.take_turn()
             except TimeoutError:
                 busy = "the sign-in service is busy; retry in a few seconds"
                 return _refusal(503, "temporarily_unavailable", busy, 5)
@@ -144,7 +143,7 @@ class OAuthHttp:
         try:
             status, body, headers = await asyncio.to_thread(endpoint, call)
         finally:
-            self._hashing.release()
+            self.end_turn()
         self.record(action, request, form, status, body, time.monotonic() - started)
         if status >= 400:
             signal = (

@@ -82,7 +82,10 @@ class SignInPage:
 
     async def _submit(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
-        if request.content_length is None or request.content_length > MAX_BODY_BYTES:
+        if request.content_length is None:
+            why = "Send the form with a Content-Length."
+            return page("signin_refused.html", status=411, reason=why)
+        if request.content_length > MAX_BODY_BYTES:
             return page("signin_refused.html", status=413, reason="The form is too large.")
         form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
         params = _parameters(form)
@@ -92,23 +95,43 @@ class SignInPage:
             why = "This sign-in form expired or was not sent by this page. Open it again."
             self._oauth.record(ACTION, request, audited, 403, {"error": "csrf"}, 0.0)
             return page("signin_refused.html", status=403, reason=why)
-        call = self._call(request, params)
-        username = form.get("username", "")
         try:
-            await self._oauth.detector.firewall.check(user_target(username[:128]))
-            async with self._oauth.hashing_turn():
-                user = await asyncio.to_thread(self._login, call, form)
+            await self._oauth.detector.firewall.check(user_target(form.get("username", "")[:128]))
         except Blocked as exc:
             return page("signin_refused.html", status=403, reason=str(exc))
+        try:
+            await self._oauth.take_turn()
         except TimeoutError:
             busy = "The sign-in service is busy; try again in a few seconds."
             return self._form(params, form, busy, 503)
+        # shielded, as the token endpoint's: a guesser who hangs up mid-hash does not
+        # skip the audit record or intrusion detection, nor free a turn still hashing
+        settled = self._settle(request, params, form, audited, started)
+        return await asyncio.shield(settled)
+
+    async def _settle(
+        self,
+        request: web.Request,
+        params: dict[str, str],
+        form: dict[str, str],
+        audited: dict[str, str],
+        started: float,
+    ) -> web.StreamResponse:
+        """Check the person (the turn to hash is held), audit, count a failure, answer."""
+        call = self._call(request, params)
+        failure: OAuth2Error | None = None
+        try:
+            user = await asyncio.to_thread(self._login, call, form)
         except OAuth2Error as exc:
+            failure = exc
+        finally:
+            self._oauth.end_turn()
+        if failure is not None:
             elapsed = time.monotonic() - started
-            body = {"error": exc.error, "error_description": exc.description}
-            self._oauth.record(ACTION, request, audited, exc.status_code, body, elapsed)
+            body = {"error": failure.error, "error_description": failure.description}
+            self._oauth.record(ACTION, request, audited, failure.status_code, body, elapsed)
             await self._observe(Signal.SIGNIN_FAILED, request)
-            return self._form(params, form, _sentence(exc), exc.status_code)
+            return self._form(params, form, _sentence(failure), failure.status_code)
         try:
             status, _, headers = await asyncio.to_thread(self._oauth.server.authorize, call, user)
         except OAuth2Error as exc:

@@ -12,12 +12,12 @@ refused blocked addresses before any of this runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
-from gateway.console.sessions import ConsoleSession, Sessions
+from gateway.console.sessions import ConsoleSession, Sessions, SignInStates
 from gateway.console.signin import ConsoleOAuth, SignInFailed
 from gateway.console.view import NAVIGATION, Api, View
 from gateway.openai.errors import failure_of
@@ -47,6 +47,7 @@ class Console:
         self._api = api
         self._secure = secure
         self.sessions = Sessions()
+        self._states = SignInStates()
         self._session_cookie = cookie_name("llmos_console", secure)
         self._state_cookie = cookie_name("llmos_console_state", secure)
         self._pages: list[tuple[str, str, str, PageHandler]] = []
@@ -82,7 +83,7 @@ class Console:
         return view.render("nothing.html")
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
-        pending = self.sessions.begin(_local_path(request.query.get("next", "")))
+        pending = self._states.issue(_local_path(request.query.get("next", "")))
         response = web.HTTPFound(self._oauth.authorization_url(pending))
         response.set_cookie(
             self._state_cookie,
@@ -96,23 +97,23 @@ class Console:
         return response
 
     async def _callback(self, request: web.Request) -> web.StreamResponse:
-        """The code comes back: it must answer this browser's own pending sign-in (the
-        state cookie), or anyone could log a victim in as themselves."""
+        """The code comes back: it must answer this browser's own sign-in (the state
+        cookie), or anyone could log a victim in as themselves. Nothing the query says
+        is shown before that holds (no one else's text on this origin's pages)."""
         state = request.query.get("state", "")
-        if request.query.get("error"):
-            reason = request.query.get("error_description") or request.query["error"]
-            return page("signin_refused.html", status=400, reason=reason)
         if not same_token(state, request.cookies.get(self._state_cookie, "")):
             why = "This sign-in was not started in this browser. Start again."
             return page("signin_refused.html", status=400, reason=why)
-        pending = self.sessions.complete(state)
+        pending = self._states.check(state)
         if pending is None:
             return page("signin_refused.html", status=400, reason="This sign-in has expired.")
+        if "error" in request.query:
+            return page("signin_refused.html", status=400, reason=_refusal_of(request.query))
         try:
             tokens = await self._oauth.exchange(request.query.get("code", ""), pending, request)
         except SignInFailed as exc:
             return page("signin_refused.html", status=400, reason=str(exc))
-        session = self.sessions.start(tokens, pending.next_path)
+        session = self.sessions.start(tokens)
         log.info("console sign-in", extra={"principal": tokens.username, "tenant": tokens.tenant})
         response = web.HTTPFound(pending.next_path)
         response.del_cookie(self._state_cookie, path="/")
@@ -140,12 +141,16 @@ class Console:
         return response
 
     def _session_of(self, request: web.Request) -> ConsoleSession | None:
-        return self.sessions.find(request.cookies.get(self._session_cookie, ""))
+        """The request's session; a page's own refresh does not count as use."""
+        polling = request.headers.get(REFRESH_HEADER) == "1"
+        return self.sessions.find(request.cookies.get(self._session_cookie, ""), not polling)
 
     def _to_signin(self, request: web.Request, next_path: str) -> web.StreamResponse:
+        """To the sign-in page, then back to `next_path`; a script's request (or a form's)
+        gets 401 instead: only a person's navigation starts a sign-in."""
         if request.method not in SAFE_METHODS or request.headers.get(CSRF_HEADER):
             return page("signin_refused.html", status=401, reason=_SIGNED_OUT)
-        raise web.HTTPFound(f"/console/login?next={next_path}")
+        raise web.HTTPFound("/console/login?" + urlencode({"next": next_path}))
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -160,9 +165,9 @@ class Console:
                 refused = await self._check_forgery(request, session)
                 if refused is not None:
                     return refused
-            view = View(request, session, self._api)
+            view = View(request, session, self._api, lambda: self._oauth.fresh(session, request))
             try:
-                await self._oauth.fresh(session, request)
+                await view.renew()
             except SignInFailed:
                 self.sessions.end(session.session_id)
                 return self._to_signin(request, request.path_qs)
@@ -171,7 +176,7 @@ class Console:
                 return view.render("refused.html", status=403, reason=why)
             try:
                 return await handler(view)
-            except Unauthenticated:
+            except (Unauthenticated, SignInFailed):
                 self.sessions.end(session.session_id)
                 return self._to_signin(request, request.path_qs)
             except PermissionDenied as exc:
@@ -192,7 +197,10 @@ class Console:
             return page("signin_refused.html", status=403, reason=_FORGED)
         presented = request.headers.get(CSRF_HEADER)
         if presented is None and request.content_type in _FORM_TYPES:
-            if (request.content_length or 0) > MAX_FORM_BYTES:
+            if request.content_length is None:
+                why = "Send the form with a Content-Length."
+                return page("signin_refused.html", status=411, reason=why)
+            if request.content_length > MAX_FORM_BYTES:
                 return page("signin_refused.html", status=413, reason="The form is too large.")
             presented = str((await request.post()).get(CSRF_FIELD, ""))
         if not same_token(presented, session.csrf):
@@ -201,9 +209,25 @@ class Console:
         return None
 
 
+#: the header the pages' own refreshes send (they do not keep a session alive)
+REFRESH_HEADER = "X-Console-Refresh"
+#: what the authorization server's error codes mean to a person (RFC 6749 4.1.2.1)
+_REFUSALS = {
+    "access_denied": "The sign-in was refused.",
+    "invalid_request": "The sign-in request was not valid. Start again.",
+    "invalid_scope": "The sign-in asked for scopes this system does not have.",
+    "unauthorized_client": "The console may not sign people in here.",
+    "server_error": "The sign-in service failed. Try again.",
+    "temporarily_unavailable": "The sign-in service is busy. Try again in a minute.",
+}
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _FORGED = "This form was not sent by this console (its CSRF token is missing or wrong)."
 _SIGNED_OUT = "Your console session has ended. Sign in again."
+
+
+def _refusal_of(query: Mapping[str, str]) -> str:
+    """The sentence for an authorization error: ours, never the query's own text."""
+    return _REFUSALS.get(query.get("error", ""), "The sign-in did not complete. Start again.")
 
 
 def _local_path(path: str) -> str:

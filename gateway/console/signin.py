@@ -25,7 +25,7 @@ from gateway.auth.scopes import SCOPES
 from gateway.auth.tokens import minted_claims
 from gateway.console.sessions import ConsoleSession, PendingSignIn, Tokens
 
-#: tokens are refreshed when they have less than this left
+#: tokens are refreshed when they have less than this left (or half their life)
 REFRESH_AHEAD_S = 60.0
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -46,7 +46,6 @@ class ConsoleOAuth:
     def __init__(self, oauth: OAuthHttp) -> None:
         self._oauth = oauth
         self._server = oauth.server
-        self._refreshing: dict[str, asyncio.Lock] = {}
 
     @property
     def issuer(self) -> str:
@@ -84,27 +83,30 @@ class ConsoleOAuth:
 
     async def fresh(self, session: ConsoleSession, request: web.Request) -> None:
         """Refresh the session's tokens if they expire soon (`SignInFailed` if the
-        sign-in was revoked or has run out); one refresh per session at a time."""
-        if session.tokens.expires_at - time.time() > REFRESH_AHEAD_S:
+        sign-in was revoked or has run out). One refresh per session runs at a time,
+        shielded: a request that is cancelled while it runs (a page left, a poll
+        aborted) must not leave the session holding a refresh token already spent,
+        which the next refresh would present as a replay and so end the sign-in."""
+        if not _expiring(session.tokens):
             return
-        lock = self._refreshing.setdefault(session.session_id, asyncio.Lock())
-        try:
-            async with lock:
-                if session.tokens.expires_at - time.time() > REFRESH_AHEAD_S:
-                    return  # another request refreshed them while this one waited
-                form = {
-                    "grant_type": "refresh_token",
-                    "refresh_token": session.tokens.refresh_token,
-                    "client_id": CONSOLE_CLIENT_ID,
-                }
-                session.tokens = await self._token(form, request, session.tokens.username)
-        finally:
-            if not lock.locked():
-                self._refreshing.pop(session.session_id, None)
+        if session.renewing is None or session.renewing.done():
+            session.renewing = asyncio.ensure_future(self._renew(session, request))
+        await asyncio.shield(session.renewing)
+
+    async def _renew(self, session: ConsoleSession, request: web.Request) -> None:
+        if not _expiring(session.tokens):
+            return  # renewed by the refresh that ran just before this one
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": session.tokens.refresh_token,
+            "client_id": CONSOLE_CLIENT_ID,
+        }
+        session.tokens = await self._token(form, request, session.tokens.username)
 
     async def revoke(self, session: ConsoleSession, request: web.Request) -> None:
         """End the sign-in: revoking its refresh token ends its whole chain, the access
-        token included."""
+        token included. The audit record says OK only if the chain was live before and
+        is gone after (RFC 7009 answers 200 whatever the token was)."""
         form = {
             "token": session.tokens.refresh_token,
             "token_type_hint": "refresh_token",
@@ -112,7 +114,18 @@ class ConsoleOAuth:
         }
         call = HttpCall("POST", f"{self.issuer}/revoke", FORM, form, client_of(request))
         started = time.monotonic()
-        status, body, _ = await asyncio.to_thread(self._server.revoke, call)
+        raw = session.tokens.refresh_token
+
+        def revoke() -> tuple[int, dict[str, object]]:
+            live = self._server.tokens.find(raw, "refresh_token") is not None
+            status, body, _ = self._server.revoke(call)
+            gone = self._server.tokens.find(raw, "refresh_token") is None
+            if status == 200 and not (live and gone):
+                why = "the sign-in had ended already" if not live else "it is still live"
+                return 409, {"error": "not_revoked", "error_description": why}
+            return status, body
+
+        status, body = await asyncio.shield(asyncio.to_thread(revoke))
         audited = {"client_id": CONSOLE_CLIENT_ID, "username": session.tokens.username}
         self._oauth.record("oauth.revoke", request, audited, status, body, _since(started))
 
@@ -135,7 +148,14 @@ class ConsoleOAuth:
             username=str(claims["sub"]),
             tenant=str(claims["tenant"]),
             scopes=frozenset(str(claims["scope"]).split()),
+            lifetime_s=float(claims["exp"]) - float(claims["iat"]),
         )
+
+
+def _expiring(tokens: Tokens) -> bool:
+    """Whether to refresh now: within a minute of expiry, or half the token's life for
+    short-lived tokens (so a 30 s token is not refreshed at every request)."""
+    return tokens.expires_at - time.time() <= min(REFRESH_AHEAD_S, tokens.lifetime_s / 2)
 
 
 def _since(started: float) -> float:

@@ -10,7 +10,7 @@ links to pages whose calls would be refused."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ NAVIGATION = (
 
 #: request headers that never reach the API: the browser's cookies, and any credential
 #: other than the session's own
-_DROPPED = frozenset({"authorization", "cookie", "x-api-key"})
+DROPPED_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
 
 
 class SessionCallContext(HttpCallContext):
@@ -70,7 +70,7 @@ class SessionCallContext(HttpCallContext):
         self._deadline = time.monotonic() + timeout_s if timeout_s else None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        kept = tuple((k, v) for k, v in super().invocation_metadata() if k not in _DROPPED)
+        kept = tuple((k, v) for k, v in super().invocation_metadata() if k not in DROPPED_HEADERS)
         return (
             *kept,
             ("authorization", f"Bearer {self._bearer}"),
@@ -112,6 +112,10 @@ class Api:
             request_id_var.reset(token)
 
 
+async def _as_they_are() -> None:
+    """Tokens left as they are (a view whose session needs no refreshing)."""
+
+
 @dataclass
 class View:
     """A console request with a live session."""
@@ -119,9 +123,13 @@ class View:
     request: web.Request
     session: ConsoleSession
     api: Api
+    #: refreshes the session's tokens if they expire soon: before every call, since a
+    #: long handler (an upload, an export) may outlive the token it started with
+    renew: Callable[[], Awaitable[None]] = _as_they_are
 
     async def call(self, rpc: str, message: Any, timeout_s: float | None = None) -> Any:
         """One call of the public API as the signed-in person."""
+        await self.renew()
         return await self.api.call(self.request, self.session, rpc, message, timeout_s)
 
     def may(self, scope: str) -> bool:

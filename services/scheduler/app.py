@@ -118,6 +118,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[m
         jobs, token = await self._jobs.list(
             request.tenant, request.states, request.page_size, request.page_token
         )
+        for job in jobs:  # a listing is polled; each job's loss curve is GetJob's
+            job.ClearField("history")
         return scheduler_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     async def CancelJob(

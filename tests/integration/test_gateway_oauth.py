@@ -392,6 +392,21 @@ async def test_allowed_calls_are_audited_with_who_what_and_how(
     assert issued.resource == "grant/client_credentials"
 
 
+def test_the_clients_people_sign_in_through_cannot_be_deleted(gw: GatewayProcess) -> None:
+    with grpc.insecure_channel(gw.address) as channel:
+        admin = _admin(gw, channel)
+        system = bearer(gw.admin_token())
+        for client_id in ("llmos-cli", "llmos-console"):
+            with pytest.raises(grpc.RpcError) as refused:
+                admin.DeleteClient(
+                    admin_pb2.DeleteClientRequest(client_id=client_id), metadata=system
+                )
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "is built in" in (refused.value.details() or "")
+        listed = admin.ListClients(admin_pb2.ListClientsRequest(tenant="system"), metadata=system)
+        assert {"llmos-cli", "llmos-console"} <= {c.client_id for c in listed.clients}
+
+
 def test_bad_admin_input_names_the_field(gw: GatewayProcess) -> None:
     with grpc.insecure_channel(gw.address) as channel:
         admin = _admin(gw, channel)

@@ -1,17 +1,26 @@
-"""The console's pure parts: sessions and pending sign-ins, PKCE challenges, API
+"""The console's pure parts: sessions and signed sign-in states, PKCE challenges, API
 errors placed on form fields, the training form, loss curves and their history."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 
 import pytest
 
+from gateway.console.app import _local_path, _refusal_of
 from gateway.console.charts import loss_chart
 from gateway.console.forms import field_errors
 from gateway.console.pages.training import submission
-from gateway.console.sessions import IDLE_S, PENDING_TTL_S, Sessions, Tokens
+from gateway.console.sessions import (
+    IDLE_S,
+    MAX_AGE_S,
+    PENDING_TTL_S,
+    Sessions,
+    SignInStates,
+    Tokens,
+)
 from gateway.console.signin import challenge_of
 from llmos.errors import InvalidArgument
 from llmos.v1 import common_pb2
@@ -30,31 +39,71 @@ def _tokens() -> Tokens:
     return Tokens("a", "r", 2000.0, "ada", "system", frozenset({"inference"}))
 
 
-def test_a_pending_sign_in_completes_once_and_not_after_it_expires() -> None:
+def test_a_sign_in_state_is_checked_by_its_signature_and_age() -> None:
     clock = Clock()
-    sessions = Sessions(clock)
-    first = sessions.begin("/console/training")
-    assert sessions.complete(first.state) == first
-    assert sessions.complete(first.state) is None  # a state works once
-    late = sessions.begin("/console/")
+    states = SignInStates(b"k" * 32, clock)
+    issued = states.issue("/console/training")
+    assert states.check(issued.state) == issued  # no memory needed: the state says it all
+    assert len(issued.verifier) == 43  # RFC 7636's minimum, 256 bits
+    body, _, signature = issued.state.partition(".")
+    forged = states.issue("https://evil.example/").state.partition(".")[0]
+    assert states.check(f"{forged}.{signature}") is None  # another body, the old signature
+    assert states.check(body) is None and states.check("") is None
+    assert SignInStates(b"x" * 32, clock).check(issued.state) is None  # another process
+    other = states.issue("/console/")
+    assert other.state != issued.state and other.verifier != issued.verifier
     clock.now += PENDING_TTL_S + 1
-    assert sessions.complete(late.state) is None
-    assert first.verifier != late.verifier and len(first.verifier) >= 43  # RFC 7636 minimum
+    assert states.check(issued.state) is None
 
 
-def test_a_session_is_found_by_its_id_until_idle_too_long_or_ended() -> None:
+def test_a_session_is_found_by_its_id_until_idle_too_old_or_ended() -> None:
     clock = Clock()
     sessions = Sessions(clock)
-    session = sessions.start(_tokens(), "/console/")
+    session = sessions.start(_tokens())
     assert sessions.find(session.session_id) is session
     assert sessions.find("") is None and sessions.find("guess") is None
-    clock.now += IDLE_S - 1
-    assert sessions.find(session.session_id) is session  # use keeps it alive
-    clock.now += IDLE_S + 1
-    assert sessions.find(session.session_id) is None
-    other = sessions.start(_tokens(), "/console/")
+    clock.now += 3600
+    assert sessions.find(session.session_id) is session  # used an hour after sign-in
+    clock.now += IDLE_S / 2
+    assert sessions.find(session.session_id, touch=False) is session  # a page's own refresh
+    clock.now += IDLE_S / 2 + 1
+    assert sessions.find(session.session_id) is None  # ... did not count as use
+    busy = sessions.start(_tokens())
+    for _ in range(int(MAX_AGE_S // IDLE_S) + 1):
+        clock.now += IDLE_S - 1
+        found = sessions.find(busy.session_id)
+    assert found is None  # in use all along, but signed in too long ago
+    other = sessions.start(_tokens())
     assert other.csrf != other.session_id
     assert sessions.end(other.session_id) is other and sessions.find(other.session_id) is None
+
+
+def test_a_page_takes_only_its_own_flash_and_only_once() -> None:
+    session = Sessions(Clock()).start(_tokens())
+    session.flash.update({"models.ok": "deployed", "admin.secret": "s3cret", "audit.verify": "x"})
+    assert session.take_flash("models") == {"ok": "deployed"}
+    assert session.take_flash("models") == {}
+    assert set(session.flash) == {"admin.secret", "audit.verify"}
+
+
+@pytest.mark.parametrize(
+    ("asked", "returns_to"),
+    [
+        ("/console/audit?principal=a&action=b", "/console/audit?principal=a&action=b"),
+        ("https://evil.example/console/", "/console/"),
+        ("//evil.example/console/", "/console/"),
+        ("/authorize?x=1", "/console/"),
+        ("", "/console/"),
+    ],
+)
+def test_sign_in_returns_only_to_a_console_page(asked: str, returns_to: str) -> None:
+    assert _local_path(asked) == returns_to
+
+
+def test_an_authorization_error_is_told_in_our_words_never_the_querys() -> None:
+    said = _refusal_of({"error": "access_denied", "error_description": "Call +1 555 0100"})
+    assert said == "The sign-in was refused." and "555" not in said
+    assert "did not complete" in _refusal_of({"error": "<script>"})
 
 
 def test_the_pkce_challenge_is_rfc_7636s_s256_of_the_verifier() -> None:
@@ -111,14 +160,18 @@ def test_a_resumed_attempt_replaces_the_curve_after_its_checkpoint() -> None:
     assert resumed[-1].loss == 4.0
 
 
-def test_a_long_run_keeps_a_bounded_curve_from_start_to_latest() -> None:
+@pytest.mark.parametrize("every", [1, 53])
+def test_a_long_run_keeps_a_bounded_curve_covering_it_evenly(every: int) -> None:
     history: list[common_pb2.TrainingProgress] = []
-    for step in range(1, 5001):
+    last = 20_000
+    for step in range(every, last + 1, every):  # a report every `every` steps
         history = extended(history, _point(step, 1.0))
-    assert len(history) <= MAX_POINTS
-    assert history[0].step == 1 and history[-1].step == 5000
     steps = [p.step for p in history]
-    assert steps == sorted(steps)
+    assert len(steps) <= MAX_POINTS + 1
+    assert steps == sorted(steps) and steps[-1] == last - last % every
+    assert steps[0] <= 4 * last / MAX_POINTS  # the start of the run is still there
+    widest = max(b - a for a, b in itertools.pairwise(steps))
+    assert widest <= 4 * last / MAX_POINTS + every, widest  # no stretch left out
 
 
 def test_the_loss_chart_draws_both_curves_within_its_frame() -> None:

@@ -116,7 +116,7 @@ def test_lineage_links_the_parent_version_the_training_job_and_the_dataset() -> 
             "source_file": "x.gguf",
         },
     )
-    facts = [(f.label, f.text, f.href) for f in lineage_facts(version)]
+    facts = [(f.label, f.text, f.href) for f in lineage_facts(version, version.tenant)]
     assert facts == [
         ("Derived from", "base@4", "/console/models/base?version=4"),
         ("Training job", "job-123", "/console/training/job-123"),
@@ -124,9 +124,12 @@ def test_lineage_links_the_parent_version_the_training_job_and_the_dataset() -> 
         ("Training settings", "learning_rate=0.001, steps=100", ""),
         ("Source file", "x.gguf", ""),
     ]
-    plain = lineage_facts(_version("zeta", 1, lineage={"parent": "base"}))
+    plain = lineage_facts(_version("zeta", 1, lineage={"parent": "base"}), "lab")
     assert [(f.text, f.href) for f in plain] == [("base", "/console/models/base")]
-    assert lineage_facts(_version("zeta", 1)) == []
+    assert lineage_facts(_version("zeta", 1), "lab") == []
+    # another tenant's model (shared by the system tenant): named, never linked
+    shared = lineage_facts(version, "someone-else")
+    assert [f.href for f in shared] == ["", "", "", "", ""]
 
 
 def test_metadata_reads_in_words_known_keys_first() -> None:
@@ -207,7 +210,7 @@ def test_a_model_page_shows_lineage_links_and_no_deploy_form_for_a_shared_model(
             served="no",
             mine=False,
             metadata=metadata_facts(version),
-            lineage=lineage_facts(version),
+            lineage=lineage_facts(version, version.tenant),
             files=[("config.json", "a" * 64)],
             may_deploy=False,
             values={"model": "zeta", "version": "2"},

@@ -111,9 +111,9 @@ class Paging:
     def from_query(cls, query: Mapping[str, str]) -> Paging:
         """The page a query string names; anything malformed means the first page."""
         token = query.get("page", "")
-        if not _TOKEN.match(token):
+        if not _TOKEN.fullmatch(token):
             return cls()
-        back = tuple(t for t in query.get("back", "").split(",") if t == "" or _TOKEN.match(t))
+        back = tuple(t for t in query.get("back", "").split(",") if t == "" or _TOKEN.fullmatch(t))
         try:
             number = max(int(query.get("n", "")), 2)
         except ValueError:

@@ -12,9 +12,8 @@ from multidict import CIMultiDict
 
 from gateway.auth.scopes import INFERENCE, MODELS_READ
 from gateway.console.app import Console
-from gateway.console.view import View
+from gateway.console.view import DROPPED_HEADERS, View
 from gateway.openai.http import OpenAIHttp
-from llmos.errors import PermissionDenied
 from llmos.v1 import gateway_pb2
 
 
@@ -30,15 +29,10 @@ def register(console: Console, openai: OpenAIHttp) -> None:
         """The browser's JSON request, answered by the OpenAI-compatible endpoint as the
         signed-in person (their cookies stay behind)."""
         headers = CIMultiDict(
-            (k, v) for k, v in view.request.headers.items() if k.lower() not in _DROPPED
+            (k, v) for k, v in view.request.headers.items() if k.lower() not in DROPPED_HEADERS
         )
         headers["Authorization"] = f"Bearer {view.session.tokens.access_token}"
-        if not view.may(INFERENCE):
-            raise PermissionDenied("chat needs scope 'inference'")
         return await openai.chat(view.request.clone(headers=headers))
 
     console.page("GET", "/console/chat", INFERENCE, show)
     console.page("POST", "/console/chat/completions", INFERENCE, complete)
-
-
-_DROPPED = frozenset({"cookie", "authorization", "x-api-key"})

@@ -10,6 +10,7 @@ stored, so a taken or malformed name does not cost the person a whole upload."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -19,17 +20,28 @@ from gateway.auth.scopes import DATASETS
 from gateway.console.app import Console
 from gateway.console.pages.dataset_upload import (
     BodyReplay,
+    Call,
     upload_body,
     upload_query,
     upload_refusal,
 )
 from gateway.console.view import View
 from gateway.web.security import PAGE_HEADERS
-from llmos.errors import InvalidArgument, LLMOSError, NotFound, Unauthenticated
+from llmos.errors import (
+    InvalidArgument,
+    LLMOSError,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from llmos.v1 import storage_pb2
 
 #: how long one upload stream may take (a broken one is resumed: dataset_upload.py)
 UPLOAD_S = 3600.0
+#: uploads at once, per session and in all: each holds up to KEEP bytes of its file
+MAX_UPLOADS = 4
+_uploads = asyncio.Semaphore(MAX_UPLOADS)
+UPLOADING = "datasets.uploading"
 
 
 def dataset_facts(dataset: storage_pb2.Dataset) -> dict[str, Any]:
@@ -60,12 +72,6 @@ def declared_size(content_length: int | None) -> int:
     return content_length
 
 
-def _take_flash(view: View) -> dict[str, str]:
-    flash = dict(view.session.flash)
-    view.session.flash.clear()
-    return flash
-
-
 async def _check_name_free(view: View, name: str) -> None:
     """Refuse a name the dataset could not be created under, before the upload."""
     if not name:
@@ -90,18 +96,22 @@ def register(console: Console) -> None:
     async def show(view: View) -> web.StreamResponse:
         listed = await view.call("Storage/ListDatasets", storage_pb2.ListDatasetsRequest())
         return view.render(
-            "datasets.html", rows=dataset_rows(list(listed.datasets)), flash=_take_flash(view)
+            "datasets.html",
+            rows=dataset_rows(list(listed.datasets)),
+            flash=view.session.take_flash("datasets"),
         )
 
     async def show_one(view: View) -> web.StreamResponse:
         request = storage_pb2.GetDatasetRequest(name=view.request.match_info["name"])
         found = await view.call("Storage/GetDataset", request)
-        return view.render("dataset.html", dataset=dataset_facts(found), flash=_take_flash(view))
+        return view.render(
+            "dataset.html", dataset=dataset_facts(found), flash=view.session.take_flash("datasets")
+        )
 
     async def delete(view: View) -> web.StreamResponse:
         request = storage_pb2.GetDatasetRequest(name=view.request.match_info["name"])
         gone = await view.call("Storage/DeleteDataset", request)
-        view.session.flash["ok"] = f"Dataset {gone.name} is deleted, and its data with it."
+        view.session.flash["datasets.ok"] = f"Dataset {gone.name} is deleted, and its data with it."
         raise web.HTTPFound("/console/datasets")
 
     async def upload(view: View) -> web.StreamResponse:
@@ -110,6 +120,22 @@ def register(console: Console) -> None:
             return await view.call(rpc, message, UPLOAD_S)
 
         name, description = upload_query(view.request.query)
+        if view.session.memo.get(UPLOADING) or _uploads.locked():
+            busy = ResourceExhausted(
+                "another upload is under way; send this file when it has finished", 10
+            )
+            status, answer = upload_refusal(busy)
+            return web.json_response(answer, status=status, headers=PAGE_HEADERS)
+        view.session.memo[UPLOADING] = True
+        try:
+            async with _uploads:
+                return await _upload(view, upload_call, name, description)
+        finally:
+            view.session.memo.pop(UPLOADING, None)
+
+    async def _upload(
+        view: View, upload_call: Call, name: str, description: str
+    ) -> web.StreamResponse:
         try:
             size = declared_size(view.request.content_length)
             await _check_name_free(view, name)
@@ -128,7 +154,7 @@ def register(console: Console) -> None:
         except LLMOSError as exc:
             status, answer = upload_refusal(exc)
             return web.json_response(answer, status=status, headers=PAGE_HEADERS)
-        view.session.flash["ok"] = (
+        view.session.flash["datasets.ok"] = (
             f"Dataset {made.name} is uploaded: {made.records:,} records, {made.size:,} bytes."
         )
         location = f"/console/datasets/{made.name}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -201,23 +202,32 @@ def metadata_facts(version: storage_pb2.ModelVersion) -> list[Fact]:
     return [Fact(_label(key), _text(metadata[key])) for key in known + others]
 
 
-def lineage_facts(version: storage_pb2.ModelVersion) -> list[Fact]:
+def lineage_facts(version: storage_pb2.ModelVersion, viewer_tenant: str) -> list[Fact]:
     """Where a version came from: the version it derives from, the training job and the
-    dataset that made it, and the job's settings; each linked to its page if it has one."""
+    dataset that made it, and the job's settings. Each is linked to its page only for a
+    version of the viewer's own tenant: the console's pages show the viewer's tenant, so
+    a shared model's job or dataset name would open another object, or a refusal."""
     lineage = MessageToDict(version.lineage)
+    own = version.tenant == viewer_tenant
+
+    def link(path: str, name: str) -> str:
+        return f"/console/{path}/{quote(name, safe='')}" if own else ""
+
     facts = []
     parent = lineage.pop("parent", None)
     if parent:
         name, _, number = str(parent).partition("@")
-        href = f"/console/models/{name}" + (f"?version={number}" if number.isdigit() else "")
+        href = link("models", name)
+        if href and number.isdigit():
+            href += f"?version={number}"
         facts.append(Fact("Derived from", str(parent), href))
     job = lineage.pop("job", None)
     if job:
-        facts.append(Fact("Training job", str(job), f"/console/training/{job}"))
+        facts.append(Fact("Training job", str(job), link("training", str(job))))
     dataset = lineage.pop("dataset", None)
     if isinstance(dataset, dict) and dataset.get("name"):
         text = f"{dataset['name']} (sha256 {str(dataset.get('sha256', ''))[:12]})"
-        facts.append(Fact("Dataset", text, f"/console/datasets/{dataset['name']}"))
+        facts.append(Fact("Dataset", text, link("datasets", str(dataset["name"]))))
     elif dataset:
         facts.append(Fact("Dataset", _text(dataset)))
     config = lineage.pop("config", None)

@@ -43,13 +43,6 @@ async def _served(view: View) -> gateway_pb2.ListModelsResponse:
     return reply
 
 
-def _take_flash(view: View) -> dict[str, str]:
-    """The outcome of the request before the redirect, shown once."""
-    flash = dict(view.session.flash)
-    view.session.flash.clear()
-    return flash
-
-
 async def _index(
     view: View, values: Mapping[str, str], errors: FieldErrors, status: int = 200
 ) -> web.Response:
@@ -63,7 +56,7 @@ async def _index(
         may_deploy=view.may(MODELS_WRITE),
         values=values,
         errors=errors,
-        flash=_take_flash(view),
+        flash=view.session.take_flash("models"),
     )
 
 
@@ -105,12 +98,12 @@ async def _detail(
         served=served_text(version_served(version, served)),
         mine=version.tenant == tenant,
         metadata=metadata_facts(version),
-        lineage=lineage_facts(version),
+        lineage=lineage_facts(version, tenant),
         files=[(path, sha256) for path, sha256 in sorted(version.files.items())],
         may_deploy=view.may(MODELS_WRITE) and version.tenant == tenant,
         values={"model": name, "version": str(version.version), **values},
         errors=errors,
-        flash=_take_flash(view),
+        flash=view.session.take_flash("models"),
     )
 
 
@@ -135,7 +128,7 @@ def register(console: Console) -> None:
         except LLMOSError as exc:
             again = _detail if on_detail else _index
             return await again(view, values, deploy_failure(exc), 400)
-        view.session.flash["ok"] = (
+        view.session.flash["models.ok"] = (
             f"{done.model} version {done.version} is deployed: it is the production "
             f"version now, served as {done.served_as}."
         )

@@ -5,13 +5,23 @@ const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
 
 // Elements with data-refresh="URL" replace their content with the fragment the URL
 // renders (server-side, escaped) every data-every milliseconds, until the fragment
-// says data-final.
+// says data-final. Such a refresh never starts a sign-in (it would disturb one under
+// way in another tab) and does not keep an idle session alive: when the session has
+// ended the page reloads once, and the person signs in from there.
 function refresh(element) {
   const every = Number(element.dataset.every || 2000);
   const tick = async () => {
     if (element.querySelector('[data-final]')) return;
     try {
-      const response = await fetch(element.dataset.refresh, { credentials: 'same-origin' });
+      const response = await fetch(element.dataset.refresh, {
+        credentials: 'same-origin',
+        redirect: 'manual',
+        headers: { 'X-CSRF-Token': csrf(), 'X-Console-Refresh': '1' },
+      });
+      if (response.status === 401 || response.type === 'opaqueredirect') {
+        window.location.reload();
+        return;
+      }
       if (response.ok) element.innerHTML = await response.text();
     } catch (error) { /* the next tick tries again */ }
     setTimeout(tick, every);

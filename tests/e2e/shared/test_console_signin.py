@@ -177,3 +177,47 @@ def test_signing_out_ends_the_session_and_revokes_its_sign_in(stack: RunningStac
         return {("oauth.authorize", "OK"), ("oauth.token", "OK"), ("oauth.revoke", "OK")} <= actions
 
     eventually(revoked, 30, what="sign-in, code exchange and revocation audited")
+
+
+def test_a_code_returned_to_another_browser_does_not_sign_it_in(stack: RunningStack) -> None:
+    person = new_person(stack, ["cluster:read"])
+    victim, attacker = _browser(stack), _browser(stack)
+    started = victim.request("/console/", follow=False)  # the victim's sign-in starts
+    assert started.status == 302
+    login = victim.request(started.headers["Location"], follow=False)
+    authorize = urllib.parse.urlsplit(login.headers["Location"])
+    state = urllib.parse.parse_qs(authorize.query)["state"][0]
+    # the attacker signs in as themselves, and sends the victim their code and state
+    page = attacker.request("/console/", follow=True)
+    fields = inputs_of(page.text)
+    fields.update(username=person.username, password=person.password,
+                  totp=pyotp.TOTP(person.totp_secret).now())  # fmt: skip
+    answer = attacker.request("/authorize", fields, follow=False)
+    stolen = urllib.parse.urlsplit(answer.headers["Location"]).query
+    landed = victim.request(f"/console/callback?{stolen}", follow=False)
+    assert landed.status == 400 and "not started in this browser" in landed.text
+    assert not any(c.name.endswith("llmos_console") for c in victim.cookies)
+    forged = victim.request(f"/console/callback?state={state}&error=x&error_description=Call+555")
+    assert "555" not in forged.text  # only our own words on this origin's pages
+
+
+def test_script_requests_without_the_csrf_header_are_refused(stack: RunningStack) -> None:
+    person = new_person(stack, ["inference", "datasets"])
+    browser = _browser(stack)
+    browser.sign_in(person.username, person.password, person.totp_secret)
+    chat = browser.request(
+        "/console/chat/completions",
+        body=b'{"model": "x", "messages": [{"role": "user", "content": "hi"}]}',
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    assert chat.status == 403 and "CSRF" in chat.text
+    upload = browser.request(
+        "/console/datasets/upload?name=sneaky",
+        body=b"some text",
+        headers={"Content-Type": "application/octet-stream"},
+        method="PUT",
+    )
+    assert upload.status == 403
+    listed = browser.request("/console/datasets")
+    assert "sneaky" not in listed.text
