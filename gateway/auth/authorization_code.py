@@ -17,10 +17,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
 from authlib.oauth2.rfc7636 import CodeChallenge
 
+from gateway.auth.grants import same_person
 from gateway.auth.oauth_models import OAuthClient, OAuthUser
 
 if TYPE_CHECKING:
@@ -113,9 +114,6 @@ class AuthorizationCode(AuthorizationCodeGrant):  # type: ignore[misc]
         """Nothing to do: `query_authorization_code` took the code."""
 
     def authenticate_user(self, authorization_code: CodeGrant) -> OAuthUser:
-        """The person who signed in: the same one, not merely one with the same name."""
         server: LLMOSAuthorizationServer = self.server
-        user = server.store.find_user(authorization_code.username)
-        if user is None or user.user_id != authorization_code.user_id:
-            raise InvalidGrantError("The user this code was issued to no longer exists.")
-        return OAuthUser(user)
+        code = authorization_code
+        return same_person(server.store, code.username, code.user_id, "code")

@@ -72,6 +72,15 @@ def login(
     return OAuthUser(user)
 
 
+def same_person(store: IdentityStore, username: str, user_id: str, credential: str) -> OAuthUser:
+    """The person a `credential` (a refresh token, a code) was issued to: the same one,
+    not merely one with the same name (a user deleted and created again is another)."""
+    user = store.find_user(username)
+    if user is None or user.user_id != user_id:
+        raise InvalidGrantError(f"The user this {credential} was issued to no longer exists.")
+    return OAuthUser(user)
+
+
 class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]
     """Programs: a confidential client's own identity and scopes."""
 
@@ -108,12 +117,8 @@ class Refresh(RefreshTokenGrant):  # type: ignore[misc]
         return server.tokens.find(refresh_token, "refresh_token")
 
     def authenticate_user(self, credential: TokenRecord) -> OAuthUser:
-        """The person the token was issued to: the same one, not merely the same name."""
         server: LLMOSAuthorizationServer = self.server
-        user = server.store.find_user(credential.subject)
-        if user is None or user.user_id != credential.user_id:
-            raise InvalidGrantError("The user this refresh token was issued to no longer exists.")
-        return OAuthUser(user)
+        return same_person(server.store, credential.subject, credential.user_id, "refresh token")
 
     def revoke_old_credential(self, credential: TokenRecord) -> None:
         """Nothing left to do: saving the new token spent the old one."""

@@ -30,7 +30,13 @@ from gateway.auth.oauth_request import HttpCall
 from gateway.firewall import Blocked, user_target
 from gateway.intrusion import Signal
 from gateway.web.render import page
-from gateway.web.security import CSRF_FIELD, cookie_name, new_token, same_token
+from gateway.web.security import (
+    CSRF_FIELD,
+    cookie_name,
+    new_token,
+    same_token,
+    set_private_cookie,
+)
 
 #: the authorization request's parameters, carried through the form as hidden fields
 REQUEST_PARAMETERS = (
@@ -69,15 +75,7 @@ class SignInPage:
             return page("signin_refused.html", status=400, reason=_sentence(exc))
         csrf = new_token()
         response = page("signin.html", params=params, csrf=csrf, error="", username="")
-        response.set_cookie(
-            self._cookie,
-            csrf,
-            max_age=FORM_TTL_S,
-            path="/",
-            secure=self._secure,
-            httponly=True,
-            samesite="Strict",
-        )
+        set_private_cookie(response, self._cookie, csrf, self._secure, max_age=FORM_TTL_S)
         return response
 
     async def _submit(self, request: web.Request) -> web.StreamResponse:

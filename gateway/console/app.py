@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
-from gateway.console.sessions import ConsoleSession, Sessions, SignInStates
+from gateway.console.sessions import PENDING_TTL_S, ConsoleSession, Sessions, SignInStates
 from gateway.console.signin import ConsoleOAuth, SignInFailed
 from gateway.console.view import NAVIGATION, Api, View
 from gateway.openai.errors import failure_of
@@ -28,6 +28,7 @@ from gateway.web.security import (
     PAGE_HEADERS,
     cookie_name,
     same_token,
+    set_private_cookie,
 )
 from llmos.errors import LLMOSError, PermissionDenied, Unauthenticated
 
@@ -85,14 +86,10 @@ class Console:
     async def _login(self, request: web.Request) -> web.StreamResponse:
         pending = self._states.issue(_local_path(request.query.get("next", "")))
         response = web.HTTPFound(self._oauth.authorization_url(pending))
-        response.set_cookie(
-            self._state_cookie,
-            pending.state,
-            max_age=600,
-            path="/",
-            secure=self._secure,
-            httponly=True,
-            samesite="Lax",  # it must come back with the redirect from /authorize
+        # Lax: it must come back with the redirect from /authorize
+        state_ttl = int(PENDING_TTL_S)
+        set_private_cookie(
+            response, self._state_cookie, pending.state, self._secure, "Lax", state_ttl
         )
         return response
 
@@ -117,14 +114,7 @@ class Console:
         log.info("console sign-in", extra={"principal": tokens.username, "tenant": tokens.tenant})
         response = web.HTTPFound(pending.next_path)
         response.del_cookie(self._state_cookie, path="/")
-        response.set_cookie(
-            self._session_cookie,
-            session.session_id,
-            path="/",
-            secure=self._secure,
-            httponly=True,
-            samesite="Strict",
-        )
+        set_private_cookie(response, self._session_cookie, session.session_id, self._secure)
         return response
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:

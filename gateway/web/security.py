@@ -10,6 +10,8 @@ from __future__ import annotations
 import hmac
 import secrets
 
+from aiohttp import web
+
 #: no inline script or style, nothing from elsewhere, never inside a frame
 CONTENT_SECURITY_POLICY = "; ".join(
     (
@@ -47,6 +49,21 @@ def new_token() -> str:
 def same_token(presented: str | None, expected: str) -> bool:
     """Whether `presented` is `expected`, compared in constant time."""
     return bool(presented) and hmac.compare_digest(str(presented).encode(), expected.encode())
+
+
+def set_private_cookie(
+    response: web.StreamResponse,
+    name: str,
+    value: str,
+    secure: bool,
+    same_site: str = "Strict",
+    max_age: int | None = None,
+) -> None:
+    """A cookie no script reads (HttpOnly), sent only over TLS when there is TLS, for
+    the whole origin; `same_site` Lax only where it must survive a cross-site redirect."""
+    response.set_cookie(
+        name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite=same_site
+    )
 
 
 def cookie_name(base: str, secure: bool) -> str:
