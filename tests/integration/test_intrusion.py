@@ -354,22 +354,28 @@ def _page(
         connection.close()
 
 
-def test_guessing_passwords_on_the_sign_in_page_blocks_the_address_from_the_console(
-    gw: GatewayProcess,
-) -> None:
-    guesser = "127.0.0.7"
+def _sign_in_form(gw: GatewayProcess, source: str) -> tuple[dict[str, str], str]:
+    """The console's sign-in form as `source` gets it: its fields (for user "someone")
+    and the cookie that goes with its CSRF token."""
     query = urllib.parse.urlencode({
         "response_type": "code", "client_id": "llmos-console", "scope": "inference",
         "redirect_uri": f"http://127.0.0.1:{gw.http_port}/console/callback", "state": "s",
         "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
         "code_challenge_method": "S256",
     })  # fmt: skip
-    status, page, headers = _page(gw, guesser, "GET", f"/authorize?{query}")
+    status, page, headers = _page(gw, source, "GET", f"/authorize?{query}")
     assert status == 200, page
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert csrf is not None
     cookie = headers["Set-Cookie"].split(";")[0]
-    form = dict(urllib.parse.parse_qsl(query), csrf_token=csrf[1], username="someone")
+    return dict(urllib.parse.parse_qsl(query), csrf_token=csrf[1], username="someone"), cookie
+
+
+def test_guessing_passwords_on_the_sign_in_page_blocks_the_address_from_the_console(
+    gw: GatewayProcess,
+) -> None:
+    guesser = "127.0.0.7"
+    form, cookie = _sign_in_form(gw, guesser)
     guesses = [{**form, "password": f"guess-{n}", "totp": "1"} for n in range(21)]
     answers = [_page(gw, guesser, "POST", "/authorize", guess, cookie) for guess in guesses]
     # wrong answers, then the account locked for this address, then the address blocked
