@@ -6,6 +6,7 @@ throwaway CA, which a person would trust once; this browser visits nothing else.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from selenium.webdriver.chrome.service import Service
 
 from tools.debian import ensure_commands
 
+NICENESS = 10
 #: the two screens the console is built for
 DESKTOP = (1280, 800)
 PHONE = (390, 844)
@@ -38,7 +40,10 @@ def chromium(size: tuple[int, int] = DESKTOP) -> Iterator[webdriver.Chrome]:
     ):
         options.add_argument(argument)
     options.accept_insecure_certs = True
-    driver = webdriver.Chrome(options=options, service=Service(str(found["chromedriver"])))
+    # at a lower CPU priority (its processes inherit it): on a shared 2-core machine the
+    # browser must not starve the other tests' processes of their heartbeats
+    service = Service(str(found["chromedriver"]), popen_kw={"preexec_fn": _lower_priority})
+    driver = webdriver.Chrome(options=options, service=service)
     try:
         driver.set_window_size(*size)
         inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
@@ -47,6 +52,10 @@ def chromium(size: tuple[int, int] = DESKTOP) -> Iterator[webdriver.Chrome]:
         yield driver
     finally:
         driver.quit()
+
+
+def _lower_priority() -> None:
+    os.nice(NICENESS)
 
 
 def screenshot(driver: webdriver.Chrome, folder: Path, name: str) -> Path:

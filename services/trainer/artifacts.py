@@ -9,17 +9,43 @@ and no job can read or overwrite what another tenant's job fetched."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from llmos.errors import DataLoss, NotFound
+from llmos.errors import DataLoss, NotFound, Unavailable
 from llmos.model.names import has_model
 from llmos.modelstore import ModelStore, cache_folder
-from llmos.v1 import scheduler_pb2
+from llmos.v1 import scheduler_pb2, storage_pb2
 from services.trainer.outcome import model_name
+
+#: how long a job waits for a registry that is unreachable for a moment (a storage
+#: restart, a missed heartbeat) before its attempt fails
+REGISTRY_WAIT_S = 30.0
+
+
+async def registered(store: ModelStore, model: str) -> storage_pb2.ModelVersion:
+    """The version of `model` to start from: NotFound if the tenant sees no such model
+    (the same answer whether it is absent or another tenant's); an unreachable registry
+    is asked again for a while, and then said to be unreachable, never "not there"."""
+    deadline = time.monotonic() + REGISTRY_WAIT_S
+    wait = 0.25
+    while True:
+        try:
+            version = await store.version(model)
+        except Unavailable:
+            if time.monotonic() + wait > deadline:
+                raise
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 4.0)
+            continue
+        if version is None:
+            raise NotFound(f"model {model!r} is not in the registry")
+        return version
 
 
 @dataclass(frozen=True)
@@ -46,9 +72,7 @@ async def fetch_inputs(
     base = str(config.get("base_model", ""))
     if not base:
         return Inputs(text_file)
-    version = await store.resolve(base)
-    if version is None:  # the same answer whether it is absent or another tenant's
-        raise NotFound(f"model {base!r} is not in the registry")
+    version = await registered(store, base)
     folder = models_dir / cache_folder(version)
     if not has_model(folder):
         await store.fetch_version(version, folder)

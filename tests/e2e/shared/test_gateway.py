@@ -198,7 +198,7 @@ def test_a_stream_cancelled_before_its_end_is_charged_for_its_tokens(
             return False
 
         eventually(
-            refused, timeout=10, interval=0.5, what="the cancelled stream's tokens to be charged"
+            refused, timeout=30, interval=0.5, what="the cancelled stream's tokens to be charged"
         )
 
 
