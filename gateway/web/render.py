@@ -8,6 +8,7 @@ from importlib import resources
 from typing import Any
 
 import jinja2
+import segno
 from aiohttp import web
 
 from gateway.web.security import PAGE_HEADERS
@@ -37,7 +38,14 @@ def _size(count: float) -> str:
     return f"{count:.1f} TiB"
 
 
+def _qr(text: str) -> str:
+    """`text` as a QR code, an SVG `data:` URI for an <img> (the policy allows data:
+    images; nothing is inlined into the page's markup)."""
+    return str(segno.make(text, error="m").svg_data_uri(scale=4, border=2))
+
+
 _ENVIRONMENT.filters["when"] = _when
+_ENVIRONMENT.filters["qr"] = _qr
 _ENVIRONMENT.filters["size"] = _size
 
 

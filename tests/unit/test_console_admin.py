@@ -4,7 +4,9 @@ right field, the secrets a creation shows exactly once, and the templates' contr
 
 from __future__ import annotations
 
+import html
 import re
+import urllib.parse
 
 import pytest
 
@@ -283,3 +285,24 @@ def test_the_clients_page_shows_its_secret_once_and_a_limits_form_per_listed_cli
     assert '<option value="c-1">etl (c-1)</option>' in page
     assert 'data-confirm="Delete client &#39;etl&#39; (c-1)? Its secret stops working."' in page
     assert '<p class="error" role="alert">refused</p>' in page
+
+
+def test_a_new_users_otpauth_uri_is_also_a_qr_code_image() -> None:
+    uri = "otpauth://totp/LLM%20OS:zoe?secret=JBSWY3DPEHPK3PXP&issuer=LLM%20OS"
+    store: dict[str, str] = {}
+    flash(store, "User zoe created.", {"new-totp-secret": "JBSWY3DPEHPK3PXP", "new-totp-uri": uri})
+    page = render_text(
+        "admin_users.html",
+        **_frame(
+            names=["acme"], listed="acme", headers=USER_HEADERS, rows=[],
+            scopes=scope_choices(SCOPES), checked=[], values={}, errors={},
+            shown=take_flash(store),
+        ),
+    )  # fmt: skip
+    found = re.search(r'<img id="new-totp-qr" class="qr" src="([^"]+)"', page)
+    assert found is not None
+    source = html.unescape(found[1])
+    assert source.startswith("data:image/svg+xml")  # an image the page's policy allows
+    svg = urllib.parse.unquote(source.split(",", 1)[1])
+    assert svg.startswith("<svg") and "<path" in svg
+    assert "JBSWY3DPEHPK3PXP" not in svg  # the secret is in the pattern, not in text
