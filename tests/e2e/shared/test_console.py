@@ -241,6 +241,32 @@ def test_an_admin_creates_a_tenant_and_an_api_key_that_works(
         assert json.loads(answer.read())["data"]  # the key lists the models it may call
 
 
+def test_an_admin_creates_a_user_who_signs_in_with_the_code_shown_once(
+    fresh: Chrome, stack: RunningStack
+) -> None:
+    admin = new_person(stack, EVERY_SCOPE)
+    _sign_in(fresh, stack, admin)
+    fresh.get(stack.fields["console"] + "admin/users")
+    form = fresh.find_element(By.ID, "create-user")
+    username, password = f"u-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    form.find_element(By.NAME, "username").send_keys(username)
+    tenant = form.find_element(By.NAME, "tenant")
+    tenant.clear()
+    tenant.send_keys("system")
+    form.find_element(By.NAME, "password").send_keys(password)
+    for box in form.find_elements(By.CSS_SELECTOR, "input[name=scopes]"):
+        if box.get_attribute("value") == "cluster:read" and not box.is_selected():
+            box.click()
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    secret = _wait(fresh).until(lambda d: d.find_elements(By.ID, "new-totp-secret"))[0].text
+    qr_width = fresh.execute_script("return document.getElementById('new-totp-qr').naturalWidth")
+    assert qr_width > 0  # the QR code image loaded (the policy allows it)
+    screenshot(fresh, SHOTS, "admin-user")
+    fresh.delete_all_cookies()
+    _sign_in(fresh, stack, Person(username, password, secret.strip(), "system"))
+    assert fresh.current_url.endswith("/console/cluster")
+
+
 def test_without_admin_scope_there_is_no_admin_page_and_its_url_is_refused(
     fresh: Chrome, stack: RunningStack
 ) -> None:
