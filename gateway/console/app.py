@@ -139,7 +139,7 @@ class Console:
         """To the sign-in page, then back to `next_path`; a script's request (or a form's)
         gets 401 instead: only a person's navigation starts a sign-in."""
         if request.method not in SAFE_METHODS or request.headers.get(CSRF_HEADER):
-            return page("signin_refused.html", status=401, reason=_SIGNED_OUT)
+            return page("signin_refused.html", status=401, reason=_SIGNED_OUT, heading=_ENDED)
         raise web.HTTPFound("/console/login?" + urlencode({"next": next_path}))
 
     # -- pages ---------------------------------------------------------------------------
@@ -184,18 +184,19 @@ class Console:
         the page's scripts)."""
         origin = request.headers.get("Origin")
         if origin is not None and origin != _origin_of(self._oauth.issuer):
-            return page("signin_refused.html", status=403, reason=_FORGED)
+            return page("signin_refused.html", status=403, reason=_FORGED, heading=_REFUSED)
         presented = request.headers.get(CSRF_HEADER)
         if presented is None and request.content_type in _FORM_TYPES:
             if request.content_length is None:
                 why = "Send the form with a Content-Length."
-                return page("signin_refused.html", status=411, reason=why)
+                return page("signin_refused.html", status=411, reason=why, heading=_REFUSED)
             if request.content_length > MAX_FORM_BYTES:
-                return page("signin_refused.html", status=413, reason="The form is too large.")
+                too_large = "The form is too large."
+                return page("signin_refused.html", status=413, reason=too_large, heading=_REFUSED)
             presented = str((await request.post()).get(CSRF_FIELD, ""))
         if not same_token(presented, session.csrf):
             log.warning("console request without a valid CSRF token refused")
-            return page("signin_refused.html", status=403, reason=_FORGED)
+            return page("signin_refused.html", status=403, reason=_FORGED, heading=_REFUSED)
         return None
 
 
@@ -213,6 +214,8 @@ _REFUSALS = {
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _FORGED = "This form was not sent by this console (its CSRF token is missing or wrong)."
 _SIGNED_OUT = "Your console session has ended. Sign in again."
+_ENDED = "Session ended"
+_REFUSED = "Request refused"
 
 
 def _refusal_of(query: Mapping[str, str]) -> str:
