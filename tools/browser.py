@@ -15,7 +15,7 @@ from selenium.webdriver.chrome.service import Service
 
 from tools.debian import ensure_commands
 
-NICENESS = 10
+NICENESS = 5
 #: the two screens the console is built for
 DESKTOP = (1280, 800)
 PHONE = (390, 844)
