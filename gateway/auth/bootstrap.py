@@ -56,9 +56,13 @@ def bootstrap(store: IdentityStore, data_dir: Path, issuer: str) -> Path:
     whose credentials are written once to a 0600 file, and the CLI's public client. At
     every start: the console's client."""
     path = credentials_path(data_dir)
-    if not store.claim_bootstrap():
-        ensure_console_client(store)
-        return path
+    if store.claim_bootstrap():
+        _first_start(store, path, issuer)
+    ensure_console_client(store)
+    return path
+
+
+def _first_start(store: IdentityStore, path: Path, issuer: str) -> None:
     store.ensure_tenant(SYSTEM_TENANT, Limits())
     admin, secret = store.create_client(SYSTEM_TENANT, "bootstrap admin", list(SCOPES))
     store.create_client(
@@ -69,7 +73,6 @@ def bootstrap(store: IdentityStore, data_dir: Path, issuer: str) -> Path:
         public=True,
         client_id=CLI_CLIENT_ID,
     )
-    ensure_console_client(store)
     document = {
         "client_id": admin.client_id,
         "client_secret": secret,
@@ -77,4 +80,3 @@ def bootstrap(store: IdentityStore, data_dir: Path, issuer: str) -> Path:
         "token_endpoint": f"{issuer}/token",
     }
     write_private(path, json.dumps(document, indent=2) + "\n")
-    return path
