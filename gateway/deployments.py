@@ -86,6 +86,20 @@ def served_name(tenant: str, model: str, version: int) -> str:
     return name
 
 
+def check_llm_version(
+    request: gateway_pb2.DeployModelRequest,
+    found: storage_pb2.ModelVersion,
+    metadata: dict[str, Any],
+) -> None:
+    """An LLM version a worker could load: sizes in bounds, and a tokenizer."""
+    check_model_config(shape_of(metadata))
+    if TOKENIZER not in found.files:
+        raise FailedPrecondition(
+            f"{request.model}@{request.version} has no {TOKENIZER} (a model trained from "
+            "scratch reads bytes); only models with a tokenizer can be served"
+        )
+
+
 def shape_of(metadata: dict[str, Any]) -> dict[str, Any]:
     """The config sizes storage read into a version's metadata, under config.json's
     names (numbers only: metadata a caller wrote by hand may say anything)."""
@@ -210,12 +224,9 @@ class Deployer:
         )
         if found.tenant != tenant:
             raise NotFound(f"tenant {tenant!r} has no model {request.model!r}")
-        check_model_config(shape_of(MessageToDict(found.metadata)))
-        if TOKENIZER not in found.files:
-            raise FailedPrecondition(
-                f"{request.model}@{request.version} has no {TOKENIZER} (a model trained from "
-                "scratch reads bytes); only models with a tokenizer can be served"
-            )
+        metadata = MessageToDict(found.metadata)
+        if "task" not in metadata:  # task models carry their engine's files, not an LLM's
+            check_llm_version(request, found, metadata)
         served = served_name(tenant, request.model, request.version)
         wait_s = context.time_remaining() or DEPLOY_TIMEOUT_S
         async with self._deployments.place(

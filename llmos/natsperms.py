@@ -75,8 +75,7 @@ def _worker(slot: str) -> Permissions:
         subscribe=(
             subjects.CANCEL_WORK,
             f"{subjects.WORK_PREFIX}.generate.{slot}.*",
-            f"{subjects.WORK_PREFIX}.embed.*",
-            f"{subjects.WORK_PREFIX}.classify.*",
+            *(f"{subjects.WORK_PREFIX}.{task}.*" for task in subjects.ONE_SHOT_TASKS),
         ),
         responds=True,
     )
@@ -115,9 +114,9 @@ PERMISSIONS: Mapping[str, Permissions] = {
             *_own("gateway"),
             subjects.INTRUSION,
             subjects.SCHEDULE_GENERATE,
+            subjects.ASSISTANT_HANDOFF,
             subjects.CANCEL_WORK,
-            f"{subjects.WORK_PREFIX}.embed.*",
-            f"{subjects.WORK_PREFIX}.classify.*",
+            *(f"{subjects.WORK_PREFIX}.{task}.*" for task in subjects.ONE_SHOT_TASKS),
         ),
         subscribe=(subjects.ALL_HEARTBEATS, subjects.ALL_EVENTS),
     ),

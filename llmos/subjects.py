@@ -24,7 +24,7 @@ ALL_AUDIT = f"{AUDIT_PREFIX}.>"
 ALL_WITNESS = f"{WITNESS_PREFIX}.>"
 
 #: Every kind of event, the second token of its subject.
-EVENT_KINDS = ("service", "job", "model", "security")
+EVENT_KINDS = ("service", "job", "model", "security", "assistant")
 
 
 def service_lifecycle(service: str, phase: str) -> str:
@@ -39,6 +39,8 @@ def job_event(job_id: str) -> str:
 
 #: intrusion detection's blocks (published by the gateway; system events)
 INTRUSION = f"{EVENTS_PREFIX}.security.intrusion"
+#: a customer-service conversation asks for a person (a tenant's event)
+ASSISTANT_HANDOFF = f"{EVENTS_PREFIX}.assistant.handoff"
 #: the audit log fell behind, or caught up (a service event of the audit service's own)
 AUDIT_LAG = f"{EVENTS_PREFIX}.service.audit.lag"
 
@@ -128,6 +130,20 @@ def embed_work(model: str) -> str:
 def classify_work(model: str) -> str:
     """Where classification requests for `model` go."""
     return f"{WORK_PREFIX}.classify.{_token(model)}"
+
+
+def entities_work(model: str) -> str:
+    """Where named-entity requests for the entity model `model` go."""
+    return f"{WORK_PREFIX}.entities.{_token(model)}"
+
+
+def translate_work(model: str) -> str:
+    """Where translation requests for the translation model `model` go."""
+    return f"{WORK_PREFIX}.translate.{_token(model)}"
+
+
+#: the one-shot tasks a worker takes from a queue group, by the subject's third token
+ONE_SHOT_TASKS = ("embed", "classify", "entities", "translate")
 
 
 # -- worker heartbeats (core NATS: only the latest one matters) ----------------------------

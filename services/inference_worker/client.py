@@ -1,7 +1,8 @@
 """The worker's only way to reach Triton: `tritonclient.grpc.aio` (KServe v2 protocol).
 
-Every served LLM is one decoupled Triton model (repository.py), so every call is a
-streaming call: a generation streams its chunks, the other tasks answer once. Whether
+Every served LLM is one decoupled Triton model (repository.py), so every call to it is
+a streaming call: a generation streams its chunks, the other tasks answer once. Task
+models (entities, translation) are ordinary batched models: one `infer` call each. Whether
 Triton is the worker's own process or an NGC container elsewhere (LLMOS_TRITON_URL)
 makes no difference here.
 """
@@ -163,6 +164,34 @@ class TritonLLMClient:
         """Every label of the work ranked by its likelihood as a continuation of the text."""
         answer = await self._answer(model, CLASSIFY, work.SerializeToString(), work.request_id)
         return inference_pb2.ClassifyResult.FromString(answer)
+
+    async def infer(self, model: str, payload: bytes, key: str) -> bytes:
+        """One request to a task model (not decoupled: Triton batches it with others)."""
+        tensor = InferInput("request", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[payload]], dtype=np.object_))
+        try:
+            result = await self._client.infer(
+                model, [tensor], request_id=key, headers=self._headers
+            )
+        except InferenceServerException as exc:
+            raise _domain_error(exc) from None
+        except grpc.RpcError:
+            raise Unavailable("the inference server could not be reached; retry") from None
+        return bytes(result.as_numpy("response").reshape(-1)[0])
+
+    async def entities(
+        self, model: str, work: inference_pb2.EntitiesWork
+    ) -> inference_pb2.EntitiesResult:
+        """The named entities of the work's texts."""
+        answer = await self.infer(model, work.SerializeToString(), work.request_id)
+        return inference_pb2.EntitiesResult.FromString(answer)
+
+    async def translate(
+        self, model: str, work: inference_pb2.TranslateWork
+    ) -> inference_pb2.TranslateResult:
+        """The work's texts translated."""
+        answer = await self.infer(model, work.SerializeToString(), work.request_id)
+        return inference_pb2.TranslateResult.FromString(answer)
 
     async def load(self, model: str) -> None:
         """Ask Triton (explicit model control) to load the model's repository entry."""

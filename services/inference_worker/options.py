@@ -7,6 +7,7 @@ from pathlib import Path
 
 from llmos.config import MODELS_DIR_DOC, EnvReader, Secret
 from llmos.model.names import DEFAULT_MODEL, MODEL_NAME
+from llmos.model.tasks import DEFAULT_ENTITIES_MODEL
 from services.inference_worker.repository import EntryOptions
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -51,7 +52,9 @@ def read_worker_options(env: EnvReader) -> WorkerOptions:
     models = tuple(
         m.strip()
         for m in env.text(
-            "MODELS", DEFAULT_MODEL, doc="comma-separated models to serve from the start"
+            "MODELS",
+            f"{DEFAULT_MODEL},{DEFAULT_ENTITIES_MODEL}",
+            doc="comma-separated models to serve from the start (LLMs and task models)",
         ).split(",")
         if m.strip()
     )

@@ -35,9 +35,10 @@ from llmos.errors import (
 )
 from llmos.model.limits import read_folder_config
 from llmos.model.names import CONFIG, MODEL_NAME, has_model
+from llmos.model.tasks import ENTITIES, TaskSpec, read_task
 from llmos.modelstore import ModelStore, fetched_from
 from llmos.runner import ServiceContext, report_status
-from llmos.v1 import inference_pb2
+from llmos.v1 import inference_pb2, scheduler_pb2
 from llmos.work import work_error
 from services.inference_worker.client import TritonLLMClient
 from services.inference_worker.options import WorkerOptions
@@ -74,6 +75,8 @@ class InferenceWorker:
         self.models_dir = options.models_root(ctx.settings.data_dir)
         self.store = ModelStore(ctx.links)
         self._subscriptions: dict[str, list[Subscription]] = {}
+        #: the loaded task models (entities, translation) and what each is
+        self.tasks: dict[str, TaskSpec] = {}
         self._inflight: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._cancel_subscription: Subscription | None = None
         self._generate_subscription: Subscription | None = None
@@ -95,7 +98,7 @@ class InferenceWorker:
         return sorted(
             folder.name
             for folder in self.models_dir.iterdir()
-            if MODEL_NAME.match(folder.name) and has_model(folder)
+            if MODEL_NAME.match(folder.name) and servable(folder)
         )
 
     @property
@@ -124,21 +127,30 @@ class InferenceWorker:
             folder = self.models_dir / model
             if source is not None:
                 await self._fetch_deployed(folder, *source)
-            elif not has_model(folder):
+            elif not servable(folder):
                 await self.store.fetch(model, self.models_dir)
-            if not has_model(folder):
+            if not servable(folder):
                 raise NotFound(
                     f"model {model!r} is neither in the worker's models directory nor in the "
                     "registry"
                 )
-            # a config claiming absurd sizes is refused before the engine allocates them
-            await asyncio.to_thread(read_folder_config, folder / CONFIG)
-            await self._load_into_triton(model)
+            task = await asyncio.to_thread(task_of, folder)
+            if task is None:
+                # a config claiming absurd sizes is refused before the engine allocates them
+                await asyncio.to_thread(read_folder_config, folder / CONFIG)
+            await self._load_into_triton(model, task)
             nc = self.ctx.nats
             handlers: list[tuple[str, Callable[[Msg], Awaitable[None]]]] = [
                 (subjects.embed_work(model), self._on_embed),
                 (subjects.classify_work(model), self._on_classify),
             ]
+            if task is not None:
+                self.tasks[model] = task
+                handlers = (
+                    [(subjects.entities_work(model), self._on_entities)]
+                    if task.kind == ENTITIES
+                    else [(subjects.translate_work(model), self._on_translate)]
+                )
             self._subscriptions[model] = [
                 await nc.subscribe(subject, queue=subjects.INFERENCE_QUEUE, cb=handler)
                 for subject, handler in handlers
@@ -146,7 +158,7 @@ class InferenceWorker:
             await self._advertise()
             log.info("serving model", extra={"model": model})
 
-    async def _load_into_triton(self, model: str) -> None:
+    async def _load_into_triton(self, model: str, task: TaskSpec | None) -> None:
         """Write the model's repository entry and have Triton load it."""
         await asyncio.to_thread(
             write_entry,
@@ -154,6 +166,7 @@ class InferenceWorker:
             model,
             self.models_dir / model,
             self.options.entry_options(),
+            task is not None,
         )
         await self.client.load(model)
         if not await self.client.model_ready(model):
@@ -175,7 +188,7 @@ class InferenceWorker:
                     await asyncio.to_thread(server.restart)
                 async with self._lock:
                     for model in self.models:
-                        await self._load_into_triton(model)
+                        await self._load_into_triton(model, self.tasks.get(model))
             except LLMOSError:
                 log.exception("Triton could not be restarted; trying again")
                 continue
@@ -223,7 +236,7 @@ class InferenceWorker:
         that version (its origin note), never because it merely has the right name."""
         note = await asyncio.to_thread(fetched_from, folder)
         wanted = {"tenant": tenant, "model": model, "version": number}
-        if has_model(folder) and {k: note.get(k) for k in wanted} == wanted:
+        if servable(folder) and {k: note.get(k) for k in wanted} == wanted:
             return
         store = ModelStore(self.ctx.links, tenant)
         version = await store.resolve(model, number)
@@ -237,6 +250,7 @@ class InferenceWorker:
             subscriptions = self._subscriptions.pop(model, None)
             if subscriptions is None:
                 raise NotFound(f"model {model!r} is not loaded on this worker")
+            self.tasks.pop(model, None)
             for subscription in subscriptions:
                 await subscription.unsubscribe()
             for request_id, (served_model, _) in list(self._inflight.items()):
@@ -285,6 +299,10 @@ class InferenceWorker:
         refusal: LLMOSError | None = None
         if work.model not in self._subscriptions:
             refusal = NotFound(f"model {work.model!r} is not loaded on worker {ack.worker}")
+        elif spec := self.tasks.get(work.model):
+            refusal = InvalidArgument(
+                "model", f"{work.model!r} is a {spec.kind} model; it does not generate text"
+            )
         elif self.free_slots == 0:
             refusal = ResourceExhausted(f"worker {ack.worker} is at capacity")
         if refusal is not None:
@@ -398,3 +416,45 @@ class InferenceWorker:
         except LLMOSError as exc:
             result = inference_pb2.ClassifyResult(error=work_error(exc))
         await msg.respond(result.SerializeToString())
+
+    # -- task models ------------------------------------------------------------------------
+
+    async def _on_entities(self, msg: Msg) -> None:
+        work = inference_pb2.EntitiesWork.FromString(msg.data)
+        try:
+            result = await self._answer(lambda: self.client.entities(work.model, work))
+        except LLMOSError as exc:
+            result = inference_pb2.EntitiesResult(error=work_error(exc))
+        await msg.respond(result.SerializeToString())
+
+    async def _on_translate(self, msg: Msg) -> None:
+        work = inference_pb2.TranslateWork.FromString(msg.data)
+        try:
+            result = await self._answer(lambda: self.client.translate(work.model, work))
+        except LLMOSError as exc:
+            result = inference_pb2.TranslateResult(error=work_error(exc))
+        await msg.respond(result.SerializeToString())
+
+    def task_models(self) -> list[scheduler_pb2.TaskModel]:
+        """The loaded task models, as heartbeats tell the gateways."""
+        return [
+            scheduler_pb2.TaskModel(name=name, kind=spec.kind, pairs=spec.pair_names())
+            for name, spec in self.tasks.items()
+        ]
+
+
+def task_of(folder: Path) -> TaskSpec | None:
+    """What task the model in `folder` serves (None: an LLM); a task file that does not
+    parse is refused with its sentence."""
+    try:
+        return read_task(folder)
+    except ValueError as exc:
+        raise FailedPrecondition(f"model folder {folder.name!r}: {exc}") from None
+
+
+def servable(folder: Path) -> bool:
+    """Whether `folder` holds a complete model: an LLM, or a task model."""
+    try:
+        return has_model(folder) or read_task(folder) is not None
+    except ValueError:
+        return True  # load() names what is wrong with it

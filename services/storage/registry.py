@@ -15,6 +15,7 @@ from typing import Any
 
 from llmos.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmos.model.limits import MAX_CONFIG_BYTES, parse_config, too_large
+from llmos.model.tasks import TASK_FILE, parse_task
 from llmos.training import parameter_count
 from services.storage.checks import (
     check_document,
@@ -55,7 +56,10 @@ class Registry:
                 raise NotFound(f"files[{path}]: blob {sha256} does not exist; upload it first")
         metadata = check_document(metadata, "metadata")
         lineage = check_document(lineage, "lineage")
-        if "config.json" in files:
+        if TASK_FILE in files:  # a task model: its engine's config.json is not an LLM's
+            derived = await asyncio.to_thread(self._describe_task, tenant, files[TASK_FILE])
+            metadata = {**derived, **metadata}
+        elif "config.json" in files:
             derived = await asyncio.to_thread(self._describe, tenant, files["config.json"])
             metadata = {**derived, **metadata}
         async with self._store.lock:
@@ -75,6 +79,18 @@ class Registry:
             if len(raw) > MAX_CONFIG_BYTES:
                 raise InvalidArgument(CONFIG_FIELD, too_large(len(raw)))
         return describe(bytes(raw))
+
+    def _describe_task(self, tenant: str, sha256: str) -> dict[str, Any]:
+        """A task model's metadata from its llmos-task.json (refused if it is not one)."""
+        blob = self._store.meta.blob(tenant, sha256)
+        if blob is not None and blob.size > MAX_CONFIG_BYTES:
+            raise InvalidArgument(f"files[{TASK_FILE}]", too_large(blob.size))
+        raw = b"".join(self._store.data(tenant, sha256))
+        try:
+            spec = parse_task(raw.decode("utf-8", errors="replace"))
+        except ValueError as exc:
+            raise InvalidArgument(f"files[{TASK_FILE}]", str(exc)) from None
+        return {"task": spec.kind, "engine": spec.engine, "pairs": spec.pair_names()}
 
     def _version(self, tenant: str, model: str, version: int) -> VersionRow:
         row = self._store.meta.version(tenant, model, version)

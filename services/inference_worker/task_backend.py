@@ -1,0 +1,99 @@
+"""The Python-backend model Triton runs for every task model (entities, translation).
+
+Unlike an LLM's entry (triton_backend.py, decoupled, continuous batching inside the
+engine), a task model answers each request once, so its entry uses Triton's own dynamic
+batcher (repository.task_config_text): requests that arrive within a few milliseconds
+of each other reach `execute` together, and the engine runs them as one batch.
+
+Each request's `request` input is one serialized work message (EntitiesWork or
+TranslateWork, shape [1, 1]: batch dimension first); each response's `response` output is
+the serialized result, which carries a WorkError when the engine refused that work.
+
+This module is imported only inside Triton (`triton_python_backend_utils` exists there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+from google.protobuf.message import Message
+
+from llmos.log import configure_logging
+from llmos.model.tasks import ENTITIES, TRANSLATION, TaskSpec, read_task
+from llmos.v1 import inference_pb2
+
+log = logging.getLogger("llmos.triton.tasks")
+
+
+class Engine(Protocol):
+    def run(self, works: list[Any]) -> list[Any]: ...
+
+
+def load_engine(folder: Path, spec: TaskSpec, device: str, threads: int) -> Engine:
+    """The engine for the folder's kind (imported here: each stub needs only its own)."""
+    if spec.kind == ENTITIES:
+        from services.inference_worker.tasks.entities import Entities
+
+        return Entities(folder, spec, device, threads)
+    from services.inference_worker.tasks.translation import Translation
+
+    return Translation(folder, spec, device, threads)
+
+
+#: the work message each kind reads
+WORK_OF: dict[str, type[Message]] = {
+    ENTITIES: inference_pb2.EntitiesWork,
+    TRANSLATION: inference_pb2.TranslateWork,
+}
+
+
+def _payload(request: Any) -> bytes:
+    values = pb_utils.get_input_tensor_by_name(request, "request").as_numpy().reshape(-1)
+    return bytes(values[0])
+
+
+def _response(result: Message) -> Any:
+    payload = np.array([[result.SerializeToString()]], dtype=np.object_)
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("response", payload)])
+
+
+class TritonPythonModel:
+    """Triton's entry points around one task engine."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        configure_logging(
+            "triton-tasks",
+            os.environ.get("LLMOS_LOG_LEVEL", "info"),
+            os.environ.get("LLMOS_LOG_FORMAT", "text"),
+        )
+        config = json.loads(args["model_config"])
+        parameters = {
+            key: value.get("string_value", "")
+            for key, value in config.get("parameters", {}).items()
+        }
+        folder = Path(parameters["model_folder"])
+        spec = read_task(folder)
+        if spec is None:
+            raise RuntimeError(f"{folder} is not a task model")
+        device = "cpu"
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args.get('model_instance_device_id', '0')}"
+        self.work_type = WORK_OF[spec.kind]
+        self.engine = load_engine(folder, spec, device, int(parameters.get("threads", "1")))
+        log.info("task model %s (%s) ready on %s", args.get("model_name"), spec.kind, device)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        try:
+            works = [self.work_type.FromString(_payload(request)) for request in requests]
+            results = self.engine.run(works)
+        except Exception as exc:
+            log.exception("a batch failed")
+            error = pb_utils.TritonError(f"the task model failed to run the batch: {exc}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        return [_response(result) for result in results]
