@@ -2,8 +2,9 @@
 
 Generations go to the scheduler, which queues them (priorities, fair share) and places
 each on a worker; the worker streams the answer to a private inbox here. If the caller
-goes away, the scheduler drops it from the queue or the worker cancels it. Embeddings
-and classifications are short: any worker serving the model takes them (queue group).
+goes away, the scheduler drops it from the queue or the worker cancels it. Embeddings,
+classifications, entities and translations are short: any worker serving the model takes
+them (queue group).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
@@ -22,6 +24,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from llmos import subjects
 from llmos.errors import NotFound, Unavailable
+from llmos.log import request_id_var
 from llmos.runner import ServiceContext
 from llmos.v1 import inference_pb2
 from llmos.work import domain_error
@@ -37,7 +40,21 @@ RESUBMIT_FOR_S = 30.0
 
 log = logging.getLogger("llmos.gateway.inference")
 
-R = TypeVar("R", inference_pb2.EmbedResult, inference_pb2.ClassifyResult)
+
+def work_id() -> str:
+    """A unique id for work handed to the scheduler and workers. It starts with the call's
+    request id (for correlation in logs) but never is it: callers choose request ids, and
+    one caller must not be able to collide with, or cancel, another's work."""
+    return f"{request_id_var.get()}-{uuid.uuid4().hex[:12]}"
+
+
+R = TypeVar(
+    "R",
+    inference_pb2.EmbedResult,
+    inference_pb2.ClassifyResult,
+    inference_pb2.EntitiesResult,
+    inference_pb2.TranslateResult,
+)
 
 
 class InferenceRouter:
@@ -161,4 +178,16 @@ class InferenceRouter:
         subject = subjects.classify_work(work.model)
         return await self._call(
             subject, work, inference_pb2.ClassifyResult, "classification", work.model
+        )
+
+    async def entities(self, work: inference_pb2.EntitiesWork) -> inference_pb2.EntitiesResult:
+        """The named entities of every text, from an entity model."""
+        subject = subjects.entities_work(work.model)
+        return await self._call(subject, work, inference_pb2.EntitiesResult, "entities", work.model)
+
+    async def translate(self, work: inference_pb2.TranslateWork) -> inference_pb2.TranslateResult:
+        """Every text translated by a translation model."""
+        subject = subjects.translate_work(work.model)
+        return await self._call(
+            subject, work, inference_pb2.TranslateResult, "translation", work.model
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AsyncExitStack, aclosing
@@ -14,12 +13,13 @@ from typing import Any
 import grpc
 
 from gateway.admin import AdminServicer
+from gateway.apps.servicer import ApplicationsServicer
 from gateway.audit import AuditRelay
 from gateway.auth.http import http_app, serve_http
 from gateway.auth.principal import CallRecord, call_record, caller
 from gateway.cache import ResponseCache
 from gateway.deployments import Deployer, Deployments
-from gateway.inference import InferenceRouter
+from gateway.inference import InferenceRouter, work_id
 from gateway.metrics import observe_generation
 from gateway.priorities import check_priority, needs_grant
 from gateway.runtime import GatewayRuntime, server_tls
@@ -44,6 +44,8 @@ from llmos.services import REQUIRED_SERVICES
 from llmos.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    apps_pb2,
+    apps_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     events_pb2,
@@ -65,13 +67,6 @@ CHARS_PER_TOKEN = 4
 EVENT_BUFFER = 1024
 
 
-def work_id() -> str:
-    """A unique id for work handed to the scheduler and workers. It starts with the call's
-    request id (for correlation in logs) but never is it: callers choose request ids, and
-    one caller must not be able to collide with, or cancel, another's work."""
-    return f"{request_id_var.get()}-{uuid.uuid4().hex[:12]}"
-
-
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     """Implements llmos.v1.Gateway over the shared service context."""
 
@@ -88,6 +83,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
         )
         self._router = InferenceRouter(ctx)
         self._scheduler = ctx.links.to("scheduler", scheduler_pb2_grpc.SchedulerStub)
+
+    @property
+    def router(self) -> InferenceRouter:
+        """How work reaches the workers (the applications send theirs the same way)."""
+        return self._router
+
+    @property
+    def deployments(self) -> Deployments:
+        """Which model a name means for a tenant."""
+        return self._deployments
 
     async def GetSystemStatus(
         self, request: gateway_pb2.GetSystemStatusRequest, context: grpc.aio.ServicerContext
@@ -418,6 +423,7 @@ async def _serve_http(
     """The HTTP endpoints on the listener `prepare` bound: the built-in issuer's (with
     its sign-in page and the console, which need it), and the OpenAI-compatible API over
     the gRPC servicer."""
+    from gateway.apps.http import ApplicationsHttp
     from gateway.console.routes import console_routes  # they import this module
     from gateway.openai.http import OpenAIHttp
 
@@ -426,6 +432,7 @@ async def _serve_http(
     if runtime.oauth is not None:
         runtime.oauth.add_routes(app)
         console_routes(app, runtime, servicers, openai)
+    ApplicationsHttp(servicers["Applications"], openai).add_routes(app)
     openai.add_routes(app)
     runner = await serve_http(app, runtime.http_listener, server_tls(runtime.options))
     stack.push_async_callback(runner.cleanup)
@@ -440,8 +447,10 @@ async def attach(
     workers = WorkerTable()
     heartbeats = await workers.follow(ctx.nats)
     stack.push_async_callback(heartbeats.unsubscribe)
+    gateway = GatewayServicer(ctx, runtime, workers)
     servicers: dict[str, Any] = {
-        "Gateway": GatewayServicer(ctx, runtime, workers),
+        "Gateway": gateway,
+        "Applications": ApplicationsServicer(ctx, gateway, workers),
         "Storage": StorageRelay(ctx.links),
         "Audit": AuditRelay(ctx.links),
         "Admin": AdminServicer(
@@ -453,12 +462,14 @@ async def attach(
         ),
     }
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicers["Gateway"], server)
+    apps_pb2_grpc.add_ApplicationsServicer_to_server(servicers["Applications"], server)
     storage_pb2_grpc.add_StorageServicer_to_server(servicers["Storage"], server)
     audit_pb2_grpc.add_AuditServicer_to_server(servicers["Audit"], server)
     admin_pb2_grpc.add_AdminServicer_to_server(servicers["Admin"], server)
     await _serve_http(runtime, servicers, stack)
     return [
         gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
+        apps_pb2.DESCRIPTOR.services_by_name["Applications"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name,
         audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,

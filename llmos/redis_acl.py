@@ -70,14 +70,20 @@ def registry_pattern(service: str) -> str:
 
 
 #: user -> what it may do. Keys: gateway/auth/identities.py + gateway/limits.py
-#: (llmos:auth:*), gateway/cache.py, gateway/deployments.py; services/scheduler/jobs.py
+#: (llmos:auth:*), gateway/cache.py, gateway/deployments.py, gateway/apps/conversations.py;
+#: services/scheduler/jobs.py
 #: and training.py's lease; services/audit/app.py's writer lease; llmos/registry.py.
 USERS: dict[str, RedisUser] = {
     user.name: user
     for user in (
         RedisUser(
             "gateway",
-            keys=("llmos:auth:*", "llmos:cache:*", "llmos:deployments:*"),
+            keys=(
+                "llmos:auth:*",
+                "llmos:cache:*",
+                "llmos:deployments:*",
+                "llmos:conversations:*",
+            ),
             scripting=True,
         ),
         RedisUser("scheduler", keys=("llmos:jobs:*", "llmos:sched:*"), scripting=True),

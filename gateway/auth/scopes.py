@@ -14,11 +14,11 @@ ADMIN = "admin"
 
 #: Every scope the built-in authorization server issues, with what it allows.
 SCOPES: dict[str, str] = {
-    INFERENCE: "generate, chat, embed and classify",
+    INFERENCE: "generate, chat, embed, classify, entities, translation and the assistant",
     MODELS_READ: "list models",
     MODELS_WRITE: "register, deploy and delete models",
     TRAINING: "submit and manage training jobs",
-    DATASETS: "upload and manage datasets",
+    DATASETS: "upload and manage datasets and knowledge bases",
     AUDIT_READ: "query the tenant's audit records",
     EVENTS_READ: "subscribe to the tenant's events",
     CLUSTER_READ: "see system and cluster status",
@@ -29,6 +29,7 @@ SCOPES: dict[str, str] = {
 SYSTEM_TENANT = "system"
 
 _GATEWAY = "/llmos.v1.Gateway/"
+_APPS = "/llmos.v1.Applications/"
 _ADMIN = "/llmos.v1.Admin/"
 _STORAGE = "/llmos.v1.Storage/"
 _AUDIT = "/llmos.v1.Audit/"
@@ -43,6 +44,17 @@ RPC_SCOPES: dict[str, str] = {
     _GATEWAY + "Embed": INFERENCE,
     _GATEWAY + "Classify": INFERENCE,
     _GATEWAY + "ListModels": MODELS_READ,
+    **{_APPS + name: INFERENCE for name in ("ExtractEntities", "Translate", "Ask")},
+    **{
+        _APPS + name: DATASETS
+        for name in (
+            "CreateKnowledgeBase",
+            "GetKnowledgeBase",
+            "ListKnowledgeBases",
+            "DeleteKnowledgeBase",
+            "AddDocuments",
+        )
+    },
     _GATEWAY + "DeployModel": MODELS_WRITE,
     **{
         _GATEWAY + name: TRAINING

@@ -75,7 +75,7 @@ class HttpCallContext:
         return tuple((key.lower(), value) for key, value in self._request.headers.items())
 
 
-class _Call:
+class Call:
     """One HTTP request's state shared with its error handling."""
 
     def __init__(self, request: web.Request, context: HttpCallContext) -> None:
@@ -85,7 +85,7 @@ class _Call:
         self.stream: web.StreamResponse | None = None  # once an event stream has begun
 
 
-Answer = Callable[[_Call], Awaitable[web.StreamResponse]]
+Answer = Callable[[Call], Awaitable[web.StreamResponse]]
 
 
 class OpenAIHttp:
@@ -108,13 +108,18 @@ class OpenAIHttp:
     async def _guarded(
         self, request: web.Request, method: str, answer: Answer
     ) -> web.StreamResponse:
-        call = _Call(request, HttpCallContext(request))
+        return await self.guarded(request, _RPC + method, answer)
+
+    async def guarded(self, request: web.Request, rpc: str, answer: Answer) -> web.StreamResponse:
+        """Run `answer` as the gRPC method `rpc` (its full name) would run: under the
+        guard, with errors in OpenAI's shape. Other HTTP APIs of the gateway use it too."""
+        call = Call(request, HttpCallContext(request))
         rid = request_id_from(call.context.invocation_metadata())
         token = request_id_var.set(rid)
         # a W3C `traceparent` header continues the caller's trace (this task is the request's)
         tracing.incoming.set(tracing.traceparent_in(call.context.invocation_metadata()))
         try:
-            async with self._guard.guard(_RPC + method, call.context):
+            async with self._guard.guard(rpc, call.context):
                 response = await answer(call)
             if not response.prepared:  # a stream named it in its headers
                 response.headers[REQUEST_ID_KEY] = rid
@@ -128,35 +133,35 @@ class OpenAIHttp:
                 return failure.response()
             if not isinstance(exc, Cancelled):  # begun: the stream's last event says why
                 with contextlib.suppress(ConnectionError):
-                    await _event(call.stream, failure.body)
+                    await event(call.stream, failure.body)
             return call.stream
         finally:
             request_id_var.reset(token)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        async def answer(call: _Call) -> web.StreamResponse:
-            parsed = schema.chat_call(await _json(request), _priority(request))
+        async def answer(call: Call) -> web.StreamResponse:
+            parsed = schema.chat_call(await json_body(request), _priority(request))
             return await self._generation(call, parsed)
 
         return await self._guarded(request, "Chat", answer)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        async def answer(call: _Call) -> web.StreamResponse:
-            parsed = schema.completion_call(await _json(request), _priority(request))
+        async def answer(call: Call) -> web.StreamResponse:
+            parsed = schema.completion_call(await json_body(request), _priority(request))
             return await self._generation(call, parsed)
 
         return await self._guarded(request, "Generate", answer)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        async def answer(call: _Call) -> web.StreamResponse:
-            parsed = schema.embedding_call(await _json(request))
+        async def answer(call: Call) -> web.StreamResponse:
+            parsed = schema.embedding_call(await json_body(request))
             result = await self._servicer.Embed(parsed.request, call.context)
             return web.json_response(responses.embeddings(result, parsed.base64))
 
         return await self._guarded(request, "Embed", answer)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        async def answer(call: _Call) -> web.StreamResponse:
+        async def answer(call: Call) -> web.StreamResponse:
             listed = await self._listed(call)
             return web.json_response(
                 {"object": "list", "data": [responses.model_object(m) for m in listed]}
@@ -167,7 +172,7 @@ class OpenAIHttp:
     async def _model(self, request: web.Request) -> web.StreamResponse:
         wanted = request.match_info["model"]
 
-        async def answer(call: _Call) -> web.StreamResponse:
+        async def answer(call: Call) -> web.StreamResponse:
             for info in await self._listed(call):
                 if info.name == wanted:
                     return web.json_response(responses.model_object(info))
@@ -175,14 +180,14 @@ class OpenAIHttp:
 
         return await self._guarded(request, "ListModels", answer)
 
-    async def _listed(self, call: _Call) -> list[gateway_pb2.ModelInfo]:
+    async def _listed(self, call: Call) -> list[gateway_pb2.ModelInfo]:
         listed = await self._servicer.ListModels(gateway_pb2.ListModelsRequest(), call.context)
         return list(listed.models)
 
     # -- generations ---------------------------------------------------------------------
 
     async def _run(
-        self, kind: str, request: Request, call: _Call
+        self, kind: str, request: Request, call: Call
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         """One generation through the servicer (validation, model, cache, scheduler). One
         the worker cut short (a model unloaded, a shutdown) is an error, not an answer:
@@ -199,7 +204,7 @@ class OpenAIHttp:
                 yield response
 
     async def _choices(
-        self, parsed: schema.GenerationCall, call: _Call
+        self, parsed: schema.GenerationCall, call: Call
     ) -> AsyncGenerator[Indexed, None]:
         """Every choice's messages as they come, tagged with the choice's index. Several
         choices run at once, each with a call record of its own, summed into the call's
@@ -251,7 +256,7 @@ class OpenAIHttp:
             parent.prompt = records[0].prompt
             parent.output = "\n".join(r.output for r in records)
 
-    async def _generation(self, call: _Call, parsed: schema.GenerationCall) -> web.StreamResponse:
+    async def _generation(self, call: Call, parsed: schema.GenerationCall) -> web.StreamResponse:
         call.aliases.update(parsed.aliases)
         created = int(time.time())
         prefix = "chatcmpl" if parsed.kind == "chat" else "cmpl"
@@ -276,7 +281,7 @@ class _SseStream:
 
     def __init__(
         self,
-        call: _Call,
+        call: Call,
         parsed: schema.GenerationCall,
         response_id: str,
         created: int,
@@ -342,14 +347,14 @@ class _SseStream:
             self._model = self._model or first[1].model
             if self._chat:
                 for index in range(len(self._choices)):
-                    await _event(stream, self._chunk([self._delta(index, "", [], None, role=True)]))
+                    await event(stream, self._chunk([self._delta(index, "", [], None, role=True)]))
             await self._forward(stream, *first)
             async for index, message in messages:
                 await self._forward(stream, index, message)
         if self._parsed.include_usage:
             usage = responses.usage(self._choices, self._parsed.n)
-            await _event(stream, self._chunk([], usage=usage))
-        await _write(stream, DONE)
+            await event(stream, self._chunk([], usage=usage))
+        await write(stream, DONE)
         return stream
 
     async def _forward(
@@ -359,17 +364,17 @@ class _SseStream:
         self._choices[index].add(message)
         if message.text or message.logprobs:
             delta = self._delta(index, message.text, list(message.logprobs), None, offset=offset)
-            await _event(stream, self._chunk([delta]))
+            await event(stream, self._chunk([delta]))
         if message.done:
             reason = responses.finish_reason(message.finish_reason)
-            await _event(stream, self._chunk([self._delta(index, None, [], reason)]))
+            await event(stream, self._chunk([self._delta(index, None, [], reason)]))
 
 
-async def _event(stream: web.StreamResponse, payload: dict[str, Any]) -> None:
-    await _write(stream, b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+async def event(stream: web.StreamResponse, payload: dict[str, Any]) -> None:
+    await write(stream, b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
 
 
-async def _write(stream: web.StreamResponse, data: bytes) -> None:
+async def write(stream: web.StreamResponse, data: bytes) -> None:
     """Send; a client that hung up cancels the call (as the gRPC API's would be)."""
     try:
         await stream.write(data)
@@ -377,7 +382,7 @@ async def _write(stream: web.StreamResponse, data: bytes) -> None:
         raise Cancelled("the client went away") from None
 
 
-async def _json(request: web.Request) -> Any:
+async def json_body(request: web.Request) -> Any:
     try:
         return await request.json()
     except web.HTTPRequestEntityTooLarge:

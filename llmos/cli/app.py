@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from llmos.cli import admin, audit, chat, datasets, identity, inference, jobs, models, system, top
+from llmos.cli import (
+    admin,
+    apps,
+    audit,
+    chat,
+    datasets,
+    identity,
+    inference,
+    jobs,
+    models,
+    system,
+    top,
+)
 from llmos.cli.connection import DEFAULT_GATEWAY, Connection
 from llmos.cli.train import train
 
@@ -77,6 +89,9 @@ app.command()(inference.generate)
 app.command()(chat.chat)
 app.command()(inference.embed)
 app.command()(inference.classify)
+app.command()(apps.entities)
+app.command()(apps.translate)
+app.add_typer(apps.app, name="kb")
 app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
 app.command()(train)

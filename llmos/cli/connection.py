@@ -20,7 +20,13 @@ from llmos.cli.errors import CommandError
 from llmos.cli.session import access_token, ca_file, stack_info
 from llmos.cli.transport import Transport
 from llmos.oauthclient import Issuer
-from llmos.v1 import admin_pb2_grpc, audit_pb2_grpc, gateway_pb2_grpc, storage_pb2_grpc
+from llmos.v1 import (
+    admin_pb2_grpc,
+    apps_pb2_grpc,
+    audit_pb2_grpc,
+    gateway_pb2_grpc,
+    storage_pb2_grpc,
+)
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 
@@ -89,6 +95,10 @@ class Connection:
     def gateway_stub(self) -> gateway_pb2_grpc.GatewayStub:
         """The public API: inference, models, jobs, status."""
         return gateway_pb2_grpc.GatewayStub(self.channel())
+
+    def apps_stub(self) -> apps_pb2_grpc.ApplicationsStub:
+        """Entities, translation, knowledge bases and the assistant."""
+        return apps_pb2_grpc.ApplicationsStub(self.channel())
 
     def admin_stub(self) -> admin_pb2_grpc.AdminStub:
         """Tenants, clients, users, quotas and signing keys."""

@@ -14,6 +14,7 @@ from llmos.cli.connection import connection
 from llmos.cli.errors import CommandError
 from llmos.cli.output import Listing, OutputOption, message_json, show
 from llmos.cli.transfer import download_file, upload_file
+from llmos.model.tasks import TaskSpec
 from llmos.v1 import gateway_pb2, storage_pb2
 
 app = typer.Typer(
@@ -43,25 +44,68 @@ def list_(ctx: typer.Context, output: OutputOption = "table") -> None:
 
 @app.command("import")
 def import_(
-    gguf: Annotated[Path, typer.Option(help="a llama-family GGUF file")],
+    gguf: Annotated[Path | None, typer.Option(help="a llama-family GGUF file")] = None,
+    translation: Annotated[
+        Path | None,
+        typer.Option(help="a Hugging Face translation model folder (Marian, NLLB, M2M100)"),
+    ] = None,
+    pair: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="translation: a language pair it serves, `en>de` (repeat; default: "
+            "the tokenizer's source and target languages)"
+        ),
+    ] = None,
     name: Annotated[
-        str | None, typer.Option(help="model name (default: from the file name)")
+        str | None, typer.Option(help="model name (default: from the file or folder name)")
     ] = None,
 ) -> None:
-    """Convert a GGUF file into a model folder workers can load (runs locally).
+    """Convert a GGUF file, or a translation model (to CTranslate2, int8), into a model
+    folder workers can load (runs locally; `models register` then uploads it).
 
     The folder is written under $LLMOS_DATA_DIR/models (default var/models)."""
-    from llmos.model.gguf_import import import_gguf  # torch: only this command needs it
     from llmos.model.names import MODEL_NAME
 
-    chosen = name or gguf.stem.lower().replace(".", "-")
+    source = _one_source(gguf, translation)
+    chosen = name or source.stem.lower().replace(".", "-").replace("_", "-")
     if not MODEL_NAME.match(chosen):
         raise CommandError(f"{chosen!r} is not a valid model name; pass --name")
-    if not gguf.is_file():
-        raise CommandError(f"{gguf} does not exist or is not a file")
     target = Path(os.environ.get("LLMOS_DATA_DIR", "var")) / "models" / chosen
-    config = import_gguf(gguf, target)
-    print(f"imported {gguf.name} as {chosen}: {config.parameter_count:,} parameters in {target}")
+    if translation is not None:
+        spec = _import_translation(translation, target, pair or [])
+        print(f"imported {translation} as {chosen}: translates {', '.join(spec.pair_names())} "
+              f"in {target}")  # fmt: skip
+        return
+    from llmos.model.gguf_import import import_gguf  # torch: only this command needs it
+
+    config = import_gguf(source, target)
+    print(f"imported {source.name} as {chosen}: {config.parameter_count:,} parameters in {target}")
+
+
+def _one_source(gguf: Path | None, translation: Path | None) -> Path:
+    if (gguf is None) == (translation is None):
+        raise CommandError("pass exactly one of --gguf FILE and --translation FOLDER")
+    if gguf is not None and not gguf.is_file():
+        raise CommandError(f"{gguf} does not exist or is not a file")
+    if translation is not None and not translation.is_dir():
+        raise CommandError(f"{translation} does not exist or is not a folder")
+    return gguf or translation  # type: ignore[return-value]
+
+
+def _import_translation(folder: Path, target: Path, pairs: list[str]) -> TaskSpec:
+    from llmos.errors import InvalidArgument
+    from llmos.model.translation import convert_marian  # ctranslate2: only this command
+
+    parsed = []
+    for text in pairs:
+        source, separator, wanted = text.partition(">")
+        if not separator:
+            raise CommandError(f"--pair {text!r}: write it as SOURCE>TARGET, e.g. en>de")
+        parsed.append((source.strip().lower(), wanted.strip().lower()))
+    try:
+        return convert_marian(folder, target, parsed or None)
+    except (ValueError, FileExistsError, InvalidArgument) as exc:
+        raise CommandError(str(exc)) from None
 
 
 @app.command()

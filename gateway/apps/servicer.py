@@ -1,0 +1,107 @@
+"""llmos.v1.Applications on the gateway: entities, translation, knowledge bases, Ask.
+
+The applications are gateway code over the platform's own calls (the workers' task
+models, the gateway's Chat and Embed, storage), so each runs under the same guard as
+every public call: scope, tenant, limits, audit and metrics come with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from gateway.apps.assistant import Assistant
+from gateway.apps.conversations import Conversations
+from gateway.apps.entities import EntityExtractor
+from gateway.apps.knowledge import KnowledgeBases, Vectors
+from gateway.apps.llm import ChatModel
+from gateway.apps.translation import Translator
+from gateway.auth.principal import call_record, caller
+from gateway.inference import work_id
+from llmos.runner import ServiceContext
+from llmos.v1 import apps_pb2, apps_pb2_grpc, gateway_pb2
+from llmos.workers import WorkerTable
+
+if TYPE_CHECKING:
+    from gateway.servicer import GatewayServicer
+
+
+class ApplicationsServicer(apps_pb2_grpc.ApplicationsServicer):  # type: ignore[misc]
+    """Implements llmos.v1.Applications."""
+
+    def __init__(self, ctx: ServiceContext, gateway: GatewayServicer, workers: WorkerTable) -> None:
+        self._gateway = gateway
+        chat = ChatModel(gateway)
+        router, deployments = gateway.router, gateway.deployments
+        self._entities = EntityExtractor(router, deployments, chat)
+        self._translator = Translator(router, deployments, chat, workers)
+        self._bases = KnowledgeBases(ctx.links, self._embed)
+        self._assistant = Assistant(
+            self._bases, chat, self._embed, Conversations(ctx.redis), ctx.events
+        )
+
+    async def _embed(self, model: str, texts: list[str]) -> Vectors:
+        """Vectors of `texts` by the gateway's own Embed (its checks, cache and tokens)."""
+        record = call_record()
+        before = record.tokens
+        answer = await self._gateway.Embed(
+            gateway_pb2.EmbedRequest(model=model, inputs=texts), None
+        )
+        record.tokens += before
+        return np.array([list(e.values) for e in answer.embeddings], dtype=np.float32)
+
+    async def ExtractEntities(
+        self, request: apps_pb2.ExtractEntitiesRequest, context: grpc.aio.ServicerContext
+    ) -> apps_pb2.ExtractEntitiesResponse:
+        return await self._entities.extract(request, work_id())
+
+    async def Translate(
+        self, request: apps_pb2.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> apps_pb2.TranslateResponse:
+        return await self._translator.translate(request, work_id())
+
+    async def CreateKnowledgeBase(
+        self, request: apps_pb2.CreateKnowledgeBaseRequest, context: grpc.aio.ServicerContext
+    ) -> apps_pb2.KnowledgeBase:
+        call_record().resource = f"knowledge_base/{request.name}"
+        base = await self._bases.create(
+            caller().tenant, request.name, request.description, request.embedding_model
+        )
+        return base.describe()
+
+    async def GetKnowledgeBase(
+        self, request: apps_pb2.GetKnowledgeBaseRequest, context: grpc.aio.ServicerContext
+    ) -> apps_pb2.KnowledgeBase:
+        call_record().resource = f"knowledge_base/{request.name}"
+        return (await self._bases.get(caller().tenant, request.name)).describe()
+
+    async def ListKnowledgeBases(
+        self, request: apps_pb2.ListKnowledgeBasesRequest, context: grpc.aio.ServicerContext
+    ) -> apps_pb2.ListKnowledgeBasesResponse:
+        call_record().resource = "knowledge_bases"
+        bases = await self._bases.every(caller().tenant)
+        return apps_pb2.ListKnowledgeBasesResponse(knowledge_bases=[b.describe() for b in bases])
+
+    async def DeleteKnowledgeBase(
+        self, request: apps_pb2.GetKnowledgeBaseRequest, context: grpc.aio.ServicerContext
+    ) -> apps_pb2.KnowledgeBase:
+        call_record().resource = f"knowledge_base/{request.name}"
+        return (await self._bases.delete(caller().tenant, request.name)).describe()
+
+    async def AddDocuments(
+        self, request: apps_pb2.AddDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> apps_pb2.KnowledgeBase:
+        call_record().resource = f"knowledge_base/{request.knowledge_base}"
+        base = await self._bases.add(
+            caller().tenant, request.knowledge_base, list(request.documents)
+        )
+        return base.describe()
+
+    async def Ask(
+        self, request: apps_pb2.AskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[apps_pb2.AskResponse]:
+        async for response in self._assistant.ask(request):
+            yield response
