@@ -12,7 +12,7 @@ GEN_STAMP   := llmos/v1/.generated
 DATA_DIR    ?= var
 RUN_ARGS    ?=
 
-.PHONY: help setup protos docs check lint format test test-unit test-fast run clean bench-engine bench-openai bench-gateway bench-scheduler bench-storage bench-trainer bench-audit demo-train
+.PHONY: help setup protos docs check lint format test test-unit test-fast run clean bench-engine bench-openai bench-gateway bench-scheduler bench-storage bench-trainer bench-audit bench-apps demo-train
 
 help:
 	@echo "make run    set up (idempotent) and start the whole LLM OS stack"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench-storage 512 MiB up/download through the API vs cp, peak memory (JSON)"
 	@echo "make bench-trainer training program vs a plain torch loop, tokens/s (JSON)"
 	@echo "make bench-audit   audit ingest from JetStream, chained and signed, vs plain inserts (JSON)"
+	@echo "make bench-apps    entities via the API vs spaCy, F1, retrieval recall@5, answer latency (JSON)"
 	@echo "make demo-train    fine-tune the default model on Shakespeare, deploy, ask it"
 
 $(VENV)/bin/python:
@@ -115,6 +116,9 @@ bench-scheduler: setup
 
 bench-storage: setup
 	$(PY) -m tools.bench.storage
+
+bench-apps: setup
+	$(PY) -m tools.bench.apps
 
 bench-trainer: setup
 	$(PY) -m tools.bench.trainer

@@ -1,6 +1,7 @@
 """What the gateway counts for Prometheus: each generation's latencies and tokens (the
 names vLLM users know, `llmos_` first), calls refused by a rate limit, and failed
-authentications. Recorded where the gRPC and HTTP APIs share their code."""
+authentications, and the applications' work. Recorded where the gRPC and HTTP APIs share
+their code."""
 
 from __future__ import annotations
 
@@ -49,6 +50,23 @@ INTRUSION_EVENTS = Counter(
     "llmos_intrusion_events",
     "Addresses or principals blocked by intrusion detection, by the rule (signal) tripped.",
     ["rule"],
+)
+APP_TEXTS = Counter(
+    "llmos_app_texts",
+    "Texts answered by an application (entities, translation), by the model that answered.",
+    ["app", "tenant", "model"],
+)
+APP_LATENCY = Histogram(
+    "llmos_app_latency_seconds",
+    "An application call from arrival to its answer (the assistant: to its last message).",
+    ["app"],
+    buckets=LATENCY_BUCKETS,
+)
+ASSISTANT_ANSWERS = Counter(
+    "llmos_assistant_answers",
+    "The assistant's replies: answered (with citations), not_found (nothing relevant) or "
+    "handed_off (to a person).",
+    ["tenant", "outcome"],
 )
 AUTH_FAILURES = Counter(
     "llmos_auth_failures",

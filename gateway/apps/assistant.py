@@ -19,6 +19,7 @@ from gateway.apps.conversations import Conversations, new_conversation_id
 from gateway.apps.knowledge import Embedder, KnowledgeBases
 from gateway.apps.llm import ChatModel, message
 from gateway.auth.principal import call_record, caller
+from gateway.metrics import ASSISTANT_ANSWERS
 from llmos import subjects
 from llmos.events import new_event
 from llmos.knowledge.index import Hit, relevant
@@ -99,6 +100,7 @@ class Assistant:
             await self._hand_off(base.name, conversation, request.question, [*history, question])
             reply = message("assistant", HANDED_OFF)
             await self._conversations.append(tenant, base.name, conversation, question, reply)
+            ASSISTANT_ANSWERS.labels(tenant, "handed_off").inc()
             yield apps_pb2.AskResponse(
                 text=HANDED_OFF, done=True, conversation_id=conversation, handed_off=True
             )
@@ -110,6 +112,7 @@ class Assistant:
             text = NO_ANSWER.format(name=base.name)
             reply = message("assistant", text)
             await self._conversations.append(tenant, base.name, conversation, question, reply)
+            ASSISTANT_ANSWERS.labels(tenant, "not_found").inc()
             yield apps_pb2.AskResponse(text=text, done=True, conversation_id=conversation)
             return
         system = SYSTEM_PROMPT.format(name=base.name, passages=passages_text(hits))
@@ -130,6 +133,7 @@ class Assistant:
             )
         reply = message("assistant", "".join(answer))
         await self._conversations.append(tenant, base.name, conversation, question, reply)
+        ASSISTANT_ANSWERS.labels(tenant, "answered").inc()
 
     async def _hand_off(
         self,

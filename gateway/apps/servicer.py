@@ -7,6 +7,7 @@ every public call: scope, tenant, limits, audit and metrics come with it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from gateway.apps.llm import ChatModel
 from gateway.apps.translation import Translator
 from gateway.auth.principal import call_record, caller
 from gateway.inference import work_id
+from gateway.metrics import APP_LATENCY, APP_TEXTS
 from llmos.runner import ServiceContext
 from llmos.v1 import apps_pb2, apps_pb2_grpc, gateway_pb2
 from llmos.workers import WorkerTable
@@ -56,12 +58,18 @@ class ApplicationsServicer(apps_pb2_grpc.ApplicationsServicer):  # type: ignore[
     async def ExtractEntities(
         self, request: apps_pb2.ExtractEntitiesRequest, context: grpc.aio.ServicerContext
     ) -> apps_pb2.ExtractEntitiesResponse:
-        return await self._entities.extract(request, work_id())
+        started = time.monotonic()
+        answer = await self._entities.extract(request, work_id())
+        _counted("entities", answer.model, len(request.texts), started)
+        return answer
 
     async def Translate(
         self, request: apps_pb2.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> apps_pb2.TranslateResponse:
-        return await self._translator.translate(request, work_id())
+        started = time.monotonic()
+        answer = await self._translator.translate(request, work_id())
+        _counted("translation", answer.model, len(request.texts), started)
+        return answer
 
     async def CreateKnowledgeBase(
         self, request: apps_pb2.CreateKnowledgeBaseRequest, context: grpc.aio.ServicerContext
@@ -103,5 +111,12 @@ class ApplicationsServicer(apps_pb2_grpc.ApplicationsServicer):  # type: ignore[
     async def Ask(
         self, request: apps_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[apps_pb2.AskResponse]:
+        started = time.monotonic()
         async for response in self._assistant.ask(request):
             yield response
+        APP_LATENCY.labels("assistant").observe(time.monotonic() - started)
+
+
+def _counted(app: str, model: str, texts: int, started: float) -> None:
+    APP_TEXTS.labels(app, caller().tenant, model).inc(texts)
+    APP_LATENCY.labels(app).observe(time.monotonic() - started)

@@ -9,6 +9,7 @@ import typer
 from llmos.cli.connection import connection
 from llmos.cli.errors import EXIT_NOT_READY, EXIT_OK
 from llmos.cli.output import JsonAlias, Listing, OutputOption, message_json, show, styled
+from llmos.subjects import EVENT_KINDS
 from llmos.v1 import gateway_pb2, scheduler_pb2
 
 
@@ -80,7 +81,8 @@ def events(
     kind: Annotated[
         list[str] | None,
         typer.Option(
-            metavar="KIND", help="only events of this kind: service, job or model (repeatable)"
+            metavar="KIND",
+            help=f"only events of this kind: {', '.join(EVENT_KINDS)} (repeatable)",
         ),
     ] = None,
 ) -> None:

@@ -34,6 +34,7 @@ from llmos.v1 import (
 )
 from tests.documents import minimal_pdf
 from tests.e2e.conftest import RunningStack
+from tests.e2e.shared.scrape import samples, targets
 from tools.harness import eventually
 from tools.tiny_marian import build_tiny_marian
 
@@ -380,8 +381,10 @@ def test_the_assistant_answers_with_citations_to_the_right_passage(
 
 
 def test_the_assistant_says_so_when_nothing_relevant_is_found(
-    apps: apps_pb2_grpc.ApplicationsStub, knowledge_base: str
+    apps: apps_pb2_grpc.ApplicationsStub, knowledge_base: str, stack: RunningStack
 ) -> None:
+    series = ("llmos_assistant_answers_total", (("outcome", "not_found"), ("tenant", "system")))
+    before = samples(targets(stack)["gateway"]).get(series, 0.0)
     answer = ask(
         apps,
         apps_pb2.AskRequest(
@@ -392,6 +395,7 @@ def test_the_assistant_says_so_when_nothing_relevant_is_found(
     assert not answer["answered"]
     assert answer["citations"] == []
     assert "could not find" in answer["text"]
+    assert samples(targets(stack)["gateway"])[series] == before + 1  # support teams watch this rate
 
 
 def test_asking_over_http_streams_events(stack: RunningStack, knowledge_base: str) -> None:

@@ -3,39 +3,22 @@ launcher's file-based discovery targets."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, scheduler_pb2
 from tests.e2e.conftest import RunningStack
+from tests.e2e.shared.scrape import samples, targets
 from tools.harness import eventually
 from tools.prometheus import ALERT_RULES, Prometheus, ensure_installed, prometheus
 
 pytestmark = pytest.mark.e2e
 
 SERVICES = {"gateway", "scheduler", "inference-worker", "trainer", "storage", "audit"}
-
-
-def _targets(stack: RunningStack) -> dict[str, str]:
-    groups = json.loads(Path(stack.fields["metrics"]).read_text())
-    return {group["labels"]["service"]: group["targets"][0] for group in groups}
-
-
-def _samples(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def _generations(stack: RunningStack, tenant: str, count: int) -> list[Any]:
@@ -52,22 +35,22 @@ def _generations(stack: RunningStack, tenant: str, count: int) -> list[Any]:
 
 
 def test_every_service_is_a_scrape_target(stack: RunningStack) -> None:
-    targets = _targets(stack)
-    assert set(targets) == SERVICES
-    for service, address in targets.items():
-        names = {name for name, _ in _samples(address)}
+    found = targets(stack)
+    assert set(found) == SERVICES
+    for service, address in found.items():
+        names = {name for name, _ in samples(address)}
         assert "process_resident_memory_bytes" in names, service
 
 
 def test_generations_are_counted_as_their_answers_say(stack: RunningStack) -> None:
-    gateway = _targets(stack)["gateway"]
+    gateway = targets(stack)["gateway"]
     model, tenant = "smollm2-135m-instruct", "metrics-lab"
     ttft = ("llmos_time_to_first_token_seconds_count", (("model", model),))
     prompt = ("llmos_prompt_tokens_total", (("model", model), ("tenant", tenant)))
     generated = ("llmos_generation_tokens_total", (("model", model), ("tenant", tenant)))
-    before = _samples(gateway)
+    before = samples(gateway)
     finals = _generations(stack, tenant, 3)
-    after = _samples(gateway)
+    after = samples(gateway)
     assert after[ttft] - before.get(ttft, 0.0) == 3
     assert after[prompt] == sum(f.usage.prompt_tokens for f in finals)
     assert after[generated] == sum(f.usage.completion_tokens for f in finals)
@@ -76,8 +59,8 @@ def test_generations_are_counted_as_their_answers_say(stack: RunningStack) -> No
 @pytest.fixture(scope="module")
 def scraper(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """A real Prometheus scraping the stack every second through its targets.json."""
-    targets = Path(stack.fields["metrics"])
-    with prometheus(targets, tmp_path_factory.mktemp("prometheus"), every_s=1.0) as server:
+    discovery = Path(stack.fields["metrics"])
+    with prometheus(discovery, tmp_path_factory.mktemp("prometheus"), every_s=1.0) as server:
         yield server
 
 
