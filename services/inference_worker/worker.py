@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -47,6 +47,7 @@ from services.inference_worker.triton_server import TritonServer
 
 log = logging.getLogger("llmos.worker")
 T = TypeVar("T")
+Handler = Callable[[Msg], Coroutine[Any, Any, None]]
 
 #: Triton unloads a decoupled model only once nothing is in flight on it
 UNLOAD_TIMEOUT_S = 60.0
@@ -54,6 +55,9 @@ UNLOAD_TIMEOUT_S = 60.0
 RESTART_WAIT_S = 120.0
 #: how often the worker checks that its own Triton still runs
 TRITON_CHECK_S = 1.0
+#: one-shot requests (embed, classify, entities, translate) a worker runs at once; more
+#: wait in NATS (the subscription's callback waits for a place)
+ONE_SHOT_INFLIGHT = 256
 
 
 class InferenceWorker:
@@ -81,6 +85,8 @@ class InferenceWorker:
         self._cancel_subscription: Subscription | None = None
         self._generate_subscription: Subscription | None = None
         self._lock = asyncio.Lock()
+        self._one_shot: set[asyncio.Task[None]] = set()
+        self._one_shot_places = asyncio.Semaphore(ONE_SHOT_INFLIGHT)
         #: completion tokens of every generation finished here (heartbeats carry it)
         self.generated_tokens = 0
         self._triton_up = asyncio.Event()
@@ -90,6 +96,10 @@ class InferenceWorker:
     def models(self) -> list[str]:
         """Models served right now."""
         return list(self._subscriptions)
+
+    def llms(self) -> list[str]:
+        """The loaded models that generate (not task models)."""
+        return [model for model in self._subscriptions if model not in self.tasks]
 
     def available_models(self) -> list[str]:
         """Models in the models directory this worker could load now."""
@@ -140,7 +150,7 @@ class InferenceWorker:
                 await asyncio.to_thread(read_folder_config, folder / CONFIG)
             await self._load_into_triton(model, task)
             nc = self.ctx.nats
-            handlers: list[tuple[str, Callable[[Msg], Awaitable[None]]]] = [
+            handlers: list[tuple[str, Handler]] = [
                 (subjects.embed_work(model), self._on_embed),
                 (subjects.classify_work(model), self._on_classify),
             ]
@@ -152,7 +162,9 @@ class InferenceWorker:
                     else [(subjects.translate_work(model), self._on_translate)]
                 )
             self._subscriptions[model] = [
-                await nc.subscribe(subject, queue=subjects.INFERENCE_QUEUE, cb=handler)
+                await nc.subscribe(
+                    subject, queue=subjects.INFERENCE_QUEUE, cb=self._concurrently(handler)
+                )
                 for subject, handler in handlers
             ]
             await self._advertise()
@@ -280,7 +292,7 @@ class InferenceWorker:
         for request_id, (model, _) in list(self._inflight.items()):
             with contextlib.suppress(LLMOSError):
                 await self.client.cancel(model, request_id)
-        tasks = [task for _, task in self._inflight.values()]
+        tasks = [task for _, task in self._inflight.values()] + list(self._one_shot)
         if tasks:
             await asyncio.wait(tasks, timeout=self.ctx.settings.shutdown_grace_s)
 
@@ -388,6 +400,27 @@ class InferenceWorker:
                 await self.client.cancel(entry[0], request_id)
 
     # -- embeddings and classification -----------------------------------------------------
+
+    def _concurrently(self, handler: Handler) -> Handler:
+        """A subscription callback that runs each message's handler as a task of its own.
+
+        nats-py awaits a subscription's callback before it delivers the next message, so
+        a handler awaited there would serve one request at a time: concurrent callers'
+        requests would never meet in Triton's dynamic batcher or the engine's embedding
+        batch. At most ONE_SHOT_INFLIGHT run at once; the next waits for a place."""
+
+        async def on_message(msg: Msg) -> None:
+            await self._one_shot_places.acquire()
+            task = asyncio.create_task(handler(msg))
+            self._one_shot.add(task)
+
+            def done(finished: asyncio.Task[None]) -> None:
+                self._one_shot.discard(finished)
+                self._one_shot_places.release()
+
+            task.add_done_callback(done)
+
+        return on_message
 
     async def _answer(self, call: Callable[[], Awaitable[T]]) -> T:
         """A one-shot Triton call, tried again once if this worker's Triton died meanwhile."""
