@@ -130,7 +130,8 @@ def inference_worker(compute: ComputeLoop) -> ServiceDefinition:
         gauges = asyncio.create_task(
             watch_engines(
                 client,
-                lambda: list(worker.models) if worker.triton_ready() else [],
+                lambda: worker.llms() if worker.triton_ready() else [],
+                lambda: list(worker.tasks) if worker.triton_ready() else [],
                 lambda: options.max_inflight - worker.free_slots,
                 ctx.settings.heartbeat_s,
             ),

@@ -179,6 +179,18 @@ class TritonLLMClient:
             raise Unavailable("the inference server could not be reached; retry") from None
         return bytes(result.as_numpy("response").reshape(-1)[0])
 
+    async def batch_counts(self, model: str) -> tuple[int, int]:
+        """Requests a batched model answered and the batches it ran them in, since it
+        loaded (Triton's own statistics): their ratio is the mean batch size."""
+        try:
+            stats = await self._client.get_inference_statistics(model, headers=self._headers)
+        except InferenceServerException as exc:
+            raise _domain_error(exc) from None
+        except grpc.RpcError:
+            raise Unavailable("the inference server could not be reached; retry") from None
+        entry = stats.model_stats[0]
+        return int(entry.inference_count), int(entry.execution_count)
+
     async def entities(
         self, model: str, work: inference_pb2.EntitiesWork
     ) -> inference_pb2.EntitiesResult:

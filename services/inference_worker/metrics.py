@@ -1,7 +1,8 @@
-"""What an inference worker counts for Prometheus: its slots in use, and for each model it
+"""What an inference worker counts for Prometheus: its slots in use, for each LLM it
 serves how full the engine is (running and waiting sequences, KV cache usage), asked of
 the engine inside Triton every few seconds (the `stats` task) rather than at scrape
-time, so a scrape never waits on Triton."""
+time, so a scrape never waits on Triton; and for each task model (entities,
+translation) the requests Triton's dynamic batcher gathered into how many batches."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ KV_CACHE_USAGE = Gauge(
     "Share of the engine's KV cache positions running sequences hold, 0 to 1.",
     ["model"],
 )
+TASK_REQUESTS = Gauge(
+    "llmos_task_requests",
+    "Requests a task model answered since it loaded (Triton's inference count).",
+    ["model"],
+)
+TASK_BATCHES = Gauge(
+    "llmos_task_batches",
+    "Batches a task model ran them in (Triton's execution count): requests / batches is "
+    "the mean batch size dynamic batching achieves.",
+    ["model"],
+)
 ENGINE_SEQUENCES = Gauge(
     "llmos_engine_sequences",
     "Sequences in the engine's batch (running) or queued for it (waiting).",
@@ -34,6 +46,7 @@ ENGINE_SEQUENCES = Gauge(
 async def watch_engines(
     client: TritonLLMClient,
     models: Callable[[], list[str]],
+    tasks: Callable[[], list[str]],
     busy: Callable[[], int],
     every_s: float,
 ) -> None:
@@ -41,8 +54,10 @@ async def watch_engines(
     answer (in time) leaves the metrics rather than show old numbers, as does one that
     no longer serves."""
     shown: set[str] = set()
+    counted: set[str] = set()
     while True:
         SLOTS_IN_USE.set(busy())
+        counted = await _count_batches(client, tasks(), counted)
         answered: set[str] = set()
         for model in models():
             try:
@@ -60,3 +75,21 @@ async def watch_engines(
             ENGINE_SEQUENCES.remove(model, "waiting")
         shown = answered
         await asyncio.sleep(every_s)
+
+
+async def _count_batches(client: TritonLLMClient, models: list[str], shown: set[str]) -> set[str]:
+    """Set the task models' batch gauges; the models that have them now."""
+    answered: set[str] = set()
+    for model in models:
+        try:
+            requests, batches = await asyncio.wait_for(client.batch_counts(model), STATS_TIMEOUT_S)
+        except (LLMOSError, TimeoutError, IndexError) as exc:
+            log.debug("batch statistics unavailable", extra={"model": model, "error": str(exc)})
+            continue
+        TASK_REQUESTS.labels(model).set(requests)
+        TASK_BATCHES.labels(model).set(batches)
+        answered.add(model)
+    for model in shown - answered:
+        TASK_REQUESTS.remove(model)
+        TASK_BATCHES.remove(model)
+    return answered
