@@ -20,6 +20,8 @@ KNOWLEDGE_BASE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 MAX_DESCRIPTION_CHARS = 500
 MAX_DOCUMENTS = 32
 MAX_DOCUMENT_BYTES = 8 << 20
+#: documents of one AddDocuments call together (the gateway takes 64 MiB messages)
+MAX_CALL_BYTES = 32 << 20
 MAX_DOCUMENT_NAME_CHARS = 200
 MAX_QUESTION_CHARS = 2_000
 MAX_TOP_K = 20

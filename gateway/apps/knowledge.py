@@ -31,13 +31,14 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.apps.checks import (
+    MAX_CALL_BYTES,
     MAX_DOCUMENT_BYTES,
     MAX_DOCUMENTS,
     check_description,
     check_document_name,
     check_knowledge_base,
 )
-from llmos.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from llmos.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LLMOSError, NotFound
 from llmos.knowledge.chunking import chunk_text
 from llmos.knowledge.documents import extract_text
 from llmos.knowledge.index import KnowledgeIndex
@@ -178,12 +179,20 @@ class KnowledgeBases:
         return base
 
     async def get(self, tenant: str, name: str, field: str = "name") -> KnowledgeBase:
-        """The newest version of the tenant's knowledge base `name`."""
+        """The newest version of the tenant's knowledge base `name`. A version can be
+        deleted between listing and reading it (a change just wrote the next): the newer
+        one is read then."""
         check_knowledge_base(name, field)
-        versions = (await self._versions(tenant)).get(name)
-        if not versions:
-            raise NotFound(f"knowledge base {name!r} does not exist")
-        return await self._read(tenant, versions[0])
+        for attempt in range(CHANGE_TRIES):
+            versions = (await self._versions(tenant)).get(name)
+            if not versions:
+                break
+            try:
+                return await self._read(tenant, versions[0])
+            except NotFound:
+                if attempt == CHANGE_TRIES - 1:
+                    raise
+        raise NotFound(f"knowledge base {name!r} does not exist")
 
     async def every(self, tenant: str) -> list[KnowledgeBase]:
         return [
@@ -204,7 +213,10 @@ class KnowledgeBases:
         base = KnowledgeBase(
             name, description, model, 1, KnowledgeIndex(int(probe.shape[1])), {}, time.time()
         )
-        await self._write(tenant, base)
+        try:
+            await self._write(tenant, base)
+        except FailedPrecondition:  # created meanwhile by another call
+            raise AlreadyExists(f"knowledge base {name!r} already exists") from None
         return base
 
     async def delete(self, tenant: str, name: str) -> KnowledgeBase:
@@ -254,15 +266,21 @@ class KnowledgeBases:
     async def _write(self, tenant: str, base: KnowledgeBase) -> None:
         data = await asyncio.to_thread(base.to_bytes)
         blob = await self._ask("UploadBlob", _upload(tenant, data))
-        await self._ask(
-            "CreateDataset",
-            storage_pb2.CreateDatasetRequest(
-                tenant=tenant,
-                name=dataset_name(base.name, base.version),
-                sha256=blob.sha256,
-                description=f"knowledge base {base.name}, version {base.version}",
-            ),
-        )
+        try:
+            await self._ask(
+                "CreateDataset",
+                storage_pb2.CreateDatasetRequest(
+                    tenant=tenant,
+                    name=dataset_name(base.name, base.version),
+                    sha256=blob.sha256,
+                    description=f"knowledge base {base.name}, version {base.version}",
+                ),
+            )
+        except FailedPrecondition:  # the version exists: drop the blob nothing names
+            with contextlib.suppress(LLMOSError):
+                request = storage_pb2.DownloadBlobRequest(tenant=tenant, sha256=blob.sha256)
+                await self._ask("DeleteBlob", request)
+            raise
 
     async def _forget(self, tenant: str, dataset: str) -> None:
         with contextlib.suppress(NotFound):  # deleted meanwhile by another change
@@ -284,6 +302,10 @@ def _prepare(documents: Sequence[apps_pb2.Document]) -> list[_Prepared]:
         raise InvalidArgument("documents", "must contain at least one document")
     if len(documents) > MAX_DOCUMENTS:
         raise InvalidArgument("documents", f"at most {MAX_DOCUMENTS} documents per call")
+    if sum(len(document.content) for document in documents) > MAX_CALL_BYTES:
+        raise InvalidArgument(
+            "documents", f"hold more than {MAX_CALL_BYTES >> 20} MiB; add them in several calls"
+        )
     prepared, names = [], set()
     for index, document in enumerate(documents):
         field_name = f"documents[{index}]"
