@@ -429,10 +429,11 @@ async def _serve_http(
 
     app = http_app(runtime.detector, runtime.options.max_request_bytes)
     openai = OpenAIHttp(servicers["Gateway"], runtime.guard)
+    apps = ApplicationsHttp(servicers["Applications"], openai)
     if runtime.oauth is not None:
         runtime.oauth.add_routes(app)
-        console_routes(app, runtime, servicers, openai)
-    ApplicationsHttp(servicers["Applications"], openai).add_routes(app)
+        console_routes(app, runtime, servicers, openai, apps)
+    apps.add_routes(app)
     openai.add_routes(app)
     runner = await serve_http(app, runtime.http_listener, server_tls(runtime.options))
     stack.push_async_callback(runner.cleanup)

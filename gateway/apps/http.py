@@ -118,7 +118,7 @@ class ApplicationsHttp:
         """Before the OpenAI routes: their catch-all answers any other `/v1/` path."""
         app.router.add_post("/v1/entities", self._entities)
         app.router.add_post("/v1/translations", self._translations)
-        app.router.add_post("/v1/assistants/{kb}/ask", self._ask)
+        app.router.add_post("/v1/assistants/{kb}/ask", self.ask)
 
     async def _entities(self, request: web.Request) -> web.StreamResponse:
         async def answer(call: Call) -> web.StreamResponse:
@@ -165,7 +165,9 @@ class ApplicationsHttp:
 
         return await self._openai.guarded(request, _RPC + "Translate", answer)
 
-    async def _ask(self, request: web.Request) -> web.StreamResponse:
+    async def ask(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/assistants/{kb}/ask` (the console's assistant page calls it too)."""
+
         async def answer(call: Call) -> web.StreamResponse:
             body = _object(await json_body(request))
             parsed = ask_request(request.match_info["kb"], body)

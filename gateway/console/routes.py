@@ -11,19 +11,33 @@ from aiohttp import web
 
 from gateway.auth.signin import SignInPage
 from gateway.console.app import Console
-from gateway.console.pages import admin, audit, chat, cluster, datasets, models, training
+from gateway.console.pages import (
+    admin,
+    assistant,
+    audit,
+    chat,
+    cluster,
+    datasets,
+    models,
+    training,
+)
 from gateway.console.signin import ConsoleOAuth
 from gateway.console.view import Api
 
 log = logging.getLogger("llmos.gateway.console")
 
 if TYPE_CHECKING:
+    from gateway.apps.http import ApplicationsHttp
     from gateway.openai.http import OpenAIHttp
     from gateway.runtime import GatewayRuntime
 
 
 def console_routes(
-    app: web.Application, runtime: GatewayRuntime, servicers: dict[str, Any], openai: OpenAIHttp
+    app: web.Application,
+    runtime: GatewayRuntime,
+    servicers: dict[str, Any],
+    openai: OpenAIHttp,
+    apps: ApplicationsHttp,
 ) -> Console | None:
     """Add the sign-in page and the console to `app`: over TLS, or on a loopback
     address only (passwords and session cookies never cross a network in clear)."""
@@ -41,6 +55,7 @@ def console_routes(
     console = Console(ConsoleOAuth(runtime.oauth), Api(runtime.guard, servicers), secure)
     console.add_routes(app)
     chat.register(console, openai)
+    assistant.register(console, apps)
     for page in (models, datasets, training, cluster, admin, audit):
         page.register(console)
     console.mount(app)

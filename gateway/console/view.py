@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.auth.scopes import (
     ADMIN,
@@ -43,6 +44,7 @@ class NavItem:
 #: the console's pages, in the order of the navigation, with the scope each needs
 NAVIGATION = (
     NavItem("/console/chat", "Chat", INFERENCE),
+    NavItem("/console/assistant", "Assistant", INFERENCE),
     NavItem("/console/models", "Models", MODELS_READ),
     NavItem("/console/datasets", "Datasets", DATASETS),
     NavItem("/console/training", "Training", TRAINING),
@@ -83,7 +85,8 @@ class SessionCallContext(HttpCallContext):
 
 
 class Api:
-    """The public API's servicers by service name (Gateway, Admin, Storage, Audit)."""
+    """The public API's servicers by service name (Gateway, Applications, Admin, Storage,
+    Audit)."""
 
     def __init__(self, guard: GatewayGuard, servicers: Mapping[str, Any]) -> None:
         self._guard = guard
@@ -134,6 +137,16 @@ class View:
 
     def may(self, scope: str) -> bool:
         return scope in self.session.tokens.scopes
+
+    def as_bearer(self) -> web.Request:
+        """The browser's request as an API client's: the session's token as its bearer,
+        the browser's cookies and any other credential left behind (for pages whose
+        script calls an HTTP endpoint of the API itself: chat, the assistant)."""
+        headers = CIMultiDict(
+            (k, v) for k, v in self.request.headers.items() if k.lower() not in DROPPED_HEADERS
+        )
+        headers["Authorization"] = f"Bearer {self.session.tokens.access_token}"
+        return self.request.clone(headers=headers)
 
     async def form(self) -> dict[str, str]:
         """The posted form's text fields (the CSRF check has read it already)."""

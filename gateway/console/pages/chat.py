@@ -8,11 +8,10 @@ validation, guard, streaming and usage accounting as any OpenAI client gets."""
 from __future__ import annotations
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway.auth.scopes import INFERENCE, MODELS_READ
 from gateway.console.app import Console
-from gateway.console.view import DROPPED_HEADERS, View
+from gateway.console.view import View
 from gateway.openai.http import OpenAIHttp
 from llmos.v1 import gateway_pb2
 
@@ -28,11 +27,7 @@ def register(console: Console, openai: OpenAIHttp) -> None:
     async def complete(view: View) -> web.StreamResponse:
         """The browser's JSON request, answered by the OpenAI-compatible endpoint as the
         signed-in person (their cookies stay behind)."""
-        headers = CIMultiDict(
-            (k, v) for k, v in view.request.headers.items() if k.lower() not in DROPPED_HEADERS
-        )
-        headers["Authorization"] = f"Bearer {view.session.tokens.access_token}"
-        return await openai.chat(view.request.clone(headers=headers))
+        return await openai.chat(view.as_bearer())
 
     console.page("GET", "/console/chat", INFERENCE, show)
     console.page("POST", "/console/chat/completions", INFERENCE, complete)

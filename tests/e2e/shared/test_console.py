@@ -22,7 +22,7 @@ from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from llmos.v1 import admin_pb2, admin_pb2_grpc
+from llmos.v1 import admin_pb2, admin_pb2_grpc, apps_pb2, apps_pb2_grpc
 from tests.corpus import TEXT
 from tests.e2e.conftest import RunningStack
 from tests.e2e.shared.people import EVERY_SCOPE, Person, new_person
@@ -91,7 +91,8 @@ def test_a_person_signs_in_with_password_and_one_time_code(
     assert fresh.find_element(By.CSS_SELECTOR, ".who").text.startswith(person.username)
     labels = [a.text for a in fresh.find_elements(By.CSS_SELECTOR, "nav a")]
     assert labels == [
-        "Chat", "Models", "Datasets", "Training", "Cluster", "Administration", "Audit",
+        "Chat", "Assistant", "Models", "Datasets", "Training", "Cluster", "Administration",
+        "Audit",
     ]  # fmt: skip
     # the session cookie is out of scripts' reach
     assert fresh.execute_script("return document.cookie") == ""
@@ -132,6 +133,71 @@ def test_a_chat_answer_streams_into_the_page(fresh: Chrome, stack: RunningStack)
     stats = _text(fresh, "chat-stats")
     assert "completion tokens" in stats and "tokens/s" in stats and "first token after" in stats
     screenshot(fresh, SHOTS, "chat")
+
+
+RETURNS = b"You may return any item within 30 days of delivery for a full refund."
+HANDED_OFF = "I have passed our conversation to a person, who will take it from here."
+
+
+@pytest.fixture
+def console_kb(stack: RunningStack) -> Iterator[str]:
+    """`console-kb` of the system tenant, holding one small text document."""
+    with stack.channel() as channel:
+        apps = apps_pb2_grpc.ApplicationsStub(channel)
+        apps.CreateKnowledgeBase(apps_pb2.CreateKnowledgeBaseRequest(name="console-kb"), timeout=60)
+        document = apps_pb2.Document(name="returns.txt", content=RETURNS)
+        apps.AddDocuments(
+            apps_pb2.AddDocumentsRequest(knowledge_base="console-kb", documents=[document]),
+            timeout=120,
+        )
+        try:
+            yield "console-kb"
+        finally:
+            apps.DeleteKnowledgeBase(
+                apps_pb2.GetKnowledgeBaseRequest(name="console-kb"), timeout=60
+            )
+
+
+def _answered(driver: Chrome) -> bool:
+    """The latest answer has finished (or failed)."""
+    answers = driver.find_elements(By.CSS_SELECTOR, "[data-answer]")
+    return bool(answers) and answers[-1].get_attribute("data-answer") in ("done", "failed")
+
+
+def test_the_assistant_answers_from_a_knowledge_base_citing_its_passage(
+    fresh: Chrome, stack: RunningStack, console_kb: str
+) -> None:
+    person = new_person(stack, ["inference", "datasets"])
+    _sign_in(fresh, stack, person)
+    fresh.get(stack.fields["console"] + "assistant")
+    listed = fresh.find_element(By.ID, "bases").text
+    assert console_kb in listed  # with its one document and one passage
+    Select(fresh.find_element(By.ID, "knowledge-base")).select_by_value(console_kb)
+    max_tokens = fresh.find_element(By.ID, "max_tokens")
+    max_tokens.clear()
+    max_tokens.send_keys("24")
+    fresh.find_element(By.ID, "question").send_keys("How many days do I have to return an item?")
+    fresh.find_element(By.ID, "send").click()
+    _wait(fresh, 180).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#citations li[data-document='returns.txt']")
+    )
+    _wait(fresh, 180).until(_answered)
+    assert _text(fresh, "assistant-error") == ""
+    answer = fresh.find_elements(By.CSS_SELECTOR, "[data-answer]")[-1]
+    assert answer.get_attribute("data-answered") == "true"
+    assert answer.text.strip()
+    cited = fresh.find_element(By.CSS_SELECTOR, "#citations li")
+    assert cited.find_element(By.CSS_SELECTOR, ".source").text == "returns.txt"
+    assert cited.find_element(By.CSS_SELECTOR, ".passage").text == RETURNS.decode()
+    screenshot(fresh, SHOTS, "assistant")
+    # the same conversation, handed to a person: the assistant confirms it
+    fresh.find_element(By.ID, "handoff").click()
+    _wait(fresh).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-answer]")) == 2)
+    _wait(fresh).until(_answered)
+    assert _text(fresh, "assistant-error") == ""
+    handed = fresh.find_elements(By.CSS_SELECTOR, "[data-answer]")[-1]
+    assert handed.get_attribute("data-handed-off") == "true"
+    assert handed.text == HANDED_OFF
 
 
 def test_a_dataset_uploads_and_a_training_job_shows_its_progress_and_chart(
@@ -273,7 +339,7 @@ def test_without_admin_scope_there_is_no_admin_page_and_its_url_is_refused(
     person = new_person(stack, ["inference", "models:read", "cluster:read"])
     _sign_in(fresh, stack, person)
     labels = [a.text for a in fresh.find_elements(By.CSS_SELECTOR, "nav a")]
-    assert labels == ["Chat", "Models", "Cluster"]
+    assert labels == ["Chat", "Assistant", "Models", "Cluster"]
     fresh.get(stack.fields["console"] + "admin")
     assert "needs scope 'admin'" in _text(fresh, "main")
     assert not fresh.find_elements(By.ID, "create-tenant")
@@ -308,7 +374,7 @@ def test_every_page_labels_its_controls_and_fits_the_screen(
     stack: RunningStack, size: tuple[int, int]
 ) -> None:
     person = new_person(stack, EVERY_SCOPE)
-    pages = ["chat", "models", "datasets", "training", "cluster", "admin", "audit"]
+    pages = ["chat", "assistant", "models", "datasets", "training", "cluster", "admin", "audit"]
     unlabelled_js = """return [...document.querySelectorAll('input, select, textarea')]
         .filter(c => c.type !== 'hidden' && c.labels.length === 0 && !c.getAttribute('aria-label'))
         .map(c => c.name || c.id);"""
