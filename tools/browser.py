@@ -35,6 +35,16 @@ def chromium(size: tuple[int, int] = DESKTOP) -> Iterator[webdriver.Chrome]:
         "--no-first-run",
         "--disable-extensions",
         "--hide-scrollbars",
+        # nothing in the background: with no internet here, Chromium's own requests
+        # (updates, sync, safe browsing) only wait for their timeouts
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-domain-reliability",
+        "--disable-client-side-phishing-detection",
+        "--no-pings",
+        "--no-default-browser-check",
         "--force-device-scale-factor=1",
         f"--window-size={size[0]},{size[1]}",
     ):

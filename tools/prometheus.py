@@ -32,6 +32,28 @@ ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def service_targets(discovery: Path) -> dict[str, str]:
+    """service -> the address Prometheus scrapes, from the launcher's targets.json."""
+    groups = json.loads(discovery.read_text())
+    return {group["labels"]["service"]: group["targets"][0] for group in groups}
+
+
+def scrape(address: str) -> Samples:
+    """(name, sorted labels) -> value of every sample a target exposes now."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def ensure_installed() -> Path:
     """The `prometheus` binary, installed from Debian's package when missing."""
     return ensure_commands({"prometheus": "prometheus"})["prometheus"]

@@ -2,13 +2,17 @@
 engines called directly in this process, on one stack started for the benchmark. Prints
 one JSON line:
 
-  ner_api_texts_per_s           texts/s through ExtractEntities: one text per request from
-                                `--concurrency` callers, so Triton's dynamic batcher forms
-                                the batches
+  ner_api_texts_per_s           texts/s through ExtractEntities from `--concurrency`
+                                callers sending 16 texts per call; Triton's dynamic batcher
+                                merges concurrent calls into the batches spaCy runs
+  ner_api_one_text_per_request_texts_per_s
+                                the same with one text per call: the per-call cost of the
+                                door (token, limits, audit) and the hops dominates
   ner_direct_texts_per_s        spaCy in this process, nlp.pipe over the same texts, the
                                 same components the server runs (ner)
   ner_direct_full_texts_per_s   ... and the whole pipeline as spaCy loads it by default
   ner_api_vs_direct             the ratio (target >= 0.7); entities/s ratios are the same
+  ner_mean_batch_requests       requests per batch Triton ran (dynamic batching at work)
   ner_f1_api, ner_f1_direct     entity F1 (exact span and label) against a labelled sample
                                 (tools/bench/apps_data.py); ner_identical: same answers
   retrieval_recall_at_5         share of questions over The Tempest whose answer passage is
@@ -38,9 +42,12 @@ from llmos.v1 import apps_pb2, apps_pb2_grpc
 from tools.bench.apps_data import ENTITY_SAMPLE, TEMPEST_QUESTIONS
 from tools.bench.engine import measuring_stack
 from tools.devstack.access import admin_token, gateway_channel
+from tools.prometheus import scrape, service_targets
 from tools.scratch import scratch_directory
 
 Span = tuple[int, int, str]
+#: texts per ExtractEntities call of a bulk client (the API takes up to 64)
+BULK = 16
 
 
 def gold_spans(text: str, spans: list[tuple[str, str]]) -> set[Span]:
@@ -75,14 +82,18 @@ def direct_pipelines(models: Path) -> tuple[Any, Any]:
 
 
 def api_entities(
-    apps: apps_pb2_grpc.ApplicationsStub, texts: list[str], concurrency: int
+    apps: apps_pb2_grpc.ApplicationsStub, texts: list[str], concurrency: int, per_request: int = 1
 ) -> list[set[Span]]:
-    def one(text: str) -> set[Span]:
-        reply = apps.ExtractEntities(apps_pb2.ExtractEntitiesRequest(texts=[text]), timeout=120)
-        return {(e.start, e.end, e.label) for e in reply.results[0].entities}
+    """Entities of `texts` from `concurrency` callers, `per_request` texts per call."""
+
+    def one(start: int) -> list[set[Span]]:
+        request = apps_pb2.ExtractEntitiesRequest(texts=texts[start : start + per_request])
+        reply = apps.ExtractEntities(request, timeout=120)
+        return [{(e.start, e.end, e.label) for e in r.entities} for r in reply.results]
 
     with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(one, texts))
+        parts = list(pool.map(one, range(0, len(texts), per_request)))
+    return [spans for part in parts for spans in part]
 
 
 def timed(run: Callable[[], Any]) -> tuple[float, Any]:
@@ -102,9 +113,10 @@ def ner(
         return [{(e.start_char, e.end_char, e.label_) for e in doc.ents} for doc in nlp.pipe(texts)]
 
     api_entities(apps, sample, concurrency)  # warm: the first batches pay for loading
-    times: dict[str, list[float]] = {"api": [], "direct": [], "full": []}
-    for _ in range(rounds):  # alternated, so a noisy moment hits all three alike
-        times["api"].append(timed(lambda: api_entities(apps, texts, concurrency))[0])
+    times: dict[str, list[float]] = {"api": [], "api_single": [], "direct": [], "full": []}
+    for _ in range(rounds):  # alternated, so a noisy moment hits all four alike
+        times["api"].append(timed(lambda: api_entities(apps, texts, concurrency, BULK))[0])
+        times["api_single"].append(timed(lambda: api_entities(apps, texts, concurrency))[0])
         times["direct"].append(timed(lambda: direct(ner_only))[0])
         times["full"].append(timed(lambda: direct(full))[0])
     best = {name: count / min(values) for name, values in times.items()}
@@ -115,16 +127,29 @@ def ner(
     return {
         "ner_texts": count,
         "ner_concurrency": concurrency,
+        "ner_texts_per_request": BULK,
         "ner_api_texts_per_s": round(best["api"], 1),
+        "ner_api_one_text_per_request_texts_per_s": round(best["api_single"], 1),
         "ner_direct_texts_per_s": round(best["direct"], 1),
         "ner_direct_full_texts_per_s": round(best["full"], 1),
         "ner_api_vs_direct": round(best["api"] / best["direct"], 3),
         "ner_api_vs_direct_full": round(best["api"] / best["full"], 3),
+        "ner_api_one_text_per_request_vs_direct": round(best["api_single"] / best["direct"], 3),
         "ner_f1_api": f1(served, gold),
         "ner_f1_direct": f1(own, gold),
         "ner_identical": served == own == whole,
         "ner_sample_entities": sum(len(g) for g in gold),
     }
+
+
+def mean_batch(discovery: Path, model: str) -> float:
+    """Requests per batch Triton ran for a task model so far (the worker's metrics,
+    refreshed each heartbeat)."""
+    time.sleep(3)
+    found = scrape(service_targets(discovery)["inference-worker"])
+    labels = (("model", model),)
+    requests = found.get(("llmos_task_requests", labels), 0.0)
+    return round(requests / max(1.0, found.get(("llmos_task_batches", labels), 0.0)), 2)
 
 
 def tempest() -> str:
@@ -197,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--answers", type=int, default=6)
+    parser.add_argument("--only-ner", action="store_true", help="skip the assistant")
     args = parser.parse_args(argv)
     models = Path(os.environ.get("LLMOS_DATA_DIR", "var")).resolve() / "models"
     line: dict[str, Any] = {"bench": "apps"}
@@ -207,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             with gateway_channel(fields, admin_token(fields)) as channel:
                 apps = apps_pb2_grpc.ApplicationsStub(channel)
                 line.update(ner(apps, models, args.texts, args.concurrency, args.rounds))
-                line.update(retrieval(apps))
-                line.update(answers(apps, args.answers))
+                line["ner_mean_batch_requests"] = mean_batch(
+                    Path(fields["metrics"]), DEFAULT_ENTITIES_MODEL
+                )
+                if not args.only_ner:
+                    line.update(retrieval(apps))
+                    line.update(answers(apps, args.answers))
         except grpc.RpcError as exc:
             print(f"bench-apps: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1

@@ -151,12 +151,34 @@ def test_entities_are_spacys_own_with_exact_offsets(
     assert json_format.MessageToDict(version.metadata)["task"] == "entities"
 
 
-def test_concurrent_entity_requests_are_answered_each_as_alone(
-    apps: apps_pb2_grpc.ApplicationsStub,
+def batching(stack: RunningStack, model: str) -> tuple[float, float]:
+    """(requests, batches) Triton counted for a task model, as the worker reports them."""
+    found = samples(targets(stack)["inference-worker"])
+    labels = (("model", model),)
+    return found.get(("llmos_task_requests", labels), 0.0), found.get(
+        ("llmos_task_batches", labels), 0.0
+    )
+
+
+def batched_since(stack: RunningStack, model: str, before: tuple[float, float], sent: int) -> None:
+    """The worker's counts (refreshed each heartbeat) include the `sent` requests, and
+    Triton ran them in fewer batches than requests: dynamic batching batched."""
+
+    def counted() -> tuple[float, float] | None:
+        now = batching(stack, model)
+        return now if now[0] - before[0] >= sent else None
+
+    requests, batches = eventually(counted, timeout=30, what="the batch counts")
+    assert batches - before[1] < requests - before[0], (requests, batches, before)
+
+
+def test_concurrent_entity_requests_are_batched_and_answered_each_as_alone(
+    apps: apps_pb2_grpc.ApplicationsStub, stack: RunningStack
 ) -> None:
     """Triton's dynamic batcher puts concurrent requests in one batch: answers must not
     change, nor go to the wrong caller."""
     expected = spacy_own(SAMPLE_TEXTS)
+    before = batching(stack, DEFAULT_ENTITIES_MODEL)
 
     def one(index: int) -> list[tuple[int, int, str, str]]:
         reply = apps.ExtractEntities(
@@ -165,10 +187,11 @@ def test_concurrent_entity_requests_are_answered_each_as_alone(
         )
         return spans(reply.results[0])
 
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(one, range(16)))
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, range(48)))
     for index, answer in enumerate(answers):
         assert answer == expected[index % len(SAMPLE_TEXTS)]
+    batched_since(stack, DEFAULT_ENTITIES_MODEL, before, 48)
 
 
 def test_entities_over_http(stack: RunningStack) -> None:
@@ -262,7 +285,7 @@ def translation_model(
 
 
 def test_a_translation_model_serves_its_pair_through_triton_with_batching(
-    apps: apps_pb2_grpc.ApplicationsStub, translation_model: tuple[str, Path]
+    apps: apps_pb2_grpc.ApplicationsStub, translation_model: tuple[str, Path], stack: RunningStack
 ) -> None:
     from llmos.model.tasks import read_task as spec_of
     from services.inference_worker.tasks.translation import Translation
@@ -276,15 +299,21 @@ def test_a_translation_model_serves_its_pair_through_triton_with_batching(
     )
     expected = [result.translations[0] for result in direct]
 
-    def one(index: int) -> apps_pb2.TranslateResponse:
+    def one_text(text: str) -> apps_pb2.TranslateRequest:
         # no model named: the gateway picks the model serving en>de (from heartbeats)
-        request = apps_pb2.TranslateRequest(
-            texts=[texts[index % len(texts)]], source="en", target="de"
-        )
-        return eventually(lambda: _translated(apps, request, served), timeout=60)
+        return apps_pb2.TranslateRequest(texts=[text], source="en", target="de")
 
-    with ThreadPoolExecutor(6) as pool:
-        replies = list(pool.map(one, range(12)))
+    def one(index: int) -> apps_pb2.TranslateResponse:
+        reply: apps_pb2.TranslateResponse = apps.Translate(
+            one_text(texts[index % len(texts)]), timeout=120
+        )
+        return reply
+
+    eventually(lambda: _translated(apps, one_text(texts[0]), served), timeout=60)
+    before = batching(stack, served)
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(one, range(48)))
+    batched_since(stack, served, before, 48)
     for index, reply in enumerate(replies):
         assert reply.model == served
         assert list(reply.translations) == [expected[index % len(texts)]]
@@ -378,6 +407,22 @@ def test_the_assistant_answers_with_citations_to_the_right_passage(
         apps, apps_pb2.AskRequest(knowledge_base=knowledge_base, question="Bicycle frame warranty?")
     )
     assert warranty["citations"][0].document == "warranty.pdf"
+
+
+def test_the_cli_extracts_entities_and_asks_the_assistant(
+    stack: RunningStack, knowledge_base: str
+) -> None:
+    found = stack.cli("entities", SAMPLE_TEXTS[0])
+    assert found.returncode == 0, found.stderr
+    assert [tuple(e.values()) for e in json.loads(found.stdout)] == [
+        (start, end, label, span) for start, end, label, span in spacy_own(SAMPLE_TEXTS[:1])[0]
+    ]
+    asked = stack.cli("kb", "ask", knowledge_base, "Bicycle frame warranty?", "--max-tokens", "8")
+    assert asked.returncode == 0, asked.stderr
+    assert "[1] warranty.pdf chunk 0" in asked.stderr
+    assert "conversation " in asked.stderr
+    listed = stack.cli("kb", "list", "-o", "json")
+    assert knowledge_base in {b["name"] for b in json.loads(listed.stdout)["knowledge_bases"]}
 
 
 def test_the_assistant_says_so_when_nothing_relevant_is_found(
