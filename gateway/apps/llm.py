@@ -2,16 +2,16 @@
 prompt an application writes is queued, placed, limited and cached like any caller's.
 
 The applications run inside a guarded call (ExtractEntities, Translate, Ask) whose call
-record the inner Chat also writes; the tokens of every inner call are summed here and
-set once, so the caller pays for all of them."""
+record the inner Chat also writes: `inner_call` adds its tokens to the caller's (who pays
+for all of them) and keeps the caller's own resource and audit fields."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.auth.principal import call_record
+from gateway.auth.principal import inner_call
 from llmos.v1 import gateway_pb2, inference_pb2
 
 if TYPE_CHECKING:
@@ -37,22 +37,20 @@ class ChatModel:
 
     async def stream(
         self, model: str, messages: list[inference_pb2.ChatMessage], max_tokens: int
-    ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+    ) -> AsyncGenerator[gateway_pb2.GenerateResponse, None]:
         """The answer's chunks, greedy (an application's answers are reproducible)."""
         request = gateway_pb2.ChatRequest(
             model=model,
             messages=messages,
             params=inference_pb2.GenerationParams(max_tokens=max_tokens),
         )
-        record = call_record()
-        before = record.tokens
         chunks = self._gateway.Chat(request, None)
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
-        record.tokens += before
+        with inner_call():
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
 
     async def complete(
         self, model: str, messages: list[inference_pb2.ChatMessage], max_tokens: int

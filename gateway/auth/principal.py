@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -64,6 +67,24 @@ class CallRecord:
 
 
 current_call: ContextVar[CallRecord] = ContextVar("llmos_current_call")
+
+
+@contextmanager
+def inner_call() -> Iterator[None]:
+    """Run one of the gateway's own calls (an application's Chat or Embed) inside the
+    caller's: its tokens are added to the caller's however it ends (a cache hit writes
+    none), and what it records of itself (its model as the resource, a cache hit, its
+    prompt) does not replace what the caller's record says."""
+    record = call_record()
+    saved = dataclasses.replace(record, extra=dict(record.extra))
+    record.tokens = 0
+    try:
+        yield
+    finally:
+        inner_tokens = record.tokens
+        record.resource, record.cached = saved.resource, saved.cached
+        record.prompt, record.output = saved.prompt, saved.output
+        record.tokens = saved.tokens + inner_tokens
 
 
 def call_record() -> CallRecord:
