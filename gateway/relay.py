@@ -56,6 +56,8 @@ class Route:
     system_only: str = ""
     #: a server-streaming RPC (relayed message by message) rather than a unary one
     streams: bool = False
+    #: what else the request must satisfy (raises the refusal)
+    check: Callable[[Any], None] = lambda _: None
 
 
 def admit(route: Route, request: Any) -> None:
@@ -64,6 +66,7 @@ def admit(route: Route, request: Any) -> None:
     if route.system_only and principal.tenant != SYSTEM_TENANT:
         raise PermissionDenied(route.system_only)
     route.tenant(request, principal)
+    route.check(request)
     resource = route.resource(request)
     if resource:
         call_record().resource = resource

@@ -14,6 +14,8 @@ from typing import Any
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
 from gateway.relay import Route, RoutedRelay, callers_tenant, named_tenant, no_tenant
+from llmos.errors import InvalidArgument
+from llmos.knowledge.base import DATASET_PREFIX as KNOWLEDGE_BASE_PREFIX
 from llmos.links import Links
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 
@@ -23,15 +25,26 @@ def _admins(action: str) -> str:
     return f"only admins of the {SYSTEM_TENANT!r} tenant may {action}"
 
 
+def _not_reserved(request: Any) -> None:
+    """Datasets named `kb.*` are knowledge bases, written only by the gateway itself (it
+    parses them): no caller may create or delete one through the storage API."""
+    if request.name.startswith(KNOWLEDGE_BASE_PREFIX):
+        raise InvalidArgument(
+            "name",
+            f"names starting with {KNOWLEDGE_BASE_PREFIX!r} hold knowledge bases; manage "
+            "those with the Applications API (`llmos kb`)",
+        )
+
+
 #: Every storage RPC but UploadBlob (a client stream): how the gateway relays it.
 ROUTES: dict[str, Route] = {
     "GetUpload": Route(callers_tenant),
     "DownloadBlob": Route(callers_tenant, lambda r: f"blob/{r.sha256}", streams=True),
     "DeleteBlob": Route(callers_tenant, lambda r: f"blob/{r.sha256}"),
-    "CreateDataset": Route(callers_tenant, lambda r: f"dataset/{r.name}"),
+    "CreateDataset": Route(callers_tenant, lambda r: f"dataset/{r.name}", check=_not_reserved),
     "GetDataset": Route(callers_tenant, lambda r: f"dataset/{r.name}"),
     "ListDatasets": Route(callers_tenant, lambda r: "datasets"),
-    "DeleteDataset": Route(callers_tenant, lambda r: f"dataset/{r.name}"),
+    "DeleteDataset": Route(callers_tenant, lambda r: f"dataset/{r.name}", check=_not_reserved),
     "CreateModelVersion": Route(callers_tenant, lambda r: f"model/{r.model}"),
     "GetModelVersion": Route(callers_tenant, lambda r: f"model/{r.model}"),
     "ListModelVersions": Route(callers_tenant, lambda r: f"model/{r.model or '*'}"),

@@ -7,9 +7,9 @@ storage refuses a second dataset of one name, so two gateways changing one knowl
 base at once cannot both write version n+1: the loser reads the winner's version and
 applies its change again (optimistic concurrency, no lock to leak).
 
-The blob: b"LLMOSKBS", an 8-byte length, a JSON header (description, embedding model,
-documents), then the index (llmos.knowledge.index, its own self-describing format).
-Vectors come from the platform's own Embed, with the knowledge base's embedding model.
+The blob's format is llmos.knowledge.base's. Vectors come from the platform's own Embed,
+with the knowledge base's embedding model. Only the gateway names datasets `kb.*` (the
+public storage API refuses those names), so every blob read here was written here.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
+import logging
 import re
-import struct
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,95 +38,50 @@ from gateway.apps.checks import (
     check_knowledge_base,
 )
 from llmos.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LLMOSError, NotFound
-from llmos.knowledge.chunking import chunk_text
+from llmos.knowledge.base import DATASET_PREFIX, DocumentFacts, KnowledgeBase
+from llmos.knowledge.chunking import Chunk, chunk_text
 from llmos.knowledge.documents import extract_text
 from llmos.knowledge.index import KnowledgeIndex
 from llmos.links import Links
-from llmos.model.names import DEFAULT_MODEL
 from llmos.v1 import apps_pb2, storage_pb2, storage_pb2_grpc
 
-MAGIC = b"LLMOSKBS"
-_LENGTH = struct.Struct(">Q")
-PREFIX = "kb."
+log = logging.getLogger("llmos.gateway.knowledge")
+
 _DATASET = re.compile(r"^kb\.([a-z0-9][a-z0-9_-]*)\.v(\d+)$")
 #: texts per Embed call (the API's limit)
 EMBED_BATCH = 64
 #: tries of a change that lost a race with another gateway's change
 CHANGE_TRIES = 4
-#: knowledge bases kept decoded in memory, by blob digest (a version never changes)
-CACHED = 32
-PIECE = 3 << 20
+#: bytes of knowledge-base blobs a gateway keeps decoded in memory
+CACHE_BYTES = 256 << 20
+#: the size of each piece of an upload to storage (its messages stay small)
+UPLOAD_PIECE = 3 << 20
 
 Vectors = npt.NDArray[np.float32]
 Embedder = Callable[[str, list[str]], Awaitable[Vectors]]
 
 
-@dataclass
-class KnowledgeBase:
-    """One version of a knowledge base, decoded."""
-
-    name: str
-    description: str
-    embedding_model: str
-    version: int
-    index: KnowledgeIndex
-    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    updated_at: float = 0.0
-
-    def describe(self) -> apps_pb2.KnowledgeBase:
-        counts = self.index.documents()
-        answer = apps_pb2.KnowledgeBase(
-            name=self.name,
-            description=self.description,
-            embedding_model=self.embedding_model,
-            version=self.version,
-            chunks=len(self.index),
+def describe(base: KnowledgeBase) -> apps_pb2.KnowledgeBase:
+    """A knowledge base as the API shows it."""
+    counts = base.index.documents()
+    answer = apps_pb2.KnowledgeBase(
+        name=base.name,
+        description=base.description,
+        embedding_model=base.embedding_model,
+        version=base.version,
+        chunks=len(base.index),
+    )
+    answer.updated_at.FromNanoseconds(int(base.updated_at * 1e9))
+    for name, facts in sorted(base.documents.items()):
+        document = answer.documents.add(
+            name=name, sha256=facts.sha256, chunks=counts.get(name, 0), characters=facts.characters
         )
-        answer.updated_at.FromNanoseconds(int(self.updated_at * 1e9))
-        for name, facts in sorted(self.documents.items()):
-            document = answer.documents.add(
-                name=name,
-                sha256=facts["sha256"],
-                chunks=counts.get(name, 0),
-                characters=facts["characters"],
-            )
-            document.added_at.FromNanoseconds(int(facts["added_at"] * 1e9))
-        return answer
-
-    def to_bytes(self) -> bytes:
-        header = json.dumps(
-            {
-                "name": self.name,
-                "description": self.description,
-                "embedding_model": self.embedding_model,
-                "version": self.version,
-                "documents": self.documents,
-                "updated_at": self.updated_at,
-            }
-        ).encode()
-        return MAGIC + _LENGTH.pack(len(header)) + header + self.index.to_bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> KnowledgeBase:
-        if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _LENGTH.size:
-            raise ValueError("not a knowledge base")
-        (length,) = _LENGTH.unpack_from(data, len(MAGIC))
-        start = len(MAGIC) + _LENGTH.size
-        header = json.loads(data[start : start + length])
-        index = KnowledgeIndex.from_bytes(data[start + length :])
-        return cls(
-            header["name"],
-            header["description"],
-            header["embedding_model"],
-            int(header["version"]),
-            index,
-            header["documents"],
-            float(header["updated_at"]),
-        )
+        document.added_at.FromNanoseconds(int(facts.added_at * 1e9))
+    return answer
 
 
 def dataset_name(name: str, version: int) -> str:
-    return f"{PREFIX}{name}.v{version}"
+    return f"{DATASET_PREFIX}{name}.v{version}"
 
 
 class _NoDeadline:
@@ -143,7 +97,9 @@ class KnowledgeBases:
     def __init__(self, links: Links, embed: Embedder) -> None:
         self._storage = links.to("storage", storage_pb2_grpc.StorageStub)
         self._embed = embed
-        self._cache: OrderedDict[str, KnowledgeBase] = OrderedDict()
+        #: decoded versions by tenant and blob digest (a version never changes), and
+        #: their blob sizes: at most CACHE_BYTES of blobs are kept decoded
+        self._cache: OrderedDict[str, tuple[KnowledgeBase, int]] = OrderedDict()
 
     async def _ask(self, method: str, request: Any) -> Any:
         return await self._storage.ask(method, request, _NoDeadline())
@@ -162,27 +118,33 @@ class KnowledgeBases:
         }
 
     async def _read(self, tenant: str, dataset: storage_pb2.Dataset) -> KnowledgeBase:
-        cached = self._cache.get(f"{tenant}/{dataset.sha256}")
-        if cached is not None:
-            self._cache.move_to_end(f"{tenant}/{dataset.sha256}")
-            return cached
+        key = f"{tenant}/{dataset.sha256}"
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key][0]
         data = bytearray()
         request = storage_pb2.DownloadBlobRequest(tenant=tenant, sha256=dataset.sha256)
         async for chunk in self._storage.stream("DownloadBlob", request, _NoDeadline()):
             data.extend(chunk.data)
         if hashlib.sha256(data).hexdigest() != dataset.sha256:
             raise FailedPrecondition(f"knowledge base {dataset.name!r} did not match its digest")
-        base = await asyncio.to_thread(KnowledgeBase.from_bytes, bytes(data))
-        self._cache[f"{tenant}/{dataset.sha256}"] = base
-        while len(self._cache) > CACHED:
+        try:
+            base = await asyncio.to_thread(KnowledgeBase.from_bytes, bytes(data))
+        except ValueError as exc:
+            log.error("unreadable knowledge base", extra={"dataset": dataset.name, "why": str(exc)})
+            raise FailedPrecondition(
+                f"knowledge base {dataset.name!r} cannot be read; restore it from a backup"
+            ) from None
+        self._cache[key] = (base, len(data))
+        while sum(size for _, size in self._cache.values()) > CACHE_BYTES and len(self._cache) > 1:
             self._cache.popitem(last=False)
         return base
 
-    async def get(self, tenant: str, name: str, field: str = "name") -> KnowledgeBase:
+    async def get(self, tenant: str, name: str, field_name: str = "name") -> KnowledgeBase:
         """The newest version of the tenant's knowledge base `name`. A version can be
         deleted between listing and reading it (a change just wrote the next): the newer
         one is read then."""
-        check_knowledge_base(name, field)
+        check_knowledge_base(name, field_name)
         for attempt in range(CHANGE_TRIES):
             versions = (await self._versions(tenant)).get(name)
             if not versions:
@@ -195,24 +157,27 @@ class KnowledgeBases:
         raise NotFound(f"knowledge base {name!r} does not exist")
 
     async def every(self, tenant: str) -> list[KnowledgeBase]:
-        return [
-            await self._read(tenant, versions[0])
-            for _, versions in sorted((await self._versions(tenant)).items())
-        ]
+        """The tenant's knowledge bases (one deleted while listing is left out)."""
+        bases = []
+        for name in sorted(await self._versions(tenant)):
+            with contextlib.suppress(NotFound):
+                bases.append(await self.get(tenant, name))
+        return bases
 
     async def create(
         self, tenant: str, name: str, description: str, embedding_model: str
     ) -> KnowledgeBase:
-        """An empty knowledge base; its vectors' size is the embedding model's."""
+        """An empty knowledge base; its vectors' size is the embedding model's (a name the
+        caller resolved: the vectors of one index must all come from one model)."""
         check_knowledge_base(name)
         check_description(description)
         if name in await self._versions(tenant):
             raise AlreadyExists(f"knowledge base {name!r} already exists")
-        model = embedding_model or DEFAULT_MODEL
-        probe = await self._embed(model, ["knowledge base"])
+        probe = await self._embed(embedding_model, ["knowledge base"])
         base = KnowledgeBase(
-            name, description, model, 1, KnowledgeIndex(int(probe.shape[1])), {}, time.time()
-        )
+            name, description, embedding_model, 1, KnowledgeIndex(int(probe.shape[1])), {},
+            time.time(),
+        )  # fmt: skip
         try:
             await self._write(tenant, base)
         except FailedPrecondition:  # created meanwhile by another call
@@ -220,6 +185,8 @@ class KnowledgeBases:
         return base
 
     async def delete(self, tenant: str, name: str) -> KnowledgeBase:
+        """Delete every version. An AddDocuments racing with it may write one more version
+        after the delete: the knowledge base then comes back holding that change."""
         base = await self.get(tenant, name)
         for dataset in (await self._versions(tenant)).get(name, []):
             await self._forget(tenant, dataset.name)
@@ -229,24 +196,21 @@ class KnowledgeBases:
         self, tenant: str, name: str, documents: Sequence[apps_pb2.Document]
     ) -> KnowledgeBase:
         """Add (or replace) documents: extracted and chunked first (bad input is refused
-        before any work), embedded, then written as the next version."""
+        before any work), embedded once, then written as the next version — again on
+        the newer version if another change wrote this one first."""
         check_knowledge_base(name, "knowledge_base")
         prepared = await asyncio.to_thread(_prepare, documents)
+        base = await self.get(tenant, name, "knowledge_base")
+        added = [
+            (document.name, document.chunks, await self._vectors(base, document), document.facts)
+            for document in prepared
+        ]
         for _ in range(CHANGE_TRIES):
-            base = await self.get(tenant, name, "knowledge_base")
-            index = KnowledgeIndex.from_bytes(base.index.to_bytes())  # cached: never mutate
-            facts = dict(base.documents)
-            for document in prepared:
-                vectors = await self._vectors(base.embedding_model, document.chunks)
-                index.add_document(document.name, document.chunks, vectors)
-                facts[document.name] = document.facts
-            changed = KnowledgeBase(
-                name, base.description, base.embedding_model, base.version + 1, index, facts,
-                time.time(),
-            )  # fmt: skip
+            changed = await asyncio.to_thread(base.changed, added, time.time())
             try:
                 await self._write(tenant, changed)
-            except FailedPrecondition:  # another gateway wrote this version first
+            except FailedPrecondition:  # another change wrote this version first
+                base = await self.get(tenant, name, "knowledge_base")
                 continue
             for older in (await self._versions(tenant)).get(name, [])[1:]:
                 await self._forget(tenant, older.name)
@@ -255,10 +219,12 @@ class KnowledgeBases:
             f"knowledge base {name!r} changed {CHANGE_TRIES} times while adding; try again"
         )
 
-    async def _vectors(self, model: str, chunks: Sequence[Any]) -> Vectors:
-        texts = [chunk.text for chunk in chunks]
+    async def _vectors(self, base: KnowledgeBase, document: _Prepared) -> Vectors:
+        """The passages' vectors by the knowledge base's own embedding model (it never
+        changes, so vectors made for one version fit the next)."""
+        texts = [chunk.text for chunk in document.chunks]
         parts = [
-            await self._embed(model, texts[start : start + EMBED_BATCH])
+            await self._embed(base.embedding_model, texts[start : start + EMBED_BATCH])
             for start in range(0, len(texts), EMBED_BATCH)
         ]
         return np.concatenate(parts)
@@ -292,8 +258,8 @@ class KnowledgeBases:
 @dataclass
 class _Prepared:
     name: str
-    chunks: list[Any]
-    facts: dict[str, Any]
+    chunks: list[Chunk]
+    facts: DocumentFacts
 
 
 def _prepare(documents: Sequence[apps_pb2.Document]) -> list[_Prepared]:
@@ -318,11 +284,7 @@ def _prepare(documents: Sequence[apps_pb2.Document]) -> list[_Prepared]:
                 f"{field_name}.content", f"is larger than {MAX_DOCUMENT_BYTES >> 20} MiB"
             )
         text = extract_text(document.name, document.content, document.content_type, field_name)
-        facts = {
-            "sha256": hashlib.sha256(document.content).hexdigest(),
-            "characters": len(text),
-            "added_at": time.time(),
-        }
+        facts = DocumentFacts(hashlib.sha256(document.content).hexdigest(), len(text), time.time())
         prepared.append(_Prepared(document.name, chunk_text(text), facts))
     return prepared
 
@@ -331,5 +293,7 @@ async def _upload(tenant: str, data: bytes) -> AsyncIterator[storage_pb2.UploadB
     yield storage_pb2.UploadBlobRequest(
         start=storage_pb2.UploadStart(tenant=tenant, upload_id=uuid.uuid4().hex, size=len(data))
     )
-    for offset in range(0, len(data), PIECE):
-        yield storage_pb2.UploadBlobRequest(data=data[offset : offset + PIECE], offset=offset)
+    for offset in range(0, len(data), UPLOAD_PIECE):
+        yield storage_pb2.UploadBlobRequest(
+            data=data[offset : offset + UPLOAD_PIECE], offset=offset
+        )
