@@ -29,10 +29,17 @@ from google.protobuf.json_format import MessageToDict
 
 from gateway.auth.principal import call_record, caller
 from gateway.auth.scopes import SYSTEM_TENANT
-from llmos.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from llmos.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from llmos.links import Links
 from llmos.model.limits import check_model_config
 from llmos.model.names import DEFAULT_MODEL, MODEL_NAME, SERVED_SEPARATOR, TOKENIZER, visible_to
+from llmos.model.tasks import TASK_FILE
 from llmos.v1 import gateway_pb2, scheduler_pb2, scheduler_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 KEY = "llmos:deployments:"
@@ -84,6 +91,17 @@ def served_name(tenant: str, model: str, version: int) -> str:
             "model", f"{model!r} is too long to serve (tenant + model + version <= 63)"
         )
     return name
+
+
+def check_task_deployer(tenant: str, request: gateway_pb2.DeployModelRequest) -> None:
+    """Task models (entities, translation) are deployed by the system tenant only: their
+    engines (spaCy, CTranslate2) parse their files in the Triton every tenant shares, and
+    are not built to meet hostile files; every tenant may use what it deploys."""
+    if tenant != SYSTEM_TENANT:
+        raise PermissionDenied(
+            f"{request.model} is a task model; only the {SYSTEM_TENANT!r} tenant deploys "
+            "those, for every tenant"
+        )
 
 
 def check_llm_version(
@@ -224,9 +242,10 @@ class Deployer:
         )
         if found.tenant != tenant:
             raise NotFound(f"tenant {tenant!r} has no model {request.model!r}")
-        metadata = MessageToDict(found.metadata)
-        if "task" not in metadata:  # task models carry their engine's files, not an LLM's
-            check_llm_version(request, found, metadata)
+        if TASK_FILE in found.files:
+            check_task_deployer(tenant, request)
+        else:
+            check_llm_version(request, found, MessageToDict(found.metadata))
         served = served_name(tenant, request.model, request.version)
         wait_s = context.time_remaining() or DEPLOY_TIMEOUT_S
         async with self._deployments.place(

@@ -61,16 +61,22 @@ def check_messages(messages: list[inference_pb2.ChatMessage]) -> None:
 
 def check_embed_inputs(inputs: list[str]) -> None:
     """Texts to embed: 1..64 non-empty strings."""
-    if not inputs:
-        raise InvalidArgument("inputs", "must contain at least one text")
-    if len(inputs) > MAX_EMBED_INPUTS:
-        raise InvalidArgument("inputs", f"at most {MAX_EMBED_INPUTS} texts per call")
-    for index, text in enumerate(inputs):
+    check_texts(inputs, "inputs", MAX_EMBED_INPUTS, MAX_EMBED_CHARS)
+
+
+def check_texts(texts: list[str], field: str, most: int, most_chars: int) -> None:
+    """1..`most` non-empty texts of at most `most_chars` characters each (embeddings,
+    entities, translations)."""
+    if not texts:
+        raise InvalidArgument(field, "must contain at least one text")
+    if len(texts) > most:
+        raise InvalidArgument(field, f"holds {len(texts)} texts; at most {most} per call")
+    for index, text in enumerate(texts):
         if not text.strip():
-            raise InvalidArgument(f"inputs[{index}]", "must not be empty")
-        if len(text) > MAX_EMBED_CHARS:
+            raise InvalidArgument(f"{field}[{index}]", "must not be empty")
+        if len(text) > most_chars:
             raise InvalidArgument(
-                f"inputs[{index}]", f"is longer than {MAX_EMBED_CHARS} characters"
+                f"{field}[{index}]", f"is {len(text)} characters; at most {most_chars}"
             )
 
 

@@ -12,13 +12,15 @@ on JetStream that the tenant's subscribers (its support desk) receive with the t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from gateway.apps.checks import check_question
-from gateway.apps.conversations import Conversations, new_conversation_id
+from gateway.apps.conversations import Conversation, Conversations, new_conversation_id
 from gateway.apps.knowledge import Embedder, KnowledgeBases
 from gateway.apps.llm import ChatModel, message
 from gateway.auth.principal import call_record, caller
+from gateway.deployments import Deployments
 from gateway.metrics import ASSISTANT_ANSWERS
 from llmos import subjects
 from llmos.events import new_event
@@ -81,28 +83,35 @@ class Assistant:
         embed: Embedder,
         conversations: Conversations,
         events: EventPublisher,
+        deployments: Deployments,
     ) -> None:
+        self._deployments = deployments
         self._bases = bases
         self._chat = chat
         self._embed = embed
         self._conversations = conversations
         self._events = events
 
-    async def ask(self, request: apps_pb2.AskRequest) -> AsyncIterator[apps_pb2.AskResponse]:
-        top_k = check_question(request.question, request.top_k, request.conversation_id)
+    async def ask(self, request: apps_pb2.AskRequest) -> AsyncGenerator[apps_pb2.AskResponse, None]:
+        top_k = check_question(
+            request.question, request.top_k, request.conversation_id, request.max_tokens
+        )
         tenant = caller().tenant
+        model = await self._deployments.resolve(tenant, request.model)
         base = await self._bases.get(tenant, request.knowledge_base, "knowledge_base")
         call_record().resource = f"knowledge_base/{base.name}"
-        conversation = request.conversation_id or new_conversation_id()
-        history = await self._conversations.history(tenant, base.name, conversation)
+        conversation = Conversation(
+            tenant, caller().subject, base.name, request.conversation_id or new_conversation_id()
+        )
+        history = await self._conversations.history(conversation)
         question = message("user", request.question)
         if request.handoff:
-            await self._hand_off(base.name, conversation, request.question, [*history, question])
+            await self._hand_off(conversation, request.question, [*history, question])
             reply = message("assistant", HANDED_OFF)
-            await self._conversations.append(tenant, base.name, conversation, question, reply)
+            await self._conversations.append(conversation, question, reply)
             ASSISTANT_ANSWERS.labels(tenant, "handed_off").inc()
             yield apps_pb2.AskResponse(
-                text=HANDED_OFF, done=True, conversation_id=conversation, handed_off=True
+                text=HANDED_OFF, done=True, conversation_id=conversation.id, handed_off=True
             )
             return
         vector = (await self._embed(base.embedding_model, [request.question]))[0]
@@ -111,43 +120,39 @@ class Assistant:
         if not hits:
             text = NO_ANSWER.format(name=base.name)
             reply = message("assistant", text)
-            await self._conversations.append(tenant, base.name, conversation, question, reply)
+            await self._conversations.append(conversation, question, reply)
             ASSISTANT_ANSWERS.labels(tenant, "not_found").inc()
-            yield apps_pb2.AskResponse(text=text, done=True, conversation_id=conversation)
+            yield apps_pb2.AskResponse(text=text, done=True, conversation_id=conversation.id)
             return
         system = SYSTEM_PROMPT.format(name=base.name, passages=passages_text(hits))
         prompt = [message("system", system), *history[-HISTORY_MESSAGES:], question]
         yield apps_pb2.AskResponse(
-            conversation_id=conversation, citations=citations(hits), answered=True
+            conversation_id=conversation.id, citations=citations(hits), answered=True
         )
         answer: list[str] = []
         budget = request.max_tokens or ANSWER_TOKENS
-        async for chunk in self._chat.stream(request.model, prompt, budget):
-            answer.append(chunk.text)
-            yield apps_pb2.AskResponse(
-                text=chunk.text,
-                done=chunk.done,
-                answered=True,
-                model=chunk.model,
-                usage=chunk.usage if chunk.done else None,
-            )
+        async with aclosing(self._chat.stream(model, prompt, budget)) as chunks:
+            async for chunk in chunks:
+                answer.append(chunk.text)
+                yield apps_pb2.AskResponse(
+                    text=chunk.text,
+                    done=chunk.done,
+                    answered=True,
+                    model=chunk.model,
+                    usage=chunk.usage if chunk.done else None,
+                )
         reply = message("assistant", "".join(answer))
-        await self._conversations.append(tenant, base.name, conversation, question, reply)
+        await self._conversations.append(conversation, question, reply)
         ASSISTANT_ANSWERS.labels(tenant, "answered").inc()
 
     async def _hand_off(
-        self,
-        knowledge_base: str,
-        conversation: str,
-        reason: str,
-        transcript: list[inference_pb2.ChatMessage],
+        self, conversation: Conversation, reason: str, transcript: list[inference_pb2.ChatMessage]
     ) -> None:
-        principal = caller()
-        event = new_event("gateway", principal.tenant)
+        event = new_event("gateway", conversation.tenant)
         handoff = event.assistant_handoff
-        handoff.knowledge_base = knowledge_base
-        handoff.conversation_id = conversation
+        handoff.knowledge_base = conversation.knowledge_base
+        handoff.conversation_id = conversation.id
         handoff.reason = reason
         handoff.transcript.extend(transcript)
-        handoff.principal = principal.subject
+        handoff.principal = conversation.owner
         await self._events.publish(subjects.ASSISTANT_HANDOFF, event)

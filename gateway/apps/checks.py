@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from gateway import validation
 from llmos.errors import InvalidArgument
 
 #: texts per ExtractEntities / Translate call, and characters per text
@@ -30,17 +31,7 @@ CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 def check_texts(texts: list[str], limit_chars: int = MAX_TEXT_CHARS) -> None:
     """1..MAX_TEXTS non-empty texts of at most `limit_chars` characters each."""
-    if not texts:
-        raise InvalidArgument("texts", "must contain at least one text")
-    if len(texts) > MAX_TEXTS:
-        raise InvalidArgument("texts", f"holds {len(texts)} texts; at most {MAX_TEXTS} per call")
-    for index, text in enumerate(texts):
-        if not text.strip():
-            raise InvalidArgument(f"texts[{index}]", "must not be empty")
-        if len(text) > limit_chars:
-            raise InvalidArgument(
-                f"texts[{index}]", f"is {len(text)} characters; at most {limit_chars}"
-            )
+    validation.check_texts(texts, "texts", MAX_TEXTS, limit_chars)
 
 
 def check_labels(labels: list[str]) -> list[str]:
@@ -84,9 +75,14 @@ def check_document_name(name: str, field: str) -> None:
         )
 
 
-def check_question(question: str, top_k: int, conversation_id: str) -> int:
-    """The question, the passages wanted (0: 5) and the conversation id, if any (the
-    answer's `max_tokens` is checked by Chat, as any generation's)."""
+def check_question(question: str, top_k: int, conversation_id: str, max_tokens: int) -> int:
+    """The question, the passages wanted (0: 5), the conversation id if any, and the
+    answer's length (checked here too, before any passage is sent: once the answer has
+    begun, an error can no longer be the call's status)."""
+    if not 0 <= max_tokens <= validation.MAX_NEW_TOKENS:
+        raise InvalidArgument(
+            "max_tokens", f"must be between 1 and {validation.MAX_NEW_TOKENS} (0: 256)"
+        )
     if not question.strip():
         raise InvalidArgument("question", "must not be empty")
     if len(question) > MAX_QUESTION_CHARS:

@@ -11,6 +11,7 @@ the work: this module only translates JSON.
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
@@ -174,15 +175,16 @@ class ApplicationsHttp:
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
                 raise InvalidArgument("stream", "must be true or false")
-            responses = self._servicer.Ask(parsed, call.context)
-            # the first message is awaited before the headers: refusals stay HTTP statuses
-            first = await anext(responses)
-            if stream:
-                return await self._stream(call, first, responses)
-            whole = _whole(first)
-            async for message in responses:
-                _add(whole, message)
-            return web.json_response(whole)
+            # closed as soon as this handler ends: a client gone stops the answer now
+            async with aclosing(self._servicer.Ask(parsed, call.context)) as responses:
+                # the first message is awaited before the headers: refusals stay statuses
+                first = await anext(responses)
+                if stream:
+                    return await self._stream(call, first, responses)
+                whole = _whole(first)
+                async for message in responses:
+                    _add(whole, message)
+                return web.json_response(whole)
 
         return await self._openai.guarded(request, _RPC + "Ask", answer)
 

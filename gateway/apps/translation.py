@@ -17,7 +17,7 @@ from gateway.deployments import Deployments
 from gateway.inference import InferenceRouter
 from llmos.errors import InvalidArgument
 from llmos.languages import check_language, language_name
-from llmos.model.names import visible_to
+from llmos.model.names import served_owner, visible_to
 from llmos.model.tasks import TRANSLATION
 from llmos.v1 import apps_pb2, inference_pb2, scheduler_pb2
 from llmos.workers import INFERENCE_WORKER, WorkerTable
@@ -50,16 +50,15 @@ class Translator:
         }
 
     def serving(self, source: str, target: str, tenant: str) -> str:
-        """A translation model the tenant may use that serves the pair ("" if none)."""
+        """A translation model the tenant may use that serves the pair ("" if none): the
+        tenant's own deployment before a shared one."""
         pair = f"{source}>{target}"
-        return next(
-            (
-                name
-                for name, task in sorted(self._task_models().items())
-                if task.kind == TRANSLATION and pair in task.pairs and visible_to(name, tenant)
-            ),
-            "",
-        )
+        candidates = [
+            name
+            for name, task in self._task_models().items()
+            if task.kind == TRANSLATION and pair in task.pairs and visible_to(name, tenant)
+        ]
+        return min(candidates, key=lambda name: (served_owner(name) != tenant, name), default="")
 
     async def translate(
         self, request: apps_pb2.TranslateRequest, request_id: str

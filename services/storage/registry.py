@@ -58,7 +58,7 @@ class Registry:
         lineage = check_document(lineage, "lineage")
         if TASK_FILE in files:  # a task model: its engine's config.json is not an LLM's
             derived = await asyncio.to_thread(self._describe_task, tenant, files[TASK_FILE])
-            metadata = {**derived, **metadata}
+            metadata = {**metadata, **derived}  # what the task is, no caller may say otherwise
         elif "config.json" in files:
             derived = await asyncio.to_thread(self._describe, tenant, files["config.json"])
             metadata = {**derived, **metadata}

@@ -10,11 +10,12 @@ from gateway.auth.scopes import RPC_SCOPES, SCOPES, narrow_scopes, required_scop
 from gateway.priorities import check_priority, needs_grant
 from llmos.errors import PermissionDenied
 from llmos.priority import PriorityClass
-from llmos.v1 import admin_pb2, gateway_pb2
+from llmos.v1 import admin_pb2, apps_pb2, gateway_pb2
 
 
 def test_every_public_rpc_has_a_known_scope() -> None:
     for service in (gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
+                    apps_pb2.DESCRIPTOR.services_by_name["Applications"],
                     admin_pb2.DESCRIPTOR.services_by_name["Admin"]):  # fmt: skip
         for method in service.methods:
             name = f"/{service.full_name}/{method.name}"
@@ -80,3 +81,11 @@ def test_whoever_may_run_models_may_list_them_and_nothing_more() -> None:
     assert allows(frozenset({"models:read"}), listing, required_scope(listing) or "")
     assert not allows(frozenset({"datasets"}), listing, required_scope(listing) or "")
     assert not allows(frozenset({"models:read"}), generate, required_scope(generate) or "")
+
+
+def test_knowledge_bases_are_managed_with_datasets_and_asked_with_inference() -> None:
+    apps = "/llmos.v1.Applications/"
+    assert required_scope(apps + "AddDocuments") == "datasets"
+    assert required_scope(apps + "DeleteKnowledgeBase") == "datasets"
+    for method in ("Ask", "ExtractEntities", "Translate"):
+        assert required_scope(apps + method) == "inference"

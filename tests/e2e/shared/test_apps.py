@@ -500,6 +500,16 @@ def test_tenants_never_retrieve_each_others_documents(
         assert {c.document for c in answer["citations"]} == {"own.txt"}
         listed = other.ListKnowledgeBases(apps_pb2.ListKnowledgeBasesRequest(), timeout=60)
         assert [len(b.documents) for b in listed.knowledge_bases] == [1]
+    # asking needs `inference`; changing a knowledge base needs `datasets` too
+    asker = stack.client_token("apps-other", ["inference"])
+    with stack.channel(asker) as chan:
+        only_asks = apps_pb2_grpc.ApplicationsStub(chan)
+        assert ask(only_asks, ask_theirs)["citations"]
+        change = apps_pb2.AddDocumentsRequest(knowledge_base="faq", documents=[own])
+        with pytest.raises(grpc.RpcError) as raised:
+            only_asks.AddDocuments(change, timeout=60)
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "datasets" in str(raised.value.details())
 
 
 def test_a_conversation_is_handed_to_a_person_as_an_event(
@@ -551,7 +561,7 @@ def test_a_conversation_is_handed_to_a_person_as_an_event(
 
 
 def test_bad_knowledge_base_requests_are_refused_naming_the_field(
-    apps: apps_pb2_grpc.ApplicationsStub, knowledge_base: str
+    apps: apps_pb2_grpc.ApplicationsStub, channel: grpc.Channel, knowledge_base: str
 ) -> None:
     bad = grpc.StatusCode.INVALID_ARGUMENT
     exe = apps_pb2.Document(name="setup.exe", content=b"MZ\x90\x00")
@@ -586,3 +596,9 @@ def test_bad_knowledge_base_requests_are_refused_naming_the_field(
         grpc.StatusCode.NOT_FOUND,
         "knowledge base",
     )
+    too_long = apps_pb2.AskRequest(knowledge_base=knowledge_base, question="hi?", max_tokens=10**6)
+    refused(apps.Ask, too_long, bad, "max_tokens")
+    # knowledge bases are written by the gateway alone: storage's API keeps their names
+    storage = storage_pb2_grpc.StorageStub(channel)
+    forged = storage_pb2.CreateDatasetRequest(name=f"kb.{knowledge_base}.v99", sha256="0" * 64)
+    refused(storage.CreateDataset, forged, bad, "name")
