@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmos.errors import FailedPrecondition
+from llmos.model.names import has_model
+
 TASK_FILE = "llmos-task.json"
 ENTITIES, TRANSLATION = "entities", "translation"
 KINDS = (ENTITIES, TRANSLATION)
@@ -94,6 +97,24 @@ def read_task(folder: Path) -> TaskSpec | None:
     except OSError:
         return None
     return parse_task(text)
+
+
+def task_of(folder: Path) -> TaskSpec | None:
+    """What task the model in `folder` serves (None: an LLM, or nothing); a task file
+    that does not parse is refused with its sentence (FAILED_PRECONDITION)."""
+    try:
+        return read_task(folder)
+    except ValueError as exc:
+        raise FailedPrecondition(f"model folder {folder.name!r}: {exc}") from None
+
+
+def servable(folder: Path) -> bool:
+    """Whether `folder` holds a complete model: an LLM, or a task model whose task file
+    parses (`task_of` says what is wrong with one that does not)."""
+    try:
+        return has_model(folder) or read_task(folder) is not None
+    except ValueError:
+        return False
 
 
 def write_task(folder: Path, spec: TaskSpec) -> None:

@@ -19,7 +19,7 @@ from llmos.model.default import GGUF_NAME, ensure_default_model
 from llmos.model.entities import SOURCE as ENTITIES_SOURCE
 from llmos.model.entities import ensure_default_entities
 from llmos.model.names import DEFAULT_MODEL
-from llmos.model.tasks import DEFAULT_ENTITIES_MODEL
+from llmos.model.tasks import DEFAULT_ENTITIES_MODEL, servable
 from llmos.modelstore import ModelStore
 from llmos.runner import ServiceContext, ServiceDefinition
 from llmos.v1 import scheduler_pb2, worker_pb2, worker_pb2_grpc
@@ -29,7 +29,7 @@ from services.inference_worker.leftovers import TritonFootprint
 from services.inference_worker.metrics import watch_engines
 from services.inference_worker.options import WorkerOptions, read_worker_options
 from services.inference_worker.triton_server import TritonServer
-from services.inference_worker.worker import InferenceWorker, servable
+from services.inference_worker.worker import InferenceWorker
 
 
 class InferenceWorkerServicer(worker_pb2_grpc.InferenceWorkerServicer):  # type: ignore[misc]

@@ -46,11 +46,13 @@ def load_engine(folder: Path, spec: TaskSpec, device: str, threads: int) -> Engi
     return Translation(folder, spec, device, threads)
 
 
-#: the work message each kind reads
-WORK_OF: dict[str, type[Message]] = {
-    ENTITIES: inference_pb2.EntitiesWork,
-    TRANSLATION: inference_pb2.TranslateWork,
+#: the work message each kind reads, and the result it answers
+WORK_OF: dict[str, tuple[type[Message], type[Message]]] = {
+    ENTITIES: (inference_pb2.EntitiesWork, inference_pb2.EntitiesResult),
+    TRANSLATION: (inference_pb2.TranslateWork, inference_pb2.TranslateResult),
 }
+#: what a caller whose request failed inside the engine hears (the log has the details)
+FAILED = "the model failed to run this request"
 
 
 def _payload(request: Any) -> bytes:
@@ -84,16 +86,39 @@ class TritonPythonModel:
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', '0')}"
-        self.work_type = WORK_OF[spec.kind]
+        self.work_type, self.result_type = WORK_OF[spec.kind]
         self.engine = load_engine(folder, spec, device, int(parameters.get("threads", "1")))
         log.info("task model %s (%s) ready on %s", args.get("model_name"), spec.kind, device)
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        """One batch: the requests Triton's dynamic batcher gathered, often from several
+        callers and tenants. If the batch fails, each request runs alone, so only the
+        one that fails is refused."""
+        works = [self._work(request) for request in requests]
         try:
-            works = [self.work_type.FromString(_payload(request)) for request in requests]
-            results = self.engine.run(works)
-        except Exception as exc:
-            log.exception("a batch failed")
-            error = pb_utils.TritonError(f"the task model failed to run the batch: {exc}")
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        return [_response(result) for result in results]
+            results = self.engine.run([work for work in works if work is not None])
+        except Exception:
+            log.exception("a batch failed; running its requests one by one")
+            return [_response(self._alone(work)) for work in works]
+        answers = iter(results)
+        return [_response(next(answers) if work is not None else self._failed()) for work in works]
+
+    def _work(self, request: Any) -> Message | None:
+        try:
+            return self.work_type.FromString(_payload(request))
+        except Exception:
+            log.exception("a request could not be read")
+            return None
+
+    def _alone(self, work: Message | None) -> Message:
+        if work is None:
+            return self._failed()
+        try:
+            result: Message = self.engine.run([work])[0]
+            return result
+        except Exception:
+            log.exception("a request failed")
+            return self._failed()
+
+    def _failed(self) -> Message:
+        return self.result_type(error=inference_pb2.WorkError(code="INTERNAL", message=FAILED))

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -34,20 +34,20 @@ from llmos.errors import (
     Unavailable,
 )
 from llmos.model.limits import read_folder_config
-from llmos.model.names import CONFIG, MODEL_NAME, has_model
-from llmos.model.tasks import ENTITIES, TaskSpec, read_task
+from llmos.model.names import CONFIG, MODEL_NAME
+from llmos.model.tasks import ENTITIES, TaskSpec, servable, task_of
 from llmos.modelstore import ModelStore, fetched_from
 from llmos.runner import ServiceContext, report_status
 from llmos.v1 import inference_pb2, scheduler_pb2
 from llmos.work import work_error
 from services.inference_worker.client import TritonLLMClient
+from services.inference_worker.concurrent import Concurrent, Handler
 from services.inference_worker.options import WorkerOptions
 from services.inference_worker.repository import remove_entry, write_entry
 from services.inference_worker.triton_server import TritonServer
 
 log = logging.getLogger("llmos.worker")
 T = TypeVar("T")
-Handler = Callable[[Msg], Coroutine[Any, Any, None]]
 
 #: Triton unloads a decoupled model only once nothing is in flight on it
 UNLOAD_TIMEOUT_S = 60.0
@@ -56,7 +56,7 @@ RESTART_WAIT_S = 120.0
 #: how often the worker checks that its own Triton still runs
 TRITON_CHECK_S = 1.0
 #: one-shot requests (embed, classify, entities, translate) a worker runs at once; more
-#: wait in NATS (the subscription's callback waits for a place)
+#: wait in NATS (concurrent.py)
 ONE_SHOT_INFLIGHT = 256
 
 
@@ -85,8 +85,7 @@ class InferenceWorker:
         self._cancel_subscription: Subscription | None = None
         self._generate_subscription: Subscription | None = None
         self._lock = asyncio.Lock()
-        self._one_shot: set[asyncio.Task[None]] = set()
-        self._one_shot_places = asyncio.Semaphore(ONE_SHOT_INFLIGHT)
+        self._one_shot = Concurrent(ONE_SHOT_INFLIGHT)
         #: completion tokens of every generation finished here (heartbeats carry it)
         self.generated_tokens = 0
         self._triton_up = asyncio.Event()
@@ -140,6 +139,7 @@ class InferenceWorker:
             elif not servable(folder):
                 await self.store.fetch(model, self.models_dir)
             if not servable(folder):
+                await asyncio.to_thread(task_of, folder)  # a broken task file says what is wrong
                 raise NotFound(
                     f"model {model!r} is neither in the worker's models directory nor in the "
                     "registry"
@@ -155,7 +155,6 @@ class InferenceWorker:
                 (subjects.classify_work(model), self._on_classify),
             ]
             if task is not None:
-                self.tasks[model] = task
                 handlers = (
                     [(subjects.entities_work(model), self._on_entities)]
                     if task.kind == ENTITIES
@@ -163,10 +162,12 @@ class InferenceWorker:
                 )
             self._subscriptions[model] = [
                 await nc.subscribe(
-                    subject, queue=subjects.INFERENCE_QUEUE, cb=self._concurrently(handler)
+                    subject, queue=subjects.INFERENCE_QUEUE, cb=self._one_shot(handler)
                 )
                 for subject, handler in handlers
             ]
+            if task is not None:  # served now: heartbeats may say so
+                self.tasks[model] = task
             await self._advertise()
             log.info("serving model", extra={"model": model})
 
@@ -292,9 +293,10 @@ class InferenceWorker:
         for request_id, (model, _) in list(self._inflight.items()):
             with contextlib.suppress(LLMOSError):
                 await self.client.cancel(model, request_id)
-        tasks = [task for _, task in self._inflight.values()] + list(self._one_shot)
+        tasks = [task for _, task in self._inflight.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=self.ctx.settings.shutdown_grace_s)
+        await self._one_shot.close(self.ctx.settings.shutdown_grace_s)
 
     async def _advertise(self) -> None:
         """Tell the scheduler at once which models this worker serves now, rather than at
@@ -401,27 +403,6 @@ class InferenceWorker:
 
     # -- embeddings and classification -----------------------------------------------------
 
-    def _concurrently(self, handler: Handler) -> Handler:
-        """A subscription callback that runs each message's handler as a task of its own.
-
-        nats-py awaits a subscription's callback before it delivers the next message, so
-        a handler awaited there would serve one request at a time: concurrent callers'
-        requests would never meet in Triton's dynamic batcher or the engine's embedding
-        batch. At most ONE_SHOT_INFLIGHT run at once; the next waits for a place."""
-
-        async def on_message(msg: Msg) -> None:
-            await self._one_shot_places.acquire()
-            task = asyncio.create_task(handler(msg))
-            self._one_shot.add(task)
-
-            def done(finished: asyncio.Task[None]) -> None:
-                self._one_shot.discard(finished)
-                self._one_shot_places.release()
-
-            task.add_done_callback(done)
-
-        return on_message
-
     async def _answer(self, call: Callable[[], Awaitable[T]]) -> T:
         """A one-shot Triton call, tried again once if this worker's Triton died meanwhile."""
         restarts = self._restarts()
@@ -474,20 +455,3 @@ class InferenceWorker:
             scheduler_pb2.TaskModel(name=name, kind=spec.kind, pairs=spec.pair_names())
             for name, spec in self.tasks.items()
         ]
-
-
-def task_of(folder: Path) -> TaskSpec | None:
-    """What task the model in `folder` serves (None: an LLM); a task file that does not
-    parse is refused with its sentence."""
-    try:
-        return read_task(folder)
-    except ValueError as exc:
-        raise FailedPrecondition(f"model folder {folder.name!r}: {exc}") from None
-
-
-def servable(folder: Path) -> bool:
-    """Whether `folder` holds a complete model: an LLM, or a task model."""
-    try:
-        return has_model(folder) or read_task(folder) is not None
-    except ValueError:
-        return True  # load() names what is wrong with it
