@@ -1,7 +1,7 @@
 // The customer-service assistant: streams an answer from the applications' endpoint
 // (server-sent events) into the page, lists the passages it cites, keeps the
 // conversation going, and hands it to a person on request.
-import { csrf } from './console.js';
+import { events, postJson, turn as addTurn } from './console.js';
 
 const form = document.getElementById('ask');
 const transcript = document.getElementById('transcript');
@@ -14,20 +14,7 @@ const HANDOFF_REASON = 'I would like to talk to a person.';
 // the conversation the next question continues ('' : a new one), and its knowledge base
 let conversation = '';
 let conversationBase = '';
-
-function turn(role, text) {
-  const block = document.createElement('div');
-  block.className = 'turn';
-  const who = document.createElement('div');
-  who.className = 'role';
-  who.textContent = role;
-  const body = document.createElement('div');
-  body.className = 'answer';
-  body.textContent = text;
-  block.append(who, body);
-  transcript.append(block);
-  return body;
-}
+const turn = (role, text) => addTurn(transcript, role, text);
 
 // the passages an answer rests on, numbered as the answer cites them ([1], [2], ...)
 function cite(list) {
@@ -51,24 +38,6 @@ function cite(list) {
   noCitations.textContent = list.length ? '' : 'This answer cites no passage.';
 }
 
-// the events of an answer, as they arrive: each `data:` line's object, until [DONE]
-async function* events(response) {
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = '';
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value;
-    let end;
-    while ((end = buffer.indexOf('\n\n')) >= 0) {
-      const data = buffer.slice(0, end).replace(/^data: /, '');
-      buffer = buffer.slice(end + 2);
-      if (data === '[DONE]') return;
-      yield JSON.parse(data);
-    }
-  }
-}
-
 async function ask(handoff) {
   const base = form.elements.knowledge_base.value.trim();
   let question = form.elements.question.value.trim();
@@ -88,19 +57,9 @@ async function ask(handoff) {
   if (maxTokens !== '') body.max_tokens = Number(maxTokens);
   for (const button of buttons) button.disabled = true;
   try {
-    const response = await fetch(`/console/assistant/${encodeURIComponent(base)}/ask`, {
-      method: 'POST', credentials: 'same-origin',
-      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf() },
-      body: JSON.stringify(body),
-    });
-    if (!response.ok) {
-      let message = `HTTP ${response.status}`;
-      try { message = (await response.json()).error.message; } catch (error) { /* not JSON */ }
-      throw new Error(message);
-    }
+    const response = await postJson(`/console/assistant/${encodeURIComponent(base)}/ask`, body);
     let usage = null;
     for await (const chunk of events(response)) {
-      if (chunk.error) throw new Error(chunk.error.message);
       if (chunk.conversation_id) {
         conversation = chunk.conversation_id;
         conversationBase = base;

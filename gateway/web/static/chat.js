@@ -1,26 +1,13 @@
 // The chat playground: streams an answer from the OpenAI-compatible endpoint
 // (server-sent events) into the page, then shows its usage and timings.
-import { csrf } from './console.js';
+import { events, postJson, turn as addTurn } from './console.js';
 
 const form = document.getElementById('chat');
 const transcript = document.getElementById('transcript');
 const stats = document.getElementById('chat-stats');
 const failure = document.getElementById('chat-error');
 const history = [];
-
-function turn(role, text) {
-  const block = document.createElement('div');
-  block.className = 'turn';
-  const who = document.createElement('div');
-  who.className = 'role';
-  who.textContent = role;
-  const body = document.createElement('div');
-  body.className = 'answer';
-  body.textContent = text;
-  block.append(who, body);
-  transcript.append(block);
-  return body;
-}
+const turn = (role, text) => addTurn(transcript, role, text);
 
 function number(name) {
   const value = form.elements[name].value;
@@ -53,38 +40,15 @@ async function send() {
   const button = document.getElementById('send');
   button.disabled = true;
   try {
-    const response = await fetch('/console/chat/completions', {
-      method: 'POST', credentials: 'same-origin',
-      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf() },
-      body: JSON.stringify(body),
-    });
-    if (!response.ok) {
-      let message = `HTTP ${response.status}`;
-      try { message = (await response.json()).error.message; } catch (error) { /* not JSON */ }
-      throw new Error(message);
-    }
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let end;
-      while ((end = buffer.indexOf('\n\n')) >= 0) {
-        const event = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const data = event.replace(/^data: /, '');
-        if (data === '[DONE]') continue;
-        const chunk = JSON.parse(data);
-        if (chunk.error) throw new Error(chunk.error.message);
-        if (chunk.usage) usage = chunk.usage;
-        for (const choice of chunk.choices || []) {
-          if (choice.delta && choice.delta.content) {
-            if (!first) first = performance.now();
-            answer.textContent += choice.delta.content;
-          }
-          if (choice.finish_reason) finish = choice.finish_reason;
+    const response = await postJson('/console/chat/completions', body);
+    for await (const chunk of events(response)) {
+      if (chunk.usage) usage = chunk.usage;
+      for (const choice of chunk.choices || []) {
+        if (choice.delta && choice.delta.content) {
+          if (!first) first = performance.now();
+          answer.textContent += choice.delta.content;
         }
+        if (choice.finish_reason) finish = choice.finish_reason;
       }
     }
     history.push({ role: 'user', content: prompt }, { role: 'assistant', content: answer.textContent });

@@ -85,4 +85,55 @@ document.addEventListener('submit', (event) => {
 document.querySelectorAll('[data-refresh]').forEach(refresh);
 document.querySelectorAll('form[data-upload]').forEach(upload);
 
-export { csrf };
+// A turn of a streamed conversation (chat, the assistant): who, and the text so far.
+function turn(transcript, role, text) {
+  const block = document.createElement('div');
+  block.className = 'turn';
+  const who = document.createElement('div');
+  who.className = 'role';
+  who.textContent = role;
+  const body = document.createElement('div');
+  body.className = 'answer';
+  body.textContent = text;
+  block.append(who, body);
+  transcript.append(block);
+  return body;
+}
+
+// POST JSON as the signed-in person; an error status throws the API's own sentence.
+async function postJson(url, body) {
+  const response = await fetch(url, {
+    method: 'POST', credentials: 'same-origin',
+    headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf() },
+    body: JSON.stringify(body),
+  });
+  if (!response.ok) {
+    let message = `HTTP ${response.status}`;
+    try { message = (await response.json()).error.message; } catch (error) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+// The server-sent events of a streamed answer, as they arrive: each `data:` line's
+// object, until [DONE]; an error event throws its message.
+async function* events(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const data = buffer.slice(0, end).replace(/^data: /, '');
+      buffer = buffer.slice(end + 2);
+      if (data === '[DONE]') return;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      yield chunk;
+    }
+  }
+}
+
+export { csrf, events, postJson, turn };
