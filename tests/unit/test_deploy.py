@@ -35,6 +35,9 @@ EXPORTED = {
     "llmos_rate_limited_total",
     "llmos_auth_failures_total",
     "llmos_intrusion_events_total",
+    "llmos_app_texts_total",
+    "llmos_app_latency_seconds",
+    "llmos_assistant_answers_total",
     # scheduler
     "llmos_requests_running",
     "llmos_requests_waiting",
@@ -44,6 +47,8 @@ EXPORTED = {
     # inference worker
     "llmos_kv_cache_usage_ratio",
     "llmos_worker_slots_in_use",
+    "llmos_task_requests",
+    "llmos_task_batches",
     # trainer
     "llmos_training_tokens_per_second",
     "llmos_training_loss",
