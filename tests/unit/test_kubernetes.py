@@ -103,6 +103,12 @@ def test_every_workload_has_a_disruption_budget() -> None:
         )
 
 
+def test_every_pod_is_one_the_network_policies_let_reach_llmos() -> None:
+    for workload in of_kind(*WORKLOADS):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "llmos", workload["metadata"]["name"]
+
+
 def test_only_the_gateway_is_reachable_from_outside() -> None:
     policies = {doc["metadata"]["name"]: doc["spec"] for doc in of_kind("NetworkPolicy")}
     deny = policies["default-deny-ingress"]
