@@ -19,8 +19,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -150,16 +151,32 @@ class InferenceWorker:
                 await asyncio.to_thread(read_folder_config, folder / CONFIG)
             await self._load_into_triton(model, task)
             nc = self.ctx.nats
+            pb = inference_pb2
+            client = self.client
             handlers: list[tuple[str, Handler]] = [
-                (subjects.embed_work(model), self._on_embed),
-                (subjects.classify_work(model), self._on_classify),
+                (
+                    subjects.embed_work(model),
+                    self._answering(pb.EmbedWork, pb.EmbedResult, client.embed),
+                ),
+                (
+                    subjects.classify_work(model),
+                    self._answering(pb.ClassifyWork, pb.ClassifyResult, client.classify),
+                ),
             ]
-            if task is not None:
-                handlers = (
-                    [(subjects.entities_work(model), self._on_entities)]
-                    if task.kind == ENTITIES
-                    else [(subjects.translate_work(model), self._on_translate)]
-                )
+            if task is not None and task.kind == ENTITIES:
+                handlers = [
+                    (
+                        subjects.entities_work(model),
+                        self._answering(pb.EntitiesWork, pb.EntitiesResult, client.entities),
+                    )
+                ]
+            elif task is not None:
+                handlers = [
+                    (
+                        subjects.translate_work(model),
+                        self._answering(pb.TranslateWork, pb.TranslateResult, client.translate),
+                    )
+                ]
             self._subscriptions[model] = [
                 await nc.subscribe(
                     subject, queue=subjects.INFERENCE_QUEUE, cb=self._one_shot(handler)
@@ -415,39 +432,24 @@ class InferenceWorker:
         await self._triton()
         return await call()
 
-    async def _on_embed(self, msg: Msg) -> None:
-        work = inference_pb2.EmbedWork.FromString(msg.data)
-        try:
-            result = await self._answer(lambda: self.client.embed(work.model, work))
-        except LLMOSError as exc:
-            result = inference_pb2.EmbedResult(error=work_error(exc))
-        await msg.respond(result.SerializeToString())
+    def _answering(
+        self,
+        work_type: type[Message],
+        result_type: type[Message],
+        call: Callable[[str, Any], Awaitable[Message]],
+    ) -> Handler:
+        """The handler of one kind of one-shot work (embed, classify, entities, translate):
+        the work to Triton, its result, or the refusal as a result carrying a WorkError."""
 
-    async def _on_classify(self, msg: Msg) -> None:
-        work = inference_pb2.ClassifyWork.FromString(msg.data)
-        try:
-            result = await self._answer(lambda: self.client.classify(work.model, work))
-        except LLMOSError as exc:
-            result = inference_pb2.ClassifyResult(error=work_error(exc))
-        await msg.respond(result.SerializeToString())
+        async def handle(msg: Msg) -> None:
+            work: Any = work_type.FromString(msg.data)
+            try:
+                result = await self._answer(lambda: call(work.model, work))
+            except LLMOSError as exc:
+                result = result_type(error=work_error(exc))
+            await msg.respond(result.SerializeToString())
 
-    # -- task models ------------------------------------------------------------------------
-
-    async def _on_entities(self, msg: Msg) -> None:
-        work = inference_pb2.EntitiesWork.FromString(msg.data)
-        try:
-            result = await self._answer(lambda: self.client.entities(work.model, work))
-        except LLMOSError as exc:
-            result = inference_pb2.EntitiesResult(error=work_error(exc))
-        await msg.respond(result.SerializeToString())
-
-    async def _on_translate(self, msg: Msg) -> None:
-        work = inference_pb2.TranslateWork.FromString(msg.data)
-        try:
-            result = await self._answer(lambda: self.client.translate(work.model, work))
-        except LLMOSError as exc:
-            result = inference_pb2.TranslateResult(error=work_error(exc))
-        await msg.respond(result.SerializeToString())
+        return handle
 
     def task_models(self) -> list[scheduler_pb2.TaskModel]:
         """The loaded task models, as heartbeats tell the gateways."""
