@@ -22,9 +22,11 @@ and task_backend.py, whose engine runs each batch the batcher forms.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmos.keyfiles import open_private
 
@@ -124,6 +126,19 @@ output [
 instance_group [ {group} ]
 {parameters}
 """
+
+
+def entry_parameters(args: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """What a backend's `initialize` reads back of its entry: the `parameters` written
+    above, and the device its instance runs on ("cpu", or "cuda:N" for a KIND_GPU one)."""
+    config = json.loads(args["model_config"])
+    parameters = {
+        key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()
+    }
+    device = "cpu"
+    if args.get("model_instance_kind") == "GPU":
+        device = f"cuda:{args.get('model_instance_device_id', '0')}"
+    return parameters, device
 
 
 def _escape(value: str) -> str:

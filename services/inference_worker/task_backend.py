@@ -14,7 +14,6 @@ This module is imported only inside Triton (`triton_python_backend_utils` exists
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -27,6 +26,7 @@ from google.protobuf.message import Message
 from llmos.log import configure_logging
 from llmos.model.tasks import ENTITIES, TRANSLATION, TaskSpec, read_task
 from llmos.v1 import inference_pb2
+from services.inference_worker.repository import entry_parameters
 
 log = logging.getLogger("llmos.triton.tasks")
 
@@ -74,18 +74,11 @@ class TritonPythonModel:
             os.environ.get("LLMOS_LOG_LEVEL", "info"),
             os.environ.get("LLMOS_LOG_FORMAT", "text"),
         )
-        config = json.loads(args["model_config"])
-        parameters = {
-            key: value.get("string_value", "")
-            for key, value in config.get("parameters", {}).items()
-        }
+        parameters, device = entry_parameters(args)
         folder = Path(parameters["model_folder"])
         spec = read_task(folder)
         if spec is None:
             raise RuntimeError(f"{folder} is not a task model")
-        device = "cpu"
-        if args.get("model_instance_kind") == "GPU":
-            device = f"cuda:{args.get('model_instance_device_id', '0')}"
         self.work_type, self.result_type = WORK_OF[spec.kind]
         self.engine = load_engine(folder, spec, device, int(parameters.get("threads", "1")))
         log.info("task model %s (%s) ready on %s", args.get("model_name"), spec.kind, device)

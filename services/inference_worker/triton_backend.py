@@ -18,7 +18,6 @@ This module is imported only inside Triton (`triton_python_backend_utils` exists
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -32,7 +31,15 @@ from llmos.errors import InvalidArgument, LLMOSError
 from llmos.log import configure_logging
 from llmos.v1 import inference_pb2
 from services.inference_worker.hosted import HostedLLM, HostOptions, Send
-from services.inference_worker.repository import CANCEL, CLASSIFY, EMBED, GENERATE, STATS, TASKS
+from services.inference_worker.repository import (
+    CANCEL,
+    CLASSIFY,
+    EMBED,
+    GENERATE,
+    STATS,
+    TASKS,
+    entry_parameters,
+)
 from services.inference_worker.wire import encode_error
 
 log = logging.getLogger("llmos.triton.backend")
@@ -42,13 +49,7 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 def host_options(args: dict[str, Any]) -> tuple[Path, HostOptions]:
     """The model folder and how to run it, from what Triton passes to `initialize`."""
-    config = json.loads(args["model_config"])
-    parameters = {
-        key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()
-    }
-    device = "cpu"
-    if args.get("model_instance_kind") == "GPU":
-        device = f"cuda:{args.get('model_instance_device_id', '0')}"
+    parameters, device = entry_parameters(args)
     options = HostOptions(
         device=device,
         precision=parameters.get("precision", "auto"),
