@@ -32,6 +32,14 @@ RETIRE_GRACE_S = 300.0
 Vouch = Callable[[str, Any], Sequence[tuple[str, str]]]
 
 
+class NoDeadline:
+    """The context of a ServiceLink call made outside any RPC (a background task, or
+    work a caller's own deadline already bounds): it allows the longest wait."""
+
+    def time_remaining(self) -> float:
+        return 600.0
+
+
 @dataclass
 class Links:
     """How this process reaches the others: where they are, and who it is."""

@@ -22,12 +22,12 @@ import json
 import logging
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from llmos.errors import LLMOSError, NotFound
-from llmos.links import Links
+from llmos.links import Links, NoDeadline
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 
 log = logging.getLogger("llmos.modelstore")
@@ -75,13 +75,6 @@ def fetched_from(folder: Path) -> dict[str, Any]:
     return note if isinstance(note, dict) else {}
 
 
-class _NoDeadline:
-    """A context for ServiceLink calls made outside any RPC."""
-
-    def time_remaining(self) -> float:
-        return 600.0
-
-
 class ModelStore:
     """Fetches model folders from the registry (as seen by `tenant`: its own models, then
     the shared ones) and publishes imported ones to it."""
@@ -98,7 +91,7 @@ class ModelStore:
         ):
             try:
                 found: storage_pb2.ModelVersion = await self._storage.ask(
-                    "GetModelVersion", request, _NoDeadline()
+                    "GetModelVersion", request, NoDeadline()
                 )
                 return found
             except NotFound:
@@ -115,7 +108,7 @@ class ModelStore:
                 tenant=self._tenant, model=model, version=number
             )
             found: storage_pb2.ModelVersion = await self._storage.ask(
-                "GetModelVersion", request, _NoDeadline()
+                "GetModelVersion", request, NoDeadline()
             )
             return found
         except NotFound:
@@ -159,7 +152,7 @@ class ModelStore:
         digest = hashlib.sha256()
         with target.open("wb") as file:
             request = storage_pb2.DownloadBlobRequest(tenant=tenant, sha256=sha256)
-            async for chunk in self._storage.stream("DownloadBlob", request, _NoDeadline()):
+            async for chunk in self._storage.stream("DownloadBlob", request, NoDeadline()):
                 file.write(chunk.data)
                 digest.update(chunk.data)
         return digest.hexdigest()
@@ -168,19 +161,19 @@ class ModelStore:
         """Store a file as a blob of the tenant; its sha256."""
         size = await asyncio.to_thread(lambda: path.stat().st_size)
         blob: storage_pb2.Blob = await self._storage.ask(
-            "UploadBlob", _upload(self._tenant, path, size), _NoDeadline()
+            "UploadBlob", upload_requests(self._tenant, size, _pieces(path)), NoDeadline()
         )
         return blob.sha256
 
     async def forget(self, sha256: str) -> None:
         """Delete a blob of the tenant that nothing uses any more."""
         request = storage_pb2.DownloadBlobRequest(tenant=self._tenant, sha256=sha256)
-        await self._storage.ask("DeleteBlob", request, _NoDeadline())
+        await self._storage.ask("DeleteBlob", request, NoDeadline())
 
     async def dataset(self, name: str) -> storage_pb2.Dataset:
         """The tenant's dataset `name` (NotFound if it has none by that name)."""
         request = storage_pb2.GetDatasetRequest(tenant=self._tenant, name=name)
-        found: storage_pb2.Dataset = await self._storage.ask("GetDataset", request, _NoDeadline())
+        found: storage_pb2.Dataset = await self._storage.ask("GetDataset", request, NoDeadline())
         return found
 
     async def publish(self, model: str, folder: Path, lineage: dict[str, Any]) -> int:
@@ -192,7 +185,7 @@ class ModelStore:
         alias = storage_pb2.SetAliasRequest(
             tenant=self._tenant, model=model, alias=PRODUCTION, version=version
         )
-        await self._storage.ask("SetAlias", alias, _NoDeadline())
+        await self._storage.ask("SetAlias", alias, NoDeadline())
         log.info("model published to the registry", extra={"model": model, "version": version})
         return version
 
@@ -209,7 +202,7 @@ class ModelStore:
         request.lineage.update(lineage)
         request.metadata.update(metadata)
         created: storage_pb2.ModelVersion = await self._storage.ask(
-            "CreateModelVersion", request, _NoDeadline()
+            "CreateModelVersion", request, NoDeadline()
         )
         return int(created.version)
 
@@ -230,14 +223,25 @@ def _files_of(folder: Path) -> list[tuple[Path, int]]:
     ]
 
 
-async def _upload(
-    tenant: str, path: Path, size: int
+#: bytes per UploadBlob message (storage's messages stay small)
+UPLOAD_PIECE = 3 * PIECE
+
+
+async def upload_requests(
+    tenant: str, size: int, pieces: Iterable[bytes]
 ) -> AsyncIterator[storage_pb2.UploadBlobRequest]:
+    """An UploadBlob stream of a new blob of `tenant`: the start, then `pieces` at their
+    offsets."""
     yield storage_pb2.UploadBlobRequest(
         start=storage_pb2.UploadStart(tenant=tenant, upload_id=uuid.uuid4().hex, size=size)
     )
     offset = 0
+    for piece in pieces:
+        yield storage_pb2.UploadBlobRequest(data=piece, offset=offset)
+        offset += len(piece)
+
+
+def _pieces(path: Path) -> Iterator[bytes]:
     with path.open("rb") as file:
-        while piece := file.read(3 * PIECE):
-            yield storage_pb2.UploadBlobRequest(data=piece, offset=offset)
-            offset += len(piece)
+        while piece := file.read(UPLOAD_PIECE):
+            yield piece

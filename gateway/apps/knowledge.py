@@ -20,9 +20,8 @@ import hashlib
 import logging
 import re
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +41,8 @@ from llmos.knowledge.base import DATASET_PREFIX, DocumentFacts, KnowledgeBase
 from llmos.knowledge.chunking import Chunk, chunk_text
 from llmos.knowledge.documents import extract_text
 from llmos.knowledge.index import KnowledgeIndex
-from llmos.links import Links
+from llmos.links import Links, NoDeadline
+from llmos.modelstore import UPLOAD_PIECE, upload_requests
 from llmos.v1 import apps_pb2, storage_pb2, storage_pb2_grpc
 
 log = logging.getLogger("llmos.gateway.knowledge")
@@ -54,8 +54,6 @@ EMBED_BATCH = 64
 CHANGE_TRIES = 4
 #: bytes of knowledge-base blobs a gateway keeps decoded in memory
 CACHE_BYTES = 256 << 20
-#: the size of each piece of an upload to storage (its messages stay small)
-UPLOAD_PIECE = 3 << 20
 
 Vectors = npt.NDArray[np.float32]
 Embedder = Callable[[str, list[str]], Awaitable[Vectors]]
@@ -84,13 +82,6 @@ def dataset_name(name: str, version: int) -> str:
     return f"{DATASET_PREFIX}{name}.v{version}"
 
 
-class _NoDeadline:
-    """Storage calls made for a caller whose own deadline the gateway enforces."""
-
-    def time_remaining(self) -> float:
-        return 600.0
-
-
 class KnowledgeBases:
     """Create, read, change and delete a tenant's knowledge bases."""
 
@@ -102,7 +93,7 @@ class KnowledgeBases:
         self._cache: OrderedDict[str, tuple[KnowledgeBase, int]] = OrderedDict()
 
     async def _ask(self, method: str, request: Any) -> Any:
-        return await self._storage.ask(method, request, _NoDeadline())
+        return await self._storage.ask(method, request, NoDeadline())
 
     async def _versions(self, tenant: str) -> dict[str, list[storage_pb2.Dataset]]:
         """Every knowledge base's datasets, newest version first."""
@@ -124,7 +115,7 @@ class KnowledgeBases:
             return self._cache[key][0]
         data = bytearray()
         request = storage_pb2.DownloadBlobRequest(tenant=tenant, sha256=dataset.sha256)
-        async for chunk in self._storage.stream("DownloadBlob", request, _NoDeadline()):
+        async for chunk in self._storage.stream("DownloadBlob", request, NoDeadline()):
             data.extend(chunk.data)
         if hashlib.sha256(data).hexdigest() != dataset.sha256:
             raise FailedPrecondition(f"knowledge base {dataset.name!r} did not match its digest")
@@ -159,9 +150,12 @@ class KnowledgeBases:
     async def every(self, tenant: str) -> list[KnowledgeBase]:
         """The tenant's knowledge bases (one deleted while listing is left out)."""
         bases = []
-        for name in sorted(await self._versions(tenant)):
-            with contextlib.suppress(NotFound):
-                bases.append(await self.get(tenant, name))
+        for name, versions in sorted((await self._versions(tenant)).items()):
+            with contextlib.suppress(NotFound):  # replaced meanwhile: `get` finds the newer
+                try:
+                    bases.append(await self._read(tenant, versions[0]))
+                except NotFound:
+                    bases.append(await self.get(tenant, name))
         return bases
 
     async def create(
@@ -231,7 +225,8 @@ class KnowledgeBases:
 
     async def _write(self, tenant: str, base: KnowledgeBase) -> None:
         data = await asyncio.to_thread(base.to_bytes)
-        blob = await self._ask("UploadBlob", _upload(tenant, data))
+        pieces = (data[at : at + UPLOAD_PIECE] for at in range(0, len(data), UPLOAD_PIECE))
+        blob = await self._ask("UploadBlob", upload_requests(tenant, len(data), pieces))
         try:
             await self._ask(
                 "CreateDataset",
@@ -287,13 +282,3 @@ def _prepare(documents: Sequence[apps_pb2.Document]) -> list[_Prepared]:
         facts = DocumentFacts(hashlib.sha256(document.content).hexdigest(), len(text), time.time())
         prepared.append(_Prepared(document.name, chunk_text(text), facts))
     return prepared
-
-
-async def _upload(tenant: str, data: bytes) -> AsyncIterator[storage_pb2.UploadBlobRequest]:
-    yield storage_pb2.UploadBlobRequest(
-        start=storage_pb2.UploadStart(tenant=tenant, upload_id=uuid.uuid4().hex, size=len(data))
-    )
-    for offset in range(0, len(data), UPLOAD_PIECE):
-        yield storage_pb2.UploadBlobRequest(
-            data=data[offset : offset + UPLOAD_PIECE], offset=offset
-        )
