@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from gateway.apps.checks import MAX_LLM_TEXT_CHARS, check_labels, check_texts
-from gateway.apps.llm import ChatModel, message
+from gateway.apps.llm import ChatModel
 from gateway.auth.principal import call_record, caller
 from gateway.deployments import Deployments
 from gateway.inference import InferenceRouter
@@ -66,16 +66,15 @@ class EntityExtractor:
         self, model: str, texts: list[str], labels: list[str]
     ) -> apps_pb2.ExtractEntitiesResponse:
         system = EXTRACTION_PROMPT.format(labels=", ".join(labels))
-        answer = apps_pb2.ExtractEntitiesResponse()
-        for text in texts:
-            reply = await self._chat.complete(
-                model, [message("system", system), message("user", text)], EXTRACTION_TOKENS
-            )
-            answer.results.append(grounded_entities(text, reply.text, labels))
-            answer.model = reply.model
-            answer.usage.prompt_tokens += reply.usage.prompt_tokens
-            answer.usage.completion_tokens += reply.usage.completion_tokens
-        return answer
+        replies = await self._chat.instruct_each(model, system, texts, lambda _: EXTRACTION_TOKENS)
+        return apps_pb2.ExtractEntitiesResponse(
+            results=[
+                grounded_entities(text, reply, labels)
+                for text, reply in zip(texts, replies.texts, strict=True)
+            ],
+            model=replies.model,
+            usage=replies.usage,
+        )
 
 
 def candidates(reply: str, labels: list[str]) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ for all of them) and keeps the caller's own resource and audit fields."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Reply:
-    text: str
+class Replies:
+    """The chat model's answers to several texts, with the usage of them all."""
+
+    texts: list[str]
     model: str
     usage: inference_pb2.Usage
 
@@ -52,14 +54,20 @@ class ChatModel:
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]
 
-    async def complete(
-        self, model: str, messages: list[inference_pb2.ChatMessage], max_tokens: int
-    ) -> Reply:
-        """The whole answer."""
-        text, served, usage = [], model, inference_pb2.Usage()
-        async for chunk in self.stream(model, messages, max_tokens):
-            text.append(chunk.text)
-            served = chunk.model or served
-            if chunk.done:
-                usage = chunk.usage
-        return Reply("".join(text), served, usage)
+    async def instruct_each(
+        self, model: str, system: str, texts: list[str], max_tokens: Callable[[str], int]
+    ) -> Replies:
+        """The whole answer to each text under one system prompt, one text at a time (an
+        application's instruction applied to every text of a call)."""
+        replies = Replies([], model, inference_pb2.Usage())
+        for text in texts:
+            messages = [message("system", system), message("user", text)]
+            pieces = []
+            async for chunk in self.stream(model, messages, max_tokens(text)):
+                pieces.append(chunk.text)
+                replies.model = chunk.model or replies.model
+                if chunk.done:
+                    replies.usage.prompt_tokens += chunk.usage.prompt_tokens
+                    replies.usage.completion_tokens += chunk.usage.completion_tokens
+            replies.texts.append("".join(pieces))
+        return replies

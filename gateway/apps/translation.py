@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from gateway.apps.checks import MAX_LLM_TEXT_CHARS, check_texts
-from gateway.apps.llm import ChatModel, message
+from gateway.apps.llm import ChatModel
 from gateway.auth.principal import call_record, caller
 from gateway.deployments import Deployments
 from gateway.inference import InferenceRouter
@@ -49,13 +49,16 @@ class Translator:
             for task in status.task_models
         }
 
-    def serving(self, source: str, target: str, tenant: str) -> str:
-        """A translation model the tenant may use that serves the pair ("" if none): the
-        tenant's own deployment before a shared one."""
+    @staticmethod
+    def serving(
+        tasks: dict[str, scheduler_pb2.TaskModel], source: str, target: str, tenant: str
+    ) -> str:
+        """Of `tasks`, a translation model the tenant may use that serves the pair ("" if
+        none): the tenant's own deployment before a shared one."""
         pair = f"{source}>{target}"
         candidates = [
             name
-            for name, task in self._task_models().items()
+            for name, task in tasks.items()
             if task.kind == TRANSLATION and pair in task.pairs and visible_to(name, tenant)
         ]
         return min(candidates, key=lambda name: (served_owner(name) != tenant, name), default="")
@@ -69,12 +72,13 @@ class Translator:
             raise InvalidArgument("target", f"is the source language ({source!r}) too")
         texts = list(request.texts)
         tenant = caller().tenant
+        tasks = self._task_models()
         model = (
             await self._deployments.resolve(tenant, request.model)
             if request.model
-            else self.serving(source, target, tenant)
+            else self.serving(tasks, source, target, tenant)
         )
-        task = self._task_models().get(model)
+        task = tasks.get(model)
         if task is not None and task.kind != TRANSLATION:
             raise InvalidArgument(
                 "model", f"{model!r} is a {task.kind} model; it does not translate"
@@ -109,14 +113,14 @@ class Translator:
         system = TRANSLATION_PROMPT.format(
             source=language_name(source), target=language_name(target)
         )
-        answer = apps_pb2.TranslateResponse()
-        for text in texts:
-            budget = min(1024, max(32, len(text) // 2))  # ~4 characters a token, and room
-            reply = await self._chat.complete(
-                model, [message("system", system), message("user", text)], budget
-            )
-            answer.translations.append(reply.text.strip())
-            answer.model = reply.model
-            answer.usage.prompt_tokens += reply.usage.prompt_tokens
-            answer.usage.completion_tokens += reply.usage.completion_tokens
-        return answer
+        replies = await self._chat.instruct_each(
+            model,
+            system,
+            texts,
+            lambda text: min(1024, max(32, len(text) // 2)),  # ~4 characters a token, and room
+        )
+        return apps_pb2.TranslateResponse(
+            translations=[reply.strip() for reply in replies.texts],
+            model=replies.model,
+            usage=replies.usage,
+        )
