@@ -34,8 +34,9 @@ from llmos.v1 import (
 )
 from tests.documents import minimal_pdf
 from tests.e2e.conftest import RunningStack
-from tests.e2e.shared.scrape import samples, targets
+from tests.e2e.shared.scrape import targets
 from tools.harness import eventually
+from tools.prometheus import scrape
 from tools.tiny_marian import build_tiny_marian
 
 pytestmark = pytest.mark.e2e
@@ -153,7 +154,7 @@ def test_entities_are_spacys_own_with_exact_offsets(
 
 def batching(stack: RunningStack, model: str) -> tuple[float, float]:
     """(requests, batches) Triton counted for a task model, as the worker reports them."""
-    found = samples(targets(stack)["inference-worker"])
+    found = scrape(targets(stack)["inference-worker"])
     labels = (("model", model),)
     return found.get(("llmos_task_requests", labels), 0.0), found.get(
         ("llmos_task_batches", labels), 0.0
@@ -429,7 +430,7 @@ def test_the_assistant_says_so_when_nothing_relevant_is_found(
     apps: apps_pb2_grpc.ApplicationsStub, knowledge_base: str, stack: RunningStack
 ) -> None:
     series = ("llmos_assistant_answers_total", (("outcome", "not_found"), ("tenant", "system")))
-    before = samples(targets(stack)["gateway"]).get(series, 0.0)
+    before = scrape(targets(stack)["gateway"]).get(series, 0.0)
     answer = ask(
         apps,
         apps_pb2.AskRequest(
@@ -440,7 +441,7 @@ def test_the_assistant_says_so_when_nothing_relevant_is_found(
     assert not answer["answered"]
     assert answer["citations"] == []
     assert "could not find" in answer["text"]
-    assert samples(targets(stack)["gateway"])[series] == before + 1  # support teams watch this rate
+    assert scrape(targets(stack)["gateway"])[series] == before + 1  # support teams watch this rate
 
 
 def test_asking_over_http_streams_events(stack: RunningStack, knowledge_base: str) -> None:

@@ -12,9 +12,9 @@ import pytest
 
 from llmos.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, scheduler_pb2
 from tests.e2e.conftest import RunningStack
-from tests.e2e.shared.scrape import samples, targets
+from tests.e2e.shared.scrape import targets
 from tools.harness import eventually
-from tools.prometheus import ALERT_RULES, Prometheus, ensure_installed, prometheus
+from tools.prometheus import ALERT_RULES, Prometheus, ensure_installed, prometheus, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ def test_every_service_is_a_scrape_target(stack: RunningStack) -> None:
     found = targets(stack)
     assert set(found) == SERVICES
     for service, address in found.items():
-        names = {name for name, _ in samples(address)}
+        names = {name for name, _ in scrape(address)}
         assert "process_resident_memory_bytes" in names, service
 
 
@@ -48,9 +48,9 @@ def test_generations_are_counted_as_their_answers_say(stack: RunningStack) -> No
     ttft = ("llmos_time_to_first_token_seconds_count", (("model", model),))
     prompt = ("llmos_prompt_tokens_total", (("model", model), ("tenant", tenant)))
     generated = ("llmos_generation_tokens_total", (("model", model), ("tenant", tenant)))
-    before = samples(gateway)
+    before = scrape(gateway)
     finals = _generations(stack, tenant, 3)
-    after = samples(gateway)
+    after = scrape(gateway)
     assert after[ttft] - before.get(ttft, 0.0) == 3
     assert after[prompt] == sum(f.usage.prompt_tokens for f in finals)
     assert after[generated] == sum(f.usage.completion_tokens for f in finals)
