@@ -12,8 +12,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
-
 from gateway.auth.api_keys import ApiKeyStore, ApiKeyVerifier
 from gateway.auth.bootstrap import bootstrap
 from gateway.auth.http import OAuthHttp, bind_listener
@@ -29,6 +27,7 @@ from gateway.limits import Admission
 from gateway.options import GatewayOptions
 from gateway.vouching import vouch_with
 from llmos.assertions import AssertionSigner
+from llmos.hotstate import sync_redis_client
 from llmos.runner import ServiceContext
 
 log = logging.getLogger("llmos.gateway")
@@ -77,7 +76,9 @@ async def prepare(ctx: ServiceContext, stack: AsyncExitStack) -> GatewayRuntime:
     options: GatewayOptions = ctx.options
     settings = ctx.settings
     default_limits = Limits(options.default_rpm, options.default_tpm)
-    sync_redis = redis.Redis.from_url(settings.redis_url.reveal())
+    sync_redis = sync_redis_client(
+        settings.redis_url, settings.redis_sentinels, settings.redis_master
+    )
     stack.callback(sync_redis.close)
     store = IdentityStore(
         sync_redis, settings.data_dir, default_limits, options.access_ttl_s + options.leeway_s

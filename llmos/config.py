@@ -230,18 +230,31 @@ class EnvReader:
         *,
         doc: str,
         default_shown: str | None = None,
+        several: bool = False,
     ) -> str:
-        """A URL whose scheme is one of `schemes`; never echoed, as URLs may carry passwords."""
+        """A URL whose scheme is one of `schemes` (with `several`, one or more of them,
+        comma-separated: a cluster's servers); never echoed, as URLs may carry passwords."""
 
         def convert(raw: str) -> str:
-            scheme, sep, _ = raw.partition("://")
-            if not sep or scheme not in schemes:
-                raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+            for one in raw.split(",") if several else [raw]:
+                scheme, sep, _ = one.strip().partition("://")
+                if not sep or scheme not in schemes:
+                    starts = " or ".join(s + "://" for s in schemes)
+                    raise ValueError(f"each URL must start with {starts}")
             return raw
 
         return self._get(
             name, default, convert, doc=doc, default_shown=default_shown, sensitive=True
         )
+
+    def addresses(self, name: str, *, doc: str) -> tuple[HostPort, ...]:
+        """Comma-separated HOST:PORT pairs; none when unset."""
+
+        def convert(raw: str) -> tuple[HostPort, ...]:
+            return tuple(parse_host_port(part.strip()) for part in raw.split(",") if part.strip())
+
+        found: tuple[HostPort, ...] = self._get(name, (), convert, doc=doc, default_shown="none")
+        return found
 
     def raise_if_invalid(self) -> None:
         """Fail with every collected problem in one message."""
@@ -265,6 +278,7 @@ class ServiceSettings:
     identity_ttl_s: float
     listen: HostPort
     advertise_host: str
+    #: one NATS URL, or a cluster's, comma-separated
     nats_url: str
     redis_url: Secret[str]
     log_level: str
@@ -274,6 +288,10 @@ class ServiceSettings:
     connect_timeout_s: float
     #: where Prometheus scrapes this service's /metrics (None: not served)
     metrics_listen: HostPort | None = None
+    #: Redis Sentinels to ask where the primary is (none: `redis_url`'s host is it)
+    redis_sentinels: tuple[HostPort, ...] = ()
+    #: the name the Sentinels monitor the primary under
+    redis_master: str = "llmos"
 
 
 def load_service_settings(
@@ -344,7 +362,12 @@ def read_service_settings(service: str, env: EnvReader) -> ServiceSettings:
             default_shown="the listen host (this machine's name for a wildcard)",
         ),
         nats_url=env.url(
-            "NATS_URL", "nats://127.0.0.1:4222", ("nats", "tls"), doc="NATS (may carry a token)"
+            "NATS_URL",
+            "nats://127.0.0.1:4222",
+            ("nats", "tls"),
+            doc="NATS (may carry a token); a cluster's servers comma-separated, the client"
+            " moving to another when one goes",
+            several=True,
         ),
         redis_url=Secret(
             env.url(
@@ -352,8 +375,17 @@ def read_service_settings(service: str, env: EnvReader) -> ServiceSettings:
                 "redis://127.0.0.1:6379/0",
                 ("redis", "rediss"),
                 doc="Redis; with no user and password in it, the service's own ACL user"
-                " from `<secrets dir>/redis/<service>.json`",
+                " from `<secrets dir>/redis/<service>.json`; with Sentinels, only its user,"
+                " password and database count",
             )
+        ),
+        redis_sentinels=env.addresses(
+            "REDIS_SENTINELS",
+            doc="Redis Sentinels (HOST:PORT, comma-separated) that say which server is the"
+            " primary, followed through a failover; none: `LLMOS_REDIS_URL`'s host",
+        ),
+        redis_master=env.text(
+            "REDIS_MASTER", "llmos", doc="the name the Redis Sentinels monitor the primary under"
         ),
         log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS, doc="least severe log level"),
         log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS, doc="log line format"),

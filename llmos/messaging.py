@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import time
@@ -65,6 +66,12 @@ STREAMS = (
 NATS_SERVER_NAME = "nats.llmos.internal"
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers a NATS URL names: one, or a cluster's, comma-separated (the client
+    connects to any and moves to another when it goes)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 def nats_tls(url: str, ca: bytes) -> dict[str, Any]:
     """`nats.connect` arguments for a `tls://` URL: trust the internal CA, check the
     server is NATS; none for a plaintext URL."""
@@ -85,7 +92,10 @@ async def connect_nats(
 ) -> NATS:
     """Connect, retrying until `timeout_s` so services may start before NATS does; as
     the user `credentials` name (replies then come to that user's private inboxes); over
-    TLS checked against the internal CA `ca` for a `tls://` URL."""
+    TLS checked against the internal CA `ca` for a `tls://` URL. `url` may list a
+    cluster's servers, comma-separated: when the one in use goes, the client reconnects
+    to another for ever, resending its subscriptions (JetStream consumers resume where
+    their acknowledgements left off)."""
     deadline = time.monotonic() + timeout_s
     login: dict[str, Any] = nats_tls(url, ca) if ca is not None else {}
     if credentials is not None:
@@ -97,7 +107,7 @@ async def connect_nats(
     while True:
         try:
             return await nats.connect(
-                servers=[url],
+                servers=nats_servers(url),
                 name=name,
                 connect_timeout=2,
                 allow_reconnect=True,
@@ -126,10 +136,11 @@ async def require_streams(js: JetStreamContext) -> None:
             ) from None
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     """Create the streams LLM OS needs, or bring an existing one to the current config
-    (the setup identity only: service users may not)."""
-    for config in STREAMS:
+    (the setup identity only: service users may not); each kept on `replicas` servers
+    (3 in a cluster: a stream survives the loss of one)."""
+    for config in (dataclasses.replace(c, num_replicas=replicas) for c in STREAMS):
         try:
             await js.add_stream(config)
         except BadRequestError:

@@ -107,3 +107,71 @@ def acl_lines(passwords: dict[str, str]) -> list[str]:
         digest = hashlib.sha256(passwords[name].encode()).hexdigest()
         lines.append(" ".join(["user", name, "reset", "on", f"#{digest}", *user.rules()]))
     return lines
+
+
+# -- replication and Sentinel (issue 22: `--cluster`, Kubernetes) ---------------------------
+
+#: the user a replica copies its primary as (`masteruser`)
+REPLICA_USER = "replica"
+#: the user Sentinels watch and reconfigure the servers as, and know each other by
+SENTINEL_USER = "sentinel"
+#: what a replica needs on its primary (Redis docs, "Replication", authentication)
+REPLICA_RULES = ("-@all", "+psync", "+replconf", "+ping")
+#: what a Sentinel runs on the servers it watches (Redis docs, "Sentinel", ACL): it
+#: promotes a replica (REPLICAOF, CONFIG REWRITE) and talks to its peers on a channel
+SENTINEL_RULES = (
+    "-@all",
+    "allchannels",
+    "+multi",
+    "+exec",
+    "+slaveof",
+    "+replicaof",
+    "+ping",
+    "+info",
+    "+role",
+    "+subscribe",
+    "+publish",
+    "+config|rewrite",
+    "+client|setname",
+    "+client|kill",
+    "+script|kill",
+)
+#: what a service may ask a Sentinel: where the primary is (redis-py's Sentinel reads
+#: SENTINEL MASTERS), nothing that changes it (FAILOVER, SET, REMOVE)
+SENTINEL_CLIENT_RULES = (
+    "-@all",
+    "+sentinel|masters",
+    "+sentinel|get-master-addr-by-name",
+    "+sentinel|sentinels",
+    "+sentinel|replicas",
+    "+sentinel|slaves",
+    "+ping",
+    "+client|setname",
+    "+client|setinfo",
+)
+
+
+def _user_line(name: str, password: str, rules: tuple[str, ...] | list[str]) -> str:
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return " ".join(["user", name, "reset", "on", f"#{digest}", *rules])
+
+
+def replication_acl_lines(passwords: dict[str, str]) -> list[str]:
+    """The lines a replicated server adds to `acl_lines`: the replica's and the
+    Sentinels' users (`passwords` names them too)."""
+    return [
+        _user_line(REPLICA_USER, passwords[REPLICA_USER], REPLICA_RULES),
+        _user_line(SENTINEL_USER, passwords[SENTINEL_USER], SENTINEL_RULES),
+    ]
+
+
+def sentinel_acl_lines(passwords: dict[str, str]) -> list[str]:
+    """A Sentinel's own users: `default` off, the setup user and its peers (every right:
+    they run the failover), and each service's user, which may only ask where the
+    primary is, with the same password it has on the servers."""
+    lines = ["user default reset off"]
+    for name in USERS:
+        rules = ("allchannels", "+@all") if name == SETUP_USER else SENTINEL_CLIENT_RULES
+        lines.append(_user_line(name, passwords[name], rules))
+    lines.append(_user_line(SENTINEL_USER, passwords[SENTINEL_USER], ("allchannels", "+@all")))
+    return lines

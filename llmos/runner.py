@@ -52,7 +52,7 @@ from llmos.identity import ServiceIdentity
 from llmos.keyfiles import private_files
 from llmos.links import Links
 from llmos.log import configure_logging
-from llmos.messaging import EventPublisher, connect_nats, require_streams
+from llmos.messaging import EventPublisher, connect_nats, nats_servers, require_streams
 from llmos.metrics import serve_metrics
 from llmos.natsperms import SLOTTED
 from llmos.registry import ServiceRegistry
@@ -261,7 +261,12 @@ async def _serve(launch: _Launch, on_main_thread: bool) -> int:
         instance = _new_instance(settings, slot.user if slot else _url_user(settings))
         tracing.configure(settings.service, instance.instance_id)
         identity = _identity(settings, instance)
-        redis_client = await connect_redis(settings.redis_url, settings.connect_timeout_s)
+        redis_client = await connect_redis(
+            settings.redis_url,
+            settings.connect_timeout_s,
+            settings.redis_sentinels,
+            settings.redis_master,
+        )
         stack.push_async_callback(redis_client.aclose)
         url, login = nats_login(settings, slot)
         nc = await connect_nats(
@@ -364,10 +369,11 @@ def _claim_slot(settings: ServiceSettings) -> Slot | None:
 def _url_login(settings: ServiceSettings) -> tuple[str, Credentials] | None:
     """The NATS URL without the user and password it names, and those (None when it
     names none: a bare URL, or a token, which stays in the URL)."""
-    parts = urllib.parse.urlsplit(settings.nats_url)
+    servers = [urllib.parse.urlsplit(url) for url in nats_servers(settings.nats_url)]
+    parts = servers[0]  # a cluster's servers all name the same user, if any
     if parts.username is None or parts.password is None:
         return None
-    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    bare = ",".join(p._replace(netloc=p.netloc.rpartition("@")[2]).geturl() for p in servers)
     user = urllib.parse.unquote(parts.username)
     return bare, Credentials(user, Secret(urllib.parse.unquote(parts.password)))
 

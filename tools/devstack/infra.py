@@ -34,7 +34,7 @@ from llmos.assertions import key_path
 from llmos.config import Secret
 from llmos.identity import InternalCA
 from llmos.keyfiles import PRIVATE_UMASK, ensure_secret, private_dir, write_private
-from llmos.messaging import ensure_streams, nats_tls
+from llmos.messaging import ensure_streams, nats_servers, nats_tls
 from llmos.natsperms import SERVICE_USERS, render_users
 from llmos.ports import LOCALHOST, free_port
 from llmos.redis_acl import USERS, acl_lines
@@ -189,12 +189,18 @@ NATS_CERT_DAYS = 365
 
 
 def write_nats_config(
-    secrets_dir: Path, store: Path, config: Path, tls: bool = False, monitor: str = ""
+    secrets_dir: Path,
+    store: Path,
+    config: Path,
+    tls: bool = False,
+    monitor: str = "",
+    cluster: str = "",
 ) -> dict[str, Credentials]:
     """Every NATS user's credentials (created on first use) and nats-server's 0600
     configuration: those users with their permissions, JetStream storing in `store`,
-    with `tls` a certificate of the internal CA (clients connect to `tls://`), and the
-    plain-HTTP monitoring endpoint on `monitor` (host:port) when given."""
+    with `tls` a certificate of the internal CA (clients connect to `tls://`), the
+    plain-HTTP monitoring endpoint on `monitor` (host:port) when given, and `cluster`
+    (a node's name and cluster block, tools/devstack/cluster.py) as is."""
     ensure_trust(secrets_dir)
     users = {
         user: ensure_credentials(secrets_dir / "nats", user)
@@ -206,7 +212,7 @@ def write_nats_config(
     if tls:
         cert, key, ca = nats_certificate(secrets_dir)
         text += f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}" }}\n'
-    write_private(config, text)
+    write_private(config, text + cluster)
     return users
 
 
@@ -269,13 +275,14 @@ def nats_ready(host: str, monitor_port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-async def create_streams(url: str, ca: bytes | None = None) -> None:
+async def create_streams(url: str, ca: bytes | None = None, replicas: int = 1) -> None:
     """Declare the streams LLM OS relies on, as the setup user (over TLS trusting the
-    internal CA `ca` for a `tls://` URL)."""
+    internal CA `ca` for a `tls://` URL), each kept on `replicas` servers of a cluster;
+    `url` may list several servers, comma-separated."""
     tls = nats_tls(url, ca) if ca is not None else {}
-    nc = await nats.connect(servers=[url], connect_timeout=5, **tls)
+    nc = await nats.connect(servers=nats_servers(url), connect_timeout=5, **tls)
     try:
-        await ensure_streams(nc.jetstream())
+        await ensure_streams(nc.jetstream(), replicas)
     finally:
         await nc.close()
 
@@ -342,10 +349,16 @@ def redis_answers(host: str, port: int, user: str, password: str) -> bool:
 
 
 def write_redis_config(
-    secrets_dir: Path, store: Path, host: str, port: int, config: Path
+    secrets_dir: Path,
+    store: Path,
+    host: str,
+    port: int,
+    config: Path,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """Every Redis user's credentials (created on first use) and the server's 0600
-    configuration: its ACL users, append-only persistence in `store`; the passwords."""
+    configuration: its ACL users, append-only persistence in `store`, then the `extra`
+    lines (replication: tools/devstack/cluster.py); the passwords."""
     passwords = {
         user: ensure_credentials(secrets_dir / "redis", user).password.reveal() for user in USERS
     }
@@ -359,6 +372,7 @@ def write_redis_config(
         'save ""',
         "daemonize no",
         *acl_lines(passwords),
+        *extra,
         "",
     ]
     write_private(config, "\n".join(lines))
