@@ -79,9 +79,11 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):  # type: ignore[misc]
     async def DownloadBlob(
         self, request: storage_pb2.DownloadBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[storage_pb2.BlobChunk]:
-        pieces = self._transfers.download(request.tenant, request.sha256, request.offset)
-        async for offset, data in pieces:
-            yield storage_pb2.BlobChunk(offset=offset, data=data)
+        pieces = self._transfers.download(
+            request.tenant, request.sha256, request.offset, request.length
+        )
+        async for piece in pieces:
+            yield storage_pb2.BlobChunk(offset=piece.offset, data=piece.data, size=piece.size)
 
     async def DeleteBlob(
         self, request: storage_pb2.DownloadBlobRequest, context: grpc.aio.ServicerContext

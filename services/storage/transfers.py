@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from llmos.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
@@ -51,6 +51,15 @@ class UploadChunk:
 
 #: One message of an upload stream; None is a message that is neither.
 UploadPart = UploadStart | UploadChunk | None
+
+
+@dataclass(frozen=True)
+class BlobPiece:
+    """Plaintext of a blob at `offset`, with the whole blob's `size` (for ranged reads)."""
+
+    offset: int
+    data: bytes
+    size: int
 
 
 @dataclass(frozen=True)
@@ -189,9 +198,11 @@ class Transfers:
         return upload.received, row.size
 
     async def download(
-        self, tenant: str, sha256: str, offset: int
-    ) -> AsyncIterator[tuple[int, bytes]]:
-        """A blob's plaintext from `offset` on, as (offset, bytes) pieces, each verified."""
+        self, tenant: str, sha256: str, offset: int, length: int = 0
+    ) -> AsyncIterator[BlobPiece]:
+        """A blob's plaintext from `offset` on (at most `length` bytes; 0: to the end), as
+        pieces each verified. The next piece is read and decrypted while this one is sent,
+        so disk and crypto overlap the network; at most one piece waits (memory bounded)."""
         tenant = check_tenant(tenant)
         sha256 = check_sha256(sha256)
         row = self._store.meta.blob(tenant, sha256)
@@ -199,13 +210,27 @@ class Transfers:
             raise NotFound(f"blob {sha256} does not exist")
         if not 0 <= offset <= row.size:
             raise InvalidArgument("offset", f"must be between 0 and the size, {row.size}")
+        if length < 0:
+            raise InvalidArgument("length", "must not be negative (0 reads to the end)")
+        end = row.size if length == 0 else min(row.size, offset + length)
         chunks = self._store.files.read(tenant, sha256, offset, group=DOWNLOAD_GROUP)
-        while True:
-            chunk = await asyncio.to_thread(_next_chunk, chunks)
-            if chunk is None:
-                return
-            yield offset, chunk
-            offset += len(chunk)
+        ahead: asyncio.Future[bytes | None] = asyncio.ensure_future(
+            asyncio.to_thread(_next_chunk, chunks)
+        )
+        try:
+            while True:
+                chunk = await ahead
+                if chunk is None:
+                    return
+                if offset + len(chunk) >= end:  # the range's last piece: read no further
+                    yield BlobPiece(offset, chunk[: end - offset], row.size)
+                    return
+                ahead = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks))
+                yield BlobPiece(offset, chunk, row.size)
+                offset += len(chunk)
+        finally:
+            # a read under way in its thread must end before the file is closed
+            ahead.add_done_callback(_closing(chunks))
 
     async def delete(self, tenant: str, sha256: str) -> BlobRow:
         """Delete a blob no dataset or model file uses."""
@@ -223,6 +248,20 @@ class Transfers:
             self._store.files.remove(tenant, sha256)
         self._store.record(tenant, "storage.blob.delete", f"blob/{sha256}")
         return row
+
+
+def _closing(chunks: Iterator[bytes]) -> Callable[[asyncio.Future[bytes | None]], None]:
+    """A callback closing a blob's reader (its file) once its last read is over: a range
+    that ended early, or a client that went away, leaves the reader open."""
+
+    def close(read: asyncio.Future[bytes | None]) -> None:
+        if not read.cancelled():
+            read.exception()  # a failed read nobody awaited is not worth a warning
+        close_reader = getattr(chunks, "close", None)
+        if close_reader is not None:
+            close_reader()
+
+    return close
 
 
 def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:

@@ -1,11 +1,17 @@
-"""`make bench-storage`: upload and download speed of a 512 MiB blob through the storage
-gRPC API (encrypted, hashed, chunked), as ratios to `cp` of the same file on the same disk
-in the same run, and the storage process's peak memory. Prints one JSON line:
+"""`make bench-storage`: upload and download speed of a 512 MiB blob, as ratios to `cp`
+of the same file on the same disk in the same run, on two paths side by side:
 
-  upload_mb_s / download_mb_s / cp_mb_s   throughput, MB = 10^6 bytes
-  upload_vs_cp, download_vs_cp            the ratios (target >= 0.5)
-  peak_rss_mb                             VmHWM of the storage process (bounded: the blob
-                                          is 512 MiB, chunks are 1 MiB)
+- `direct`: the storage gRPC API itself (mutual TLS, as the gateway's certificate);
+- `gateway`: the public door, as `llmos` users transfer files (`llmos.cli.transfer`:
+  bearer token, scope check, audit, tenant stamped, relayed to storage over mutual TLS).
+
+Both are encrypted, hashed and chunked at rest. Prints one JSON line:
+
+  cp_mb_s                                    copyfile + fsync, MB = 10^6 bytes
+  <path>.upload_mb_s / download_mb_s         throughput of each path
+  <path>.upload_vs_cp / download_vs_cp       the ratios (target >= 0.5 through the gateway)
+  peak_rss_mb.storage / .gateway             VmHWM of each process (bounded: the blob is
+                                             512 MiB, messages a few MiB, queues bounded)
 """
 
 from __future__ import annotations
@@ -20,16 +26,19 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from llmos.channels import plaintext_channel
+from llmos.cli.transfer import download_file, upload_file
 from llmos.config import environment_without_llmos
 from llmos.health import SERVING, check_health
 from llmos.identity import operator_identity
 from llmos.ports import free_port
 from llmos.usage import peak_resident_mb
 from llmos.v1 import storage_pb2, storage_pb2_grpc
+from tools.devstack.gateway_process import GatewayProcess, start_gateway
 from tools.devstack.infra import start_nats, start_redis, terminate
 from tools.scratch import scratch_directory
 from tools.standin import internal_channel
@@ -63,6 +72,25 @@ def _requests(
             offset += len(data)
 
 
+def _timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb+") as file:
+        os.fsync(file.fileno())
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while piece := file.read(8 * MIB):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
 def measure(size_mib: int, piece_mib: int) -> dict[str, Any]:
     with scratch_directory("llmos-bench-storage-") as workdir:
         return _measure(workdir, size_mib, piece_mib)
@@ -71,19 +99,19 @@ def measure(size_mib: int, piece_mib: int) -> dict[str, Any]:
 def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
     nats_server, redis_server = start_nats(workdir), start_redis(workdir)
     address = f"127.0.0.1:{free_port()}"
+    env = {
+        **environment_without_llmos(),
+        "LLMOS_NATS_URL": nats_server.public_url,
+        "LLMOS_REDIS_URL": redis_server.public_url,
+        "LLMOS_SECRETS_DIR": str(nats_server.secrets_dir),
+        "LLMOS_LOG_LEVEL": "warning",
+    }
     storage = subprocess.Popen(
         [sys.executable, "-m", "services.storage"],
-        env={
-            **environment_without_llmos(),
-            "LLMOS_NATS_URL": nats_server.public_url,
-            "LLMOS_REDIS_URL": redis_server.public_url,
-            "LLMOS_DATA_DIR": str(workdir / "data"),
-            "LLMOS_SECRETS_DIR": str(nats_server.secrets_dir),
-            "LLMOS_LISTEN_ADDR": address,
-            "LLMOS_LOG_LEVEL": "warning",
-        },
+        env={**env, "LLMOS_DATA_DIR": str(workdir / "data"), "LLMOS_LISTEN_ADDR": address},
         stderr=subprocess.DEVNULL,
     )
+    gateway: GatewayProcess | None = None
     try:
         deadline = time.monotonic() + 60
         operator = operator_identity(nats_server.secrets_dir, "bench")
@@ -94,46 +122,78 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("storage did not start")
             time.sleep(0.2)
+        gateway = start_gateway(env, workdir / "gateway")
         size = size_mib * MIB
         source = workdir / "source.bin"
         sha256 = _write_file(source, size)
+
+        def cp() -> None:
+            shutil.copyfile(source, workdir / "copy.bin")
+            _fsync(workdir / "copy.bin")
+
+        timings: dict[str, float] = {"cp": _timed(cp)}
         with internal_channel(address, "storage", nats_server.secrets_dir) as channel:
             stub = storage_pb2_grpc.StorageStub(channel)
-            started = time.perf_counter()
-            shutil.copyfile(source, workdir / "copy.bin")
-            with (workdir / "copy.bin").open("rb+") as file:
-                os.fsync(file.fileno())
-            cp_s = time.perf_counter() - started
-            started = time.perf_counter()
-            blob = stub.UploadBlob(_requests(source, size, sha256, piece_mib * MIB), timeout=600)
-            upload_s = time.perf_counter() - started
-            assert blob.sha256 == sha256
-            started = time.perf_counter()
-            check = hashlib.sha256()
-            with (workdir / "download.bin").open("wb") as out:
-                request = storage_pb2.DownloadBlobRequest(tenant="bench", sha256=sha256)
-                for chunk in stub.DownloadBlob(request, timeout=600):
-                    out.write(chunk.data)
-                    check.update(chunk.data)
-                os.fsync(out.fileno())
-            download_s = time.perf_counter() - started
-            assert check.hexdigest() == sha256
-        mb = size / 1e6
+
+            def direct_upload() -> None:
+                requests = _requests(source, size, sha256, piece_mib * MIB)
+                assert stub.UploadBlob(requests, timeout=600).sha256 == sha256
+
+            def direct_download() -> None:
+                check = hashlib.sha256()
+                with (workdir / "direct.bin").open("wb") as out:
+                    request = storage_pb2.DownloadBlobRequest(tenant="bench", sha256=sha256)
+                    for chunk in stub.DownloadBlob(request, timeout=600):
+                        out.write(chunk.data)
+                        check.update(chunk.data)
+                    os.fsync(out.fileno())
+                assert check.hexdigest() == sha256
+
+            timings["direct_upload"] = _timed(direct_upload)
+            timings["direct_download"] = _timed(direct_download)
+        with plaintext_channel(gateway.address, gateway.admin_token()) as public:
+            door = storage_pb2_grpc.StorageStub(public)
+
+            def gateway_upload() -> None:
+                assert upload_file(door, source, timeout=600, quiet=True).sha256 == sha256
+
+            def gateway_download() -> None:
+                download_file(door, sha256, workdir / "gateway.bin", timeout=600)
+                _fsync(workdir / "gateway.bin")
+
+            timings["gateway_upload"] = _timed(gateway_upload)
+            timings["gateway_download"] = _timed(gateway_download)
+        assert _file_digest(workdir / "gateway.bin") == sha256  # checked outside the timing
+        cp_s, mb = timings["cp"], size / 1e6
+
+        def path(name: str) -> dict[str, float]:
+            up, down = timings[f"{name}_upload"], timings[f"{name}_download"]
+            return {
+                "upload_mb_s": round(mb / up, 1),
+                "download_mb_s": round(mb / down, 1),
+                "upload_vs_cp": round(cp_s / up, 3),
+                "download_vs_cp": round(cp_s / down, 3),
+            }
+
         return {
             "bench": "storage",
             "blob_mib": size_mib,
-            "upload_message_mib": piece_mib,
+            "direct_upload_message_mib": piece_mib,
             "cp_mb_s": round(mb / cp_s, 1),
-            "upload_mb_s": round(mb / upload_s, 1),
-            "download_mb_s": round(mb / download_s, 1),
-            "upload_vs_cp": round(cp_s / upload_s, 3),
-            "download_vs_cp": round(cp_s / download_s, 3),
-            "peak_rss_mb": peak_resident_mb(storage.pid),
-            "path": "client file -> gRPC stream -> sha256 + AES-256-GCM per "
-            "1 MiB chunk -> file + fsync; download: decrypt + authenticate + sha256 -> stream "
-            "-> client file + fsync; cp = copyfile + fsync",
+            "direct": path("direct"),
+            "gateway": path("gateway"),
+            "peak_rss_mb": {
+                "storage": peak_resident_mb(storage.pid),
+                "gateway": peak_resident_mb(gateway.process.pid),
+            },
+            "path": "direct: client file -> gRPC stream (mTLS) -> sha256 + AES-256-GCM per "
+            "1 MiB chunk -> file + fsync; download: decrypt + authenticate -> stream -> "
+            "client file + fsync. gateway: the same through `llmos.cli.transfer` over the "
+            "public door (bearer token, relayed over mTLS). cp = copyfile + fsync",
         }
     finally:
+        if gateway is not None:
+            gateway.stop()
         terminate(storage, 10)
         redis_server.stop()
         nats_server.stop()
@@ -142,7 +202,7 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=512, help="blob size in MiB")
-    parser.add_argument("--piece-mib", type=int, default=4, help="upload message size")
+    parser.add_argument("--piece-mib", type=int, default=4, help="direct upload message size")
     args = parser.parse_args(argv)
     print(json.dumps(measure(args.mib, args.piece_mib)), flush=True)
     return 0
