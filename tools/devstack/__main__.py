@@ -40,6 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         help="plaintext gateway (default: TLS with a generated local CA under <data dir>/tls)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="three clustered NATS servers (every stream on all three) and Redis with a "
+        "replica and three Sentinels, as at scale; services follow a failover",
+    )
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds")
     parser.add_argument(
         "--exit-with-parent",
@@ -67,6 +73,7 @@ async def run(args: argparse.Namespace) -> int:
             auth_port=args.auth_port,
             tls=args.tls,
             ready_timeout_s=args.ready_timeout,
+            cluster=args.cluster,
         )
     )
     began = time.monotonic()

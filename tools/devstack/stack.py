@@ -26,6 +26,12 @@ from llmos.keyfiles import write_private
 from llmos.ports import LOCALHOST, free_port
 from llmos.processes import kill_group
 from llmos.services import SERVICE_MODULES
+from tools.devstack.cluster import (
+    NatsCluster,
+    RedisReplicated,
+    start_nats_cluster,
+    start_redis_replicated,
+)
 from tools.devstack.infra import (
     NatsServer,
     RedisServer,
@@ -108,6 +114,9 @@ class StackOptions:
     ready_timeout_s: float = 120.0
     shutdown_grace_s: float = 5.0
     env: dict[str, str] = field(default_factory=dict)
+    #: three clustered NATS servers (each stream on all three), Redis with a replica and
+    #: Sentinels
+    cluster: bool = False
 
 
 class DevStack:
@@ -117,8 +126,8 @@ class DevStack:
         self.options = options
         self.data_dir = options.data_dir.resolve()
         self.log_dir = self.data_dir / "logs"
-        self.nats: NatsServer | None = None
-        self.redis: RedisServer | None = None
+        self.nats: NatsServer | NatsCluster | None = None
+        self.redis: RedisServer | RedisReplicated | None = None
         self.services: list[ServiceProcess] = []
         self.tls: TlsFiles | None = None
         self.issuer = ""
@@ -129,8 +138,8 @@ class DevStack:
     async def start(self) -> dict[str, str]:
         """Start everything and wait until every service is SERVING; return the ready fields."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.nats = start_nats(self.data_dir, self.options.host)
-        self.redis = start_redis(self.data_dir, self.options.host)
+        self._start_infra()
+        assert self.nats is not None and self.redis is not None
         gateway_env = self._gateway_env()
         for name in SERVICE_MODULES:
             port = (self.options.gateway_port if name == "gateway" else 0) or free_port(
@@ -143,7 +152,7 @@ class DevStack:
                 **os.environ,
                 "LLMOS_DATA_DIR": str(self.data_dir),
                 "LLMOS_NATS_URL": self.nats.public_url,
-                "LLMOS_REDIS_URL": self.redis.public_url,
+                **self._redis_env(),
                 "LLMOS_LISTEN_ADDR": address,
                 "LLMOS_METRICS_ADDR": metrics,
                 "LLMOS_SHUTDOWN_GRACE_S": str(self.options.shutdown_grace_s),
@@ -160,6 +169,25 @@ class DevStack:
         fields = self.ready_fields()
         write_private(self.data_dir / STACK_FILE, json.dumps(fields, indent=2) + "\n")
         return fields
+
+    def _start_infra(self) -> None:
+        """NATS and Redis: one server each, or (`cluster`) three NATS nodes and a Redis
+        primary, replica and Sentinels, each attribute set as soon as it runs (so that
+        `stop` ends what did start)."""
+        host = self.options.host
+        if self.options.cluster:
+            self.nats = start_nats_cluster(self.data_dir, host)
+            self.redis = start_redis_replicated(self.data_dir, host)
+        else:
+            self.nats = start_nats(self.data_dir, host)
+            self.redis = start_redis(self.data_dir, host)
+
+    def _redis_env(self) -> dict[str, str]:
+        """How services reach Redis: its URL, and with a replica the Sentinels."""
+        if isinstance(self.redis, RedisReplicated):
+            return self.redis.env()
+        assert self.redis is not None
+        return {"LLMOS_REDIS_URL": self.redis.public_url}
 
     def _gateway_env(self) -> dict[str, str]:
         """The gateway's OAuth port and, by default, TLS from a generated local CA. The
@@ -212,6 +240,11 @@ class DevStack:
         fields.update(
             nats=self.nats.public_url,
             redis=self.redis.public_url,
+            **(
+                {"redis_sentinels": self.redis.sentinel_addresses}
+                if isinstance(self.redis, RedisReplicated)
+                else {}
+            ),
             data_dir=str(self.data_dir),
             logs=str(self.log_dir),
         )
