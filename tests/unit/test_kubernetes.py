@@ -79,7 +79,7 @@ def test_every_service_runs_with_health_probes_resources_and_scrape_annotations(
             requests = container["resources"]["requests"]
             assert {"cpu", "memory"} <= set(requests), f"{name} requests no cpu or memory"
             assert "memory" in container["resources"]["limits"], f"{name} has no memory limit"
-        if name not in ("nats", "redis"):  # the servers, not LLM OS services
+        if name not in ("nats", "redis", "redis-sentinel"):  # servers, not LLM OS services
             annotations = workload["spec"]["template"]["metadata"]["annotations"]
             assert annotations["prometheus.io/scrape"] == "true", name
             assert annotations["prometheus.io/port"] == "9464", name
@@ -160,3 +160,26 @@ def test_the_gpu_worker_requests_a_gpu_for_triton_and_shares_its_model_repositor
     for container in containers.values():  # one volume at one path: entries' paths hold
         assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
     assert "--model-repository=/data/triton-repository" in containers["triton"]["command"][-1]
+
+
+def test_nats_is_a_three_node_cluster_keeping_every_stream_on_all_three() -> None:
+    nats = next(w for w in of_kind("StatefulSet") if w["metadata"]["name"] == "nats")
+    assert nats["spec"]["replicas"] == 3
+    assert nats["spec"]["serviceName"] == "nats-cluster"
+    jobs = {job["metadata"]["name"]: pod(job)["containers"][0]["command"] for job in of_kind("Job")}
+    init, streams = jobs["llmos-setup"], jobs["llmos-streams"]
+    routes = init[init.index("--nats-routes") + 1].split(",")
+    assert routes == [f"nats-{i}.nats-cluster:6222" for i in range(3)]
+    assert streams[streams.index("--replicas") + 1] == "3"
+    config = next(doc for doc in of_kind("ConfigMap") if doc["metadata"]["name"] == "llmos-env")
+    assert config["data"]["LLMOS_NATS_URL"].count("tls://") == 3
+
+
+def test_redis_has_a_replica_and_three_sentinels_that_services_ask() -> None:
+    sets = {w["metadata"]["name"]: w for w in of_kind("StatefulSet")}
+    assert sets["redis"]["spec"]["replicas"] == 2
+    assert "--replica-of" in pod(sets["redis"])["containers"][0]["command"]
+    assert sets["redis-sentinel"]["spec"]["replicas"] == 3
+    config = next(doc for doc in of_kind("ConfigMap") if doc["metadata"]["name"] == "llmos-env")
+    sentinels = config["data"]["LLMOS_REDIS_SENTINELS"].split(",")
+    assert sentinels == [f"redis-sentinel-{i}.redis-sentinel:26379" for i in range(3)]

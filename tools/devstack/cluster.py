@@ -60,8 +60,10 @@ def cluster_block(name: str, listen: str, routes: list[str], password: str) -> s
     on `listen` (host:port) and dials `routes` (host:port, its own included: NATS skips
     it), each side logging in as ROUTE_USER."""
     urls = ", ".join(f'"nats-route://{ROUTE_USER}:{password}@{route}"' for route in routes)
+    # `$POD_NAME` unquoted: nats-server reads it from the environment (Kubernetes)
+    shown = name if name.startswith("$") else f'"{name}"'
     return (
-        f'server_name: "{name}"\n'
+        f"server_name: {shown}\n"
         "cluster {\n"
         '  name: "llmos"\n'
         f'  listen: "{listen}"\n'
@@ -189,7 +191,9 @@ class RedisReplicated:
             server.stop(grace_s)
 
 
-def _passwords(secrets_dir: Path) -> dict[str, str]:
+def redis_passwords(secrets_dir: Path) -> dict[str, str]:
+    """Every Redis user's password, the replica's and the Sentinels' too (created on
+    first use)."""
     names = [*USERS, REPLICA_USER, SENTINEL_USER]
     return {n: ensure_credentials(secrets_dir / "redis", n).password.reveal() for n in names}
 
@@ -240,15 +244,19 @@ def sentinel_config(
     master: str = MASTER_NAME,
     down_after_ms: int = 5000,
     failover_timeout_ms: int = 60000,
+    hostnames: bool = False,
 ) -> str:
     """A Sentinel's configuration: it watches `primary` under `master` with a quorum of
-    two, as SENTINEL_USER, and knows its peers as that user too."""
+    two, as SENTINEL_USER, and knows its peers as that user too; with `hostnames`, the
+    primary is named by DNS (a StatefulSet's pod) rather than by address."""
     secret = passwords[SENTINEL_USER]
+    names = ["sentinel resolve-hostnames yes", "sentinel announce-hostnames yes"]
     lines = [
         f"bind {host}",
         f"port {port}",
         f"dir {store}",
         "daemonize no",
+        *(names if hostnames else []),
         f"sentinel monitor {master} {primary[0]} {primary[1]} 2",
         f"sentinel auth-user {master} {SENTINEL_USER}",
         f"sentinel auth-pass {master} {secret}",
@@ -274,7 +282,7 @@ def start_redis_replicated(
     """Start a primary, a replica of it and three Sentinels under `data_dir`, and wait
     until the Sentinels see the replica in sync and each other (a failover needs both)."""
     secrets_dir = secrets_dir or data_dir / "secrets"
-    passwords = _passwords(secrets_dir)
+    passwords = redis_passwords(secrets_dir)
     # both servers may copy the other: after a failover the old primary returns a replica
     replication = (
         *replication_acl_lines(passwords),
