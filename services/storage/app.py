@@ -25,6 +25,7 @@ from llmos.auditing import AuditPublisher, new_record
 from llmos.runner import ServiceContext
 from llmos.timestamps import timestamp
 from llmos.v1 import storage_pb2, storage_pb2_grpc
+from services.storage.backends import blob_place, metadata_database
 from services.storage.blobs import BlobFiles
 from services.storage.crypto import KeyEncryptionKeys
 from services.storage.datasets import Datasets
@@ -249,15 +250,23 @@ def audit_trail(audit: AuditPublisher) -> AuditTrail:
 async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack) -> list[str]:
     """Open the store (sweeping what a crash left) and serve the API."""
     options: StorageOptions = ctx.options
-    root = options.root(ctx.settings.data_dir)
-    metadata = Metadata(root / "metadata.sqlite")
+    settings = ctx.settings
+    root = options.root(settings.data_dir)
+    database = await asyncio.to_thread(
+        metadata_database, options, root, settings.secrets_dir, settings.connect_timeout_s
+    )
+    metadata = Metadata(database)
+    place = await asyncio.to_thread(blob_place, options, root, settings.secrets_dir)
     keys = KeyEncryptionKeys(root / "keys", options.kek_file)
-    files = BlobFiles(root, metadata, keys)
+    files = BlobFiles(place, metadata, keys)
     await asyncio.to_thread(files.sweep)
+    log.info("storage opened", extra={"metadata": database.where, "blobs": place.where})
     audit = ctx.audit
     store = Store(files, audit_trail(audit))
     stack.callback(store.close)
-    collector = StorageCollector(metadata.path)
+    collector = StorageCollector(
+        metadata_database(options, root, settings.secrets_dir, settings.connect_timeout_s)
+    )
     stack.callback(collector.close)
     REGISTRY.register(collector)
     stack.callback(REGISTRY.unregister, collector)  # before its connection closes

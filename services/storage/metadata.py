@@ -1,27 +1,24 @@
 """Storage metadata: blobs, uploads in progress, datasets, the model registry, quotas.
 
-SQLite in WAL mode is the embedded default. Every change is one transaction, so a process
-killed at any instant leaves the old state or the new one, never a torn one; blob files are
-written and renamed into place *before* the row that names them is committed, and files no
-row names are swept at start. Everything is keyed by tenant: no query can reach across.
+SQLite in WAL mode is the embedded default; PostgreSQL (llmos.database) is the shared one
+that several storage replicas use at once. Every change is one transaction, exclusive
+across replicas, so a process killed at any instant leaves the old state or the new one,
+never a torn one; blobs are written and put into place *before* the row that names them is
+committed, and blobs no row names are swept at start. Everything is keyed by tenant: no
+query can reach across.
 
-The class is the one narrow interface the service uses (plain methods, plain values), so
-another database (PostgreSQL) can stand behind it later.
+The class is the one narrow interface the service uses (plain methods, plain values).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmos.sqlite import open_database, write_transaction
+from llmos.database import Database, SqliteDatabase, copy_tables
 
 #: (tenant, kind, bytes) for every tenant: "stored" blobs, "uploading" reserved
 BYTES_BY_TENANT = (
@@ -53,6 +50,24 @@ CREATE TABLE IF NOT EXISTS aliases (
   updated REAL NOT NULL, PRIMARY KEY (tenant, model, alias));
 CREATE TABLE IF NOT EXISTS quotas (tenant TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 """
+
+#: every table and its columns, in order: what a backup copies
+TABLES: dict[str, tuple[str, ...]] = {
+    "blobs": ("tenant", "sha256", "size", "kek_id", "wrapped_key", "created"),
+    "uploads": (
+        "tenant", "upload_id", "size", "expected_sha256", "received", "kek_id",
+        "wrapped_key", "created",
+    ),
+    "datasets": ("tenant", "name", "sha256", "size", "records", "description", "created"),
+    "model_versions": (
+        "tenant", "model", "version", "files", "metadata", "lineage", "created", "deleted",
+    ),
+    "aliases": ("tenant", "model", "alias", "version", "updated"),
+    "quotas": ("tenant", "bytes"),
+}  # fmt: skip
+
+#: the name of a SQLite metadata file (the embedded default and every backup's snapshot)
+SQLITE_FILE = "metadata.sqlite"
 
 
 @dataclass(frozen=True)
@@ -103,30 +118,19 @@ class VersionRow:
 class Metadata:
     """The metadata database (thread-safe: one connection behind a lock)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = open_database(path)
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, database: Database | Path) -> None:
+        self.db = SqliteDatabase(database) if isinstance(database, Path) else database
+        self.db.create(SCHEMA)
+        self._tx = self.db.transaction
+        self._one = self.db.one
+        self._all = self.db.all
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with write_transaction(self._db, self._lock):
-            yield self._db
-
-    def _one(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
-        with self._lock:
-            row = self._db.execute(sql, args).fetchone()
-            return tuple(row) if row is not None else None
-
-    def _all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return [tuple(r) for r in self._db.execute(sql, args).fetchall()]
+    def is_empty(self) -> bool:
+        """Whether no table holds a row (a store a backup may be restored into)."""
+        return all(self._one(f"SELECT 1 FROM {table} LIMIT 1") is None for table in TABLES)
 
     # -- blobs -------------------------------------------------------------------------
 
@@ -387,13 +391,23 @@ class Metadata:
     # -- backup --------------------------------------------------------------------------
 
     def backup_to(self, target: Path) -> None:
-        """A consistent copy of the database, taken while it stays in use."""
-        destination = sqlite3.connect(target)
+        """A consistent copy of the database into a new SQLite file, taken while it stays
+        in use — whichever database this is, so a backup restores into either."""
+        if target.exists():
+            raise FileExistsError(target)
+        snapshot = Metadata(target)
         try:
-            with self._lock:
-                self._db.backup(destination)
+            copy_tables(self.db, snapshot.db, TABLES)
         finally:
-            destination.close()
+            snapshot.close()
+
+    def restore_from(self, source: Path) -> None:
+        """Fill this empty database with the rows of a backup's SQLite snapshot."""
+        snapshot = Metadata(source)
+        try:
+            copy_tables(snapshot.db, self.db, TABLES)
+        finally:
+            snapshot.close()
 
     def stats(self) -> tuple[int, int, int]:
         blobs = self._one("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs")

@@ -11,7 +11,7 @@ import asyncio
 from pathlib import Path
 
 from llmos.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.storage.backup import backup, is_backup, reopen_restored
+from services.storage.backup import backup, is_backup, restore_into
 from services.storage.blobs import BlobFiles
 from services.storage.store import SYSTEM_TENANT, Store
 
@@ -48,14 +48,11 @@ class StoreOperations:
         if not await asyncio.to_thread(is_backup, source):
             raise NotFound(f"{source} is not a storage backup (no manifest.json)")
         async with self._store.lock:
-            blobs, _, models = self._store.meta.stats()
-            if blobs or models or self._store.meta.uploads():
+            if not await asyncio.to_thread(self._store.meta.is_empty):
                 raise FailedPrecondition(
                     "this storage already holds data; restore into a fresh storage service"
                 )
-            files = await asyncio.to_thread(
-                reopen_restored, self._store.files, source, self._kek_file
-            )
+            files = await asyncio.to_thread(restore_into, self._store.files, source, self._kek_file)
             self._store.files = files
         count, size, _ = files.metadata.stats()
         self._store.record(SYSTEM_TENANT, "storage.restore", str(source), f"{count} blobs")

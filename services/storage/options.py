@@ -18,6 +18,15 @@ class StorageOptions:
     tenant_quota_bytes: int
     #: an upload nobody has written to for this long is discarded (reservation and file)
     upload_idle_s: float = 86_400.0
+    #: PostgreSQL for the metadata ("" : SQLite under the storage directory)
+    database_url: str = ""
+    #: an S3-compatible endpoint for the blobs ("": files under the storage directory)
+    s3_endpoint: str = ""
+    s3_bucket: str = "llmos"
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    #: a CA bundle to check an https endpoint with ("": the system's)
+    s3_ca_file: str = ""
 
     def root(self, data_dir: Path) -> Path:
         return self.directory or data_dir / "storage"
@@ -57,5 +66,31 @@ def read_storage_options(env: EnvReader) -> StorageOptions:
             doc="seconds an unfinished upload may sit idle before it is discarded and its "
             "quota reservation released",
             default_shown="1 day",
+        ),
+        database_url=env.url(
+            "STORAGE_DATABASE_URL",
+            "",
+            ("postgresql", "postgres"),
+            doc="PostgreSQL for the metadata, shared by every storage replica; with no "
+            "user and password in it, those of `<secrets dir>/postgres/storage.json`",
+            default_shown="SQLite under the storage directory",
+        ),
+        s3_endpoint=env.url(
+            "STORAGE_S3_ENDPOINT",
+            "",
+            ("http", "https"),
+            doc="an S3-compatible object store for the blobs (encrypted before they leave); "
+            "its keys are `<secrets dir>/s3/storage.json` (user: access key, password: "
+            "secret key)",
+            default_shown="files under the storage directory",
+        ),
+        s3_bucket=env.text("STORAGE_S3_BUCKET", "llmos", doc="the bucket (created if missing)"),
+        s3_prefix=env.text("STORAGE_S3_PREFIX", "", doc="a prefix for every object key"),
+        s3_region=env.text("STORAGE_S3_REGION", "us-east-1", doc="the bucket's region"),
+        s3_ca_file=env.text(
+            "STORAGE_S3_CA_FILE",
+            "",
+            doc="a CA bundle to check an https endpoint's certificate with",
+            default_shown="the system's",
         ),
     )

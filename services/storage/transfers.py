@@ -117,7 +117,7 @@ class Transfers:
         if not self._store.files.complete(upload):
             upload.close()
             raise FailedPrecondition(
-                f"upload {row.upload_id!r} is incomplete: {upload.received} of {row.size} "
+                f"upload {row.upload_id!r} is incomplete: {upload.stored} of {row.size} "
                 "bytes stored; send the rest from there with the same upload_id"
             )
         try:
@@ -174,8 +174,9 @@ class Transfers:
         async with self._admitting:
             for row in self._store.meta.uploads():
                 key = (row.tenant, row.upload_id)
-                path = self._store.files.upload_path(row.tenant, row.upload_id)
-                last = path.stat().st_mtime if path.exists() else 0.0
+                last = await asyncio.to_thread(
+                    self._store.files.place.last_write, row.tenant, row.upload_id
+                )
                 if key in self._streaming or now - last < idle_s:
                     continue
                 await asyncio.to_thread(self._store.files.discard, row.tenant, row.upload_id)

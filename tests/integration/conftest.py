@@ -21,7 +21,13 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from llmos.v1 import audit_pb2
-from tests.integration.storage_client import StorageProcess, start_storage
+from tests.integration.storage_client import (
+    LOCAL,
+    Backend,
+    StorageProcess,
+    shared_backend,
+    start_storage,
+)
 from tools.devstack.gateway_process import GatewayProcess, start_gateway
 from tools.devstack.infra import NatsServer, RedisServer
 from tools.harness import ROOT, eventually_async, nats_server, python_env, redis_server
@@ -84,6 +90,31 @@ def storage(
 ) -> Iterator[StorageProcess]:
     """One storage service for the module's tests."""
     process = start_storage(storage_env, tmp_path_factory.mktemp("store") / "root")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module", params=["local", "s3+postgresql"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path
+) -> Iterator[Backend]:
+    """Files and SQLite (the embedded default), then real PostgreSQL and SeaweedFS: a
+    module using it runs each of its tests on both."""
+    if request.param == "local":
+        yield LOCAL
+        return
+    with shared_backend(tmp_path_factory.mktemp("shared"), secrets_dir) as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def storage_on_each_backend(
+    storage_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, backend: Backend
+) -> Iterator[StorageProcess]:
+    """One storage service per backend for the module's tests."""
+    process = start_storage(storage_env, tmp_path_factory.mktemp("store") / "root", backend)
     try:
         yield process
     finally:

@@ -1,6 +1,7 @@
 """Downloads in ranges, as `llmos` fetches large files: a range is served with the whole
 blob's size (so a client can split the rest), a bad range is refused naming its field,
-and parallel ranged streams write exactly the blob. A real storage process."""
+and parallel ranged streams write exactly the blob. A real storage process, on both
+backends."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ import pytest
 from llmos.cli import transfer
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 from tests.integration.storage_client import MIB, StorageProcess, refused, upload
+
+
+@pytest.fixture(scope="module")
+def storage(storage_on_each_backend: StorageProcess) -> StorageProcess:
+    """Each test runs on both backends."""
+    return storage_on_each_backend
 
 
 def test_a_range_of_a_blob_is_served_with_the_whole_blobs_size(storage: StorageProcess) -> None:
