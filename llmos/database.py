@@ -46,6 +46,10 @@ class Cursor(Protocol):
 
     def fetchall(self) -> list[Any]: ...
 
+    def fetchmany(self, size: int = ..., /) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 class Connection(Protocol):
     """The part of `sqlite3.Connection` the stores use; a PostgreSQL connection is adapted
@@ -75,6 +79,11 @@ class Database(ABC):
     @abstractmethod
     def reading(self) -> AbstractContextManager[Connection]:
         """The connection, to read from, while no other thread of this process uses it."""
+
+    @abstractmethod
+    def snapshot(self) -> AbstractContextManager[Connection]:
+        """A read-only transaction: every read in it sees the database as it was when it
+        began, while writers go on (a long verification of the audit log)."""
 
     def create(self, schema: str) -> None:
         """Create the tables and indexes of `schema` (statements separated by `;`) that do
@@ -119,6 +128,15 @@ class SqliteDatabase(Database):
     def reading(self) -> Iterator[Connection]:
         with self._lock:
             yield self._conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN")  # WAL: the snapshot is taken at the first read
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("ROLLBACK")
 
     def create(self, schema: str) -> None:
         self._conn.executescript(schema)
@@ -202,6 +220,19 @@ class PostgresDatabase(Database):
             conn = self._open()
             try:
                 yield conn
+            except psycopg.OperationalError as exc:
+                raise Unavailable(f"the database at {self.where} did not answer") from exc
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        import psycopg
+
+        with self._lock:
+            conn = self._open()
+            try:
+                with conn.raw.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    yield conn
             except psycopg.OperationalError as exc:
                 raise Unavailable(f"the database at {self.where} did not answer") from exc
 

@@ -14,10 +14,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 
 import grpc
 
+from llmos.config import ServiceSettings
+from llmos.database import PostgresDatabase, service_database_url
 from llmos.errors import InvalidArgument, Unavailable
 from llmos.lease import Lease
 from llmos.runner import ServiceContext
@@ -28,7 +31,7 @@ from services.audit.keys import pseudonym_key, signing_key, trusted_keys
 from services.audit.metrics import LagAlarm
 from services.audit.options import AuditOptions
 from services.audit.records import Privacy, to_message
-from services.audit.store import AuditLog, Filters, Head, connect
+from services.audit.store import AuditLog, Filters, Head, Opener, connect
 from services.audit.verify import Verdict, verify_log
 from services.audit.witness import Witness
 
@@ -117,12 +120,12 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):  # type: ignore[misc]
         )
 
     def _verify(self, head: Head, witnessed: Checkpoint | None) -> Verdict:
-        conn = connect(self._log.path)
+        database = self._log.open()
         try:
-            conn.execute("BEGIN")  # one consistent snapshot while ingest goes on
-            return verify_log(conn, trusted_keys(self._keys_dir), head, witnessed)
+            with database.snapshot() as conn:  # one consistent view while ingest goes on
+                return verify_log(conn, trusted_keys(self._keys_dir), head, witnessed)
         finally:
-            conn.close()
+            database.close()
 
     async def QueryAudit(
         self, request: audit_pb2.QueryAuditRequest, context: grpc.aio.ServicerContext
@@ -160,6 +163,19 @@ async def _every(
             log.exception(f"audit {what} failed; trying again later")
 
 
+#: the advisory lock that makes an audit write transaction exclusive across instances
+#: ("llmos" and 2: audit), beside the writer's lease
+WRITE_LOCK = 0x6C6C6D6F7302
+
+
+def log_database(options: AuditOptions, root: Path, settings: ServiceSettings) -> Opener:
+    """How to open the log's database: PostgreSQL when configured, else `<root>/audit.db`."""
+    if not options.database_url:
+        return partial(connect, root / "audit.db")
+    url = service_database_url(options.database_url, settings.secrets_dir, "audit")
+    return partial(PostgresDatabase, url, WRITE_LOCK, settings.connect_timeout_s)
+
+
 async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitStack) -> list[str]:
     """Open the log, start ingesting, and serve the API."""
     options: AuditOptions = ctx.options
@@ -169,7 +185,7 @@ async def attach(ctx: ServiceContext, server: grpc.aio.Server, stack: AsyncExitS
     key = await asyncio.to_thread(signing_key, keys_dir)
     privacy = Privacy(options.policy, await asyncio.to_thread(pseudonym_key, keys_dir))
     audit_log = await asyncio.to_thread(
-        AuditLog, root / "audit.db", key, options.checkpoint_records
+        AuditLog, log_database(options, root, ctx.settings), key, options.checkpoint_records
     )
     stack.callback(audit_log.close)
 

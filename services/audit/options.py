@@ -29,6 +29,8 @@ class AuditOptions:
     #: ingest this many seconds behind raises an `audit_lag` event
     lag_alert_s: float
     policy: RedactionPolicy
+    #: PostgreSQL for the log ("": SQLite, `audit.db` under the audit directory)
+    database_url: str = ""
 
     def root(self, data_dir: Path) -> Path:
         return self.directory or data_dir / "audit"
@@ -94,4 +96,12 @@ def read_audit_options(env: EnvReader) -> AuditOptions:
             doc="ingest this many seconds behind publishes an `audit_lag` event (an alert)",
         ),
         policy=read_redaction_policy(env),
+        database_url=env.url(
+            "AUDIT_DATABASE_URL",
+            "",
+            ("postgresql", "postgres"),
+            doc="PostgreSQL for the log, shared by the writer and its standbys; with no user "
+            "and password in it, those of `<secrets dir>/postgres/audit.json`",
+            default_shown="SQLite under the audit directory",
+        ),
     )

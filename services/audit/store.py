@@ -1,5 +1,6 @@
-"""The append-only audit log in SQLite (WAL, synchronous=FULL): records chained by hash,
-signed checkpoints, retention pruning and filtered, paginated reads.
+"""The append-only audit log in SQLite (WAL, synchronous=FULL; the embedded default) or
+PostgreSQL (shared by the active writer and its standbys, llmos.database): records chained
+by hash, signed checkpoints, retention pruning and filtered, paginated reads.
 
 One writer appends; the chain's head (last sequence number and hash) lives in memory and
 in the last row. A batch is one transaction: every new record of it is committed, with
@@ -9,18 +10,16 @@ Event ids are unique: a redelivered event is recognised and recorded once.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from llmos.sqlite import open_database, write_transaction
+from llmos.database import Connection, Database, SqliteDatabase
 from services.audit.chain import (
     ENTRY_COLUMNS,
     GENESIS,
@@ -62,13 +61,21 @@ INSERT = (
     f"VALUES ({', '.join('?' * (len(ENTRY_COLUMNS) + 2))})"
 )
 CHECKPOINT_COLUMNS = "seq, hash, time_ns, kind, key_id, signature"
+SIGN = (
+    f"INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(seq) DO UPDATE SET hash=excluded.hash, time_ns=excluded.time_ns, "
+    "kind=excluded.kind, key_id=excluded.key_id, signature=excluded.signature"
+)
 T = TypeVar("T")
 
+#: opens a new connection to the audit database (the writer and the readers each hold one)
+Opener = Callable[[], Database]
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection to the audit database; the writer, the readers and a standby sharing
-    the directory wait for each other's locks rather than fail."""
-    return open_database(path, busy_timeout_ms=10_000)
+
+def connect(path: Path) -> SqliteDatabase:
+    """A connection to a SQLite audit database; the writer, the readers and a standby
+    sharing the directory wait for each other's locks rather than fail."""
+    return SqliteDatabase(path, busy_timeout_ms=10_000)
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ def _match(column: str, value: str, where: list[str], args: list[object]) -> Non
         return
     if value.endswith("*") and column != "tenant":
         prefix = value[:-1]
-        where.append(f"substr({column}, 1, ?) = ?")
+        where.append(f"substr({column}, 1, CAST(? AS INTEGER)) = ?")
         args.extend([len(prefix), prefix])
     else:
         where.append(f"{column} = ?")
@@ -115,43 +122,41 @@ def _match(column: str, value: str, where: list[str], args: list[object]) -> Non
 class AuditLog:
     """The audit database of one audit service (the only writer)."""
 
-    def __init__(self, path: Path, key: Ed25519PrivateKey, checkpoint_every: int = 1000) -> None:
-        self.path = path
+    def __init__(
+        self, database: Path | Opener, key: Ed25519PrivateKey, checkpoint_every: int = 1000
+    ) -> None:
+        self.open: Opener = (lambda: connect(database)) if isinstance(database, Path) else database
         self._key = key
         self._every = checkpoint_every
-        self._write = connect(path)
-        self._write.executescript(SCHEMA)
-        self._read = connect(path)
-        self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
-        self.head = self._stored_head(self._write)
+        self._write = self.open()
+        self._write.create(SCHEMA)
+        self._read = self.open()
+        with self._write.transaction() as conn:
+            self.head = self._stored_head(conn)
 
     @staticmethod
-    def _stored_head(conn: sqlite3.Connection) -> Head:
+    def _stored_head(conn: Connection) -> Head:
         """The last record (or the prune checkpoint standing for it). Read again in each
         write transaction, so whoever appends chains to what is really there — even when
-        another instance wrote meanwhile (a standby sharing the directory)."""
+        another instance wrote meanwhile (a standby sharing the database)."""
         row = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
-            return Head(row[0], row[1])
+            return Head(row[0], bytes(row[1]))
         anchor = conn.execute(
             "SELECT seq, hash FROM checkpoints WHERE kind = ? ORDER BY seq DESC LIMIT 1", (PRUNE,)
         ).fetchone()
-        return Head(anchor[0], anchor[1]) if anchor else Head(0, GENESIS)
+        return Head(anchor[0], bytes(anchor[1])) if anchor else Head(0, GENESIS)
 
     @staticmethod
-    def _last_checkpoint(conn: sqlite3.Connection) -> int:
+    def _last_checkpoint(conn: Connection) -> int:
         return int(conn.execute("SELECT MAX(seq) FROM checkpoints").fetchone()[0] or 0)
 
     def close(self) -> None:
-        with self._write_lock, self._read_lock:
-            self._write.close()
-            self._read.close()
+        self._write.close()
+        self._read.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with write_transaction(self._write, self._write_lock):
-            yield self._write
+    def _transaction(self) -> AbstractContextManager[Connection]:
+        return self._write.transaction()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -178,7 +183,7 @@ class AuditLog:
         return len(rows)
 
     @staticmethod
-    def _known_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    def _known_ids(conn: Connection, ids: list[str]) -> set[str]:
         known: set[str] = set()
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
@@ -189,12 +194,9 @@ class AuditLog:
             known.update(row[0] for row in found)
         return known
 
-    def _sign(self, conn: sqlite3.Connection, kind: str, head: Head) -> Checkpoint:
+    def _sign(self, conn: Connection, kind: str, head: Head) -> Checkpoint:
         checkpoint = Checkpoint.sign(self._key, kind, head.sequence, head.hash, time.time_ns())
-        conn.execute(
-            f"INSERT OR REPLACE INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            checkpoint.row(),
-        )
+        conn.execute(SIGN, checkpoint.row())
         return checkpoint
 
     def checkpoint(self) -> Checkpoint | None:
@@ -215,7 +217,7 @@ class AuditLog:
             ).fetchone()
             if row is None:
                 return 0
-            anchor = Head(row[0], row[1])
+            anchor = Head(row[0], bytes(row[1]))
             self._sign(conn, PRUNE, anchor)
             removed = conn.execute("DELETE FROM records WHERE seq <= ?", (anchor.sequence,))
             conn.execute("DELETE FROM checkpoints WHERE seq < ?", (anchor.sequence,))
@@ -223,23 +225,21 @@ class AuditLog:
 
     # -- reading -----------------------------------------------------------------------
 
-    def reading(self, read: Callable[[sqlite3.Connection], T]) -> T:
+    def reading(self, read: Callable[[Connection], T]) -> T:
         """`read` run on the log's reading connection (shared by queries, one at a time)."""
-        with self._read_lock:
-            return read(self._read)
+        with self._read.reading() as conn:
+            return read(conn)
 
     def checkpoints_after(self, sequence: int) -> list[Checkpoint]:
         """The checkpoints signed past record `sequence`, oldest first."""
-        with self._read_lock:
-            rows = self._read.execute(
-                f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE seq > ? ORDER BY seq",
-                (sequence,),
-            ).fetchall()
-        return [Checkpoint(*row) for row in rows]
+        rows = self._read.all(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE seq > ? ORDER BY seq", sequence
+        )
+        return [Checkpoint(r[0], bytes(r[1]), r[2], r[3], r[4], bytes(r[5])) for r in rows]
 
     def count(self) -> int:
-        with self._read_lock:
-            return int(self._read.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+        row = self._read.one("SELECT COUNT(*) FROM records")
+        return int(row[0]) if row else 0
 
     def query(
         self, filters: Filters, after: int, limit: int, newest_first: bool = False
@@ -264,6 +264,5 @@ class AuditLog:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
         args.append(limit)
-        with self._read_lock:
-            rows = self._read.execute(sql, args).fetchall()
-        return [StoredRecord(row[0], Entry(*row[1:-1]), row[-1]) for row in rows]
+        rows = self._read.all(sql, *args)
+        return [StoredRecord(row[0], Entry(*row[1:-1]), bytes(row[-1])) for row in rows]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from llmos.database import Connection
 from services.audit.chain import ENTRY_COLUMNS, GENESIS, PRUNE, Checkpoint, link
 from services.audit.store import CHECKPOINT_COLUMNS, Head
 
@@ -45,7 +45,7 @@ class _Broken(Exception):
 
 
 def verify_log(
-    conn: sqlite3.Connection,
+    conn: Connection,
     keys: dict[str, Ed25519PublicKey],
     live_head: Head | None = None,
     witnessed: Checkpoint | None = None,
@@ -105,7 +105,7 @@ class _Walk:
             self.last_checkpoint,
         )
 
-    def run(self, conn: sqlite3.Connection) -> None:
+    def run(self, conn: Connection) -> None:
         cursor = conn.execute(
             f"SELECT seq, {', '.join(ENTRY_COLUMNS)}, hash FROM records ORDER BY seq"
         )
@@ -186,7 +186,7 @@ class _Walk:
 
 
 def against_witness(
-    conn: sqlite3.Connection, witnessed: Checkpoint, keys: dict[str, Ed25519PublicKey]
+    conn: Connection, witnessed: Checkpoint, keys: dict[str, Ed25519PublicKey]
 ) -> tuple[int, str] | None:
     """Where and why the log no longer holds what the witness's checkpoint vouches for;
     None when it does. That checkpoint's hash commits to every record up to its sequence,
@@ -248,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
 
         witnessed = asyncio.run(read_witness(args.witness, keys))
         print(f"witness: record {witnessed.sequence}" if witnessed else "witness: holds none")
-    conn = connect(args.directory / "audit.db")
-    verdict = verify_log(conn, keys, witnessed=witnessed)
+    database = connect(args.directory / "audit.db")
+    with database.snapshot() as conn:
+        verdict = verify_log(conn, keys, witnessed=witnessed)
+    database.close()
     print(
         ("valid: " if verdict.valid else f"INVALID at record {verdict.first_bad_sequence}: ")
         + verdict.detail

@@ -60,12 +60,13 @@ def audit_log(audit_dir: Path) -> Iterator[AuditLog]:
 def verify(
     audit_dir: Path, log: AuditLog | None = None, witnessed: Checkpoint | None = None
 ) -> Verdict:
-    conn = connect(audit_dir / "audit.db")
+    database = connect(audit_dir / "audit.db")
     try:
-        keys = trusted_keys(audit_dir / "keys")
-        return verify_log(conn, keys, log.head if log else None, witnessed)
+        with database.snapshot() as conn:
+            keys = trusted_keys(audit_dir / "keys")
+            return verify_log(conn, keys, log.head if log else None, witnessed)
     finally:
-        conn.close()
+        database.close()
 
 
 def tamper(audit_dir: Path, *statements: tuple[str, tuple[object, ...]]) -> None:

@@ -27,13 +27,13 @@ from llmos import subjects
 from llmos.auditing import new_record
 from llmos.messaging import ensure_streams
 from llmos.redaction import RedactionPolicy
-from llmos.sqlite import write_transaction
+from llmos.sqlite import open_database, write_transaction
 from llmos.v1 import audit_pb2
 from services.audit.chain import Entry, entry_values
 from services.audit.ingest import Ingest
 from services.audit.keys import signing_key
 from services.audit.records import Privacy
-from services.audit.store import INSERT, SCHEMA, AuditLog, connect
+from services.audit.store import INSERT, SCHEMA, AuditLog
 from tools.devstack.infra import start_nats
 
 BATCH = 1000
@@ -109,7 +109,7 @@ def append_all(directory: Path, rows: list[Entry]) -> float:
 
 
 def plain_insert(path: Path, rows: list[Entry]) -> float:
-    conn = connect(path)
+    conn = open_database(path, busy_timeout_ms=10_000)
     conn.executescript(SCHEMA)
     lock = threading.Lock()
     started = time.perf_counter()
