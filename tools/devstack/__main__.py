@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="three clustered NATS servers (every stream on all three) and Redis with a "
         "replica and three Sentinels, as at scale; services follow a failover",
     )
+    parser.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="storage and audit on PostgreSQL and an S3-compatible store (SeaweedFS), both "
+        "started here, as several machines would share them",
+    )
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds")
     parser.add_argument(
         "--exit-with-parent",
@@ -74,6 +80,7 @@ async def run(args: argparse.Namespace) -> int:
             tls=args.tls,
             ready_timeout_s=args.ready_timeout,
             cluster=args.cluster,
+            shared_storage=args.shared_storage,
         )
     )
     began = time.monotonic()

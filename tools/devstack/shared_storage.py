@@ -109,6 +109,7 @@ def start_postgres(
             password_file.unlink(missing_ok=True)
         if result.returncode != 0:
             raise InfraError(f"initdb failed: {result.stderr.decode(errors='replace')[-500:]}")
+    _admit_subnet(data / "pg_hba.conf", host)
     port = port or free_port(host)
     proc = spawn(
         _as_ordinary_user([
@@ -125,6 +126,15 @@ def start_postgres(
         server.stop()
         raise
     return server
+
+
+def _admit_subnet(hba: Path, host: str) -> None:
+    """On an address other than loopback, let clients of the server's own subnets log in
+    (with a password, as on loopback): the other hosts of tools/devstack/hosts.py."""
+    line = "host all all samenet scram-sha-256\n"
+    if host not in (LOCALHOST, "localhost", "::1") and line not in hba.read_text():
+        with hba.open("a") as conf:
+            conf.write(line)
 
 
 def _provision(server: PostgresServer, keys: Path, timeout_s: float) -> None:
@@ -180,7 +190,10 @@ class ObjectStoreServer:
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.s3_port}"
 
-    def stop(self, grace_s: float = 10.0) -> int:
+    def stop(self, grace_s: float = 3.0) -> int:
+        """SIGTERM, SIGKILL after `grace_s`: SeaweedFS waits 15 s for idle gRPC streams
+        before it exits, and its volumes (append-only, with an index it rebuilds) are made
+        to survive a kill."""
         return terminate(self.proc, grace_s)
 
 
@@ -219,6 +232,7 @@ def start_object_store(
             f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", "-s3",
             f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
             "-master.volumeSizeLimitMB=1024", "-volume.max=0", "-metricsPort=0",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalogs on fixed ports: off
         ],
         directory / "weed.log",
     )  # fmt: skip

@@ -40,6 +40,12 @@ from tools.devstack.infra import (
     start_redis,
     terminate,
 )
+from tools.devstack.shared_storage import (
+    ObjectStoreServer,
+    PostgresServer,
+    start_object_store,
+    start_postgres,
+)
 from tools.devstack.tls import TlsFiles, ensure_dev_tls
 
 log = logging.getLogger("llmos.devstack")
@@ -117,6 +123,9 @@ class StackOptions:
     #: three clustered NATS servers (each stream on all three), Redis with a replica and
     #: Sentinels
     cluster: bool = False
+    #: storage's metadata and the audit log in PostgreSQL, blobs in an S3-compatible store
+    #: (both started here: the servers a multi-machine deployment shares)
+    shared_storage: bool = False
 
 
 class DevStack:
@@ -128,6 +137,8 @@ class DevStack:
         self.log_dir = self.data_dir / "logs"
         self.nats: NatsServer | NatsCluster | None = None
         self.redis: RedisServer | RedisReplicated | None = None
+        self.postgres: PostgresServer | None = None
+        self.objects: ObjectStoreServer | None = None
         self.services: list[ServiceProcess] = []
         self.tls: TlsFiles | None = None
         self.issuer = ""
@@ -157,6 +168,7 @@ class DevStack:
                 "LLMOS_METRICS_ADDR": metrics,
                 "LLMOS_SHUTDOWN_GRACE_S": str(self.options.shutdown_grace_s),
                 **(gateway_env if name == "gateway" else {}),
+                **self._storage_env(),
                 **self.options.env,
             }
             service = ServiceProcess(name, address, env, self.log_dir / f"{name}.log")
@@ -181,6 +193,21 @@ class DevStack:
         else:
             self.nats = start_nats(self.data_dir, host)
             self.redis = start_redis(self.data_dir, host)
+        if self.options.shared_storage:
+            secrets = self.nats.secrets_dir
+            self.postgres = start_postgres(self.data_dir / "postgres", secrets, host)
+            self.objects = start_object_store(self.data_dir / "objects", secrets, host)
+
+    def _storage_env(self) -> dict[str, str]:
+        """With shared storage: where storage and audit find PostgreSQL and S3 (each reads
+        its own credentials from the secrets dir)."""
+        if self.postgres is None or self.objects is None:
+            return {}
+        return {
+            "LLMOS_STORAGE_DATABASE_URL": self.postgres.url("storage"),
+            "LLMOS_AUDIT_DATABASE_URL": self.postgres.url("audit"),
+            "LLMOS_STORAGE_S3_ENDPOINT": self.objects.endpoint,
+        }
 
     def _redis_env(self) -> dict[str, str]:
         """How services reach Redis: its URL, and with a replica the Sentinels."""
@@ -245,6 +272,12 @@ class DevStack:
                 if isinstance(self.redis, RedisReplicated)
                 else {}
             ),
+            **(
+                {"postgres": f"{self.postgres.host}:{self.postgres.port}"}
+                if self.postgres is not None
+                else {}
+            ),
+            **({"s3": self.objects.endpoint} if self.objects is not None else {}),
             data_dir=str(self.data_dir),
             logs=str(self.log_dir),
         )
@@ -303,15 +336,14 @@ class DevStack:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
 
     def stop(self) -> None:
-        """Stop services in reverse start order, then Redis, then NATS."""
+        """Stop services in reverse start order, then the servers they used."""
         grace = self.options.shutdown_grace_s + 20.0  # the worker also stops Triton
         for service in reversed(self.services):
             if service.proc is not None:
                 code = service.stop(grace)
                 if code not in (0, -15):
                     log.warning("%s exited with code %s on stop", service.name, code)
-        if self.redis is not None:
-            self.redis.stop()
-        if self.nats is not None:
-            self.nats.stop()
+        for server in (self.objects, self.postgres, self.redis, self.nats):
+            if server is not None:
+                server.stop()
         (self.data_dir / STACK_FILE).unlink(missing_ok=True)
