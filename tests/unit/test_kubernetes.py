@@ -183,3 +183,68 @@ def test_redis_has_a_replica_and_three_sentinels_that_services_ask() -> None:
     config = next(doc for doc in of_kind("ConfigMap") if doc["metadata"]["name"] == "llmos-env")
     sentinels = config["data"]["LLMOS_REDIS_SENTINELS"].split(",")
     assert sentinels == [f"redis-sentinel-{i}.redis-sentinel:26379" for i in range(3)]
+
+
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """What kustomize makes of a strategic-merge patch, for the fields used here: maps
+    merge key by key, lists of named items merge item by name, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(base[key], value) if key in base else value
+        return merged
+    if (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and all(isinstance(item, dict) and "name" in item for item in base + patch)
+    ):
+        by_name = {item["name"]: item for item in base}
+        extra = [item for item in patch if item["name"] not in by_name]
+        merged_items = [
+            strategic_merge(item, next((p for p in patch if p["name"] == item["name"]), {}))
+            for item in base
+        ]
+        return merged_items + extra
+    if isinstance(base, list) and isinstance(patch, list):  # volumeMounts: by mountPath
+        paths = {item.get("mountPath") for item in patch if isinstance(item, dict)}
+        kept = [i for i in base if not isinstance(i, dict) or i.get("mountPath") not in paths]
+        return kept + patch
+    return patch
+
+
+def shared_backends() -> dict[tuple[str, str], dict[str, Any]]:
+    """The objects the shared-backends overlay changes, as kustomize would build them."""
+    overlay = KUBERNETES / "shared-backends"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../base"]
+    base = {(d["kind"], d["metadata"]["name"]): d for d in documents("base")}
+    built = {}
+    for entry in kustomization["patches"]:
+        patch = yaml.safe_load((overlay / entry["path"]).read_text())
+        key = (patch["kind"], patch["metadata"]["name"])
+        assert key in base, f"{entry['path']} patches {key}, which base does not have"
+        built[key] = strategic_merge(base[key], patch)
+    return built
+
+
+def test_the_shared_backends_overlay_builds_valid_objects_with_credentials_as_files() -> None:
+    built = shared_backends()
+    for document in built.values():
+        kubernetes_validate.validate(document, VERSION, strict=True)
+    config = built[("ConfigMap", "llmos-env")]["data"]
+    for name in ("LLMOS_STORAGE_DATABASE_URL", "LLMOS_AUDIT_DATABASE_URL"):
+        assert config[name].startswith("postgresql://") and "@" not in config[name]
+    assert config["LLMOS_STORAGE_S3_ENDPOINT"].startswith("https://")
+    storage = built[("StatefulSet", "storage")]
+    assert storage["spec"]["replicas"] == 2  # no data of its own: replicas share the backends
+    container = pod(storage)["containers"][0]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/secrets"]["name"] == "secrets"  # the trust material stays mounted
+    for path in ("/secrets/postgres/storage.json", "/secrets/s3/storage.json"):
+        assert mounts[path]["name"] == "backend-credentials" and mounts[path]["readOnly"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LLMOS_STORAGE_KEK_FILE"].startswith(mounts["/kek"]["mountPath"])
+    secrets = {v["name"]: v.get("secret", {}) for v in pod(storage)["volumes"]}
+    assert secrets["kek"]["secretName"] == "llmos-storage-kek"
+    audit = pod(built[("StatefulSet", "audit")])["containers"][0]
+    assert "/secrets/postgres/audit.json" in {m["mountPath"] for m in audit["volumeMounts"]}
