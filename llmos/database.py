@@ -200,41 +200,32 @@ class PostgresDatabase(Database):
         return self._conn
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def _using(self, begin: str = "") -> Iterator[Connection]:
+        """The connection, while no other thread uses it; inside a transaction opened by
+        `begin` unless it is empty. A connection lost midway is UNAVAILABLE (and opened
+        again by the next call)."""
         import psycopg
 
         with self._lock:
             conn = self._open()
             try:
+                if not begin:
+                    yield conn
+                    return
                 with conn.raw.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(?)", (self._lock_key,))
+                    conn.execute(begin, (self._lock_key,) if "?" in begin else ())
                     yield conn
             except psycopg.OperationalError as exc:
                 raise Unavailable(f"the database at {self.where} did not answer") from exc
 
-    @contextmanager
-    def reading(self) -> Iterator[Connection]:
-        import psycopg
+    def transaction(self) -> AbstractContextManager[Connection]:
+        return self._using("SELECT pg_advisory_xact_lock(?)")
 
-        with self._lock:
-            conn = self._open()
-            try:
-                yield conn
-            except psycopg.OperationalError as exc:
-                raise Unavailable(f"the database at {self.where} did not answer") from exc
+    def reading(self) -> AbstractContextManager[Connection]:
+        return self._using()
 
-    @contextmanager
-    def snapshot(self) -> Iterator[Connection]:
-        import psycopg
-
-        with self._lock:
-            conn = self._open()
-            try:
-                with conn.raw.transaction():
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    yield conn
-            except psycopg.OperationalError as exc:
-                raise Unavailable(f"the database at {self.where} did not answer") from exc
+    def snapshot(self) -> AbstractContextManager[Connection]:
+        return self._using("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
     def close(self) -> None:
         with self._lock:
