@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,18 +107,27 @@ def start_nats_cluster(
     host: str = LOCALHOST,
     secrets_dir: Path | None = None,
     size: int = CLUSTER_SIZE,
+    hosts: Sequence[str] = (),
+    place: Callable[[int], AbstractContextManager[object]] | None = None,
 ) -> NatsCluster:
     """Start `size` clustered nats-servers under `data_dir/nats-<i>` and create the
     streams replicated on `size` of them, once the cluster has elected its JetStream
-    leader."""
+    leader. Node i listens on `hosts[i]` (default: `host` for all), its ports picked and
+    its process started inside `place(i)` (a machine of its own: tools/netns.py)."""
     secrets_dir = secrets_dir or data_dir / "secrets"
     binary = nats_binary()
     route_password = ensure_credentials(secrets_dir / "nats", ROUTE_USER).password.reveal()
-    ports = [(free_port(host), free_port(host), free_port(host)) for _ in range(size)]
-    routes = [f"{host}:{route}" for _, route, _ in ports]
+    hosts = list(hosts) or [host] * size
+    where = place or (lambda _: contextlib.nullcontext())
+    ports = []
+    for index in range(size):
+        with where(index):
+            ports.append(tuple(free_port(hosts[index]) for _ in range(3)))
+    routes = [f"{hosts[i]}:{route}" for i, (_, route, _) in enumerate(ports)]
     nodes: list[NatsServer] = []
     try:
         for index, (port, route, monitor) in enumerate(ports):
+            host = hosts[index]
             store = data_dir / f"nats-{index}"
             store.mkdir(parents=True, exist_ok=True)
             config = store / "nats.conf"
@@ -124,12 +135,13 @@ def start_nats_cluster(
             users = write_nats_config(secrets_dir, store / "jetstream", config, cluster=joined)
             log_path = data_dir / "logs" / f"nats-{index}.log"
             args = [str(binary), "-c", str(config), "-a", host, "-p", str(port), "-m", str(monitor)]
-            proc = spawn(args, log_path)
+            with where(index):
+                proc = spawn(args, log_path)
             setup = users[SETUP_USER].password
             nodes.append(NatsServer(host, port, setup, proc, log_path, secrets_dir, monitor))
         for node in nodes:
             wait_until(
-                lambda node=node: nats_ready(host, node.monitor_port),
+                lambda node=node: nats_ready(node.host, node.monitor_port),
                 node.proc,
                 f"nats-server (log: {node.log_path})",
                 timeout_s=30,
