@@ -12,6 +12,9 @@ Both are encrypted, hashed and chunked at rest. Prints one JSON line:
   <path>.upload_vs_cp / download_vs_cp       the ratios (target >= 0.5 through the gateway)
   peak_rss_mb.storage / .gateway             VmHWM of each process (bounded: the blob is
                                              512 MiB, messages a few MiB, queues bounded)
+  cpu_s.<transfer>.client / gateway / storage CPU seconds (user + system) each process spent
+                                             on one transfer: on a small machine the sum,
+                                             not the wall time, is what bounds the speed
 """
 
 from __future__ import annotations
@@ -78,6 +81,31 @@ def _timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process `pid` (None: this one, all its threads)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuMeter:
+    """CPU seconds of the client, gateway and storage processes per measured transfer."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self.spent: dict[str, dict[str, float]] = {}
+
+    def timed(self, name: str, action: Callable[[], object]) -> float:
+        before = {who: _cpu_seconds(pid) for who, pid in self.pids.items()}
+        elapsed = _timed(action)
+        self.spent[name] = {
+            who: round(_cpu_seconds(pid) - before[who], 2) for who, pid in self.pids.items()
+        }
+        return elapsed
+
+
 def _fsync(path: Path) -> None:
     with path.open("rb+") as file:
         os.fsync(file.fileno())
@@ -132,6 +160,7 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
             _fsync(workdir / "copy.bin")
 
         timings: dict[str, float] = {"cp": _timed(cp)}
+        meter = _CpuMeter({"client": None, "gateway": gateway.process.pid, "storage": storage.pid})
         with internal_channel(address, "storage", nats_server.secrets_dir) as channel:
             stub = storage_pb2_grpc.StorageStub(channel)
 
@@ -149,8 +178,8 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
                     os.fsync(out.fileno())
                 assert check.hexdigest() == sha256
 
-            timings["direct_upload"] = _timed(direct_upload)
-            timings["direct_download"] = _timed(direct_download)
+            timings["direct_upload"] = meter.timed("direct_upload", direct_upload)
+            timings["direct_download"] = meter.timed("direct_download", direct_download)
         with plaintext_channel(gateway.address, gateway.admin_token()) as public:
             door = storage_pb2_grpc.StorageStub(public)
 
@@ -161,8 +190,8 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
                 download_file(door, sha256, workdir / "gateway.bin", timeout=600)
                 _fsync(workdir / "gateway.bin")
 
-            timings["gateway_upload"] = _timed(gateway_upload)
-            timings["gateway_download"] = _timed(gateway_download)
+            timings["gateway_upload"] = meter.timed("gateway_upload", gateway_upload)
+            timings["gateway_download"] = meter.timed("gateway_download", gateway_download)
         assert _file_digest(workdir / "gateway.bin") == sha256  # checked outside the timing
         cp_s, mb = timings["cp"], size / 1e6
 
@@ -186,6 +215,7 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
                 "storage": peak_resident_mb(storage.pid),
                 "gateway": peak_resident_mb(gateway.process.pid),
             },
+            "cpu_s": meter.spent,
             "path": "direct: client file -> gRPC stream (mTLS) -> sha256 + AES-256-GCM per "
             "1 MiB chunk -> file + fsync; download: decrypt + authenticate -> stream -> "
             "client file + fsync. gateway: the same through `llmos.cli.transfer` over the "
