@@ -4,6 +4,7 @@ server stored (same upload id), up to 3 times; a download runs several ranges at
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import queue
@@ -11,14 +12,17 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 
 PIECE = 1 << 20
+#: bytes per upload message: under the gateway's 4 MiB request limit with room to spare
+UPLOAD_PIECE = 2 * PIECE
 #: bytes per ranged DownloadBlob request, and how many run at once
 SEGMENT = 32 * PIECE
 STREAMS = 4
@@ -47,34 +51,96 @@ def progress(name: str, done: int, size: int) -> str:
 def upload_file(
     stub: storage_pb2_grpc.StorageStub, path: Path, timeout: float, quiet: bool = False
 ) -> storage_pb2.Blob:
-    """Upload `path` (checked against its digest), resuming after a broken stream."""
+    """Upload `path`, resuming after a broken stream. The file is read once: each piece is
+    hashed on a thread of its own while it is sent (sha256 releases the GIL), and the
+    digest storage computed must equal this one, else the blob is deleted (unless it was
+    there before) and the upload fails."""
     size = path.stat().st_size
-    start = storage_pb2.UploadStart(upload_id=uuid.uuid4().hex, size=size, sha256=file_digest(path))
+    start = storage_pb2.UploadStart(upload_id=uuid.uuid4().hex, size=size)
+    with _Hasher() as hasher:
 
-    def messages(offset: int) -> Iterator[storage_pb2.UploadBlobRequest]:
-        yield storage_pb2.UploadBlobRequest(start=start)
-        with path.open("rb") as file:
-            file.seek(offset)
-            while piece := file.read(PIECE):
-                yield storage_pb2.UploadBlobRequest(data=piece, offset=offset)
-                offset += len(piece)
-                if not quiet:
-                    print("\r" + progress(path.name, offset, size), end="", file=sys.stderr,
-                          flush=True)  # fmt: skip
+        def messages(offset: int) -> Iterator[storage_pb2.UploadBlobRequest]:
+            yield storage_pb2.UploadBlobRequest(start=start)
+            with path.open("rb") as file:
+                hasher.catch_up(file, offset)
+                file.seek(offset)
+                while piece := file.read(UPLOAD_PIECE):
+                    hasher.feed(offset, piece)
+                    yield storage_pb2.UploadBlobRequest(data=piece, offset=offset)
+                    offset += len(piece)
+                    if not quiet:
+                        print("\r" + progress(path.name, offset, size), end="", file=sys.stderr,
+                              flush=True)  # fmt: skip
 
-    offset = 0
-    for attempt in range(RESUMES + 1):
-        try:
-            blob: storage_pb2.Blob = stub.UploadBlob(messages(offset), timeout=timeout)
-            if not quiet:
-                print(file=sys.stderr)
-            return blob
-        except grpc.RpcError as exc:
-            if exc.code() not in RETRIABLE or attempt == RESUMES:
-                raise
-            status = stub.GetUpload(storage_pb2.GetUploadRequest(upload_id=start.upload_id))
-            offset = status.received
-    raise AssertionError("unreachable")
+        offset = 0
+        for attempt in range(RESUMES + 1):
+            try:
+                blob: storage_pb2.Blob = stub.UploadBlob(messages(offset), timeout=timeout)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRIABLE or attempt == RESUMES:
+                    raise
+                status = stub.GetUpload(storage_pb2.GetUploadRequest(upload_id=start.upload_id))
+                offset = status.received
+        sha256 = hasher.hexdigest(size)
+    if not quiet:
+        print(file=sys.stderr)
+    if blob.sha256 != sha256:
+        if not blob.deduplicated:
+            stub.DeleteBlob(storage_pb2.DownloadBlobRequest(sha256=blob.sha256))
+        raise DigestMismatch(
+            f"{path}: storage received data hashing to {blob.sha256}, but the file hashes "
+            f"to {sha256} (it changed while it was uploaded?); nothing was kept"
+        )
+    return blob
+
+
+class DigestMismatch(RuntimeError):
+    """What storage received is not what the file holds."""
+
+
+class _Hasher:
+    """The sha256 of a file, fed the pieces read to send them and hashing them in order on
+    one thread while the next piece is sent. Pieces sent again after a resume are hashed
+    once; at most AHEAD pieces wait to be hashed (memory bounded)."""
+
+    AHEAD = 4
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="upload-hash")
+        self._waiting: collections.deque[Future[None]] = collections.deque()
+        self.fed = 0  # bytes handed to the hashing thread, in order from 0
+
+    def __enter__(self) -> _Hasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+    def feed(self, offset: int, piece: bytes) -> None:
+        """Hash what of `piece` (read at `offset`) is new; `offset` is at most `fed`."""
+        if offset + len(piece) <= self.fed:
+            return
+        new = memoryview(piece)[self.fed - offset :]
+        self._waiting.append(self._pool.submit(self._digest.update, new))
+        self.fed += len(new)
+        while len(self._waiting) > self.AHEAD:
+            self._waiting.popleft().result()
+
+    def catch_up(self, file: BinaryIO, offset: int) -> None:
+        """Before sending from `offset`, hash what storage kept beyond what was fed (a
+        resume may start past it): read again from the file."""
+        file.seek(self.fed)
+        while self.fed < offset and (piece := file.read(min(UPLOAD_PIECE, offset - self.fed))):
+            self.feed(self.fed, piece)
+
+    def hexdigest(self, size: int) -> str:
+        while self._waiting:
+            self._waiting.popleft().result()
+        if self.fed != size:
+            raise RuntimeError(f"{self.fed} of {size} bytes were read: the file changed")
+        return self._digest.hexdigest()
 
 
 def download_file(
