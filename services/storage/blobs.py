@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 from llmos.errors import DataLoss
 from services.storage.crypto import CHUNK, TAG, Corrupt, DataKey, KeyEncryptionKeys, chunk_count
@@ -77,23 +79,41 @@ class BlobFiles:
         return Upload(row, key, staging, whole * CHUNK, digest=None if whole else hashlib.sha256())
 
     def write(self, upload: Upload, data: bytes) -> None:
-        """Append plaintext; whole chunks are sealed and staged at once."""
+        """Append plaintext; whole chunks are sealed and staged at once. The data is cut
+        into chunks without copying it (only a chunk split across messages is gathered),
+        and hashed on another thread while it is sealed on this one."""
         if upload.received + len(upload.pending) + len(data) > upload.row.size:
             raise ValueError(f"more data than the {upload.row.size} bytes announced")
-        upload.pending += data
         last_index = chunk_count(upload.row.size) - 1
-        sealed: list[bytes] = []
-        taken = 0
-        while len(upload.pending) - taken >= CHUNK and upload.next_chunk < last_index:
-            chunk = bytes(upload.pending[taken : taken + CHUNK])
-            taken += CHUNK
-            sealed.append(upload.key.seal(upload.next_chunk, chunk, last=False))
-            if upload.digest is not None:
-                upload.digest.update(chunk)
-            upload.received += CHUNK
-        if sealed:
-            del upload.pending[:taken]
-            upload.staging.append(b"".join(sealed))
+        rest = memoryview(data)
+        chunks: list[bytearray | memoryview] = []
+        if upload.pending:  # complete the chunk begun by earlier messages first
+            taken = min(CHUNK - len(upload.pending), len(rest))
+            upload.pending += rest[:taken]
+            rest = rest[taken:]
+            if len(upload.pending) < CHUNK or upload.next_chunk >= last_index:
+                upload.pending += rest  # (nothing is left if the chunk is not whole)
+                return
+            chunks.append(upload.pending)
+            upload.pending = bytearray()
+        while len(rest) >= CHUNK and upload.next_chunk + len(chunks) < last_index:
+            chunks.append(rest[:CHUNK])
+            rest = rest[CHUNK:]
+        upload.pending += rest
+        if not chunks:
+            return
+        hashed = None
+        if upload.digest is not None:
+            hashed = _HASHING.submit(_update, upload.digest, chunks)
+        try:
+            for chunk in chunks:
+                plain = cast(bytes, chunk)  # a buffer: AES-GCM reads it in place
+                sealed = upload.key.seal(upload.next_chunk, plain, last=False)
+                upload.staging.append(sealed)
+                upload.received += CHUNK
+        finally:
+            if hashed is not None:
+                hashed.result()
 
     def complete(self, upload: Upload) -> bool:
         """Whether everything announced has arrived."""
@@ -192,6 +212,15 @@ class BlobFiles:
             if not self.place.has_staging(upload.tenant, upload.upload_id):
                 self.metadata.drop_upload(upload.tenant, upload.upload_id)
         return removed
+
+
+#: hashes uploads' chunks while they are sealed (sha256 releases the GIL; AES-GCM does not)
+_HASHING = ThreadPoolExecutor(4, thread_name_prefix="blob-hash")
+
+
+def _update(digest: hashlib._Hash, chunks: list[bytearray | memoryview]) -> None:
+    for chunk in chunks:
+        digest.update(chunk)
 
 
 class DigestMismatch(ValueError):

@@ -85,16 +85,24 @@ class Transfers:
         self._streaming: set[tuple[str, str]] = set()
 
     async def upload(self, parts: AsyncIterable[UploadPart]) -> StoredBlob:
-        """Receive one upload stream and store its blob once it is complete and verified."""
+        """Receive one upload stream and store its blob once it is complete and verified.
+        Each message is written (hashed, sealed, staged: on a thread) while the next one
+        arrives; at most two are held."""
         upload: Upload | None = None
+        writing: asyncio.Task[None] | None = None
         try:
             async for part in parts:
                 if upload is None:
                     upload = await self._begin(part)
                     continue
-                await self._receive(upload, part)
+                if writing is not None:
+                    await writing  # in order: a message is checked once the last is written
+                writing = asyncio.create_task(self._receive(upload, part))
+            if writing is not None:
+                await writing
             return await self._finish(upload)
         except InvalidArgument:
+            await _settled(writing)
             if upload is not None:  # bad data: nothing of it stays
                 upload.close()
                 await asyncio.to_thread(
@@ -102,6 +110,7 @@ class Transfers:
                 )
             raise
         except BaseException:  # the stream broke: what was written stays for a resume
+            await _settled(writing)
             if upload is not None:
                 upload.close()
             raise
@@ -249,6 +258,15 @@ class Transfers:
             self._store.files.remove(tenant, sha256)
         self._store.record(tenant, "storage.blob.delete", f"blob/{sha256}")
         return row
+
+
+async def _settled(writing: asyncio.Task[None] | None) -> None:
+    """Wait for a write under way in its thread (its outcome no longer matters) before its
+    upload is closed or discarded."""
+    if writing is not None and not writing.done():
+        await asyncio.wait([writing])
+    if writing is not None and not writing.cancelled():
+        writing.exception()  # retrieved: a failure already answered is not worth a warning
 
 
 def _closing(chunks: Iterator[bytes]) -> Callable[[asyncio.Future[bytes | None]], None]:
