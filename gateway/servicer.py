@@ -25,6 +25,7 @@ from gateway.priorities import check_priority, needs_grant
 from gateway.runtime import GatewayRuntime, server_tls
 from gateway.status import service_status, system_status
 from gateway.storage import StorageRelay
+from gateway.storage import add_to_server as add_storage_relay
 from gateway.validation import (
     check_classification,
     check_embed_inputs,
@@ -55,7 +56,6 @@ from llmos.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
     storage_pb2,
-    storage_pb2_grpc,
 )
 from llmos.workers import INFERENCE_WORKER, WorkerTable
 
@@ -464,7 +464,7 @@ async def attach(
     }
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicers["Gateway"], server)
     apps_pb2_grpc.add_ApplicationsServicer_to_server(servicers["Applications"], server)
-    storage_pb2_grpc.add_StorageServicer_to_server(servicers["Storage"], server)
+    add_storage_relay(servicers["Storage"], server)
     audit_pb2_grpc.add_AuditServicer_to_server(servicers["Audit"], server)
     admin_pb2_grpc.add_AdminServicer_to_server(servicers["Admin"], server)
     await _serve_http(runtime, servicers, stack)
