@@ -1,11 +1,12 @@
 """`make bench-storage`: upload and download speed of a 512 MiB blob, as ratios to `cp`
-of the same file on the same disk in the same run, on two paths side by side:
+of the same file on the same disk in the same run, on each storage backend (files and
+SQLite; SeaweedFS's S3 and PostgreSQL, started here) and two paths side by side:
 
 - `direct`: the storage gRPC API itself (mutual TLS, as the gateway's certificate);
 - `gateway`: the public door, as `llmos` users transfer files (`llmos.cli.transfer`:
   bearer token, scope check, audit, tenant stamped, relayed to storage over mutual TLS).
 
-Both are encrypted, hashed and chunked at rest. Prints one JSON line:
+Both are encrypted, hashed and chunked at rest. Prints one JSON line per backend:
 
   cp_mb_s                                    copyfile + fsync, MB = 10^6 bytes
   <path>.upload_mb_s / download_mb_s         throughput of each path
@@ -43,6 +44,12 @@ from llmos.usage import peak_resident_mb
 from llmos.v1 import storage_pb2, storage_pb2_grpc
 from tools.devstack.gateway_process import GatewayProcess, start_gateway
 from tools.devstack.infra import start_nats, start_redis, terminate
+from tools.devstack.shared_storage import (
+    ObjectStoreServer,
+    PostgresServer,
+    start_object_store,
+    start_postgres,
+)
 from tools.scratch import scratch_directory
 from tools.standin import internal_channel
 
@@ -119,12 +126,15 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def measure(size_mib: int, piece_mib: int) -> dict[str, Any]:
+BACKENDS = ("local", "s3+postgresql")
+
+
+def measure(size_mib: int, piece_mib: int, backend: str) -> dict[str, Any]:
     with scratch_directory("llmos-bench-storage-") as workdir:
-        return _measure(workdir, size_mib, piece_mib)
+        return _measure(workdir, size_mib, piece_mib, backend)
 
 
-def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
+def _measure(workdir: Path, size_mib: int, piece_mib: int, backend: str) -> dict[str, Any]:
     nats_server, redis_server = start_nats(workdir), start_redis(workdir)
     address = f"127.0.0.1:{free_port()}"
     env = {
@@ -134,6 +144,16 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
         "LLMOS_SECRETS_DIR": str(nats_server.secrets_dir),
         "LLMOS_LOG_LEVEL": "warning",
     }
+    servers: list[PostgresServer | ObjectStoreServer] = []
+    if backend != "local":
+        postgres = start_postgres(workdir / "postgres", nats_server.secrets_dir)
+        servers.append(postgres)
+        objects = start_object_store(workdir / "objects", nats_server.secrets_dir)
+        servers.append(objects)
+        env |= {
+            "LLMOS_STORAGE_DATABASE_URL": postgres.url("storage"),
+            "LLMOS_STORAGE_S3_ENDPOINT": objects.endpoint,
+        }
     storage = subprocess.Popen(
         [sys.executable, "-m", "services.storage"],
         env={**env, "LLMOS_DATA_DIR": str(workdir / "data"), "LLMOS_LISTEN_ADDR": address},
@@ -206,6 +226,7 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
 
         return {
             "bench": "storage",
+            "backend": backend,
             "blob_mib": size_mib,
             "direct_upload_message_mib": piece_mib,
             "cp_mb_s": round(mb / cp_s, 1),
@@ -225,6 +246,8 @@ def _measure(workdir: Path, size_mib: int, piece_mib: int) -> dict[str, Any]:
         if gateway is not None:
             gateway.stop()
         terminate(storage, 10)
+        for server in servers:
+            server.stop()
         redis_server.stop()
         nats_server.stop()
 
@@ -233,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=512, help="blob size in MiB")
     parser.add_argument("--piece-mib", type=int, default=4, help="direct upload message size")
+    parser.add_argument(
+        "--backend", choices=(*BACKENDS, "both"), default="both", help="default: both, in turn"
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.mib, args.piece_mib)), flush=True)
+    for backend in BACKENDS if args.backend == "both" else (args.backend,):
+        print(json.dumps(measure(args.mib, args.piece_mib, backend)), flush=True)
     return 0
 
 
