@@ -12,7 +12,7 @@ GEN_STAMP   := llmos/v1/.generated
 DATA_DIR    ?= var
 RUN_ARGS    ?=
 
-.PHONY: help setup protos docs check lint format test test-unit test-fast run clean bench-engine bench-openai bench-gateway bench-scheduler bench-storage bench-trainer bench-audit bench-apps demo-train
+.PHONY: help setup protos docs check lint format test test-unit test-fast run clean bench-engine bench-openai bench-gateway bench-scheduler bench-storage bench-trainer bench-audit bench-apps bench-cluster demo-train
 
 help:
 	@echo "make run    set up (idempotent) and start the whole LLM OS stack"
@@ -25,9 +25,10 @@ help:
 	@echo "make bench-openai  aiperf on /v1/chat/completions at 1 and 32 streams; HTTP vs gRPC (JSON)"
 	@echo "make bench-gateway latency the gateway adds: authenticated vs direct (JSON)"
 	@echo "make bench-scheduler decisions/s, fairness, critical isolation, simulated (JSON)"
-	@echo "make bench-storage 512 MiB up/download through the API vs cp, peak memory (JSON)"
+	@echo "make bench-storage 512 MiB up/download vs cp, peak memory, on both storage backends (JSON)"
 	@echo "make bench-trainer training program vs a plain torch loop, tokens/s (JSON)"
 	@echo "make bench-audit   audit ingest from JetStream, chained and signed, vs plain inserts (JSON)"
+	@echo "make bench-cluster gens/s and tokens/s, 1 vs 2 worker hosts (namespaces) and 50 simulated (JSON)"
 	@echo "make bench-apps    entities via the API vs spaCy, F1, retrieval recall@5, answer latency (JSON)"
 	@echo "make demo-train    fine-tune the default model on Shakespeare, deploy, ask it"
 
@@ -124,6 +125,9 @@ bench-trainer: setup
 
 bench-audit: setup
 	$(PY) -m tools.bench.audit
+
+bench-cluster: setup
+	$(PY) -m tools.bench.cluster
 
 demo-train: setup
 	$(PY) -m tools.demo.train

@@ -33,6 +33,7 @@ LONG_UNITS = (
     "tests/integration/test_training_jobs.py",
     "tests/e2e/shared/",
     "tests/e2e/test_failover.py",
+    "tests/e2e/test_multinode.py",
     "tests/integration/test_engine.py",
     "tests/integration/test_audit_ingest.py",
     "tests/integration/test_audit_integrity.py",

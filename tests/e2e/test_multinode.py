@@ -34,7 +34,8 @@ pytestmark = pytest.mark.e2e
 #: codes a client sends the same generation again on
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 TOKENS = 8
-JOB_STEPS = 30
+JOB_STEPS = 1000
+CHECKPOINT_EVERY = 50
 JOB_SUCCEEDED, JOB_FAILED = common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED
 
 
@@ -132,11 +133,23 @@ def test_generations_spread_over_the_workers_of_both_hosts(
     assert tokens["b"] > 0 and tokens["c"] > 0, tokens
 
 
+def _busy(stub: gateway_pb2_grpc.GatewayStub, hosts: Hosts) -> bool:
+    """Whether host B's worker is generating and more generations wait in the queue."""
+    status = _status(stub)
+    on_b = [
+        w
+        for w in status.workers
+        if w.instance.service == "inference-worker"
+        and w.instance.address.startswith(f"{hosts.address('b')}:")
+    ]
+    return bool(on_b) and on_b[0].free_slots < on_b[0].slots and status.queued_requests >= 1
+
+
 def _job(name: str) -> scheduler_pb2.JobSpec:
     config = Struct()
     config.update(
         {"steps": JOB_STEPS, "batch_size": 1, "seq_len": 16, "warmup_steps": 0, "text": TEXT,
-         "checkpoint_every": 5, "eval_every": JOB_STEPS}
+         "checkpoint_every": CHECKPOINT_EVERY, "eval_every": JOB_STEPS}
     )  # fmt: skip
     return scheduler_pb2.JobSpec(
         name=name,
@@ -160,7 +173,7 @@ def test_host_b_killed_under_load_loses_no_accepted_work(
     B's trainer is back."""
     job = gateway.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=_job("survivor")), timeout=30)
     eventually(
-        lambda: _job_now(gateway, job.job_id).checkpoint_step >= 5,
+        lambda: _job_now(gateway, job.job_id).checkpoint_step >= CHECKPOINT_EVERY,
         60,
         what="the job training on host B and checkpointing",
         interval=0.2,
@@ -169,7 +182,9 @@ def test_host_b_killed_under_load_loses_no_accepted_work(
     count = 12
     with ThreadPoolExecutor(count) as pool:
         futures = [pool.submit(tally.generate, gateway, f"burst {i}:") for i in range(count)]
-        eventually(lambda: _status(gateway).queued_requests >= 2, 30, what="generations queued")
+        eventually(lambda: _busy(gateway, hosts), 30, what="host B's worker busy, more queued")
+        running = _job_now(gateway, job.job_id)
+        assert running.state == common_pb2.JOB_STATE_RUNNING, "the job ended before the kill"
         killed = hosts.kill("b")
         texts = [future.result(timeout=180) for future in futures]
     assert len(killed) >= 3  # the worker, the trainer, NATS node 1 (and Triton's own)

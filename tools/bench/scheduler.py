@@ -58,12 +58,14 @@ class Cluster:
     #: FIFO baseline: every request in one lane (the real tenant rides in the payload)
     fifo: bool = False
     now: float = 0.0
+    #: how many workers it simulates
+    size: int = WORKERS
 
     def __post_init__(self) -> None:
         self.queue = FairShareQueue(capacity=1_000_000)
-        self.pool = SlotPool(WORKERS * SLOTS_PER_WORKER, self.reservations)
+        self.pool = SlotPool(self.size * SLOTS_PER_WORKER, self.reservations)
         self.workers = [
-            WorkerView(f"w{i}", SLOTS_PER_WORKER, models={MODEL}) for i in range(WORKERS)
+            WorkerView(f"w{i}", SLOTS_PER_WORKER, models={MODEL}) for i in range(self.size)
         ]
         self._events: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
