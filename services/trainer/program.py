@@ -271,6 +271,10 @@ def train(job_dir: Path) -> int:
     per_step = config.batch_size * config.grad_accum * world()
     started, tokens_done = time.monotonic(), 0
     last_checkpoint, val = step, 0.0
+    total = math.nan  # the last step's training loss: unknown until a step runs here
+    if step >= config.steps:  # resumed from the last step's checkpoint: only the result
+        val = validation_loss(model, corpus, config.batch_size)  # is left, and its report
+        total = val
     while step < config.steps:
         action = stopper.requested()
         if action:

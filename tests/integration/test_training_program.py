@@ -5,7 +5,9 @@ train like one process with the same global batch."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +121,30 @@ def test_a_killed_job_resumes_from_its_last_checkpoint_with_the_same_losses(
     assert resumed in (10, 15)  # checkpoint_every=5; the kill came after step 13
     after = losses(lines)
     assert after == {s: uninterrupted[s] for s in range(resumed + 1, 41)}
+
+
+def test_a_job_killed_after_its_last_checkpoint_finishes_on_resume(tmp_path: Path) -> None:
+    """A crash between the final checkpoint and the result (the trainer's host lost at
+    the very end) must not fail the job: resumed at its last step, it has nothing left to
+    train and writes its result."""
+    directory = job_dir(tmp_path, "at-the-end", steps=10)
+    job = json.loads((directory / "job.json").read_text())
+    job["output_dir"] = str(directory / "result")
+    (directory / "job.json").write_text(json.dumps(job))
+    proc = start(directory)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # killed once the checkpoint of the last step is written
+        if events([line], "checkpoint") and events([line], "checkpoint")[0]["step"] == 10:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    assert proc.wait(60) in (-signal.SIGKILL, 0)  # or it got to the end first
+    shutil.rmtree(directory / "result", ignore_errors=True)
+    code, lines = run(directory)
+    assert code == 0, lines[-3:]
+    assert events(lines, "resumed")[0]["step"] == 10 and not losses(lines)
+    done = events(lines, "done")[0]
+    assert done["step"] == 10 and math.isfinite(done["val_loss"]) and done["val_loss"] > 0
+    assert (directory / "result" / "config.json").is_file()
 
 
 def test_a_nan_loss_fails_the_job_and_keeps_the_last_good_checkpoint(
