@@ -34,14 +34,16 @@ LONG_UNITS = (
     "tests/e2e/shared/",
     "tests/e2e/test_failover.py",
     "tests/e2e/test_multinode.py",
+    "tests/integration/test_storage.py",
     "tests/integration/test_engine.py",
     "tests/integration/test_audit_ingest.py",
     "tests/integration/test_audit_integrity.py",
     "tests/integration/test_jobs.py",
     "tests/integration/test_models_from_registry.py",
     "tests/integration/test_service_lifecycle.py",
-    "tests/integration/test_storage.py",
+    "tests/integration/test_storage_registry.py",
     "tests/integration/test_gateway_attacks.py",
+    "tests/integration/test_cluster_infra.py",
 )
 
 

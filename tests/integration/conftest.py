@@ -24,6 +24,7 @@ from llmos.v1 import audit_pb2
 from tests.integration.storage_client import (
     LOCAL,
     Backend,
+    Shared,
     StorageProcess,
     shared_backend,
     start_storage,
@@ -96,17 +97,22 @@ def storage(
         process.stop()
 
 
+@pytest.fixture(scope="session")
+def shared_servers(tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path) -> Iterator[Shared]:
+    """One PostgreSQL and one SeaweedFS for the session's tests (each storage process a
+    database and a bucket of its own on them), started when first asked for."""
+    with shared_backend(tmp_path_factory.mktemp("shared"), secrets_dir) as shared:
+        yield shared
+
+
 @pytest.fixture(scope="module", params=["local", "s3+postgresql"])
-def backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path
-) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest) -> Backend:
     """Files and SQLite (the embedded default), then real PostgreSQL and SeaweedFS: a
     module using it runs each of its tests on both."""
     if request.param == "local":
-        yield LOCAL
-        return
-    with shared_backend(tmp_path_factory.mktemp("shared"), secrets_dir) as shared:
-        yield shared
+        return LOCAL
+    shared: Shared = request.getfixturevalue("shared_servers")
+    return shared
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ service. Real PostgreSQL, NATS (JetStream) and Redis."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,18 +21,16 @@ from tests.integration.audit_service import (
     stub,
     wait_for_records,
 )
+from tests.integration.storage_client import Shared
 from tools.devstack.infra import NatsServer, RedisServer
-from tools.devstack.shared_storage import PostgresServer, database_name, start_postgres
+from tools.devstack.shared_storage import PostgresServer, database_name
 from tools.harness import start_service
 
 
 @pytest.fixture
-def postgres(tmp_path: Path, secrets_dir: Path) -> Iterator[PostgresServer]:
-    server = start_postgres(tmp_path / "postgres", secrets_dir)
-    try:
-        yield server
-    finally:
-        server.stop()
+def postgres(shared_servers: Shared) -> PostgresServer:
+    """The session's PostgreSQL (its `llmos_audit` database is this test's alone)."""
+    return shared_servers.postgres
 
 
 def test_a_standby_continues_the_chain_in_postgresql_and_tampering_is_caught(

@@ -317,11 +317,13 @@ def _same_digests(original: StorageProcess, restored: StorageProcess, expected: 
         assert hashlib.sha256(download(again, tenant, sha256)).hexdigest() == sha256
 
 
-def test_a_blob_larger_than_1_gib_streams_through_in_bounded_memory(
+def test_a_large_blob_streams_through_in_bounded_memory(
     storage: StorageProcess,
 ) -> None:
+    """Over 1 GiB on a disk; on an object store, whose path costs SeaweedFS's CPU on this
+    small machine too, 512 MiB: either is past the 400 MB the process may reach."""
     stub = storage.stub()
-    size = (1 << 30) + 3 * MIB + 17
+    size = ((1 << 30) + 3 * MIB if storage.backend is LOCAL else 512 * MIB) + 17
     block = os.urandom(MIB)
     digest = hashlib.sha256()
 

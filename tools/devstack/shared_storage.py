@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -222,7 +223,7 @@ def start_object_store(
     config = directory / "s3.json"
     config.unlink(missing_ok=True)
     write_private(config, json.dumps(identities))
-    ports = [free_port(host) for _ in range(8)]
+    ports = distinct_free_ports(host, 8)
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
     proc = spawn(
         [
@@ -243,6 +244,22 @@ def start_object_store(
         server.stop()
         raise
     return server
+
+
+def distinct_free_ports(host: str, count: int) -> list[int]:
+    """`count` ports nothing listens on, all different: each is held while the next is
+    picked (one at a time, the same port can come back, and SeaweedFS then fails to bind
+    one of its eight)."""
+    held = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def _wait_for_s3(server: ObjectStoreServer, keys: Credentials, timeout_s: float) -> None:
