@@ -232,7 +232,10 @@ def start_object_store(
             f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-filer",
             f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", "-s3",
             f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
-            "-master.volumeSizeLimitMB=1024", "-volume.max=0", "-metricsPort=0",
+            # each bucket is a collection that takes volumes of its own (7 at a time, and
+            # they grow as written, never preallocated): counting them from the free disk
+            # (`-volume.max=0`) ran out after a few buckets
+            "-master.volumeSizeLimitMB=1024", "-volume.max=500", "-metricsPort=0",
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalogs on fixed ports: off
         ],
         directory / "weed.log",
