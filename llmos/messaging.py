@@ -13,7 +13,12 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    NotFoundError,
+    ServerError,
+    ServiceUnavailableError,
+)
 
 from llmos import subjects
 from llmos.errors import Unavailable
@@ -136,13 +141,26 @@ async def require_streams(js: JetStreamContext) -> None:
             ) from None
 
 
+#: how long stream creation retries while JetStream answers with a server error: right
+#: after a restart on an existing store it does until its streams are recovered
+STREAMS_SETTLE_S = 15.0
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     """Create the streams LLM OS needs, or bring an existing one to the current config
     (the setup identity only: service users may not); each kept on `replicas` servers
     (3 in a cluster: a stream survives the loss of one)."""
+    deadline = time.monotonic() + STREAMS_SETTLE_S
     for config in (dataclasses.replace(c, num_replicas=replicas) for c in STREAMS):
         try:
-            await js.add_stream(config)
+            while True:
+                try:
+                    await js.add_stream(config)
+                    break
+                except (ServerError, ServiceUnavailableError):  # JetStream still recovering
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.25)
         except BadRequestError:
             try:
                 await js.update_stream(config)
