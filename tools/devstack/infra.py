@@ -162,6 +162,9 @@ class NatsServer(ManagedServer):
         return read_credentials(credentials_file(self.secrets_dir / "nats", user))
 
 
+#: JetStream's file store limit: room for every stream's max_bytes (llmos.messaging)
+JETSTREAM_FILE_STORE = "32GB"
+
 #: the servers' usual ports (compose); the dev stack and the tests pick free ones
 NATS_CLIENT_PORT = 4222
 NATS_MONITOR_PORT = 8222
@@ -206,7 +209,12 @@ def write_nats_config(
         user: ensure_credentials(secrets_dir / "nats", user)
         for user in (SETUP_USER, *SERVICE_USERS)
     }
-    text = render_users(users) + f'jetstream {{ store_dir: "{store}" }}\n'
+    # max_file_store: what the streams may reserve (their max_bytes). Unset, it is 75% of
+    # the disk free at start, and stream creation failed ("insufficient storage
+    # resources") whenever other work had filled the disk for a moment
+    text = render_users(users) + (
+        f'jetstream {{ store_dir: "{store}", max_file_store: {JETSTREAM_FILE_STORE} }}\n'
+    )
     if monitor:
         text += f'http: "{monitor}"\n'
     if tls:
