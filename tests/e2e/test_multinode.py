@@ -20,10 +20,9 @@ from threading import Lock
 
 import grpc
 import pytest
-from google.protobuf.struct_pb2 import Struct
 
 from llmos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, inference_pb2, scheduler_pb2
-from tests.corpus import TEXT
+from tests.e2e.shared.jobs import tiny_job
 from tools.devstack.access import admin_token, gateway_channel
 from tools.devstack.hosts import Hosts, HostsOptions
 from tools.harness import eventually
@@ -145,20 +144,6 @@ def _busy(stub: gateway_pb2_grpc.GatewayStub, hosts: Hosts) -> bool:
     return bool(on_b) and on_b[0].free_slots < on_b[0].slots and status.queued_requests >= 1
 
 
-def _job(name: str) -> scheduler_pb2.JobSpec:
-    config = Struct()
-    config.update(
-        {"steps": JOB_STEPS, "batch_size": 1, "seq_len": 16, "warmup_steps": 0, "text": TEXT,
-         "checkpoint_every": CHECKPOINT_EVERY, "eval_every": JOB_STEPS}
-    )  # fmt: skip
-    return scheduler_pb2.JobSpec(
-        name=name,
-        kind="training",
-        resources=common_pb2.Resources(cpu_millicores=1000, memory_bytes=256 << 20, processes=1),
-        config=config,
-    )
-
-
 def _job_now(stub: gateway_pb2_grpc.GatewayStub, job_id: str) -> scheduler_pb2.Job:
     job: scheduler_pb2.Job = stub.GetJob(scheduler_pb2.GetJobRequest(job_id=job_id), timeout=10)
     return job
@@ -171,7 +156,10 @@ def test_host_b_killed_under_load_loses_no_accepted_work(
     workers; kill -9 of everything on host B. Every generation completes (those B held
     are retried by the client), and the job, requeued from its checkpoint, succeeds once
     B's trainer is back."""
-    job = gateway.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=_job("survivor")), timeout=30)
+    job = gateway.SubmitJob(
+        scheduler_pb2.SubmitJobRequest(spec=tiny_job("survivor", JOB_STEPS, CHECKPOINT_EVERY)),
+        timeout=30,
+    )
     eventually(
         lambda: _job_now(gateway, job.job_id).checkpoint_step >= CHECKPOINT_EVERY,
         60,

@@ -17,10 +17,15 @@ STEPS = 1_000_000  # never reached: the job is cancelled once seen
 def endless_job(name: str) -> scheduler_pb2.JobSpec:
     """The cheapest job that keeps running: a tiny model, a tiny batch, no checkpoints or
     evaluations on the way."""
+    return tiny_job(name, STEPS, checkpoint_every=STEPS)
+
+
+def tiny_job(name: str, steps: int, checkpoint_every: int) -> scheduler_pb2.JobSpec:
+    """A training job of a tiny model on a tiny batch, evaluated only at its end."""
     config = Struct()
     config.update(
-        {"steps": STEPS, "batch_size": 1, "seq_len": 16, "warmup_steps": 0, "text": TEXT,
-         "checkpoint_every": STEPS, "eval_every": STEPS}
+        {"steps": steps, "batch_size": 1, "seq_len": 16, "warmup_steps": 0, "text": TEXT,
+         "checkpoint_every": checkpoint_every, "eval_every": steps}
     )  # fmt: skip
     return scheduler_pb2.JobSpec(
         name=name,
