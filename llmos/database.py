@@ -22,12 +22,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from llmos.config import Secret
 from llmos.errors import Unavailable
 from llmos.sqlite import open_database, write_transaction
-from llmos.trust import credentials_file, read_credentials
+from llmos.trust import url_with_credentials
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -61,10 +61,8 @@ class Connection(Protocol):
 
 
 class Database(ABC):
-    """One connection to a store's database, its lock, and its dialect."""
+    """One connection to a store's database and its lock."""
 
-    #: "sqlite" or "postgresql"
-    dialect: str
     #: where it is, safe to show (never a password)
     where: str
 
@@ -108,8 +106,6 @@ class Database(ABC):
 
 class SqliteDatabase(Database):
     """A SQLite file in WAL mode (see llmos.sqlite)."""
-
-    dialect = "sqlite"
 
     def __init__(self, path: Path, busy_timeout_ms: int = 0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,8 +164,6 @@ def _placeholders(sql: str) -> str:
 
 class PostgresDatabase(Database):
     """A PostgreSQL database; `lock_key` names this store's advisory write lock."""
-
-    dialect = "postgresql"
 
     def __init__(self, url: Secret[str], lock_key: int, connect_timeout_s: float = 10.0) -> None:
         self._url = url
@@ -234,20 +228,11 @@ class PostgresDatabase(Database):
                 self._conn = None
 
 
-def is_postgres(url: str) -> bool:
-    return urlsplit(url).scheme in POSTGRES_SCHEMES
-
-
 def service_database_url(url: str, secrets_dir: Path, service: str) -> Secret[str]:
     """The URL `service` connects with: `url` itself when it carries credentials (the
     operator's choice), else with the service's own role from
     `<secrets_dir>/postgres/<service>.json`; ValueError naming that file, never its content."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        return Secret(url)
-    found = read_credentials(credentials_file(secrets_dir / "postgres", service))
-    user, password = quote(found.user, safe=""), quote(found.password.reveal(), safe="")
-    return Secret(urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.netloc}")))
+    return url_with_credentials(Secret(url), secrets_dir / "postgres", service)
 
 
 def copy_tables(source: Database, target: Database, tables: Mapping[str, Sequence[str]]) -> int:

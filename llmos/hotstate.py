@@ -8,7 +8,6 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -17,7 +16,7 @@ from redis.exceptions import RedisError
 from llmos.config import HostPort, Secret
 from llmos.errors import Unavailable
 from llmos.redis_sentinel import primary_client, sync_primary_client
-from llmos.trust import credentials_file, read_credentials
+from llmos.trust import url_with_credentials
 
 log = logging.getLogger("llmos.hotstate")
 
@@ -26,12 +25,7 @@ def service_redis_url(url: Secret[str], secrets_dir: Path, service: str) -> Secr
     """The URL `service` connects with: `url` itself when it carries credentials (the
     operator's choice), else `url` with the service's own user from
     `<secrets_dir>/redis/<service>.json`; ValueError naming that file (never its content)."""
-    parts = urlsplit(url.reveal())
-    if parts.username or parts.password:
-        return url
-    found = read_credentials(credentials_file(secrets_dir / "redis", service))
-    user, password = quote(found.user, safe=""), quote(found.password.reveal(), safe="")
-    return Secret(urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.netloc}")))
+    return url_with_credentials(url, secrets_dir / "redis", service)
 
 
 def redis_client(

@@ -5,6 +5,8 @@ Layout (every private file mode 0600, every directory 0700):
     <secrets>/ca/ca.pem, ca-key.pem       the internal CA (service identities, mutual TLS)
     <secrets>/nats/<user>.json            {"user": ..., "password": ...} per NATS user
     <secrets>/redis/<user>.json           {"user": ..., "password": ...} per Redis ACL user
+    <secrets>/postgres/<service>.json     the PostgreSQL role of storage, of audit
+    <secrets>/s3/storage.json             storage's object-store keys (access, secret)
     <secrets>/assertions/                 the gateway's key signing tenant assertions
 
 The dev stack and the tests keep it at `<data dir>/secrets`, created at first start by
@@ -18,6 +20,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from llmos.config import Secret
 from llmos.keyfiles import new_private_file, private_dir
@@ -62,3 +65,15 @@ def ensure_credentials(directory: Path, user: str) -> Credentials:
     except FileExistsError:
         pass
     return read_credentials(path)
+
+
+def url_with_credentials(url: Secret[str], directory: Path, user: str) -> Secret[str]:
+    """The URL `user` connects with: `url` itself when it carries credentials (the
+    operator's choice), else `url` with those of `<directory>/<user>.json`; ValueError
+    naming that file (never its content)."""
+    parts = urlsplit(url.reveal())
+    if parts.username or parts.password:
+        return url
+    found = read_credentials(credentials_file(directory, user))
+    name, password = quote(found.user, safe=""), quote(found.password.reveal(), safe="")
+    return Secret(urlunsplit(parts._replace(netloc=f"{name}:{password}@{parts.netloc}")))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.config import EnvReader
+from llmos.database import POSTGRES_SCHEMES
 from llmos.redaction import RedactionPolicy, read_redaction_policy
 
 DAY_S = 86_400.0
@@ -99,7 +100,7 @@ def read_audit_options(env: EnvReader) -> AuditOptions:
         database_url=env.url(
             "AUDIT_DATABASE_URL",
             "",
-            ("postgresql", "postgres"),
+            POSTGRES_SCHEMES,
             doc="PostgreSQL for the log, shared by the writer and its standbys; with no user "
             "and password in it, those of `<secrets dir>/postgres/audit.json`",
             default_shown="SQLite under the audit directory",

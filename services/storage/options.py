@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.config import EnvReader
+from llmos.database import POSTGRES_SCHEMES
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def read_storage_options(env: EnvReader) -> StorageOptions:
         database_url=env.url(
             "STORAGE_DATABASE_URL",
             "",
-            ("postgresql", "postgres"),
+            POSTGRES_SCHEMES,
             doc="PostgreSQL for the metadata, shared by every storage replica; with no "
             "user and password in it, those of `<secrets dir>/postgres/storage.json`",
             default_shown="SQLite under the storage directory",
