@@ -90,3 +90,15 @@ async def redeliver(url: str, records: list[audit_pb2.AuditRecord]) -> None:
     for record in records:  # no Nats-Msg-Id: JetStream stores them again
         await js.publish("llmos.audit.test", record.SerializeToString())
     await nc.close()
+
+
+def standby_takes_over(url: str, first: Process, second: Process) -> list[audit_pb2.AuditRecord]:
+    """200 records stored by the writer `first`, which is then killed with -9, and 100
+    more published, which the standby `second` must store; every record published."""
+    before, after = make_records(200), make_records(100)
+    asyncio.run(publish(url, before))
+    wait_for_records(first, len(before))
+    first.kill()
+    asyncio.run(publish(url, after))
+    wait_for_records(second, len(before) + len(after))
+    return before + after

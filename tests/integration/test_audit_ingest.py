@@ -21,6 +21,7 @@ from tests.integration.audit_service import (
     make_records,
     publish,
     redeliver,
+    standby_takes_over,
     stub,
     wait_for_records,
 )
@@ -144,13 +145,8 @@ def test_one_writer_at_a_time_and_a_standby_takes_over(
         audit_env(own_nats, own_redis, tmp_path / "two", LLMOS_AUDIT_DIR=shared),
         tmp_path / "logs",
     )
-    before, after = make_records(200), make_records(100)
     try:
-        asyncio.run(publish(own_nats.url, before))
-        wait_for_records(first, len(before))
-        first.kill()
-        asyncio.run(publish(own_nats.url, after))
-        wait_for_records(second, len(before) + len(after))
+        published = standby_takes_over(own_nats.url, first, second)
         verdict = stub(second).VerifyAudit(audit_pb2.VerifyAuditRequest())
         stored = all_records(second)
     finally:
@@ -158,4 +154,4 @@ def test_one_writer_at_a_time_and_a_standby_takes_over(
     assert "standing by" in second.log_path.read_text()
     assert verdict.valid, verdict.detail
     assert [r.sequence for r in stored] == list(range(1, 301))
-    assert sorted(r.record.id for r in stored) == sorted(r.id for r in before + after)
+    assert sorted(r.record.id for r in stored) == sorted(r.id for r in published)

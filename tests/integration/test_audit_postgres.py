@@ -6,7 +6,6 @@ service. Real PostgreSQL, NATS (JetStream) and Redis."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import psycopg
@@ -16,10 +15,8 @@ from llmos.v1 import audit_pb2
 from tests.integration.audit_service import (
     all_records,
     audit_env,
-    make_records,
-    publish,
+    standby_takes_over,
     stub,
-    wait_for_records,
 )
 from tests.integration.storage_client import Shared
 from tools.devstack.infra import NatsServer, RedisServer
@@ -47,13 +44,8 @@ def test_a_standby_continues_the_chain_in_postgresql_and_tampering_is_caught(
 
     first = start_service("services.audit", audit("one"), tmp_path / "logs")
     second = start_service("services.audit", audit("two"), tmp_path / "logs")
-    before, after = make_records(200), make_records(100)
     try:
-        asyncio.run(publish(own_nats.url, before))
-        wait_for_records(first, len(before))
-        first.kill()
-        asyncio.run(publish(own_nats.url, after))
-        wait_for_records(second, len(before) + len(after))
+        published = standby_takes_over(own_nats.url, first, second)
         verdict = stub(second).VerifyAudit(audit_pb2.VerifyAuditRequest())
         stored = all_records(second)
         with psycopg.connect(postgres.admin_url(database_name("audit"))) as conn:
@@ -65,7 +57,7 @@ def test_a_standby_continues_the_chain_in_postgresql_and_tampering_is_caught(
     assert verdict.valid, verdict.detail
     assert verdict.checkpoints_checked >= 1
     assert [r.sequence for r in stored] == list(range(1, 301))
-    assert sorted(r.record.id for r in stored) == sorted(r.id for r in before + after)
+    assert sorted(r.record.id for r in stored) == sorted(r.id for r in published)
     assert not (keys / "audit.db").exists()  # the log is in PostgreSQL, not in a file
     assert (tampered.valid, tampered.first_bad_sequence) == (False, 17)
     assert "modified" in tampered.detail
