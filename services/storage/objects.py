@@ -168,14 +168,15 @@ class ObjectStore(BlobPlace):
 
     # -- uploads --------------------------------------------------------------------------
 
+    def _uploads(self, key: str) -> list[dict[str, Any]]:
+        """The multipart uploads open on exactly `key`."""
+        answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        return [u for u in answer.get("Uploads", []) if u["Key"] == key]
+
     def multipart(self, key: str) -> str | None:
         """The id of the newest multipart upload of `key`, if one is open."""
-        answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-        found = [u for u in answer.get("Uploads", []) if u["Key"] == key]
-        if not found:
-            return None
-        newest = max(found, key=lambda u: u.get("Initiated") or datetime.datetime.min)
-        return str(newest["UploadId"])
+        newest = _newest(self._uploads(key))
+        return str(newest["UploadId"]) if newest else None
 
     def parts(self, key: str, upload_id: str) -> list[dict[str, Any]]:
         pages = self.client.get_paginator("list_parts").paginate(
@@ -186,12 +187,10 @@ class ObjectStore(BlobPlace):
 
     def abort(self, key: str) -> None:
         """Abort every multipart upload of `key` and delete the object."""
-        answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-        for upload in answer.get("Uploads", []):
-            if upload["Key"] == key:
-                self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
-                )
+        for upload in self._uploads(key):
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+            )
         self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def stage(self, tenant: str, upload_id: str, keep: int) -> Staging:
@@ -202,12 +201,13 @@ class ObjectStore(BlobPlace):
 
     def last_write(self, tenant: str, upload_id: str) -> float:
         key = self.key(upload_name(tenant, upload_id))
-        upload = self.multipart(key)
-        if upload is None:
+        uploads = self._uploads(key)
+        newest = _newest(uploads)
+        if newest is None:
             return 0.0
-        times = [p["LastModified"] for p in self.parts(key, upload) if p.get("LastModified")]
-        answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-        times += [u["Initiated"] for u in answer.get("Uploads", []) if u.get("Initiated")]
+        parts = self.parts(key, str(newest["UploadId"]))
+        times = [p["LastModified"] for p in parts if p.get("LastModified")]
+        times += [u["Initiated"] for u in uploads if u.get("Initiated")]
         return max(t.timestamp() for t in times) if times else 0.0
 
     def discard(self, tenant: str, upload_id: str) -> None:
@@ -272,3 +272,10 @@ class ObjectStore(BlobPlace):
                     self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
                     removed += 1
         return removed
+
+
+def _newest(uploads: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The multipart upload begun last, if any."""
+    if not uploads:
+        return None
+    return max(uploads, key=lambda u: u.get("Initiated") or datetime.datetime.min)
